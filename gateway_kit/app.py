@@ -1,0 +1,95 @@
+"""The gateway app: MLflow's YAML-config gateway, plus what the kit adds to every request.
+
+gunicorn serves `gateway_kit.app:create_app()` (see gunicorn_conf.py). The config is the active one
+entrypoint.sh wrote after its checks (GATEWAY_ACTIVE_CONFIG), or GATEWAY_CONFIG when run directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from pathlib import Path
+
+import yaml
+
+from gateway_kit.preflight import key_refs
+from gateway_kit.secrets import export_file_keys
+
+_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
+
+
+class RequestContext:
+    """ASGI middleware: every response carries X-Request-ID and X-Gateway-Replica.
+
+    The request id is nginx's (kept from the client when well-formed) or a new one when the
+    gateway is called directly, so every log line and record of one request shares it.
+    """
+
+    def __init__(self, app, replica: str) -> None:
+        self.app = app
+        self.replica = replica.encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        if not _VALID_REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex.encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        added = [(b"x-request-id", request_id), (b"x-gateway-replica", self.replica)]
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *added]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("GATEWAY_ACTIVE_CONFIG") or os.environ.get("GATEWAY_CONFIG") or "config.yaml")
+
+
+def replica_id() -> str:
+    return os.environ.get("GATEWAY_REPLICA_ID") or socket.gethostname()
+
+
+def add_upstream_error_handlers(app) -> None:
+    """Answer an unreachable, slow or garbled provider with a JSON error, not a bare 500."""
+    import asyncio
+    import json
+
+    import aiohttp
+    from fastapi.responses import JSONResponse
+
+    def handler(status: int, kind: str, what: str):
+        async def handle(request, exc):
+            message = f"{what} ({type(exc).__name__})"
+            return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+        return handle
+
+    app.add_exception_handler(
+        aiohttp.ClientConnectionError,
+        handler(502, "upstream_unreachable", "the provider could not be reached or closed the connection"),
+    )
+    app.add_exception_handler(
+        asyncio.TimeoutError, handler(504, "upstream_timeout", "the provider did not answer in time")
+    )
+    bad_answer = handler(502, "upstream_bad_response", "the provider's answer could not be read")
+    app.add_exception_handler(aiohttp.ClientResponseError, bad_answer)
+    app.add_exception_handler(aiohttp.ClientPayloadError, bad_answer)
+    app.add_exception_handler(json.JSONDecodeError, bad_answer)
+
+
+def create_app():
+    from mlflow.gateway.app import create_app_from_path
+
+    path = config_path()
+    raw = yaml.safe_load(path.read_text()) or {}
+    export_file_keys([name for e in raw.get("endpoints") or [] for name in key_refs(e).values()])
+    app = create_app_from_path(path)
+    add_upstream_error_handlers(app)
+    return RequestContext(app, replica=replica_id())

@@ -1,0 +1,288 @@
+"""Check config.yaml and the provider keys before the gateway starts; write the active config.
+
+    python -m gateway_kit.preflight config.yaml                  # check only
+    python -m gateway_kit.preflight config.yaml --write OUT.yaml  # what entrypoint.sh runs
+
+- `${NAME:-default}` in any value is replaced by the environment's value (or the default).
+- An endpoint whose key (`$NAME`) is missing or a placeholder is dropped, with one warning line
+  naming the endpoint and the variable; traffic routes lose that destination and are re-weighted.
+- No usable endpoint: exit 78 with the variables to set. With GATEWAY_DEMO_UPSTREAM set and
+  answering, every endpoint is pointed at that fake upstream instead (the compose `demo` profile).
+- A YAML or validation error is reported with file:line, not a traceback.
+
+Keys are left as `$NAME` in the written file; the gateway process resolves them itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway_kit.secrets import lookup_key, secrets_dir
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+_EXPAND = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DEMO_KEY = "demo-fake-upstream-key"
+# What each provider's base URL becomes in demo mode.
+DEMO_BASES = {"openai_api_base": "/v1", "anthropic_api_base": "/v1"}
+
+
+class ConfigError(Exception):
+    """A problem in config.yaml, already worded for the user."""
+
+
+def log(level: str, message: str) -> None:
+    print(f"gateway: {level}: {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+
+
+def line_of(node: yaml.Node | None, path: tuple) -> int | None:
+    """1-based line of the deepest node along `path` (keys and list indexes)."""
+    line = node.start_mark.line + 1 if node else None
+    for step in path:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == step), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
+            node = node.value[step]
+        else:
+            node = None
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def quoted_field(value: Any, message: str, path: tuple = ()) -> tuple:
+    """Path to the first scalar that `message` quotes ('like this'): MLflow's errors name values, not fields."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return path if f"'{value}'" in message else ()
+    for key, child in items:
+        if found := quoted_field(child, message, (*path, key)):
+            return found
+    return ()
+
+
+# ---------------------------------------------------------------- expansion and keys
+def expand(value: Any, env: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {k: expand(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand(v, env) for v in value]
+    if isinstance(value, str):
+        return _EXPAND.sub(lambda m: env.get(m.group(1)) or (m.group(2) or ""), value)
+    return value
+
+
+def key_refs(endpoint: dict) -> dict[str, str]:
+    """{config field: variable name} for every `*_api_key: $NAME` of an endpoint."""
+    config = (endpoint.get("model") or {}).get("config") or {}
+    return {
+        field: value[1:]
+        for field, value in config.items()
+        if field.endswith("_api_key") and isinstance(value, str) and value.startswith("$")
+    }
+
+
+def endpoint_problem(endpoint: dict) -> str | None:
+    """Why an endpoint cannot serve (missing or placeholder key, missing base URL), or None."""
+    for name in key_refs(endpoint).values():
+        found = lookup_key(name)
+        if found.problem:
+            where = f"{name}_FILE" if f"{name}_FILE" in os.environ else name
+            return f"{where} {found.problem}"
+    config = (endpoint.get("model") or {}).get("config") or {}
+    if config.get("openai_api_type") == "azure" and not config.get("openai_api_base"):
+        return "AZURE_OPENAI_API_BASE is not set (https://<your-resource>.openai.azure.com)"
+    return None
+
+
+def drop_unusable(config: dict) -> list[str]:
+    """Remove endpoints that cannot serve; fix routes. Returns the usable endpoint names."""
+    kept = []
+    for endpoint in config.get("endpoints") or []:
+        if problem := endpoint_problem(endpoint):
+            log("warning", f"endpoint {endpoint.get('name')!r} disabled: {problem}")
+        else:
+            kept.append(endpoint)
+    config["endpoints"] = kept
+    names = {e["name"] for e in kept}
+    routes = []
+    for route in config.get("routes") or []:
+        dests = [d for d in route.get("destinations") or [] if d.get("name") in names]
+        if not dests:
+            log("warning", f"route {route.get('name')!r} disabled: none of its destinations is usable")
+            continue
+        if len(dests) < len(route["destinations"]):
+            reweigh(dests)
+            split = ", ".join(f"{d['name']} {d['traffic_percentage']}%" for d in dests)
+            log("warning", f"route {route.get('name')!r} now splits {split}")
+        routes.append({**route, "destinations": dests})
+    config["routes"] = routes
+    return sorted(names)
+
+
+def reweigh(dests: list[dict]) -> None:
+    total = sum(d["traffic_percentage"] for d in dests) or len(dests)
+    for d in dests:
+        d["traffic_percentage"] = (d["traffic_percentage"] or 1) * 100 // total
+    dests[-1]["traffic_percentage"] += 100 - sum(d["traffic_percentage"] for d in dests)
+
+
+def no_endpoint_message(raw: dict, path: Path) -> str:
+    users: dict[str, list[str]] = {}
+    for endpoint in raw.get("endpoints") or []:
+        for name in key_refs(endpoint).values():
+            users.setdefault(name, []).append(endpoint.get("name", "?"))
+    wanted = " or ".join(f"{v} (for {', '.join(e)})" for v, e in users.items())
+    return (
+        f"no endpoint in {path} can start: every provider key is missing or a placeholder. "
+        f"Set {wanted} in .env next to docker-compose.yml (or the environment, or a file in "
+        f"{secrets_dir()}/<name in lower case>), then restart: docker compose up -d. "
+        "To try the gateway without a key: docker compose --profile demo up -d"
+    )
+
+
+# ---------------------------------------------------------------- demo mode
+def demo_upstream() -> str | None:
+    """The fake upstream's URL when GATEWAY_DEMO_UPSTREAM is set and it answers within 30 s."""
+    url = os.environ.get("GATEWAY_DEMO_UPSTREAM", "").rstrip("/")
+    if not url:
+        return None
+    deadline = time.monotonic() + float(os.environ.get("GATEWAY_DEMO_WAIT", "30"))
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return url
+        except OSError:
+            if time.monotonic() > deadline:
+                log("warning", f"demo upstream {url} does not answer; not starting in demo mode")
+                return None
+            time.sleep(0.5)
+
+
+def point_at_demo(config: dict, url: str) -> None:
+    for endpoint in config.get("endpoints") or []:
+        model_config = endpoint["model"]["config"]
+        for field in key_refs(endpoint):
+            model_config[field] = DEMO_KEY
+        for field, suffix in DEMO_BASES.items():
+            if field in model_config:
+                model_config[field] = url + suffix
+        if model_config.get("openai_api_type") == "azure":
+            model_config["openai_api_base"] = url
+
+
+# ---------------------------------------------------------------- validation
+def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
+    """Raise ConfigError with file:line for anything MLflow would refuse."""
+    from pydantic import ValidationError
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.gateway.config import EndpointConfig, GatewayConfig
+    from mlflow.gateway.utils import check_configuration_route_name_collisions
+
+    def fail(where: tuple, what: str) -> ConfigError:
+        line = line_of(node, where)
+        return ConfigError(f"{path}:{line}: {what}" if line else f"{path}: {what}")
+
+    if not isinstance(config, dict) or not isinstance(config.get("endpoints"), list):
+        raise fail((), "the file must be a mapping with an `endpoints:` list")
+    for index, endpoint in enumerate(config["endpoints"]):
+        name = endpoint.get("name", f"#{index + 1}") if isinstance(endpoint, dict) else f"#{index + 1}"
+        try:
+            if not isinstance(endpoint, dict):
+                raise ValueError("must be a mapping with name, endpoint_type and model")
+            EndpointConfig(**endpoint)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "(endpoint)"
+            raise fail(("endpoints", index, *err["loc"]), f"endpoint {name!r}: {field}: {err['msg']}") from None
+        except (MlflowException, ValueError, TypeError) as e:
+            message = str(getattr(e, "message", e))
+            where = ("endpoints", index, *quoted_field(endpoint, message))
+            raise fail(where, f"endpoint {name!r}: {message}") from None
+    try:
+        check_configuration_route_name_collisions(config)
+        GatewayConfig(**config)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise fail(tuple(err["loc"]), f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    except (MlflowException, KeyError, TypeError) as e:
+        raise fail(("routes",), f"routes: {getattr(e, 'message', e)}") from None
+
+
+def with_dummy_keys(config: dict) -> dict:
+    """A copy of `config` whose `$NAME` keys are literal, so validation needs no real key."""
+    copy = yaml.safe_load(yaml.safe_dump(config))
+    for endpoint in copy.get("endpoints") or []:
+        if isinstance(endpoint, dict):
+            for field in key_refs(endpoint):
+                endpoint["model"]["config"][field] = DEMO_KEY
+    return copy
+
+
+def check(path: Path) -> dict:
+    """The active configuration for `path`; raises ConfigError, or SystemExit(EX_CONFIG)."""
+    raw, node = load_yaml(path)
+    config = expand(raw, dict(os.environ))
+    validate(with_dummy_keys(config), node, path)
+    if drop_unusable(config):
+        return config
+    url = demo_upstream()
+    if not url:
+        log("error", no_endpoint_message(raw, path))
+        raise SystemExit(EX_CONFIG)
+    config = expand(raw, dict(os.environ))
+    point_at_demo(config, url)
+    log("warning", f"DEMO MODE: no provider key is set; every endpoint answers from the fake upstream {url}")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway_kit.preflight", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", type=Path, help="the gateway config (config.yaml)")
+    parser.add_argument("--write", type=Path, metavar="OUT", help="write the active config here")
+    args = parser.parse_args(argv)
+    try:
+        config = check(args.config)
+    except ConfigError as e:
+        log("error", f"{e} — fix config.yaml and start again")
+        return EX_CONFIG
+    names = ", ".join(e["name"] for e in config["endpoints"])
+    log("info", f"endpoints ready: {names}")
+    if args.write:
+        args.write.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.write.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.replace(tmp, args.write)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Provider keys: where they come from, and whether they look real.
+
+A key named NAME (written `$NAME` in config.yaml) is read from, in order:
+  1. the environment variable NAME,
+  2. the file named by NAME_FILE,
+  3. the file /run/secrets/<name in lower case> (Docker secrets; GATEWAY_SECRETS_DIR moves it).
+
+A key value is never printed, logged or written to disk by the kit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# "sk-your-actual-key-here", "<your key>", "xxxx", "changeme", "..." and friends.
+_PLACEHOLDER = re.compile(
+    r"your|x{4,}|changeme|change[-_]me|placeholder|replace|<.*>|example|^\.\.\.|\.\.\.$|^todo$|^none$|^null$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class KeyLookup:
+    name: str
+    value: str | None  # None when missing or unusable
+    problem: str | None  # why it cannot be used; never contains the value
+    source: str  # "environment", "file <path>" or "" when missing
+
+
+def secrets_dir() -> Path:
+    return Path(os.environ.get("GATEWAY_SECRETS_DIR", "/run/secrets"))
+
+
+def key_problem(value: str) -> str | None:
+    """Why `value` cannot be a real API key, or None when it may be one."""
+    if value == "":
+        return "is empty"
+    if value != value.strip():
+        return "has leading or trailing whitespace or a newline (check the line in .env)"
+    if value[0] in "'\"" or value[-1] in "'\"":
+        return "is wrapped in quotes (write NAME=sk-... in .env, without quotes)"
+    if _PLACEHOLDER.search(value):
+        return "is a placeholder, not a real key"
+    return None
+
+
+def lookup_key(name: str) -> KeyLookup:
+    if name in os.environ:
+        value, source = os.environ[name], "environment"
+    else:
+        file_name = os.environ.get(f"{name}_FILE") or str(secrets_dir() / name.lower())
+        path = Path(file_name)
+        if not path.is_file():
+            if f"{name}_FILE" in os.environ:
+                return KeyLookup(name, None, f"file {file_name} (from {name}_FILE) does not exist", "")
+            return KeyLookup(name, None, "is not set", "")
+        try:
+            value = path.read_text()
+        except OSError as e:
+            return KeyLookup(name, None, f"file {file_name} cannot be read ({e.strerror})", "")
+        # A secret file conventionally ends with one newline (echo key > file): not part of the key.
+        value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
+        source = f"file {file_name}"
+    problem = key_problem(value)
+    return KeyLookup(name, None if problem else value, problem, source)
+
+
+def export_file_keys(names: list[str]) -> None:
+    """Put keys that live in files into this process's environment, where MLflow resolves `$NAME`."""
+    for name in names:
+        if name not in os.environ:
+            found = lookup_key(name)
+            if found.value is not None:
+                os.environ[name] = found.value

@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# The production stack as plain processes on loopback, from the same entrypoint.sh, config.yaml and
+# nginx.conf as the containers: N gateway replicas, nginx, Redis and the fake upstream.
+#
+# How it stands in for Docker: replica i listens on 127.0.10.i:8000, and dnsmasq on 127.0.0.11:53
+# (the address of Docker's embedded DNS, which nginx.conf asks) answers `mlflow-gateway` with every
+# running replica, exactly as Docker answers a scaled service's name. Needs root for port 53.
+set -euo pipefail
+test "${DEBUG:-}" && set -x
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
+
+usage() {
+  cat <<'EOF'
+Usage: scripts/local_stack.sh COMMAND [options]
+
+Commands:
+  up       start nginx (:5000), N replicas, Redis (:6379), dnsmasq and the fake upstream (:9000)
+  down     stop everything this stack started (by pid), then remove nothing but the pid files
+  scale N  start or stop replicas until N run; nginx picks the change up within 5 s, no reload
+  status   what runs, with each replica's health
+
+Options:
+  --replicas N     replicas for `up` (default 2)
+  --workers N      gunicorn workers per replica (default 2)
+  --state-dir DIR  pid files, logs, ledger and runtime files (default .stack/ in the repo)
+  --no-fake        do not start the fake upstream; provider keys and *_API_BASE come from your env
+  --timeout S      how long to wait for health (default 60)
+  -h, --help       this help
+
+With no provider key in the environment, replicas start in demo mode against the fake upstream.
+Examples:
+  scripts/local_stack.sh up --replicas 3 && curl -s localhost:5000/gateway/chat/invocations \
+    -H 'Content-Type: application/json' -d '{"messages":[{"role":"user","content":"Hi"}]}'
+  scripts/local_stack.sh scale 1
+  scripts/local_stack.sh down
+EOF
+}
+
+command="${1:-}"
+[ -n "$command" ] || { usage; exit 2; }
+shift
+replicas=2 workers=2 state="$repo/.stack" fake=1 timeout=60 target=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --replicas) replicas="${2:?--replicas needs a number}"; shift ;;
+    --workers) workers="${2:?--workers needs a number}"; shift ;;
+    --state-dir) state="${2:?--state-dir needs a directory}"; shift ;;
+    --no-fake) fake="" ;;
+    --timeout) timeout="${2:?--timeout needs seconds}"; shift ;;
+    -h|--help) usage; exit 0 ;;
+    [0-9]*) [ "$command" = scale ] && [ -z "$target" ] || { echo "Unexpected argument: $1. Use --help." >&2; exit 2; }
+            target="$1" ;;
+    *) echo "Unexpected argument: $1. Use --help." >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$command" in
+  -h|--help) usage; exit 0 ;;
+  up|down|scale|status) ;;
+  *) echo "Unexpected argument: $command. Use --help." >&2; exit 2 ;;
+esac
+
+python="${PYTHON:-}"
+[ -n "$python" ] || { [ -x "$repo/.venv/bin/python" ] && python="$repo/.venv/bin/python" || python=python3; }
+pids="$state/pids" logs="$state/logs"
+nginx_port=5000 fake_port=9000 redis_port=6379 dns_ip=127.0.0.11
+
+replica_ip() { echo "127.0.10.$1"; }
+pid_of() { cat "$pids/$1.pid" 2>/dev/null || true; }
+# Running, and not a zombie waiting to be reaped (a killed replica can linger as one).
+alive() {
+  local pid state
+  pid="$(pid_of "$1")"
+  [ -n "$pid" ] && state="$(ps -o stat= -p "$pid" 2>/dev/null)" && [ "${state:0:1}" != Z ]
+}
+
+# Start a command in its own process group (so stopping it stops its children), logging to a file.
+# Appending: nginx reopens /dev/stdout itself, and every writer must append or they overwrite each other.
+start() {
+  local name="$1"; shift
+  setsid "$@" >>"$logs/$name.log" 2>&1 < /dev/null &
+  echo $! >"$pids/$name.pid"
+}
+
+stop() {
+  local name="$1" pid waited=0
+  pid="$(pid_of "$name")"
+  [ -n "$pid" ] || return 0
+  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && [ $waited -lt 40 ]; do sleep 0.25; waited=$((waited + 1)); done
+  if kill -0 "$pid" 2>/dev/null; then
+    log warn "$name (pid $pid) still running after 10s, killing it"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+  fi
+  rm -f "$pids/$name.pid"
+}
+
+port_free() {  # address port
+  ! (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# Wait until `curl URL` succeeds, showing progress; fail with the log of NAME when it dies or times out.
+wait_http() {
+  local name="$1" url="$2" started=$SECONDS
+  while ! curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+    if ! alive "$name"; then
+      log error "$name exited while starting; last lines of $logs/$name.log:"
+      tail -n 20 "$logs/$name.log" >&2
+      return 1
+    fi
+    if [ $((SECONDS - started)) -ge "$timeout" ]; then
+      log error "$name did not answer $url within ${timeout}s; see $logs/$name.log"
+      return 1
+    fi
+    if [ $(((SECONDS - started) % 5)) -eq 0 ] && [ $((SECONDS - started)) -gt 0 ]; then
+      log info "waiting for $name ($((SECONDS - started))s / ${timeout}s)"
+    fi
+    sleep 0.5
+  done
+}
+
+running_replicas() {
+  local f
+  for f in "$pids"/replica-*.pid; do
+    [ -e "$f" ] || continue
+    f="${f##*/replica-}"; echo "${f%.pid}"
+  done | sort -n
+}
+
+# What Docker's DNS would answer for `mlflow-gateway`: every running replica.
+publish_replicas() {
+  local i tmp="$state/hosts.tmp"
+  : >"$tmp"
+  for i in $(running_replicas); do echo "$(replica_ip "$i") mlflow-gateway" >>"$tmp"; done
+  mv "$tmp" "$state/hosts"
+  if alive dnsmasq; then kill -HUP "$(pid_of dnsmasq)"; fi
+}
+
+start_replica() {
+  local i="$1" env=()
+  mkdir -p "$state/replica-$i"
+  env+=(GATEWAY_HOST="$(replica_ip "$i")" GATEWAY_PORT=8000 GATEWAY_WORKERS="$workers"
+        GATEWAY_REPLICA_ID="gateway-$i" GATEWAY_RUNTIME_DIR="$state/replica-$i"
+        GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+        PYTHON="$python")
+  [ -n "$fake" ] && env+=(GATEWAY_DEMO_UPSTREAM="http://127.0.0.1:$fake_port")
+  start "replica-$i" env "${env[@]}" "$repo/entrypoint.sh"
+}
+
+scale_to() {
+  local n="$1" i
+  for i in $(running_replicas); do
+    if [ "$i" -gt "$n" ]; then
+      log info "stopping replica $i"
+      stop "replica-$i"
+    fi
+  done
+  publish_replicas
+  for i in $(seq 1 "$n"); do
+    alive "replica-$i" || { log info "starting replica $i on $(replica_ip "$i"):8000"; start_replica "$i"; }
+  done
+  for i in $(seq 1 "$n"); do
+    wait_http "replica-$i" "http://$(replica_ip "$i"):8000/health"
+  done
+  publish_replicas
+  log info "$n replica(s) behind nginx: $(running_replicas | tr '\n' ' ')"
+}
+
+cmd_up() {
+  [ "$(id -u)" = 0 ] || { log error "the local stack needs root: dnsmasq serves Docker's DNS address $dns_ip:53"; exit 1; }
+  local tool
+  for tool in nginx dnsmasq redis-server curl; do
+    command -v "$tool" >/dev/null || { log error "$tool is missing: scripts/setup.sh installs it"; exit 1; }
+  done
+  mkdir -p "$pids" "$logs" "$state/nginx" "$state/ledger"
+  if alive nginx; then log error "the stack in $state is already up; stop it first: scripts/local_stack.sh down"; exit 1; fi
+  echo "$workers" >"$state/workers"
+  echo "$fake" >"$state/fake"
+  local ip port name
+  while read -r ip port name; do
+    [ -n "$name" ] || continue
+    port_free "$ip" "$port" || {
+      log error "$ip:$port for $name is in use: stop what holds it (ss -ltnp | grep :$port), or scripts/local_stack.sh down"
+      exit 1; }
+  done <<EOF_PORTS
+127.0.0.1 $nginx_port nginx
+127.0.0.1 $redis_port redis
+$dns_ip 53 dnsmasq
+${fake:+127.0.0.1 $fake_port fake-upstream}
+EOF_PORTS
+  trap 'log error "start failed; stopping what started"; cmd_down; exit 1' ERR
+
+  start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --dir "$state"
+  : >"$state/hosts"
+  start dnsmasq dnsmasq --keep-in-foreground --no-resolv --no-hosts --addn-hosts="$state/hosts" \
+    --listen-address="$dns_ip" --bind-interfaces --port=53 --local-ttl=1 --user="$(id -un)" \
+    --pid-file="$state/dnsmasq.pid" --log-facility=-
+  if [ -n "$fake" ]; then
+    start fake-upstream env PYTHONPATH="$repo" "$python" -m gateway_kit.fake_upstream --host 127.0.0.1 --port "$fake_port"
+    wait_http fake-upstream "http://127.0.0.1:$fake_port/health"
+  fi
+  scale_to "$replicas"
+  start nginx nginx -c "$repo/nginx.conf" -p "$state/nginx" -e "$logs/nginx-error.log" \
+    -g "daemon off; pid $state/nginx/nginx.pid;"
+  wait_http nginx "http://127.0.0.1:$nginx_port/nginx-health"
+  trap - ERR
+  log info "stack up: http://127.0.0.1:$nginx_port (logs: $logs, down: scripts/local_stack.sh down)"
+}
+
+cmd_down() {
+  local name f
+  [ -d "$pids" ] || { log info "nothing to stop in $state"; return 0; }
+  for name in nginx $(running_replicas | sed 's/^/replica-/') fake-upstream dnsmasq redis; do
+    [ -e "$pids/$name.pid" ] && { log info "stopping $name"; stop "$name"; }
+  done
+  for f in "$pids"/*.pid; do [ -e "$f" ] && { name="${f##*/}"; stop "${name%.pid}"; }; done
+  log info "stack in $state stopped"
+}
+
+cmd_status() {
+  local f name status=0
+  for f in "$pids"/*.pid; do
+    [ -e "$f" ] || { log warn "nothing runs from $state"; return 1; }
+    name="${f##*/}"; name="${name%.pid}"
+    if alive "$name"; then echo "$name: running (pid $(pid_of "$name"))"; else echo "$name: DEAD"; status=1; fi
+  done
+  return $status
+}
+
+case "$command" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  scale)
+    [ -n "$target" ] || { echo "scale needs a number of replicas. Use --help." >&2; exit 2; }
+    alive nginx || { log error "the stack is not up: scripts/local_stack.sh up"; exit 1; }
+    workers="$(cat "$state/workers")" fake="$(cat "$state/fake")"
+    scale_to "$target" ;;
+esac

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what the local stack and the tests need on a fresh Debian/Ubuntu machine: nginx, Redis,
+# dnsmasq, curl and wrk from apt (only those missing), and .venv from requirements.lock. Idempotent.
+set -euo pipefail
+test "${DEBUG:-}" && set -x
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib.sh
+source "$repo/scripts/lib.sh"
+
+usage() {
+  cat <<'EOF_USAGE'
+Usage: scripts/setup.sh [--dev] [--help]
+
+  --dev    also install the test and lint tools (requirements-dev.txt)
+  --help   show this help
+
+Installs nginx, redis-server, dnsmasq-base and curl with apt-get when missing (needs root), then
+creates .venv with Python 3.11+ from requirements.lock (hash-checked). Runs again in seconds.
+EOF_USAGE
+}
+
+dev=""
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "Unexpected argument: $arg. Use --help." >&2; exit 2 ;;
+  esac
+done
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+command -v curl >/dev/null || missing+=(curl)
+command -v wrk >/dev/null || missing+=(wrk)  # bench/ load generator
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || { log error "missing ${missing[*]}: run as root, or: sudo apt-get install -y ${missing[*]}"; exit 1; }
+  log info "installing ${missing[*]} with apt-get"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Debian may start its own nginx/redis on install; the kit runs its own on loopback ports.
+for service in nginx redis-server; do
+  if command -v service >/dev/null && service "$service" status >/dev/null 2>&1; then
+    log info "stopping the system $service service (the kit starts its own)"
+    service "$service" stop >/dev/null 2>&1 || true
+  fi
+done
+
+venv="$repo/.venv"
+stamp="$venv/.installed"
+wanted="$(cat "$repo/requirements.lock" ${dev:+"$repo/requirements-dev.txt"} | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ] && grep -qx "$wanted" "$stamp"; then
+  log info ".venv is up to date, skipped"
+  exit 0
+fi
+python="${PYTHON:-python3}"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { log error "$python is older than 3.11"; exit 1; }
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+log info "installing requirements.lock into .venv"
+"$venv/bin/pip" install -q --disable-pip-version-check --require-hashes -r "$repo/requirements.lock"
+if [ -n "$dev" ]; then
+  log info "installing requirements-dev.txt into .venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements-dev.txt"
+fi
+echo "$wanted" >"$stamp"

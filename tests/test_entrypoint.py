@@ -1,0 +1,127 @@
+"""What entrypoint.sh tells a user about keys and config.yaml before the gateway starts."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import REPO, clean_env, free_port, stop_group, wait_http
+
+REAL_LOOKING_KEY = "sk-proj-Zq8TestKeyThatMustNeverBePrinted"
+
+
+def entrypoint(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(REPO / "entrypoint.sh"), *args], env=clean_env(**env), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_no_key_at_all_refuses_to_start_and_names_what_to_set(tmp_path):
+    result = entrypoint(GATEWAY_RUNTIME_DIR=str(tmp_path), GATEWAY_SECRETS_DIR=str(tmp_path))
+    assert result.returncode == 78
+    assert "OPENAI_API_KEY (for chat, completions, embeddings)" in result.stderr
+    assert ".env" in result.stderr and "docker compose --profile demo up -d" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "config.active.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "is empty"),
+        ("sk-your-actual-key-here", "is a placeholder"),
+        ('"sk-abc123"', "wrapped in quotes"),
+        ("sk-abc123 ", "trailing whitespace"),
+        ("sk-abc123\n", "trailing whitespace or a newline"),
+    ],
+)
+def test_a_bad_openai_key_disables_its_endpoints_with_one_line_each(value, why):
+    result = entrypoint("--check", OPENAI_API_KEY=value, ANTHROPIC_API_KEY=REAL_LOOKING_KEY)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "disabled: OPENAI_API_KEY" in line]
+    assert [w.split("'")[1] for w in warnings] == ["chat", "completions", "embeddings"]
+    assert all(why in w for w in warnings)
+    assert "endpoints ready: anthropic-chat" in result.stderr
+    assert REAL_LOOKING_KEY not in result.stdout + result.stderr
+    if value.strip():
+        assert value.strip().strip('"') not in result.stderr
+
+
+def test_route_loses_a_disabled_destination_and_is_reweighted():
+    result = entrypoint("--check", OPENAI_API_KEY=REAL_LOOKING_KEY)
+    assert "route 'chat-split' now splits chat 100%" in result.stderr
+    assert REAL_LOOKING_KEY not in result.stderr
+
+
+def test_key_from_a_secret_file_with_its_trailing_newline_is_accepted(tmp_path):
+    (tmp_path / "openai_api_key").write_text(REAL_LOOKING_KEY + "\n")
+    result = entrypoint("--check", GATEWAY_SECRETS_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "endpoints ready: chat, completions, embeddings" in result.stderr
+    missing = entrypoint("--check", OPENAI_API_KEY_FILE=str(tmp_path / "nope"))
+    assert "OPENAI_API_KEY_FILE file" in missing.stderr and "does not exist" in missing.stderr
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_broken_yaml_is_reported_with_its_line_not_a_traceback(tmp_path):
+    config = write_config(tmp_path, "endpoints:\n  - name: chat\n    endpoint_type: llm/v1/chat\n   model: [\n")
+    result = entrypoint("--check", GATEWAY_CONFIG=str(config), OPENAI_API_KEY=REAL_LOOKING_KEY)
+    assert result.returncode == 78
+    assert f"{config}:4:" in result.stderr and "not valid YAML" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_endpoint_is_reported_with_its_name_field_and_line(tmp_path):
+    text = (REPO / "config.yaml").read_text().replace("endpoint_type: llm/v1/embeddings", "endpoint_type: llm/v1/embed")
+    config = write_config(tmp_path, text)
+    result = entrypoint("--check", GATEWAY_CONFIG=str(config), OPENAI_API_KEY=REAL_LOOKING_KEY)
+    assert result.returncode == 78
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "llm/v1/embed" in l)
+    assert f"{config}:{line}: endpoint 'embeddings'" in result.stderr, result.stderr
+    assert "llm/v1/embed" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.integration
+def test_gateway_started_with_a_key_file_serves_and_never_logs_the_key(tmp_path, fake_upstream):
+    (tmp_path / "openai_api_key").write_text(REAL_LOOKING_KEY + "\n")
+    port = free_port()
+    env = clean_env(
+        GATEWAY_SECRETS_DIR=str(tmp_path), OPENAI_API_BASE=f"{fake_upstream}/v1", GATEWAY_HOST="127.0.0.1",
+        GATEWAY_PORT=str(port), GATEWAY_WORKERS="1", GATEWAY_RUNTIME_DIR=str(tmp_path / "run"),
+    )
+    log = tmp_path / "gateway.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=env, stdout=out, stderr=out, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
+        r = requests.post(
+            f"http://127.0.0.1:{port}/gateway/chat/invocations",
+            json={"messages": [{"role": "user", "content": "hi"}]}, timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Request-ID"] and r.headers["X-Gateway-Replica"]
+    finally:
+        stop_group(proc.pid)
+    assert "endpoints ready: chat, completions, embeddings" in log.read_text()
+    assert REAL_LOOKING_KEY not in log.read_text()
+    assert REAL_LOOKING_KEY not in (tmp_path / "run" / "config.active.yaml").read_text()
+
+
+def test_nginx_conf_passes_nginx_t(tmp_path):
+    nginx = shutil.which("nginx") or pytest.fail("nginx is not installed: apt-get install nginx")
+    result = subprocess.run(
+        [nginx, "-t", "-c", str(REPO / "nginx.conf"), "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
+         "-g", f"pid {tmp_path}/nginx.pid;"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr

@@ -1,0 +1,259 @@
+"""Static checks of the deployment files: no Docker engine needed.
+
+What a user relies on when they run `docker compose ...`, `docker build` or a script, checked by reading the
+files and by the same linters `make lint` runs (from this interpreter's bin directory, requirements-dev.txt):
+  .venv/bin/python -m pytest tests/test_static.py -q
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+# Not resolved: in a venv, sys.executable is .venv/bin/python (a symlink) and the tools sit beside it.
+BIN = Path(sys.executable).parent
+DEV = "docker-compose.yml"
+PROD = "docker-compose.prod.yml"
+COMPOSE_FILES = [DEV, PROD]
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"{name} not found in {BIN}: install the dev tools (make venv, or pip install -r requirements-dev.txt)")
+    return str(path)
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def compose(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+def services(name: str) -> dict[str, dict]:
+    return compose(name)["services"]
+
+
+def shell_scripts() -> list[Path]:
+    """Every *.sh in the repository outside hidden folders (.venv, .git, .stack): new scripts are covered too."""
+    return sorted(
+        p for p in REPO.rglob("*.sh")
+        if not any(part.startswith(".") or part == "node_modules" for part in p.relative_to(REPO).parts)
+    )
+
+
+def user_scripts() -> list[Path]:
+    """The scripts a user runs by hand: scripts/*.sh (lib.sh is sourced, not run) and ./check_gateway.sh."""
+    return [p for p in sorted((REPO / "scripts").glob("*.sh")) if p.name != "lib.sh"] + [REPO / "check_gateway.sh"]
+
+
+# ---------------------------------------------------------------------------------------------------- compose
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_compose_file_is_valid_for_the_compose_spec(name):
+    result = run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", name)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prod_gateway_can_scale_because_it_has_no_container_name_and_no_published_port():
+    gateway = services(PROD)["mlflow-gateway"]
+    assert "container_name" not in gateway
+    assert "ports" not in gateway
+    assert [str(p) for p in gateway["expose"]] == ["8000"]
+
+
+def test_prod_publishes_only_nginx_on_port_5000():
+    published = {name: svc["ports"] for name, svc in services(PROD).items() if svc.get("ports")}
+    assert published == {"nginx": ["5000:5000"]}
+
+
+def test_dev_keeps_the_earlier_kit_container_name_and_port():
+    gateway = services(DEV)["mlflow-gateway"]
+    assert gateway["container_name"] == "mlflow-gateway"
+    assert gateway["ports"] == ["5000:8000"]
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_every_service_has_a_healthcheck(name):
+    for service, svc in services(name).items():
+        check = svc.get("healthcheck") or {}
+        assert check.get("test") and not check.get("disable"), f"{name}: {service} has no healthcheck"
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_every_service_rotates_its_logs(name):
+    for service, svc in services(name).items():
+        logging = svc.get("logging") or {}
+        options = logging.get("options") or {}
+        assert logging.get("driver") == "json-file", f"{name}: {service}"
+        assert options.get("max-size") and options.get("max-file"), f"{name}: {service} logs grow without bound"
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_services_wait_for_their_dependencies_to_be_healthy(name):
+    for service, svc in services(name).items():
+        depends = svc.get("depends_on") or {}
+        assert isinstance(depends, dict), f"{name}: {service} depends_on is a list, so it waits for nothing"
+        for dependency, spec in depends.items():
+            assert spec.get("condition") == "service_healthy", f"{name}: {service} -> {dependency}"
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_demo_profile_starts_the_fake_llm_and_the_gateway_uses_it_only_when_present(name):
+    all_services = services(name)
+    fake = all_services["fake-llm"]
+    assert fake["profiles"] == ["demo"]
+    assert fake["entrypoint"][:3] == ["python", "-m", "gateway_kit.fake_upstream"]
+    assert "ports" not in fake
+    gateway = all_services["mlflow-gateway"]
+    assert gateway["environment"]["GATEWAY_DEMO_UPSTREAM"] == "http://fake-llm:9000"
+    # required: false -> without --profile demo the gateway still starts (compose would refuse otherwise).
+    assert gateway["depends_on"]["fake-llm"] == {"condition": "service_healthy", "required": False}
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_the_env_file_is_optional_and_the_ledger_is_a_named_volume(name):
+    gateway = services(name)["mlflow-gateway"]
+    assert gateway["env_file"] == [{"path": ".env", "required": False}]
+    assert gateway["environment"]["GATEWAY_LEDGER_DIR"] == "/var/lib/gateway-ledger"
+    assert "gateway-ledger:/var/lib/gateway-ledger" in gateway["volumes"]
+    assert "gateway-ledger" in compose(name)["volumes"]
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_gateway_gets_longer_to_stop_than_its_graceful_timeout(name):
+    grace = services(name)["mlflow-gateway"]["stop_grace_period"]
+    assert int(grace.rstrip("s")) > 30  # GATEWAY_GRACEFUL_TIMEOUT default (docs/architecture.md)
+
+
+def test_prod_gateway_runs_hardened_and_shares_redis():
+    gateway = services(PROD)["mlflow-gateway"]
+    assert gateway["read_only"] is True and "/tmp" in gateway["tmpfs"]
+    assert gateway["user"].split(":")[0] == "10001"
+    assert gateway["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in gateway["security_opt"]
+    assert set(gateway["deploy"]["resources"]["limits"]) >= {"cpus", "memory"}
+    assert gateway["environment"]["GATEWAY_REDIS_URL"] == "redis://redis:6379/0"
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_prod_nginx_mounts_the_repository_config_read_only_and_waits_for_the_gateway():
+    nginx = services(PROD)["nginx"]
+    assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in nginx["volumes"]
+    assert nginx["read_only"] is True
+    assert {"/var/cache/nginx", "/var/run"} <= set(nginx["tmpfs"])
+    assert nginx["depends_on"] == {"mlflow-gateway": {"condition": "service_healthy"}}
+    assert "http://127.0.0.1:5000/nginx-health" in nginx["healthcheck"]["test"]
+
+
+def test_third_party_images_are_pinned_to_a_patch_release():
+    for service in ("nginx", "redis"):
+        image = services(PROD)[service]["image"]
+        assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+\.\d+-alpine(@sha256:[0-9a-f]{64})?", image), image
+
+
+# ------------------------------------------------------------------------------------------------- Dockerfile
+def test_dockerfile_passes_hadolint():
+    result = run(tool("hadolint"), "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, each on one line (continuations joined, comment lines dropped)."""
+    lines = [line for line in (REPO / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")]
+    return [" ".join(i.split()) for i in "\n".join(lines).replace("\\\n", " ").splitlines() if i.strip()]
+
+
+def test_image_installs_the_lock_with_hashes_and_runs_as_a_non_root_user():
+    instructions = dockerfile_instructions()
+    assert any(re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11(\.\d+)?-slim-bookworm", i) for i in instructions)
+    installs = [i for i in instructions if i.startswith("RUN ") and "pip install" in i]
+    assert installs, "no pip install in the Dockerfile"
+    assert all("--require-hashes" in i and "-r requirements.lock" in i and "--no-cache-dir" in i for i in installs)
+    assert "USER 10001:10001" in instructions
+    assert 'ENTRYPOINT ["/app/entrypoint.sh"]' in instructions
+    assert any(i.startswith("HEALTHCHECK ") and "/health" in i for i in instructions)
+
+
+def test_build_context_leaves_secrets_out():
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert patterns[0] == "*", ".dockerignore should be an allowlist"
+    assert not any(p.lstrip("!").startswith((".env", "secrets")) for p in patterns if p.startswith("!"))
+
+
+# ------------------------------------------------------------------------------------------------------ shell
+def test_shell_scripts_pass_shellcheck():
+    scripts = shell_scripts()
+    if not scripts:
+        pytest.skip("no shell scripts")
+    result = run(tool("shellcheck"), "-x", *(str(p.relative_to(REPO)) for p in scripts))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", user_scripts(), ids=lambda p: str(p.relative_to(REPO)))
+def test_script_is_executable_and_answers_help(script):
+    assert script.stat().st_mode & 0o111, f"chmod +x {script.relative_to(REPO)}"
+    result = run(str(script), "--help", timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+@pytest.mark.parametrize("script", user_scripts(), ids=lambda p: str(p.relative_to(REPO)))
+def test_script_rejects_an_unknown_argument_with_exit_2(script):
+    result = run(str(script), "--no-such-flag", timeout=20)
+    assert result.returncode == 2
+    assert "Unexpected argument: --no-such-flag. Use --help." in result.stderr
+
+
+def test_scripts_and_gateway_agree_on_what_a_placeholder_key_is():
+    from gateway_kit.secrets import _PLACEHOLDER
+
+    lib = (REPO / "scripts" / "lib.sh").read_text()
+    shell_re = re.search(r"^KEY_PLACEHOLDER_RE='([^']*)'", lib, re.M)
+    assert shell_re and shell_re.group(1) == _PLACEHOLDER.pattern
+
+
+# -------------------------------------------------------------------------------------------------- the lock
+def lock_requirements() -> dict[str, str]:
+    """name -> the requirement's whole entry (continuation lines joined), comments dropped."""
+    text = (REPO / "requirements.lock").read_text().replace("\\\n", " ")
+    entries = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return {re.split(r"[=<>!~; \[]", e, maxsplit=1)[0].lower().replace("_", "-"): e for e in entries}
+
+
+def test_lock_pins_mlflow_and_every_requirement_has_an_exact_version_and_a_hash():
+    entries = lock_requirements()
+    assert entries["mlflow"].startswith("mlflow==3.17.2 ")
+    for name, entry in entries.items():
+        assert re.match(rf"{re.escape(entry.split('==')[0])}==[^ ]+ ", entry), f"{name} is not pinned with =="
+        assert "--hash=sha256:" in entry, f"{name} has no hash"
+
+
+def test_lock_covers_every_requirement_in_requirements_txt():
+    locked = lock_requirements()
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name = re.split(r"[=<>!~; \[]", line, maxsplit=1)[0].lower().replace("_", "-")
+            assert name in locked, f"{name} is in requirements.txt but not in requirements.lock: run make lock"
+
+
+# ---------------------------------------------------------------------------------------------- env.template
+def test_env_template_keeps_the_placeholder_the_checks_recognise():
+    assert "OPENAI_API_KEY=sk-your-actual-key-here" in (REPO / "env.template").read_text().splitlines()
+
+
+def test_env_template_documents_every_variable_of_the_architecture():
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    environment = doc.split("## Environment", 1)[1].split("\n## ", 1)[0]
+    template = (REPO / "env.template").read_text()
+    for name in set(re.findall(r"`([A-Z][A-Z0-9_]+)`", environment)):
+        assert re.search(rf"^#? ?{name}=", template, re.M), f"{name} is not in env.template"
