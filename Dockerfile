@@ -39,7 +39,7 @@ COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 # Code and config stay owned by root: the gateway user can read them, not change them.
 COPY gateway_kit/ ./gateway_kit/
-COPY config.yaml ./
+COPY config.yaml pricing.yaml ./
 COPY --chmod=0755 entrypoint.sh ./
 
 USER 10001:10001

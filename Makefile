@@ -85,3 +85,5 @@ demo: venv
 
 bench: venv
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/bench_evaluate.py
+	$(PYTHON) bench/bench_analyze_costs.py

@@ -34,6 +34,10 @@ export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 python="${PYTHON:-python}"
 config="${GATEWAY_CONFIG:-$here/config.yaml}"
 runtime="${GATEWAY_RUNTIME_DIR:-/tmp/gateway}"
+# Prices for models genai-prices does not know (see pricing.yaml), wherever this script is started from.
+if [ -z "${GATEWAY_PRICING_FILE:-}" ] && [ -f "$here/pricing.yaml" ]; then
+  export GATEWAY_PRICING_FILE="$here/pricing.yaml"
+fi
 
 if [ -n "$check_only" ]; then
   exec "$python" -m gateway_kit.preflight "$config"

@@ -3,7 +3,8 @@
     make bench                                    # or: .venv/bin/python bench/run.py
     .venv/bin/python bench/run.py --duration 20 --connections 32 --rounds 3
 
-Every target answers from the same fake upstream (0 ms latency) and uses the same worker count. wrk
+Every target answers from the same fake upstream (0 ms latency) and uses the same worker count; the kit
+runs with its usage records (stdout + ledger) on, and once more with them off to show what they cost. wrk
 (Debian package) drives POST chat requests; rounds interleave the targets so machine noise hits them
 alike, and the table reports each target's median round with its ratio to stock MLflow. Needs root
 (the local stack's DNS on 127.0.0.11:53). Prints a Markdown table; --json for machines.
@@ -105,13 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         subprocess.run([*stack[:1], "up", "--replicas", "2", "--workers", str(args.workers), *stack[1:]],
                        env=env, check=True)
-        kit = start([str(REPO / "entrypoint.sh")], {**env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": "18100",
-                    "GATEWAY_RUNTIME_DIR": str(work / "kit")}, work / "kit.log")
-        procs.append(kit)
-        wait_http("http://127.0.0.1:18100/health")
+        for port, records in ((18100, "on"), (18101, "off")):
+            procs.append(start([str(REPO / "entrypoint.sh")], {
+                **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_USAGE_RECORDS": records,
+                "GATEWAY_RUNTIME_DIR": str(work / f"kit-{port}"), "GATEWAY_LEDGER_DIR": str(work / "ledger"),
+            }, work / f"kit-{port}.log"))
+            wait_http(f"http://127.0.0.1:{port}/health")
         # Stock MLflow serves the very config the kit checked and wrote (demo keys, fake upstream).
         stock = start([sys.executable, "-m", "mlflow", "gateway", "start", "--config-path",
-                       str(work / "kit" / "config.active.yaml"), "--port", "18200", "--workers", str(args.workers)],
+                       str(work / "kit-18100" / "config.active.yaml"), "--port", "18200", "--workers", str(args.workers)],
                       env, work / "stock.log")
         procs.append(stock)
         wait_http("http://127.0.0.1:18200/health")
@@ -120,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             "(a) fake upstream directly": f"{FAKE}/v1/chat/completions",
             "(b) stock `mlflow gateway start`": "http://127.0.0.1:18200/gateway/chat/invocations",
             "(c) kit, one instance": "http://127.0.0.1:18100/gateway/chat/invocations",
+            "(c0) kit, usage records off": "http://127.0.0.1:18101/gateway/chat/invocations",
             "(d) kit, nginx + 2 instances": "http://127.0.0.1:5000/gateway/chat/invocations",
         }
         for url in targets.values():  # warm up every path once

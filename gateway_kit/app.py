@@ -17,6 +17,8 @@ import yaml
 from gateway_kit.preflight import key_refs
 from gateway_kit.secrets import export_file_keys
 
+_OFF = {"off", "0", "false", "no"}
+
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -84,12 +86,40 @@ def add_upstream_error_handlers(app) -> None:
     app.add_exception_handler(json.JSONDecodeError, bad_answer)
 
 
+def setup_logging() -> None:
+    """The kit's own log lines on stderr, worded like entrypoint.sh's: `gateway: error: ...`."""
+    import logging
+    import sys
+
+    logger = logging.getLogger("gateway_kit")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("gateway: %(levelname)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 def create_app():
     from mlflow.gateway.app import create_app_from_path
 
+    setup_logging()
     path = config_path()
     raw = yaml.safe_load(path.read_text()) or {}
     export_file_keys([name for e in raw.get("endpoints") or [] for name in key_refs(e).values()])
     app = create_app_from_path(path)
     add_upstream_error_handlers(app)
+    if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
+        app = usage_recorder(app, raw)
     return RequestContext(app, replica=replica_id())
+
+
+def usage_recorder(app, config: dict):
+    from gateway_kit.pricing import Pricer
+    from gateway_kit.recording import UsageRecorder, endpoint_infos
+    from gateway_kit.usage import Ledger
+
+    endpoints = endpoint_infos(config)
+    pricer = Pricer()
+    pricer.warm((info.model, info.provider) for info in endpoints.values() if info.model)
+    return UsageRecorder(app, endpoints, replica_id(), Ledger.from_env(), pricer)

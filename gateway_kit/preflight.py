@@ -274,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         log("error", f"{e} — fix config.yaml and start again")
         return EX_CONFIG
+    try:
+        from gateway_kit.pricing import PricingFileError, Pricer
+
+        Pricer()
+    except PricingFileError as e:
+        log("error", f"{e} — fix pricing.yaml and start again")
+        return EX_CONFIG
     names = ", ".join(e["name"] for e in config["endpoints"])
     log("info", f"endpoints ready: {names}")
     if args.write:

@@ -97,6 +97,7 @@ def test_gateway_started_with_a_key_file_serves_and_never_logs_the_key(tmp_path,
     env = clean_env(
         GATEWAY_SECRETS_DIR=str(tmp_path), OPENAI_API_BASE=f"{fake_upstream}/v1", GATEWAY_HOST="127.0.0.1",
         GATEWAY_PORT=str(port), GATEWAY_WORKERS="1", GATEWAY_RUNTIME_DIR=str(tmp_path / "run"),
+        GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"),
     )
     log = tmp_path / "gateway.log"
     with log.open("w") as out:

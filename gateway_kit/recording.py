@@ -1,0 +1,187 @@
+"""ASGI middleware: one usage record per request, for every route, streams included.
+
+It watches what passes (never holds a response back): the request path (and, on /v1/*, the body's
+"model", which names the endpoint), the response status, and the response bytes, from which it reads the
+model and the usage as the provider answered. A stream is read chunk by chunk as it goes out; one cut by
+the client or the upstream is recorded with what arrived, marked partial. The record goes to stdout and
+the ledger (gateway_kit.usage.emit) when the response is done.
+
+Turn records off with GATEWAY_USAGE_RECORDS=off (the ledger alone with GATEWAY_LEDGER_DIR=off).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from gateway_kit.pricing import Pricer, Usage
+from gateway_kit.usage import Ledger, StreamUsage, UsageRecord, emit, usage_from_body, utc_now_iso
+
+_DECODER = json.JSONDecoder()
+_V1_PREFIX = "/v1/"
+_INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
+_INVOCATION_SUFFIX = "/invocations"
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    provider: str | None
+    model: str | None
+
+
+def endpoint_infos(config: dict) -> dict[str, EndpointInfo]:
+    """{endpoint or route name: provider and configured model} from a gateway config mapping."""
+    infos = {}
+    for endpoint in config.get("endpoints") or []:
+        model = endpoint.get("model") or {}
+        provider = model.get("provider")
+        if provider == "openai" and (model.get("config") or {}).get("openai_api_type") in ("azure", "azuread"):
+            provider = "azure"
+        infos[endpoint["name"]] = EndpointInfo(provider, model.get("name"))
+    for route in config.get("routes") or []:
+        infos[route["name"]] = EndpointInfo(None, None)
+    return infos
+
+
+def value_after(body: bytes, key: bytes, last: bool = False):
+    """The JSON value that follows `"key":` in body (first or last occurrence), or None.
+
+    An unescaped `"key":` can only be a real key: inside a JSON string its quotes would be escaped. This
+    reads the model and usage of a response without parsing a large body (embeddings) in full."""
+    at = body.rfind(key) if last else body.find(key)
+    if at < 0:
+        return None
+    try:
+        return _DECODER.raw_decode(body[at + len(key):].lstrip().decode("utf-8", "replace"))[0]
+    except ValueError:
+        return None
+
+
+def endpoint_of(path: str, request_body: bytes) -> str | None:
+    if path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX):
+        return path[path.index("/", 1) + 1 : -len(_INVOCATION_SUFFIX)]
+    if path.startswith(_V1_PREFIX) and request_body:
+        model = value_after(request_body, b'"model":')
+        return model if isinstance(model, str) else None
+    return None
+
+
+def recorded(path: str) -> bool:
+    return path.startswith(_V1_PREFIX) or (path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX))
+
+
+class UsageRecorder:
+    def __init__(self, app, endpoints: dict[str, EndpointInfo], replica: str, ledger: Ledger | None,
+                 pricer: Pricer) -> None:
+        self.app = app
+        self.endpoints = endpoints
+        self.replica = replica
+        self.ledger = ledger
+        self.pricer = pricer
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not recorded(scope["path"]):
+            return await self.app(scope, receive, send)
+        started, wall = time.perf_counter(), time.time()
+        path = scope["path"]
+        request_body = bytearray()
+        state = {"status": 0, "stream": False, "disconnected": False, "ttft": None, "done": False}
+        response = bytearray()
+        stream_usage: StreamUsage | None = None
+
+        async def watch_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                if path.startswith(_V1_PREFIX) and len(request_body) < 65536:
+                    request_body.extend(message.get("body", b""))
+            elif message["type"] == "http.disconnect":
+                state["disconnected"] = True
+            return message
+
+        async def watch_send(message):
+            nonlocal stream_usage
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name == b"content-type" and value.startswith(b"text/event-stream"):
+                        state["stream"] = True
+                        stream_usage = StreamUsage()
+            elif message["type"] == "http.response.body":
+                chunk = message.get("body", b"")
+                if chunk:
+                    if state["ttft"] is None:
+                        state["ttft"] = (time.perf_counter() - started) * 1000
+                    if stream_usage is not None:
+                        stream_usage.feed_bytes(chunk)
+                    else:
+                        response.extend(chunk)
+                if not message.get("more_body", False):
+                    state["done"] = True
+            await send(message)
+
+        error = None
+        try:
+            await self.app(scope, watch_receive, watch_send)
+        except BaseException as e:
+            error = "upstream_stream_cut" if state["stream"] else f"exception_{type(e).__name__}"
+            raise
+        finally:
+            self.record(scope, path, bytes(request_body), state, bytes(response), stream_usage, error,
+                        wall, started)
+
+    def record(self, scope, path, request_body, state, response, stream_usage, error, wall, started) -> None:
+        endpoint = endpoint_of(path, request_body)
+        info = self.endpoints.get(endpoint) if endpoint else None
+        status = state["status"] or 500
+        if stream_usage is not None:
+            stream_usage.close()
+            usage, model = stream_usage.usage, stream_usage.model
+        else:
+            raw_usage = value_after(response, b'"usage":', last=True)
+            usage = _usage(raw_usage)
+            model = value_after(response, b'"model":')
+            model = model if isinstance(model, str) else None
+        partial = state["stream"] and status < 400 and (usage is None or not state["done"] or error is not None)
+        if error is None and status >= 400:
+            error = f"http_{status}"
+        elif partial and error is None:
+            error = "client_disconnected" if state["disconnected"] else "stream_cut"
+        usage = usage or Usage()
+        model = model or (info.model if info else None)
+        provider = info.provider if info else None
+        cost = self.pricer.cost(model, provider, usage) if (usage.prompt_tokens or usage.completion_tokens) else None
+        emit(UsageRecord(
+            ts=utc_now_iso(wall),
+            request_id=(scope.get("state") or {}).get("request_id"),
+            route=path,
+            endpoint=endpoint,
+            provider=provider,
+            model=model,
+            status=status,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            ttft_ms=round(state["ttft"], 2) if state["stream"] and state["ttft"] is not None else None,
+            stream=state["stream"],
+            partial=partial,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            client=_header(scope, b"x-gateway-client"),
+            replica=self.replica,
+            cost_usd=round(cost.usd, 12) if cost and cost.usd is not None else (None if cost else 0.0),
+            price_source=cost.source if cost else "no tokens",
+            error=error,
+        ), self.ledger)
+
+
+def _usage(raw) -> Usage | None:
+    return usage_from_body({"usage": raw}) if isinstance(raw, dict) else None
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1") or None
+    return None

@@ -1,0 +1,347 @@
+"""gateway_kit.usage: the record format, tokens from provider responses, the ledger and emit()."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway_kit.pricing import Pricer, Usage
+from gateway_kit.usage import (
+    RECORD_FIELDS,
+    Ledger,
+    StreamUsage,
+    UsageRecord,
+    emit,
+    ledger_file_name,
+    model_from_body,
+    usage_from_anthropic,
+    usage_from_body,
+    usage_from_openai,
+    utc_now_iso,
+    with_cost,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DAY1 = 1795341600.0  # 2026-11-22T10:00:00Z
+DAY = "2026-11-22"
+
+
+def record(n: int = 0, **fields) -> UsageRecord:
+    base = dict(ts=utc_now_iso(DAY1 + n), request_id=f"req-{n}", route="/gateway/chat/invocations", endpoint="chat",
+                provider="openai", model="gpt-4o-mini", status=200, latency_ms=12.5, prompt_tokens=10,
+                completion_tokens=5, total_tokens=15, replica="r1")
+    base.update(fields)
+    return UsageRecord(**base)
+
+
+class Clock:
+    def __init__(self, t: float = DAY1) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def lines_of(directory: Path) -> list[dict]:
+    out = []
+    for path in sorted(directory.glob("usage-*.jsonl")):
+        for line in path.read_text().splitlines():
+            out.append(json.loads(line))  # raises if any line is not whole
+    return out
+
+
+# -- the record ----------------------------------------------------------------------------------------------
+
+
+def test_a_record_is_one_tagged_json_line_with_every_field():
+    line = record(cost_usd=0.000123, price_source="genai-prices 0.2.3").to_json()
+    assert "\n" not in line
+    assert line.startswith('{"type":"usage","v":1,"ts":"2026-11-22T10:00:00.000Z","request_id":"req-0",')
+    data = json.loads(line)
+    assert list(data) == ["type", "v", *RECORD_FIELDS]
+    assert set(RECORD_FIELDS) == {
+        "ts", "request_id", "route", "endpoint", "provider", "model", "status", "latency_ms", "ttft_ms", "stream",
+        "partial", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
+        "client", "replica", "cost_usd", "price_source", "served_by", "error",
+    }
+
+
+def test_a_record_round_trips_and_ignores_fields_it_does_not_know():
+    r = record(stream=True, partial=True, ttft_ms=80.0, client="team-a", error="client_disconnected")
+    data = json.loads(r.to_json())
+    assert UsageRecord.from_dict(data) == r
+    assert UsageRecord.from_dict({**data, "added_in_a_later_version": 1}) == r
+
+
+def test_from_dict_refuses_what_is_not_a_usage_record():
+    with pytest.raises(ValueError, match="not a usage record"):
+        UsageRecord.from_dict({"type": "access", "ts": "x"})
+    with pytest.raises(ValueError):
+        UsageRecord.from_dict(["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+def test_content_is_absent_unless_set_and_nan_never_reaches_json():
+    assert "content" not in json.loads(record().to_json())
+    assert json.loads(record(content={"prompt": "hi"}).to_json())["content"] == {"prompt": "hi"}
+    assert json.loads(record(cost_usd=float("nan")).to_json())["cost_usd"] is None
+
+
+def test_with_cost_fills_in_the_price():
+    r = with_cost(record(prompt_tokens=1_000_000, completion_tokens=0), Pricer(os.devnull))
+    assert r.cost_usd == pytest.approx(0.15) and r.price_source == "genai-prices 0.2.3"
+    unknown = with_cost(record(model="my-own-llm"), Pricer(os.devnull))
+    assert unknown.cost_usd is None and unknown.price_source == "unknown"
+
+
+def test_utc_now_iso_sorts_as_text():
+    assert utc_now_iso(DAY1 + 0.5) == "2026-11-22T10:00:00.500Z"
+    assert sorted(utc_now_iso(DAY1 + x) for x in (5, 0.1, 3600)) == [utc_now_iso(DAY1 + x) for x in (0.1, 5, 3600)]
+
+
+# -- tokens from responses ---------------------------------------------------------------------------------
+
+
+def test_openai_chat_usage_with_cached_and_reasoning_tokens():
+    body = {"model": "o3-mini-2025-01-31", "usage": {
+        "prompt_tokens": 1200, "completion_tokens": 900, "total_tokens": 2100,
+        "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 640}}}
+    assert usage_from_openai(body) == Usage(1200, 900, 1024, 640)
+    assert usage_from_body(body) == Usage(1200, 900, 1024, 640)
+    assert model_from_body(body) == "o3-mini-2025-01-31"
+
+
+def test_openai_embeddings_and_responses_api_usage():
+    assert usage_from_body({"usage": {"prompt_tokens": 8, "total_tokens": 8}}) == Usage(8, 0, 0, 0)
+    responses = {"object": "response", "usage": {"input_tokens": 100, "output_tokens": 50,
+                                                 "input_tokens_details": {"cached_tokens": 64},
+                                                 "output_tokens_details": {"reasoning_tokens": 20}}}
+    assert usage_from_body(responses) == Usage(100, 50, 64, 20)
+
+
+def test_anthropic_usage_adds_cache_reads_and_writes_into_the_prompt():
+    body = {"type": "message", "model": "claude-3-5-haiku-20241022", "usage": {
+        "input_tokens": 20, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 300, "output_tokens": 70}}
+    assert usage_from_anthropic(body) == Usage(1320, 70, 1000, 0)
+    assert usage_from_body(body) == Usage(1320, 70, 1000, 0)
+
+
+def test_no_usage_is_none_not_zero():
+    assert usage_from_body({"choices": []}) is None
+    assert usage_from_body({"usage": None}) is None
+    assert usage_from_body("not a dict") is None
+
+
+def sse(*events: dict | str) -> bytes:
+    out = []
+    for e in events:
+        out.append(f"data: {e if isinstance(e, str) else json.dumps(e)}\n\n")
+    return "".join(out).encode()
+
+
+def feed_in_pieces(stream: StreamUsage, data: bytes, size: int) -> None:
+    for i in range(0, len(data), size):
+        stream.feed_bytes(data[i:i + size])
+    stream.close()
+
+
+@pytest.mark.parametrize("piece", [1, 7, 64, 10_000])
+def test_an_openai_stream_gives_its_final_usage_chunk_however_it_is_split(piece):
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024-07-18",
+             "choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None}
+    data = sse(chunk, chunk, {"id": "c1", "model": "gpt-4o-mini-2024-07-18", "choices": [], "usage": {
+        "prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
+        "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}},
+        "[DONE]")
+    s = StreamUsage()
+    feed_in_pieces(s, data, piece)
+    assert s.model == "gpt-4o-mini-2024-07-18"
+    assert s.usage == Usage(9, 2, 0, 0)
+
+
+def test_an_anthropic_stream_takes_input_from_message_start_and_output_from_message_delta():
+    data = (
+        b"event: message_start\n"
+        + sse({"type": "message_start", "message": {"model": "claude-3-5-haiku-latest", "usage": {
+            "input_tokens": 12, "cache_read_input_tokens": 100, "output_tokens": 1}}})
+        + b"event: content_block_delta\n"
+        + sse({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hello"}})
+        + b"event: message_delta\n"
+        + sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 42}})
+    )
+    s = StreamUsage()
+    feed_in_pieces(s, data, 5)
+    assert s.model == "claude-3-5-haiku-latest"
+    assert s.usage == Usage(112, 42, 100, 0)
+
+
+def test_a_stream_cut_before_its_usage_has_no_usage_and_never_raises():
+    s = StreamUsage()
+    s.feed_bytes(b'data: {"model": "gpt-4o-mini", "choices": [{"delta": {"content": "par')
+    s.feed_bytes(b"\x00\xff garbage")
+    s.close()
+    assert s.usage is None and s.model is None
+
+
+# -- the ledger -------------------------------------------------------------------------------------------
+
+
+def test_the_ledger_writes_one_file_per_replica_per_utc_day(tmp_path):
+    clock = Clock()
+    ledger = Ledger(tmp_path, "mlflow-gateway-1", clock=clock)
+    assert ledger.append(record(1))
+    clock.t += 86400
+    assert ledger.append(record(2))
+    ledger.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "usage-mlflow-gateway-1-2026-11-22.jsonl", "usage-mlflow-gateway-1-2026-11-23.jsonl"]
+    assert [r["request_id"] for r in lines_of(tmp_path)] == ["req-1", "req-2"]
+
+
+def test_the_replica_name_is_made_safe_for_a_file_name():
+    assert ledger_file_name("gw/1 a", DAY) == f"usage-gw_1_a-{DAY}.jsonl"
+
+
+def test_a_restarted_replica_appends_to_the_same_file_nothing_lost_or_doubled(tmp_path):
+    first = Ledger(tmp_path, "r1", clock=Clock())
+    for n in range(50):
+        first.append(record(n))
+    first.close()  # the gateway stops ...
+    second = Ledger(tmp_path, "r1", clock=Clock())  # ... and starts again
+    for n in range(50, 80):
+        second.append(record(n))
+    second.close()
+    ids = [r["request_id"] for r in lines_of(tmp_path)]
+    assert ids == [f"req-{n}" for n in range(80)]
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from gateway_kit.usage import Ledger, UsageRecord
+    directory, who, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    ledger = Ledger(directory, "shared")
+    pad = "x" * 3000  # long lines: a torn write would show
+    for n in range(count):
+        ledger.append(UsageRecord(ts="2026-11-22T10:00:00.000Z", request_id=f"{who}-{n}", route="/r", error=pad))
+""")
+
+
+def test_concurrent_writers_in_several_processes_only_ever_write_whole_lines(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"w{k}", "400"], cwd=REPO)
+             for k in range(6)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    records = lines_of(tmp_path)  # every line parses
+    assert len(records) == 6 * 400
+    assert {r["request_id"] for r in records} == {f"w{k}-{n}" for k in range(6) for n in range(400)}
+
+
+def test_a_writer_killed_mid_stream_leaves_only_whole_lines(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), "killed", "10000000"], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) < 2_000_000:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    records = lines_of(tmp_path)
+    assert len(records) > 100
+    assert all(r["error"] == "x" * 3000 for r in records)
+
+
+def full_disk(directory: Path, replica: str = "r1") -> None:
+    """Make today's ledger file /dev/full: every write fails with ENOSPC, as on a full disk."""
+    (directory / ledger_file_name(replica, DAY)).symlink_to("/dev/full")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to simulate a full disk")
+def test_a_full_disk_never_raises_and_is_logged_once_a_minute(tmp_path, caplog):
+    full_disk(tmp_path)
+    clock = Clock()
+    ledger = Ledger(tmp_path, "r1", clock=clock)
+    caplog.set_level(logging.ERROR, logger="gateway_kit.usage")
+    for n in range(120):  # two minutes of one request every second
+        clock.t = DAY1 + n
+        assert ledger.append(record(n)) is False
+    reports = [r for r in caplog.records if r.name == "gateway_kit.usage"]
+    assert len(reports) == 2  # at t=0 and at t=60, not 120 times
+    assert "No space left on device" in reports[0].getMessage()
+    assert "1 record(s) not written since the last report" in reports[0].getMessage()
+    assert "60 record(s) not written since the last report (61 in all)" in reports[1].getMessage()
+    assert ledger.failures == 120 and ledger.written == 0
+
+
+def test_a_missing_ledger_directory_fails_softly_and_recovers_when_it_appears(tmp_path, caplog):
+    directory = tmp_path / "volume" / "ledger"
+    clock = Clock()
+    ledger = Ledger(directory, "r1", clock=clock, create_dir=False)
+    caplog.set_level(logging.WARNING, logger="gateway_kit.usage")
+    assert ledger.append(record(1)) is False
+    assert ledger.failures == 1
+    directory.mkdir(parents=True)  # the volume is mounted
+    clock.t += 1
+    assert ledger.append(record(2)) is True
+    messages = [r.getMessage() for r in caplog.records if r.name == "gateway_kit.usage"]
+    assert any("cannot write" in m for m in messages)
+    assert any("again after 1 record(s) could not be written" in m for m in messages)
+    assert [r["request_id"] for r in lines_of(directory)] == ["req-2"]
+
+
+def test_a_ledger_path_that_cannot_be_a_directory_never_raises(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the ledger directory should be")
+    ledger = Ledger(blocker / "ledger", "r1")
+    assert ledger.append(record()) is False
+    assert ledger.failures == 1
+
+
+def test_ledger_from_env(tmp_path):
+    assert Ledger.from_env({"GATEWAY_LEDGER_DIR": "off"}) is None
+    ledger = Ledger.from_env({"GATEWAY_LEDGER_DIR": str(tmp_path), "GATEWAY_REPLICA_ID": "gw-7"})
+    assert ledger is not None and ledger.directory == tmp_path and ledger.replica == "gw-7"
+
+
+# -- emit --------------------------------------------------------------------------------------------------
+
+
+def test_emit_prints_the_line_to_stdout_and_appends_it_to_the_ledger(tmp_path):
+    out = tmp_path / "stdout.txt"
+    ledger = Ledger(tmp_path / "ledger", "r1", clock=Clock())
+    with open(out, "w") as stream:
+        line = emit(record(7), ledger, stream=stream)
+    ledger.close()
+    assert out.read_text() == line + "\n"
+    assert [r["request_id"] for r in lines_of(tmp_path / "ledger")] == ["req-7"]
+
+
+def test_emit_works_with_a_stream_without_a_file_descriptor():
+    buf = io.StringIO()
+    line = emit(record(1), None, stream=buf)
+    assert buf.getvalue() == line + "\n"
+
+
+def test_emit_never_raises_when_stdout_is_gone(tmp_path):
+    stream = open(tmp_path / "x", "w")
+    stream.close()
+    ledger = Ledger(tmp_path / "ledger", "r1", clock=Clock())
+    emit(record(1), ledger, stream=stream)  # closed stdout: no exception, the ledger still gets it
+    ledger.close()
+    assert len(lines_of(tmp_path / "ledger")) == 1
+
+
+def test_emit_from_a_real_process_reaches_its_stdout():
+    code = ("from gateway_kit.usage import UsageRecord, emit\n"
+            "emit(UsageRecord(ts='2026-11-22T10:00:00.000Z', request_id='p1', route='/r'))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["request_id"] == "p1"
