@@ -27,34 +27,6 @@ NGINX_TEST = tmp="$$(mktemp -d)" && $(NGINX) -t -c $(CURDIR)/nginx.conf -p "$$tm
 venv:
 	scripts/setup.sh --dev
 
-lock: requirements.txt -> requirements.lock (pinned, hashed, for the image's CPython 3.11 linux x86_64) ----
-# uv runs from a throwaway venv (.lock-venv), never from the project venv. --exclude-newer makes the lock
-# reproducible: the same inputs resolve to the same file until LOCK_EXCLUDE_NEWER is moved forward on purpose.
-UV_VERSION ?= 0.13.9
-LOCK_EXCLUDE_NEWER ?= 2026-11-22T00:00:00Z
-LOCK_COMPILE = uv pip compile requirements.txt --generate-hashes --no-header --python-version 3.11 \
-	--python-platform x86_64-unknown-linux-gnu --exclude-newer $(LOCK_EXCLUDE_NEWER)
-
-# Every shell script of the repository, hidden folders (.venv, .git, .stack) excepted: new scripts are linted too.
-SHELL_SCRIPTS := $(shell find . -name '*.sh' -not -path './.*' -not -path '*/node_modules/*' | sort)
-COMPOSE_FILES := docker-compose.yml docker-compose.prod.yml
-# nginx -t on the host's nginx with the nginx.conf the container mounts, flags as in tests/test_entrypoint.py:
-# prefix, error log and pid in a scratch directory, so it needs no root-owned paths.
-NGINX ?= nginx
-NGINX_TEST = tmp="$$(mktemp -d)" && $(NGINX) -t -c $(CURDIR)/nginx.conf -p "$$tmp" -e "$$tmp/error.log" \
-	-g "pid $$tmp/nginx.pid;"; rc=$$?; rm -rf "$$tmp"; exit $$rc
-
-.PHONY: venv lock lint test demo bench
-
-venv: .venv/.installed
-
-.venv/.installed: requirements.lock requirements-dev.txt
-	$(BOOTSTRAP_PYTHON) -m venv .venv
-	.venv/bin/python -m pip install --require-hashes -r requirements.lock
-	.venv/bin/python -m pip install -r requirements-dev.txt
-	.venv/bin/python -m pip check
-	touch $@
-
 lock:
 	rm -rf .lock-venv
 	$(BOOTSTRAP_PYTHON) -m venv .lock-venv
