@@ -1088,6 +1088,8 @@ class Runner:
         self.gaps_ms: list[float] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        # Set by Ctrl-C / SIGTERM (see interrupt()): the run ends now; requests in flight are left behind.
+        self.interrupted = threading.Event()
         self.errors = 0
         self.local = threading.local()
         self.workers_started = 0
@@ -1134,17 +1136,29 @@ class Runner:
             done, errors = len(self.records), self.errors
         self.progress.update(done, errors)
 
+    def interrupt(self, signum: int = 0, frame: Any = None) -> None:
+        """Signal handler: only sets flags, so no lock is ever left held by an exception raised mid-way."""
+        self.interrupted.set()
+        self.stop.set()
+
     def _wait(self, threads: list[threading.Thread]) -> None:
         for thread in threads:
-            while thread.is_alive():
+            while thread.is_alive() and not self.interrupted.is_set():
                 thread.join(0.1)
                 self._tick()
 
     def run_functional(self, repeat: int) -> None:
         """Each case in order, `repeat` times, one at a time (so latencies are not contended)."""
-        for seq in range(len(self.cases) * repeat):
-            self.execute(seq)
-            self._tick()
+
+        def one_by_one() -> None:
+            for seq in range(len(self.cases) * repeat):
+                if self.stop.is_set():
+                    return
+                self.execute(seq)
+
+        thread = threading.Thread(target=one_by_one, daemon=True, name="functional")
+        thread.start()
+        self._wait([thread])
 
     def run_closed_loop(self, concurrency: int, total: int | None, duration: float | None) -> None:
         """`concurrency` workers each send their next request as soon as the previous one answers."""
@@ -1580,34 +1594,28 @@ def fetch_endpoints(url: str, headers: dict[str, str]) -> dict[str, dict[str, st
 
 # ---------------------------------------------------------------- command line
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
+def number(kind: type = float, *, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite `kind` (int or float), 0 or more (more than 0 with above=True).
+
+    Kept here rather than imported from gateway_kit, so this file also runs copied on its own."""
+    noun = "whole number" if kind is int else "number"
+    wanted = f"a positive {noun}" if above else f"zero or more (a {noun})"
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (above and value == 0):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        return value
+
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected zero or more seconds, got {text!r}")
-    return value
+positive_int = number(int, above=True)
+positive_float = number(float, above=True)
+non_negative_float = number(float)
 
 
 def fraction(text: str) -> float:
@@ -1746,10 +1754,6 @@ def build_document(args: argparse.Namespace, mode: str, cases: list[Case], healt
     }
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def fail(message: str) -> None:
     sys.stderr.write(f"{PROG}: error: {message}\n")
 
@@ -1779,9 +1783,6 @@ def main(argv: list[str] | None = None) -> int:
         headers["Authorization"] = f"Bearer {api_key}"
     human = sys.stderr if args.json else sys.stdout
     paint = Paint(human.isatty() and not os.environ.get("NO_COLOR"))
-    # SIGTERM (CI cancelling the job) stops the run like Ctrl-C: finished requests are saved.
-    signal.signal(signal.SIGTERM, _interrupt)
-
     try:
         health = check_health(args.url, args.wait, headers)
     except GatewayUnreachable as e:
@@ -1807,17 +1808,16 @@ def main(argv: list[str] | None = None) -> int:
         args.concurrency or max(1, min(MAX_OPEN_LOOP_WORKERS, math.ceil(args.rate * args.timeout))))
     started = datetime.now(UTC)
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    interrupted = False
-    try:
-        if mode == "functional":
-            runner.run_functional(args.repeat)
-        elif args.rate is not None:
-            runner.run_open_loop(args.rate, args.requests, args.duration, workers)
-        else:
-            runner.run_closed_loop(workers, args.requests, args.duration)
-    except KeyboardInterrupt:
-        interrupted = True
-        runner.stop.set()
+    # Ctrl-C, or SIGTERM (CI cancelling the job), ends the run; the requests that finished are saved.
+    signal.signal(signal.SIGINT, runner.interrupt)
+    signal.signal(signal.SIGTERM, runner.interrupt)
+    if mode == "functional":
+        runner.run_functional(args.repeat)
+    elif args.rate is not None:
+        runner.run_open_loop(args.rate, args.requests, args.duration, workers)
+    else:
+        runner.run_closed_loop(workers, args.requests, args.duration)
+    interrupted = runner.interrupted.is_set()
     wall_s, cpu_s = time.perf_counter() - wall0, time.process_time() - cpu0
     if runner.crashes:
         raise runner.crashes[0]

@@ -62,7 +62,10 @@ def endpoint_of(path: str, request_body: bytes) -> str | None:
     if path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX):
         return path[path.index("/", 1) + 1 : -len(_INVOCATION_SUFFIX)]
     if path.startswith(_V1_PREFIX) and request_body:
-        model = value_after(request_body, b'"model":')
+        try:  # parsed in full: a tool's JSON schema may have a "model" property of its own
+            model = json.loads(request_body).get("model")
+        except (ValueError, AttributeError):
+            return None
         return model if isinstance(model, str) else None
     return None
 
@@ -93,7 +96,7 @@ class UsageRecorder:
         async def watch_receive():
             message = await receive()
             if message["type"] == "http.request":
-                if path.startswith(_V1_PREFIX) and len(request_body) < 65536:
+                if path.startswith(_V1_PREFIX):
                     request_body.extend(message.get("body", b""))
             elif message["type"] == "http.disconnect":
                 state["disconnected"] = True

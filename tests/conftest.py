@@ -51,20 +51,26 @@ def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen | None = Non
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def gone(pid: int, timeout: float, group: bool = False) -> bool:
+    """Wait up to `timeout` seconds for a process (or its whole group) to be gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0) if group else os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def stop_group(pid: int, timeout: float = 15) -> None:
     """SIGTERM a process group started with start_new_session, then SIGKILL what is left."""
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.killpg(pid, signal.SIGKILL)
+    if not gone(pid, timeout, group=True):
+        os.killpg(pid, signal.SIGKILL)
 
 
 @dataclass

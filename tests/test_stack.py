@@ -14,6 +14,8 @@ import openai
 import pytest
 import requests
 
+from conftest import gone
+
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 
 
@@ -178,15 +180,7 @@ def test_sigterm_lets_an_in_flight_stream_finish(stack):
         text = "".join(c["choices"][0]["delta"]["content"] or "" for c in chunks if c["choices"])
         assert text.endswith("a b c d e f g h")
         assert chunks[-1]["usage"]["completion_tokens"] > 0  # the stream's last chunk arrived
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"{name} still running 20 s after SIGTERM")
+        assert gone(pid, 20), f"{name} still running 20 s after SIGTERM"
         # The others keep serving; the stopped one is skipped.
         statuses = {chat(stack, "still there?").status_code for _ in range(10)}
         assert statuses == {200}
