@@ -180,7 +180,13 @@ class UsageRecorder:
 
 
 def _usage(raw) -> Usage | None:
-    return usage_from_body({"usage": raw}) if isinstance(raw, dict) else None
+    if not isinstance(raw, dict):
+        return None
+    if "prompt_tokens" in raw:  # MLflow answers every provider in OpenAI's shape: read it directly
+        cached = (raw.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        reasoning = (raw.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+        return Usage(raw["prompt_tokens"] or 0, raw.get("completion_tokens") or 0, cached, reasoning)
+    return usage_from_body({"usage": raw})
 
 
 def _header(scope, name: bytes) -> str | None:

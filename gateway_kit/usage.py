@@ -118,19 +118,19 @@ class UsageRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written: "type" and "v" first, then every field in declaration order."""
-        out: dict[str, Any] = {"type": RECORD_TYPE, "v": RECORD_VERSION}
-        for name in RECORD_FIELDS:
-            value = getattr(self, name)
-            if value.__class__ is float and not math.isfinite(value):
-                value = None  # NaN is not JSON
-            out[name] = value
-        if self.content is not None:
-            out["content"] = dict(self.content)
+        out: dict[str, Any] = {"type": RECORD_TYPE, "v": RECORD_VERSION, **self.__dict__}  # per request: kept lean
+        for name in ("latency_ms", "ttft_ms", "cost_usd"):
+            value = out[name]
+            if value is not None and not math.isfinite(value):
+                out[name] = None  # NaN is not JSON
+        content = out.pop("content")
+        if content is not None:
+            out["content"] = dict(content)
         return out
 
     def to_json(self) -> str:
         """One line of JSON, no newline, ASCII only."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+        return _ENCODER.encode(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageRecord:
@@ -154,6 +154,7 @@ class UsageRecord:
 
 _FIELDS = [f for f in fields(UsageRecord)]
 RECORD_FIELDS = tuple(f.name for f in _FIELDS if f.name != "content")
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 _INT_FIELDS = {"status", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"}
 _FLOAT_FIELDS = {"latency_ms"}
 _OPT_FLOAT_FIELDS = {"ttft_ms", "cost_usd"}
@@ -195,12 +196,17 @@ def _float(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+_last_second: list = [None, ""]  # the formatted second last asked for: strftime once a second, not per request
+
+
 def utc_now_iso(t: float | None = None) -> str:
     """ISO-8601 UTC with milliseconds and a Z: 2026-11-22T10:00:00.123Z (sorts as text)."""
     if t is None:
         t = time.time()
-    ms = int(t * 1000) % 1000
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(t))}.{ms:03d}Z"
+    second = int(t)
+    if _last_second[0] != second:
+        _last_second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_last_second[1]}.{int(t * 1000) % 1000:03d}Z"
 
 
 def with_cost(record: UsageRecord, pricer: Pricer) -> UsageRecord:
