@@ -1305,24 +1305,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
+def _non_negative(kind: type) -> Any:
+    """An argparse type: a `kind` (float or int) of 0 or more."""
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if value < 0 or value != value:  # value != value: NaN
+            raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
-    return value
+_non_negative_float = _non_negative(float)
+_non_negative_int = _non_negative(int)
 
 
 def _load_dotenv() -> None:
