@@ -109,6 +109,11 @@ def create_app():
     export_file_keys([name for e in raw.get("endpoints") or [] for name in key_refs(e).values()])
     app = create_app_from_path(path)
     add_upstream_error_handlers(app)
+    if os.environ.get("GATEWAY_SHARED_UPSTREAM_CLIENT", "on").lower() not in _OFF:
+        from gateway_kit import upstream
+
+        if upstream.install():
+            upstream.close_with(app)
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         app = usage_recorder(app, raw)
     return RequestContext(app, replica=replica_id())

@@ -14,7 +14,7 @@ http://HOST:PORT (MLflow appends /openai/deployments/<deployment>/<route>?api-ve
     POST /v1/chat/completions, /v1/completions, /v1/embeddings             OpenAI (stream and not)
     POST /openai/deployments/{d}/chat/completions|completions|embeddings   Azure OpenAI
     POST /v1/messages                                                      Anthropic (stream and not)
-    GET /health; GET /_fake/stats -> {requests, by_path, by_fault, auth_headers}; POST /_fake/reset
+    GET /health; GET /_fake/stats -> {requests, by_path, by_fault, auth_headers, connections}; POST /_fake/reset
 
 Answers: "Fake answer to: <last user message>", plus "(context: N earlier messages; first said:
 '<first 60 chars of the first user message>')" when there are earlier messages (an Anthropic system
@@ -119,16 +119,18 @@ class Stats:
         self.by_path: Counter[str] = Counter()
         self.by_fault: Counter[str] = Counter()
         self.auth: Counter[str] = Counter()
+        self.peers: set[Any] = set()  # client (address, port) pairs: one per TCP connection
 
     def record(self, request: web.Request) -> None:
         self.requests += 1
+        self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
         self.by_path[request.path] += 1
         present = [name for name in AUTH_HEADERS if name in request.headers]  # presence only, no values
         self.auth.update(present or ["none"])
 
     def as_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "by_path": dict(self.by_path),
-                "by_fault": dict(self.by_fault), "auth_headers": dict(self.auth)}
+        return {"requests": self.requests, "by_path": dict(self.by_path), "by_fault": dict(self.by_fault),
+                "auth_headers": dict(self.auth), "connections": len(self.peers)}
 
 
 # ------------------------------------------------------------------------------------- reading requests
