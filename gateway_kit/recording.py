@@ -12,12 +12,14 @@ Turn records off with GATEWAY_USAGE_RECORDS=off (the ledger alone with GATEWAY_L
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
 from gateway_kit.pricing import Pricer, Usage
 from gateway_kit.usage import Ledger, StreamUsage, UsageRecord, emit, usage_from_body, utc_now_iso
 
+log = logging.getLogger("gateway_kit.recording")
 _DECODER = json.JSONDecoder()
 _V1_PREFIX = "/v1/"
 _INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
@@ -130,8 +132,11 @@ class UsageRecorder:
             error = "upstream_stream_cut" if state["stream"] else f"exception_{type(e).__name__}"
             raise
         finally:
-            self.record(scope, path, bytes(request_body), state, bytes(response), stream_usage, error,
-                        wall, started)
+            try:
+                self.record(scope, path, bytes(request_body), state, bytes(response), stream_usage, error,
+                            wall, started)
+            except Exception:  # accounting must never turn into the request's failure
+                log.exception("usage record for %s could not be made", path)
 
     def record(self, scope, path, request_body, state, response, stream_usage, error, wall, started) -> None:
         endpoint = endpoint_of(path, request_body)
