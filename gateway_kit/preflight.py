@@ -16,6 +16,7 @@ Keys are left as `$NAME` in the written file; the gateway process resolves them 
 from __future__ import annotations
 
 import argparse
+from copy import deepcopy
 import os
 import re
 import sys
@@ -239,7 +240,7 @@ def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
 
 def with_dummy_keys(config: dict) -> dict:
     """A copy of `config` whose `$NAME` keys are literal, so validation needs no real key."""
-    copy = yaml.safe_load(yaml.safe_dump(config))
+    copy = deepcopy(config)
     for endpoint in copy.get("endpoints") or []:
         if isinstance(endpoint, dict):
             for field in key_refs(endpoint):

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import conftest
 import genai_prices
 import pytest
 
@@ -113,10 +114,8 @@ def compose_logs(records: list[UsageRecord], timestamps: bool) -> str:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env["GATEWAY_PRICING_FILE"] = os.devnull  # no pricing.yaml: genai-prices alone, unless a test says otherwise
-    env.update(extra)
-    return env
+    # no pricing.yaml: genai-prices alone, unless a test says otherwise
+    return conftest.clean_env(**{"GATEWAY_PRICING_FILE": os.devnull, **extra})
 
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None

@@ -139,7 +139,7 @@ def nginx_directives(text: str) -> list[tuple[str, str]]:
                 tokens.append(ch)
         else:
             word += ch
-    found, blocks, start = [], ["main"], True
+    found, blocks, start, statement = [], ["main"], True, "main"
     for token in tokens:
         if token in ";{":
             start = True

@@ -23,17 +23,13 @@ import openai
 import pytest
 import requests
 
+from conftest import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 30.0
 
 
 # ---------------------------------------------------------------- processes
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
     """Poll url until it answers; stop the process if it never does, so no test leaks one."""
