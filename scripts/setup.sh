@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need on a fresh Debian/Ubuntu machine: nginx, Redis,
-# dnsmasq, curl and wrk from apt (only those missing), and .venv from requirements.lock. Idempotent.
+# dnsmasq, curl, wrk and Prometheus from apt (only those missing), and .venv from requirements.lock. Idempotent.
 set -euo pipefail
 test "${DEBUG:-}" && set -x
 
@@ -15,7 +15,7 @@ Usage: scripts/setup.sh [--dev] [--help]
   --dev    also install the test and lint tools (requirements-dev.txt)
   --help   show this help
 
-Installs nginx, redis-server, dnsmasq-base and curl with apt-get when missing (needs root), then
+Installs nginx, redis-server, dnsmasq-base, curl, wrk and prometheus with apt-get when missing (needs root), then
 creates .venv with Python 3.11+ from requirements.lock (hash-checked). Runs again in seconds.
 EOF_USAGE
 }
@@ -35,14 +35,15 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v curl >/dev/null || missing+=(curl)
 command -v wrk >/dev/null || missing+=(wrk)  # bench/ load generator
+command -v promtool >/dev/null || missing+=(prometheus)  # metrics tests: promtool and a real Prometheus
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { log error "missing ${missing[*]}: run as root, or: sudo apt-get install -y ${missing[*]}"; exit 1; }
   log info "installing ${missing[*]} with apt-get"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# Debian may start its own nginx/redis on install; the kit runs its own on loopback ports.
-for service in nginx redis-server; do
+# Debian may start its own nginx/redis/prometheus on install; the kit runs its own on loopback ports.
+for service in nginx redis-server prometheus prometheus-node-exporter; do
   if command -v service >/dev/null && service "$service" status >/dev/null 2>&1; then
     log info "stopping the system $service service (the kit starts its own)"
     service "$service" stop >/dev/null 2>&1 || true
