@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway_kit.preflight import key_refs
+from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.secrets import export_file_keys
 
 _OFF = {"off", "0", "false", "no"}
@@ -100,14 +100,28 @@ def setup_logging() -> None:
         logger.propagate = False
 
 
+def mlflow_view(config: dict) -> dict:
+    """The config as MLflow gets it: without the kit's own keys (preflight.KIT_KEYS, KIT_ENDPOINT_KEYS)."""
+    view = {k: v for k, v in config.items() if k not in KIT_KEYS}
+    view["endpoints"] = [{k: v for k, v in e.items() if k not in KIT_ENDPOINT_KEYS} for e in config["endpoints"]]
+    return view
+
+
 def create_app():
-    from mlflow.gateway.app import create_app_from_path
+    from mlflow.environment_variables import (
+        MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_ENV,
+        MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE,
+    )
+    from mlflow.gateway.app import create_app_from_config
+    from mlflow.gateway.config import GatewayConfig
 
     setup_logging()
-    path = config_path()
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = yaml.safe_load(config_path().read_text()) or {}
     export_file_keys([name for e in raw.get("endpoints") or [] for name in key_refs(e).values()])
-    app = create_app_from_path(path)
+    # As mlflow.gateway.app.create_app_from_path does: `$NAME` keys come from the environment or a file.
+    os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_ENV.name] = "true"
+    os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE.name] = "true"
+    app = create_app_from_config(GatewayConfig(**mlflow_view(raw)))
     add_upstream_error_handlers(app)
     if os.environ.get("GATEWAY_SHARED_UPSTREAM_CLIENT", "on").lower() not in _OFF:
         from gateway_kit import upstream

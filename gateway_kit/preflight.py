@@ -238,6 +238,12 @@ def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
         raise fail(("routes",), f"routes: {getattr(e, 'message', e)}") from None
 
 
+# Keys of config.yaml that are the kit's, not MLflow's: checked here, used by gateway_kit, and never
+# shown to MLflow (see app.mlflow_view).
+KIT_KEYS: set[str] = set()  # top level
+KIT_ENDPOINT_KEYS: set[str] = set()  # per endpoint
+
+
 def with_dummy_keys(config: dict) -> dict:
     """A copy of `config` whose `$NAME` keys are literal, so validation needs no real key."""
     copy = deepcopy(config)
