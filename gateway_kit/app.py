@@ -128,17 +128,28 @@ def create_app():
 
         if upstream.install():
             upstream.close_with(app)
+    sinks = []
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
-        app = usage_recorder(app, raw)
+        sinks.append(usage_log())
+    if sinks:
+        app = usage_recorder(app, raw, sinks)
     return RequestContext(app, replica=replica_id())
 
 
-def usage_recorder(app, config: dict):
+def usage_log():
+    """The sink that writes each record to stdout and the ledger."""
+    from functools import partial
+
+    from gateway_kit.usage import Ledger, emit
+
+    return partial(emit, ledger=Ledger.from_env())
+
+
+def usage_recorder(app, config: dict, sinks: list):
     from gateway_kit.pricing import Pricer
     from gateway_kit.recording import UsageRecorder, endpoint_infos
-    from gateway_kit.usage import Ledger
 
     endpoints = endpoint_infos(config)
     pricer = Pricer()
     pricer.warm((info.model, info.provider) for info in endpoints.values() if info.model)
-    return UsageRecorder(app, endpoints, replica_id(), Ledger.from_env(), pricer)
+    return UsageRecorder(app, endpoints, replica_id(), pricer, sinks)

@@ -3,10 +3,11 @@
 It watches what passes (never holds a response back): the request path (and, on /v1/*, the body's
 "model", which names the endpoint), the response status, and the response bytes, from which it reads the
 model and the usage as the provider answered. A stream is read chunk by chunk as it goes out; one cut by
-the client or the upstream is recorded with what arrived, marked partial. The record goes to stdout and
-the ledger (gateway_kit.usage.emit) when the response is done.
+the client or the upstream is recorded with what arrived, marked partial. When the response is done the
+record goes to each sink: stdout and the ledger (gateway_kit.usage.emit), and whatever else counts usage.
 
-Turn records off with GATEWAY_USAGE_RECORDS=off (the ledger alone with GATEWAY_LEDGER_DIR=off).
+Turn the stdout and ledger records off with GATEWAY_USAGE_RECORDS=off (the ledger alone with
+GATEWAY_LEDGER_DIR=off).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway_kit.pricing import Pricer, Usage
-from gateway_kit.usage import Ledger, StreamUsage, UsageRecord, emit, usage_from_body, utc_now_iso
+from gateway_kit.usage import StreamUsage, UsageRecord, usage_from_body, utc_now_iso
 
 log = logging.getLogger("gateway_kit.recording")
 _DECODER = json.JSONDecoder()
@@ -77,13 +79,15 @@ def recorded(path: str) -> bool:
 
 
 class UsageRecorder:
-    def __init__(self, app, endpoints: dict[str, EndpointInfo], replica: str, ledger: Ledger | None,
-                 pricer: Pricer) -> None:
+    """Makes one UsageRecord per request and hands it to each sink (stdout and ledger, metrics, budgets)."""
+
+    def __init__(self, app, endpoints: dict[str, EndpointInfo], replica: str, pricer: Pricer,
+                 sinks: list[Callable[[UsageRecord], None]]) -> None:
         self.app = app
         self.endpoints = endpoints
         self.replica = replica
-        self.ledger = ledger
         self.pricer = pricer
+        self.sinks = sinks
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not recorded(scope["path"]):
@@ -159,7 +163,7 @@ class UsageRecorder:
         model = model or (info.model if info else None)
         provider = info.provider if info else None
         cost = self.pricer.cost(model, provider, usage) if (usage.prompt_tokens or usage.completion_tokens) else None
-        emit(UsageRecord(
+        record = UsageRecord(
             ts=utc_now_iso(wall),
             request_id=(scope.get("state") or {}).get("request_id"),
             route=path,
@@ -181,7 +185,12 @@ class UsageRecorder:
             cost_usd=round(cost.usd, 12) if cost and cost.usd is not None else (None if cost else 0.0),
             price_source=cost.source if cost else "no tokens",
             error=error,
-        ), self.ledger)
+        )
+        for sink in self.sinks:
+            try:
+                sink(record)
+            except Exception:  # one sink failing must not keep the record from the others
+                log.exception("usage record sink %r failed", sink)
 
 
 def _usage(raw) -> Usage | None:
