@@ -1,4 +1,5 @@
-# Targets CI and people call word for word: make venv, make lint, make test, make demo, make bench, make lock.
+# Targets CI and people call word for word: make venv, make lint, make test, make demo, make bench, make soak,
+# make lock.
 # PYTHON is the project venv's interpreter; the lint tools come from the same bin directory (requirements-dev.txt).
 PYTHON ?= .venv/bin/python
 BIN := $(dir $(PYTHON))
@@ -21,7 +22,7 @@ NGINX ?= nginx
 NGINX_TEST = tmp="$$(mktemp -d)" && $(NGINX) -t -c $(CURDIR)/nginx.conf -p "$$tmp" -e "$$tmp/error.log" \
 	-g "pid $$tmp/nginx.pid;"; rc=$$?; rm -rf "$$tmp"; exit $$rc
 
-.PHONY: venv lock lint test demo bench
+.PHONY: venv lock lint test demo bench soak
 
 # apt packages (nginx, redis-server, dnsmasq-base, curl, wrk) when missing, and .venv from the lock.
 venv:
@@ -55,7 +56,15 @@ test: venv
 demo: venv
 	scripts/demo.sh
 
+# One run of every benchmark, ratios side by side (docs/performance.md). About 25 minutes; needs root.
 bench: venv
+	bench/litellm_venv.sh
 	$(PYTHON) bench/run.py
+	$(PYTHON) bench/tls_rtt.py
+	$(PYTHON) bench/nginx_replicas.py
 	$(PYTHON) bench/bench_evaluate.py
+
+# 20 minutes of steady mixed traffic with every worker's memory sampled; not part of CI.
+soak: venv
+	$(PYTHON) bench/soak.py
 	$(PYTHON) bench/bench_analyze_costs.py

@@ -1,0 +1,178 @@
+"""What the benchmarks share: servers started and stopped by process group, wrk, and the targets.
+
+Every server runs on loopback from this repository's files: the fake upstream, the kit (entrypoint.sh,
+exactly as a replica starts), stock MLflow under gunicorn, and LiteLLM's proxy from its own venv.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STACK = REPO / "scripts" / "local_stack.sh"
+PROVIDER_VARS = [
+    f"{p}_{s}"
+    for p in ("OPENAI", "ANTHROPIC", "AZURE_OPENAI")
+    for s in ("API_KEY", "API_KEY_FILE", "API_BASE", "DEPLOYMENT", "API_VERSION")
+]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """No provider key or URL and no GATEWAY_* setting leaks in from the caller's shell."""
+    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
+    env.update({"PYTHON": sys.executable, "PYTHONPATH": str(REPO), **extra})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise SystemExit(f"bench: error: {url} did not answer within {timeout:.0f}s")
+
+
+class Servers:
+    """Starts servers in their own process groups; stops every group on exit (stock MLflow's `gateway start`
+    and LiteLLM leave children behind on a plain SIGTERM)."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+        with (self.work / f"{name}.log").open("w") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=15)
+                break
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                continue
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def __enter__(self) -> "Servers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in list(self.procs):
+            self.stop(proc)
+
+    # ------------------------------------------------------------------ the targets
+    def fake(self, port: int, *args: str) -> str:
+        self.start(f"fake-{port}", [sys.executable, "-m", "gateway_kit.fake_upstream", "--port", str(port), *args],
+                   clean_env())
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health")
+        return url
+
+    def kit(self, port: int, upstream: str, workers: int, **settings: str) -> str:
+        """One kit replica, started by entrypoint.sh in demo mode against `upstream`."""
+        runtime = self.work / f"kit-{port}"
+        self.start(f"kit-{port}", [str(REPO / "entrypoint.sh")], clean_env(
+            GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_WORKERS=str(workers),
+            GATEWAY_DEMO_UPSTREAM=upstream, GATEWAY_RUNTIME_DIR=str(runtime),
+            GATEWAY_LEDGER_DIR=str(self.work / "ledger"), GATEWAY_REPLICA_ID=f"bench-{port}", **settings))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health")
+        return url
+
+    def stock(self, port: int, config: Path, workers: int, **env: str) -> str:
+        """Stock MLflow: `gunicorn mlflow.gateway.app:create_app_from_env()` with the same worker class."""
+        self.start(f"stock-{port}", [
+            sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers),
+            "-b", f"127.0.0.1:{port}", "mlflow.gateway.app:create_app_from_env()",
+        ], clean_env(MLFLOW_GATEWAY_CONFIG=str(config), **env))
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health")
+        return url
+
+
+@contextmanager
+def local_stack(work: Path, replicas: int, workers: int):
+    """scripts/local_stack.sh (nginx :5000, replicas, Redis, dnsmasq, the fake upstream :9000), then down."""
+    cmd = [str(STACK), "--state-dir", str(work / "stack")]
+    env = clean_env()
+    try:
+        subprocess.run([cmd[0], "up", "--replicas", str(replicas), "--workers", str(workers), *cmd[1:]], env=env,
+                       check=True, stdout=subprocess.DEVNULL)
+        yield lambda n: subprocess.run([cmd[0], "scale", str(n), *cmd[1:]], env=env, check=True,
+                                       stdout=subprocess.DEVNULL)
+    finally:
+        subprocess.run([cmd[0], "down", *cmd[1:]], env=env, capture_output=True)
+
+
+# ---------------------------------------------------------------------- wrk
+def wrk_script(path: Path, body: str, headers: dict[str, str] | None = None) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = [=[{body}]=]", 'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wrk(url: str, duration: int, connections: int, script: Path, threads: int = 2) -> dict:
+    """requests/s, p50 and p99 in ms, and errors (non-2xx answers and socket errors) of one wrk run."""
+    out = subprocess.run(
+        ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
+         "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+
+    def latency_ms(label: str) -> float:
+        value, unit = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "p50_ms": latency_ms("50%"),
+        "p99_ms": latency_ms("99%"),
+        "errors": (int(errors.group(1)) if errors else 0)
+        + (sum(map(int, socket_errors.groups())) if socket_errors else 0),
+    }
+
+
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
+def chat_body(prompt: str, model: str | None = None, stream: bool = False) -> str:
+    import json
+
+    body: dict = {"messages": [{"role": "user", "content": prompt}]}
+    if model:
+        body["model"] = model
+    if stream:
+        body["stream"] = True
+    return json.dumps(body)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
