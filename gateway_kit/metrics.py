@@ -228,11 +228,12 @@ class Metrics:
 
 
 def _mlflow_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        from mlflow.version import VERSION
-    except ImportError:
+        return version("mlflow")
+    except PackageNotFoundError:
         return UNKNOWN
-    return VERSION
 
 
 # -- for the rest of the kit ---------------------------------------------------------------------------------
