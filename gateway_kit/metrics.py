@@ -16,10 +16,10 @@ What is measured, and from where (docs/observability.md has the full list with l
 Functions for the rest of the kit (cheap; no-ops when metrics are off or not set up in this process):
 
     from gateway_kit import metrics
-    metrics.rate_limited("requests_per_minute", endpoint="chat", client="team-a")   # a 429 from a limit
-    metrics.budget_rejected("usd_per_day", endpoint="chat", client="team-a")         # a request over budget
-    metrics.fallback("chat", to="azure-chat", reason="upstream_5xx")                  # served by another endpoint
-    metrics.circuit_breaker("api.openai.com", "open")                                 # closed | open | half_open
+    metrics.rate_limited("requests_per_minute", endpoint="chat", client="team-a")  # a 429 from a limit
+    metrics.budget_rejected("usd_per_day", endpoint="chat", client="team-a")        # a request over budget
+    metrics.fallback("chat", to="azure-chat", reason="upstream_5xx")                 # another endpoint served
+    metrics.circuit_breaker("api.openai.com", "open")                                # closed, open, half_open
 
 Labels are bounded: an endpoint or `to` outside config.yaml becomes "unknown", a path the gateway does not
 serve becomes route "other", a client or model beyond the first 100 seen by a worker (or not made of
@@ -70,7 +70,7 @@ def enabled(environ=None) -> bool:
 
 
 def multiprocess_dir(environ=None) -> Path:
-    """Where each worker keeps its metric files: $GATEWAY_RUNTIME_DIR/metrics (one replica's own directory)."""
+    """Where each worker keeps its metric files: $GATEWAY_RUNTIME_DIR/metrics (this replica's own)."""
     env = os.environ if environ is None else environ
     return Path(env.get("GATEWAY_RUNTIME_DIR") or "/tmp/gateway") / "metrics"
 
@@ -107,8 +107,8 @@ class Bounded:
         if len(self.seen) >= self.limit:
             if not self.warned:
                 self.warned = True
-                log.warning("metrics: more than %d distinct %s values in this worker; the rest are counted as %r",
-                            self.limit, self.name, self.fallback)
+                log.warning("metrics: more than %d distinct %s values in this worker; the rest are counted "
+                            "as %r", self.limit, self.name, self.fallback)
             return self.fallback
         self.seen.add(value)
         return value
@@ -140,7 +140,8 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry()
-        names = [e["name"] for e in config.get("endpoints") or []] + [r["name"] for r in config.get("routes") or []]
+        names = [e["name"] for e in config.get("endpoints") or []]
+        names += [r["name"] for r in config.get("routes") or []]
         self.endpoint = Bounded("endpoint", allowed=names, fallback=UNKNOWN)
         self.client = Bounded("client", missing=ANONYMOUS)
         self.model = Bounded("model")
@@ -153,41 +154,57 @@ class Metrics:
         self._upstream_labels: dict[str, str] = {}
         r = self.registry
 
-        self.requests = Counter("gateway_requests", "Requests that reached the gateway's endpoints.",
-                                ["endpoint", "route", "status_class", "client"], registry=r)
-        self.duration = Histogram("gateway_request_duration_seconds",
-                                  "Request arrival to last byte sent (streams: the whole stream).",
-                                  ["endpoint", "stream"], buckets=DURATION_BUCKETS, registry=r)
-        self.ttft = Histogram("gateway_time_to_first_token_seconds", "Streams: request arrival to first byte sent.",
-                              ["endpoint"], buckets=TTFT_BUCKETS, registry=r)
-        self.tokens = Counter("gateway_tokens", "Tokens as the provider reported them; cached is part of prompt, "
-                              "reasoning part of completion.", ["endpoint", "model", "client", "kind"], registry=r)
-        self.cost = Counter("gateway_cost_usd", "Cost of the requests in US dollars (genai-prices or pricing.yaml).",
-                            ["endpoint", "model", "client"], registry=r)
-        self.unpriced = Counter("gateway_unpriced_requests", "Requests with tokens but no known price.",
-                                ["endpoint", "model"], registry=r)
-        self.ledger_failures = Counter("gateway_ledger_write_failures", "Usage records not written to the ledger.",
-                                       registry=r)
-        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being served now.",
-                               multiprocess_mode="livesum", registry=r)
-        self.upstream_requests = Counter("gateway_upstream_requests", "Calls to providers, by HTTP status "
-                                         "(error: no answer).", ["upstream", "status"], registry=r)
-        self.upstream_duration = Histogram("gateway_upstream_duration_seconds", "Provider call: request sent to "
-                                           "answer read in full (streams: the whole stream).", ["upstream"],
-                                           buckets=DURATION_BUCKETS, registry=r)
-        self.rate_limit_rejections = Counter("gateway_rate_limit_rejections", "Requests refused by a rate limit.",
-                                             ["limit", "endpoint", "client"], registry=r)
-        self.budget_rejections = Counter("gateway_budget_rejections", "Requests refused because a budget is spent.",
-                                         ["limit", "endpoint", "client"], registry=r)
-        self.fallbacks = Counter("gateway_fallbacks", "Requests served by a fallback endpoint.",
-                                 ["endpoint", "to", "reason"], registry=r)
-        self.breaker_transitions = Counter("gateway_circuit_breaker_transitions", "Circuit breaker state changes.",
-                                           ["upstream", "state"], registry=r)
-        self.breaker_open = Gauge("gateway_circuit_breaker_open", "1 while a worker's circuit breaker for the "
-                                  "upstream is open.", ["upstream"], multiprocess_mode="livemax", registry=r)
-        build = Gauge("gateway_build_info", "Always 1; the labels say what runs.",
-                      ["version", "mlflow_version", "python_version", "replica"], multiprocess_mode="livemax",
-                      registry=r)
+        def counter(name, doc, labels=()):
+            return Counter(name, doc, labels, registry=r)
+
+        def histogram(name, doc, labels, buckets):
+            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+
+        def gauge(name, doc, labels, mode):
+            return Gauge(name, doc, labels, multiprocess_mode=mode, registry=r)
+
+        self.requests = counter(
+            "gateway_requests", "Requests that reached the gateway's endpoints.",
+            ["endpoint", "route", "status_class", "client"])
+        self.duration = histogram(
+            "gateway_request_duration_seconds", "Request arrival to last byte sent (streams: whole stream).",
+            ["endpoint", "stream"], DURATION_BUCKETS)
+        self.ttft = histogram(
+            "gateway_time_to_first_token_seconds", "Streams: request arrival to first byte sent.",
+            ["endpoint"], TTFT_BUCKETS)
+        self.tokens = counter(
+            "gateway_tokens", "Tokens as the provider reported them; cached is part of prompt, reasoning of "
+            "completion.", ["endpoint", "model", "client", "kind"])
+        self.cost = counter(
+            "gateway_cost_usd", "Cost in US dollars (genai-prices or pricing.yaml).",
+            ["endpoint", "model", "client"])
+        self.unpriced = counter(
+            "gateway_unpriced_requests", "Requests with tokens but no known price.", ["endpoint", "model"])
+        self.ledger_failures = counter(
+            "gateway_ledger_write_failures", "Usage records not written to the ledger.")
+        self.in_flight = gauge(
+            "gateway_requests_in_flight", "Requests being served now.", (), "livesum")
+        self.upstream_requests = counter(
+            "gateway_upstream_requests", "Calls to providers, by HTTP status (error: no answer).",
+            ["upstream", "status"])
+        self.upstream_duration = histogram(
+            "gateway_upstream_duration_seconds", "Provider call: request sent to answer read in full "
+            "(streams: the whole stream).", ["upstream"], DURATION_BUCKETS)
+        self.rate_limit_rejections = counter(
+            "gateway_rate_limit_rejections", "Requests refused by a rate limit.",
+            ["limit", "endpoint", "client"])
+        self.budget_rejections = counter(
+            "gateway_budget_rejections", "Requests refused: a budget is spent.",
+            ["limit", "endpoint", "client"])
+        self.fallbacks = counter(
+            "gateway_fallbacks", "Requests served by a fallback endpoint.", ["endpoint", "to", "reason"])
+        self.breaker_transitions = counter(
+            "gateway_circuit_breaker_transitions", "Circuit breaker changes.", ["upstream", "state"])
+        self.breaker_open = gauge(
+            "gateway_circuit_breaker_open", "1 while a worker's circuit breaker for the upstream is open.",
+            ["upstream"], "livemax")
+        build = gauge("gateway_build_info", "Always 1; the labels say what runs.",
+                      ["version", "mlflow_version", "python_version", "replica"], "livemax")
         build.labels(_version(), _mlflow_version(), platform.python_version(), replica).set(1)
 
     def __call__(self, record) -> None:
@@ -265,12 +282,12 @@ def circuit_breaker(upstream: str, state: str) -> None:
         m.breaker_open.labels(label).set(1 if state == "open" else 0)
 
 
-# -- wiring (gateway_kit.app.create_app) ----------------------------------------------------------------------
+# -- wiring (gateway_kit.app.create_app) --------------------------------------------------------------------
 
 
 def setup(config: dict, replica: str, registry=None, ledgers: Iterable = ()) -> Metrics:
     """Make this process's metrics; the functions above report to them from now on."""
-    global _active
+    global _active  # noqa: PLW0603 - one set of metrics per process, as the functions above need
     _active = Metrics(config, replica, registry, ledgers)
     return _active
 
@@ -289,7 +306,8 @@ def install(app, config: dict, replica: str, sinks: list) -> None:
 
         app.add_api_route("/metrics", metrics_off, methods=["GET"], include_in_schema=False)
         return
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
     from prometheus_client.multiprocess import MultiProcessCollector
 
     m = setup(config, replica, ledgers=[s.ledger for s in sinks if getattr(s, "ledger", None) is not None])
@@ -302,7 +320,8 @@ def install(app, config: dict, replica: str, sinks: list) -> None:
             MultiProcessCollector(registry)
         else:
             registry = m.registry
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        # Text format 0.0.4: what every Prometheus, 2.x and 3.x, reads (the kit's names are plain ASCII).
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     time_provider_calls(m)
@@ -337,7 +356,8 @@ def time_provider_calls(m: Metrics) -> bool:
 
     original: Callable | None = getattr(utils, "_aiohttp_post", None)
     if original is None:
-        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
+        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are "
+                    "not timed")
         return False
     if getattr(original, "__gateway_metrics__", False):
         return True

@@ -1,7 +1,8 @@
 """Readiness: GET /ready says whether this replica can serve; GET /health (MLflow's) only that it is alive.
 
     GET /ready  -> 200 {"status": "ready", "checks": {"config": "ok", "redis": "ok"}}
-                -> 503 {"status": "not ready", "checks": {..., "redis": "cannot reach redis://redis:6379/0: ..."},
+                -> 503 {"status": "not ready",
+                        "checks": {"config": "ok", "redis": "cannot reach redis://redis:6379/0: ..."},
                         "error": {"type": "not_ready", "message": "redis: cannot reach ..."}}
 
 A check is a function that returns None when all is well, or a short sentence saying what is wrong (it may

@@ -1,4 +1,4 @@
-"""What the kit's /metrics exports, derived from gateway_kit.metrics itself (for the dashboard and alert checks)."""
+"""What the kit's /metrics exports, from gateway_kit.metrics itself (for the dashboard and alert checks)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ def exported_sample_names() -> set[str]:
     previous = metrics._active
     try:
         m = metrics.setup(config, "replica-x", registry=CollectorRegistry())
-        m(UsageRecord(ts="", request_id=None, route="/v1/chat/completions", endpoint="chat", model="gpt-4o-mini",
-                      status=200, latency_ms=12.0, ttft_ms=3.0, stream=True, prompt_tokens=3, completion_tokens=4,
-                      cached_tokens=1, reasoning_tokens=1, client="team-a", cost_usd=0.01))
-        m(UsageRecord(ts="", request_id=None, route="/v1/chat/completions", endpoint="chat", model="new-model",
-                      status=200, prompt_tokens=3, completion_tokens=4, cost_usd=None))
+        request = {"ts": "", "request_id": None, "route": "/v1/chat/completions", "endpoint": "chat",
+                   "status": 200}
+        m(UsageRecord(**request, model="gpt-4o-mini", latency_ms=12.0, ttft_ms=3.0, stream=True,
+                      prompt_tokens=3, completion_tokens=4, cached_tokens=1, reasoning_tokens=1, client="team-a",
+                      cost_usd=0.01))
+        m(UsageRecord(**request, model="new-model", prompt_tokens=3, completion_tokens=4, cost_usd=None))
         m.upstream_requests.labels("api.openai.com", "200").inc()
         m.upstream_duration.labels("api.openai.com").observe(0.1)
         m.in_flight.inc()

@@ -228,14 +228,18 @@ def test_dashboard_is_valid_json_and_every_panel_queries_metrics_the_kit_exports
         assert names <= exported, f"panel {title!r} uses {names - exported}, which the kit does not export"
         used |= names
     # Traffic, latency, TTFT, errors, tokens and cost are all on it.
-    assert {"gateway_requests_total", "gateway_request_duration_seconds_bucket",
-            "gateway_time_to_first_token_seconds_bucket", "gateway_tokens_total", "gateway_cost_usd_total"} <= used
+    assert {"gateway_requests_total", "gateway_request_duration_seconds_bucket", "gateway_tokens_total",
+            "gateway_time_to_first_token_seconds_bucket", "gateway_cost_usd_total"} <= used
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert all(p["datasource"]["uid"] == "prometheus" for p in panels)
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
-    datasource = yaml.safe_load((REPO / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
+    provisioning = REPO / "monitoring/grafana/provisioning"
+    datasource = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["uid"] == "prometheus"
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    # Grafana reads the dashboards where compose mounts them.
+    provider = yaml.safe_load((provisioning / "dashboards/gateway.yml").read_text())["providers"][0]
+    assert f"./monitoring/grafana/dashboards:{provider['options']['path']}:ro" in services(PROD)["grafana"]["volumes"]
 
 
 # ------------------------------------------------------------------------------------------------- Dockerfile
