@@ -106,9 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         subprocess.run([*stack[:1], "up", "--replicas", "2", "--workers", str(args.workers), *stack[1:]],
                        env=env, check=True)
-        for port, records in ((18100, "on"), (18101, "off")):
+        for port, records, metrics in ((18100, "on", "on"), (18101, "off", "on"), (18102, "on", "off")):
             procs.append(start([str(REPO / "entrypoint.sh")], {
                 **env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_USAGE_RECORDS": records,
+                "GATEWAY_METRICS": metrics,
                 "GATEWAY_RUNTIME_DIR": str(work / f"kit-{port}"), "GATEWAY_LEDGER_DIR": str(work / "ledger"),
             }, work / f"kit-{port}.log"))
             wait_http(f"http://127.0.0.1:{port}/health")
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             "(b) stock `mlflow gateway start`": "http://127.0.0.1:18200/gateway/chat/invocations",
             "(c) kit, one instance": "http://127.0.0.1:18100/gateway/chat/invocations",
             "(c0) kit, usage records off": "http://127.0.0.1:18101/gateway/chat/invocations",
+            "(c1) kit, metrics off": "http://127.0.0.1:18102/gateway/chat/invocations",
             "(d) kit, nginx + 2 instances": "http://127.0.0.1:5000/gateway/chat/invocations",
         }
         for url in targets.values():  # warm up every path once

@@ -127,6 +127,19 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
 
 
+class Children(dict):
+    """A metric's children by label values, kept: a dict hit per request instead of metric.labels() (which
+    converts, checks and locks every time). Bounded because the label values are."""
+
+    def __init__(self, metric) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def __missing__(self, key: tuple):
+        child = self[key] = self.metric.labels(*key)
+        return child
+
+
 def _version() -> str:
     from gateway_kit import __version__
 
@@ -155,13 +168,15 @@ class Metrics:
         r = self.registry
 
         def counter(name, doc, labels=()):
-            return Counter(name, doc, labels, registry=r)
+            metric = Counter(name, doc, labels, registry=r)
+            return Children(metric) if labels else metric
 
         def histogram(name, doc, labels, buckets):
-            return Histogram(name, doc, labels, buckets=buckets, registry=r)
+            return Children(Histogram(name, doc, labels, buckets=buckets, registry=r))
 
         def gauge(name, doc, labels, mode):
-            return Gauge(name, doc, labels, multiprocess_mode=mode, registry=r)
+            metric = Gauge(name, doc, labels, multiprocess_mode=mode, registry=r)
+            return Children(metric) if labels else metric
 
         self.requests = counter(
             "gateway_requests", "Requests that reached the gateway's endpoints.",
@@ -205,26 +220,26 @@ class Metrics:
             ["upstream"], "livemax")
         build = gauge("gateway_build_info", "Always 1; the labels say what runs.",
                       ["version", "mlflow_version", "python_version", "replica"], "livemax")
-        build.labels(_version(), _mlflow_version(), platform.python_version(), replica).set(1)
+        build[_version(), _mlflow_version(), platform.python_version(), replica].set(1)
 
     def __call__(self, record) -> None:
         """The usage-record sink: one call per request, after its last byte."""
         endpoint = self.endpoint(record.endpoint)
         client = self.client(record.client)
-        self.requests.labels(endpoint, route_label(record.route), status_class(record.status), client).inc()
-        self.duration.labels(endpoint, "true" if record.stream else "false").observe(record.latency_ms / 1000)
+        self.requests[endpoint, route_label(record.route), status_class(record.status), client].inc()
+        self.duration[endpoint, "true" if record.stream else "false"].observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
-            self.ttft.labels(endpoint).observe(record.ttft_ms / 1000)
+            self.ttft[endpoint,].observe(record.ttft_ms / 1000)
         if record.prompt_tokens or record.completion_tokens:
             model = self.model(record.model)
             for kind, count in zip(TOKEN_KINDS, (record.prompt_tokens, record.completion_tokens,
                                                  record.cached_tokens, record.reasoning_tokens)):
                 if count:
-                    self.tokens.labels(endpoint, model, client, kind).inc(count)
+                    self.tokens[endpoint, model, client, kind].inc(count)
             if record.cost_usd is None:
-                self.unpriced.labels(endpoint, model).inc()
+                self.unpriced[endpoint, model].inc()
             elif record.cost_usd > 0:
-                self.cost.labels(endpoint, model, client).inc(record.cost_usd)
+                self.cost[endpoint, model, client].inc(record.cost_usd)
         if self.ledgers:
             failures = sum(ledger.failures for ledger in self.ledgers)
             if failures > self._ledger_failures:
@@ -259,27 +274,27 @@ def _mlflow_version() -> str:
 def rate_limited(limit: str, endpoint: str | None, client: str | None) -> None:
     """Count a request refused by a rate limit (`limit`: its kind, e.g. requests_per_minute)."""
     if (m := _active) is not None:
-        m.rate_limit_rejections.labels(m.limit_kind(limit), m.endpoint(endpoint), m.client(client)).inc()
+        m.rate_limit_rejections[m.limit_kind(limit), m.endpoint(endpoint), m.client(client)].inc()
 
 
 def budget_rejected(limit: str, endpoint: str | None, client: str | None) -> None:
     """Count a request refused because a budget is spent (`limit`: its kind, e.g. usd_per_day)."""
     if (m := _active) is not None:
-        m.budget_rejections.labels(m.limit_kind(limit), m.endpoint(endpoint), m.client(client)).inc()
+        m.budget_rejections[m.limit_kind(limit), m.endpoint(endpoint), m.client(client)].inc()
 
 
 def fallback(endpoint: str | None, to: str | None, reason: str) -> None:
     """Count a request for `endpoint` served by endpoint `to` instead (`reason`: why, e.g. upstream_5xx)."""
     if (m := _active) is not None:
-        m.fallbacks.labels(m.endpoint(endpoint), m.endpoint(to), m.reason(reason)).inc()
+        m.fallbacks[m.endpoint(endpoint), m.endpoint(to), m.reason(reason)].inc()
 
 
 def circuit_breaker(upstream: str, state: str) -> None:
     """Record a circuit breaker's change to `state` (closed, open, half_open) for `upstream` (host or URL)."""
     if (m := _active) is not None:
         label = m.upstream_label(upstream) if "://" in upstream else m.upstream(upstream)
-        m.breaker_transitions.labels(label, m.state(state)).inc()
-        m.breaker_open.labels(label).set(1 if state == "open" else 0)
+        m.breaker_transitions[label, m.state(state)].inc()
+        m.breaker_open[label,].set(1 if state == "open" else 0)
 
 
 # -- wiring (gateway_kit.app.create_app) --------------------------------------------------------------------
@@ -373,8 +388,8 @@ def time_provider_calls(m: Metrics) -> bool:
                 status = str(response.status)
                 yield response
         finally:
-            m.upstream_requests.labels(upstream, status).inc()
-            m.upstream_duration.labels(upstream).observe(perf_counter() - started)
+            m.upstream_requests[upstream, status].inc()
+            m.upstream_duration[upstream,].observe(perf_counter() - started)
 
     timed_post.__gateway_metrics__ = True
     timed_post.__gateway_kit__ = getattr(original, "__gateway_kit__", False)

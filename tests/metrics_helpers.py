@@ -26,11 +26,11 @@ def exported_sample_names() -> set[str]:
         request = {"ts": "", "request_id": None, "route": "/v1/chat/completions", "endpoint": "chat",
                    "status": 200}
         m(UsageRecord(**request, model="gpt-4o-mini", latency_ms=12.0, ttft_ms=3.0, stream=True,
-                      prompt_tokens=3, completion_tokens=4, cached_tokens=1, reasoning_tokens=1, client="team-a",
-                      cost_usd=0.01))
+                      prompt_tokens=3, completion_tokens=4, cached_tokens=1, reasoning_tokens=1,
+                      client="team-a", cost_usd=0.01))
         m(UsageRecord(**request, model="new-model", prompt_tokens=3, completion_tokens=4, cost_usd=None))
-        m.upstream_requests.labels("api.openai.com", "200").inc()
-        m.upstream_duration.labels("api.openai.com").observe(0.1)
+        m.upstream_requests["api.openai.com", "200"].inc()
+        m.upstream_duration["api.openai.com",].observe(0.1)
         m.in_flight.inc()
         m.ledger_failures.inc()
         metrics.rate_limited("requests_per_minute", "chat", "team-a")

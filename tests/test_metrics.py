@@ -364,6 +364,15 @@ def test_stack_replicas_are_ready_and_say_why(stack):
         assert r.json() == {"status": "ready", "checks": {"config": "ok"}}
 
 
+@pytest.mark.integration
+@pytest.mark.stack
+def test_check_gateway_reports_readiness(stack):
+    result = subprocess.run([str(REPO / "scripts/check_gateway.sh"), "--url", stack.url, "--no-chat"],
+                            env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GET /ready -> 200" in result.stdout + result.stderr
+
+
 # -------------------------------------------------------------------------------------- a replica of our own
 def start_redis(port: int, work: Path) -> subprocess.Popen:
     proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
