@@ -10,7 +10,8 @@ Targets:
   stock    `gunicorn -k uvicorn_worker.UvicornWorker 'mlflow.gateway.app:create_app_from_env()'`, serving the
            very config the kit checked and wrote (demo keys, the fake upstream)
   kit      entrypoint.sh, everything at its defaults (usage records, metrics, the shared upstream client)
-  kit-bare the kit with usage records and metrics off: what they cost is the gap to `kit`
+  kit-no-metrics  the kit with metrics off (GATEWAY_METRICS=off): what metrics cost is the gap to `kit`
+  kit-bare the kit with usage records and metrics off
   litellm  LiteLLM's proxy (`litellm --num_workers N`), no database, LITELLM_LOCAL_MODEL_COST_MAP=True, a random
            master key; from its own venv (bench/litellm_venv.sh makes it), skipped with a note when missing
 Rounds interleave the targets so machine noise hits them alike; each cell is the median round.
@@ -87,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         active = work / f"kit-{kit.rsplit(':', 1)[1]}" / "config.active.yaml"
         targets["stock"] = (servers.stock(free_port(), active, args.workers) + "/v1/chat/completions", {})
         targets["kit"] = (f"{kit}/v1/chat/completions", {})
+        no_metrics = servers.kit(free_port(), fake, args.workers, GATEWAY_METRICS="off")
+        targets["kit-no-metrics"] = (f"{no_metrics}/v1/chat/completions", {})
         bare = servers.kit(free_port(), fake, args.workers, GATEWAY_USAGE_RECORDS="off", GATEWAY_METRICS="off")
         targets["kit-bare"] = (f"{bare}/v1/chat/completions", {})
         if litellm:

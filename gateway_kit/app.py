@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway_kit import metrics, readiness
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.secrets import export_file_keys
 
@@ -123,6 +124,7 @@ def create_app():
     os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE.name] = "true"
     app = create_app_from_config(GatewayConfig(**mlflow_view(raw)))
     add_upstream_error_handlers(app)
+    readiness.install(app)  # GET /ready
     if os.environ.get("GATEWAY_SHARED_UPSTREAM_CLIENT", "on").lower() not in _OFF:
         from gateway_kit import upstream
 
@@ -131,8 +133,10 @@ def create_app():
     sinks = []
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         sinks.append(usage_log())
+    metrics.install(app, raw, replica_id(), sinks)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
     if sinks:
         app = usage_recorder(app, raw, sinks)
+    app = metrics.in_flight(app)
     return RequestContext(app, replica=replica_id())
 
 
@@ -142,7 +146,10 @@ def usage_log():
 
     from gateway_kit.usage import Ledger, emit
 
-    return partial(emit, ledger=Ledger.from_env())
+    ledger = Ledger.from_env()
+    sink = partial(emit, ledger=ledger)
+    sink.ledger = ledger  # metrics counts its failed writes
+    return sink
 
 
 def usage_recorder(app, config: dict, sinks: list):

@@ -5,6 +5,8 @@
 
 import os
 
+from gateway_kit import metrics
+
 
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
@@ -32,3 +34,24 @@ proc_name = f"mlflow-gateway {os.environ.get('GATEWAY_REPLICA_ID', '')}".strip()
 forwarded_allow_ips = os.environ.get("GATEWAY_FORWARDED_ALLOW_IPS", "127.0.0.1")
 # gunicorn 26's control socket lives in $HOME: read-only in the image, shared between local replicas.
 control_socket_disable = True
+
+# Metrics from every worker (gateway_kit/metrics.py): each worker writes its own files in this replica's
+# $GATEWAY_RUNTIME_DIR/metrics and GET /metrics merges them. Set here, in the master, so every worker inherits it.
+if metrics.enabled():
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics.multiprocess_dir())
+else:
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+
+def on_starting(server):
+    """Once per replica start: counters begin at zero, not at a previous run's values."""
+    if metrics.enabled():
+        metrics.reset_multiprocess_dir(metrics.multiprocess_dir())
+
+
+def child_exit(server, worker):
+    """A worker is gone: its in-flight and other live gauges stop counting (its counters stay in the sums)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

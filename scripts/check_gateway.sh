@@ -12,7 +12,8 @@ usage() {
 Usage: ./check_gateway.sh [--url URL] [--endpoint NAME] [--timeout S] [--no-chat]
 
 Checks, in order, then prints a verdict:
-  1. health      GET URL/health answers 200 (through nginx in the prod stack)
+  1. ready       GET URL/ready answers 200: the replica that answered can serve (config loaded, Redis when
+                 required); a 503 says what is missing. (/health, which only says "alive", is not enough.)
   2. nginx       GET URL/nginx-health answers 200 (prod only: required when an nginx container runs here)
   3. containers  state and health of every container of the compose project, each replica on its own line
                  (skipped, with a warning, when no docker engine answers: "docker engine not reachable")
@@ -67,13 +68,14 @@ fail() { failed+=("$1"); log error "FAIL  $1: $2"; }
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-# 1. health
+# 1. readiness (through nginx: whichever replica nginx picked)
 log info "checking $url"
-code="$(curl --silent --output "$tmp/health" --write-out '%{http_code}' --max-time 10 "$url/health" || true)"
+code="$(curl --silent --output "$tmp/ready" --write-out '%{http_code}' --max-time 10 "$url/ready" || true)"
 case "$code" in
-    200) pass health "GET /health -> 200" ;;
-    000 | '') unreachable=true; fail health "nothing answers at $url (connection refused or timed out)" ;;
-    *) fail health "GET /health -> $code: $(head -c 200 "$tmp/health")" ;;
+    200) pass ready "GET /ready -> 200" ;;
+    000 | '') unreachable=true; fail ready "nothing answers at $url (connection refused or timed out)" ;;
+    503) fail ready "GET /ready -> 503, the replica cannot serve: $(head -c 300 "$tmp/ready")" ;;
+    *) fail ready "GET /ready -> $code: $(head -c 200 "$tmp/ready")" ;;
 esac
 
 # 2 and 3: containers first, they say whether an nginx edge is expected.

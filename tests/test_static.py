@@ -69,9 +69,10 @@ def test_prod_gateway_can_scale_because_it_has_no_container_name_and_no_publishe
     assert [str(p) for p in gateway["expose"]] == ["8000"]
 
 
-def test_prod_publishes_only_nginx_on_port_5000():
+def test_prod_publishes_only_nginx_on_port_5000_and_grafana_on_loopback():
     published = {name: svc["ports"] for name, svc in services(PROD).items() if svc.get("ports")}
-    assert published == {"nginx": ["5000:5000"]}
+    assert published == {"nginx": ["5000:5000"], "grafana": ["127.0.0.1:3000:3000"]}
+    assert services(PROD)["grafana"]["profiles"] == ["monitoring"]
 
 
 def test_dev_keeps_the_earlier_kit_container_name_and_port():
@@ -157,6 +158,88 @@ def test_third_party_images_are_pinned_to_a_patch_release():
     for service in ("nginx", "redis"):
         image = services(PROD)[service]["image"]
         assert re.fullmatch(r"[a-z0-9./-]+:\d+\.\d+\.\d+-alpine(@sha256:[0-9a-f]{64})?", image), image
+    for service in ("prometheus", "grafana"):
+        image = services(PROD)[service]["image"]
+        assert re.fullmatch(r"[a-z0-9./-]+:v?\d+\.\d+\.\d+(@sha256:[0-9a-f]{64})?", image), image
+
+
+@pytest.mark.parametrize("name", COMPOSE_FILES)
+def test_gateway_healthcheck_asks_readiness(name):
+    assert "/ready" in " ".join(services(name)["mlflow-gateway"]["healthcheck"]["test"])
+
+
+# ------------------------------------------------------------------------------------------------- monitoring
+def test_monitoring_profile_runs_prometheus_and_grafana_with_read_only_configs():
+    prometheus, grafana = services(PROD)["prometheus"], services(PROD)["grafana"]
+    assert prometheus["profiles"] == grafana["profiles"] == ["monitoring"]
+    assert "ports" not in prometheus
+    for svc in (prometheus, grafana):
+        configs = [v for v in svc["volumes"] if v.startswith("./monitoring/")]
+        assert configs and all(v.endswith(":ro") for v in configs), configs
+        for volume in configs:
+            assert (REPO / volume.split(":")[0]).exists(), volume
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    assert {"prometheus-data", "grafana-data"} <= set(compose(PROD)["volumes"])
+
+
+def test_prometheus_finds_every_replica_by_dns_so_scaling_needs_no_config_change():
+    config = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "mlflow-gateway"]
+    assert job["dns_sd_configs"] == [{"names": ["mlflow-gateway"], "type": "A", "port": 8000,
+                                      "refresh_interval": "15s"}]
+    assert "static_configs" not in job
+
+
+def test_promtool_accepts_the_prometheus_config_and_the_alert_rules():
+    promtool = "/usr/bin/promtool"
+    if not Path(promtool).exists():
+        pytest.fail("promtool not found: apt-get install prometheus (scripts/setup.sh does)")
+    result = run(promtool, "check", "config", "monitoring/prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run(promtool, "check", "rules", "monitoring/alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_cover_errors_latency_429s_budget_and_replicas_with_exported_metrics():
+    from metrics_helpers import exported_sample_names, metric_names_in
+
+    rules = yaml.safe_load((REPO / "monitoring/alerts.yml").read_text())["groups"][0]["rules"]
+    names = {r["alert"] for r in rules}
+    assert {"GatewayHighErrorRate", "GatewayHighLatencyP95", "GatewayRateLimitedRequests",
+            "GatewayProviderRateLimited", "GatewayBudgetBurn", "GatewayReplicaDown"} <= names
+    exported = exported_sample_names()
+    for rule in rules:
+        assert metric_names_in(rule["expr"]) <= exported, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], rule["alert"]
+
+
+def test_dashboard_is_valid_json_and_every_panel_queries_metrics_the_kit_exports():
+    import json
+
+    from metrics_helpers import dashboard_exprs, exported_sample_names, metric_names_in
+
+    dashboard = json.loads((REPO / "monitoring/grafana/dashboards/gateway.json").read_text())
+    exported = exported_sample_names()
+    exprs = dashboard_exprs(dashboard)
+    used = set()
+    for title, expr in exprs:
+        names = metric_names_in(expr)
+        assert names or "up{" in expr, f"panel {title!r} queries no metric: {expr}"
+        assert names <= exported, f"panel {title!r} uses {names - exported}, which the kit does not export"
+        used |= names
+    # Traffic, latency, TTFT, errors, tokens and cost are all on it.
+    assert {"gateway_requests_total", "gateway_request_duration_seconds_bucket", "gateway_tokens_total",
+            "gateway_time_to_first_token_seconds_bucket", "gateway_cost_usd_total"} <= used
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert all(p["datasource"]["uid"] == "prometheus" for p in panels)
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+    provisioning = REPO / "monitoring/grafana/provisioning"
+    datasource = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["uid"] == "prometheus"
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    # Grafana reads the dashboards where compose mounts them.
+    provider = yaml.safe_load((provisioning / "dashboards/gateway.yml").read_text())["providers"][0]
+    assert f"./monitoring/grafana/dashboards:{provider['options']['path']}:ro" in services(PROD)["grafana"]["volumes"]
 
 
 # ------------------------------------------------------------------------------------------------- Dockerfile

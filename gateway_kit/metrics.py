@@ -1,0 +1,397 @@
+"""Prometheus metrics on each replica's GET /metrics, summed over its gunicorn workers.
+
+What is measured, and from where (docs/observability.md has the full list with labels and PromQL):
+
+- per request, from the usage record (a sink of recording.UsageRecorder, so the record and the metrics agree):
+  gateway_requests_total, gateway_request_duration_seconds, gateway_time_to_first_token_seconds,
+  gateway_tokens_total, gateway_cost_usd_total, gateway_unpriced_requests_total,
+  gateway_ledger_write_failures_total;
+- around the provider call (MLflow's one HTTP helper, wrapped): gateway_upstream_requests_total,
+  gateway_upstream_duration_seconds;
+- gateway_requests_in_flight (a tiny ASGI middleware), gateway_build_info;
+- reported by other parts of the kit through the functions below: gateway_rate_limit_rejections_total,
+  gateway_budget_rejections_total, gateway_fallbacks_total, gateway_circuit_breaker_transitions_total and
+  gateway_circuit_breaker_open.
+
+Functions for the rest of the kit (cheap; no-ops when metrics are off or not set up in this process):
+
+    from gateway_kit import metrics
+    metrics.rate_limited("requests_per_minute", endpoint="chat", client="team-a")  # a 429 from a limit
+    metrics.budget_rejected("usd_per_day", endpoint="chat", client="team-a")        # a request over budget
+    metrics.fallback("chat", to="azure-chat", reason="upstream_5xx")                 # another endpoint served
+    metrics.circuit_breaker("api.openai.com", "open")                                # closed, open, half_open
+
+Labels are bounded: an endpoint or `to` outside config.yaml becomes "unknown", a path the gateway does not
+serve becomes route "other", a client or model beyond the first 100 seen by a worker (or not made of
+[A-Za-z0-9._:/@+-]) becomes "other", a reason or limit kind beyond 20 (or not [a-z0-9_]) "other". Request ids
+and request bodies are never labels.
+
+Several workers: gunicorn_conf.py points PROMETHEUS_MULTIPROC_DIR at $GATEWAY_RUNTIME_DIR/metrics, empties it
+when the replica starts and marks a dead worker's live gauges gone; GET /metrics merges every worker's file.
+GATEWAY_METRICS=off turns all of it off (no files, no sink, no middleware; /metrics answers 404).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+log = logging.getLogger("gateway_kit.metrics")
+
+_OFF = {"off", "0", "false", "no"}
+UNKNOWN = "unknown"  # an endpoint name that is not in config.yaml (or none at all)
+OTHER = "other"  # a route the gateway does not serve; a value past a label's bound
+ANONYMOUS = "anonymous"  # a request without X-Gateway-Client
+V1_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+INVOCATION_ROUTES = (("/gateway/", "/gateway/{endpoint}/invocations"),
+                     ("/endpoints/", "/endpoints/{endpoint}/invocations"))
+BREAKER_STATES = ("closed", "open", "half_open")
+TOKEN_KINDS = ("prompt", "completion", "cached", "reasoning")
+# LLM calls take from 100 ms (embeddings) to minutes (long answers): buckets up to the 300 s worker timeout.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
+_FREE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+-]{1,100}$")
+_KIND_VALUE = re.compile(r"^[a-z0-9_]{1,40}$")
+
+_active: Metrics | None = None  # this process's metrics, once setup() ran
+
+
+def enabled(environ=None) -> bool:
+    """GATEWAY_METRICS (default on); off, 0, false or no turn metrics off."""
+    env = os.environ if environ is None else environ
+    return env.get("GATEWAY_METRICS", "on").strip().lower() not in _OFF
+
+
+def multiprocess_dir(environ=None) -> Path:
+    """Where each worker keeps its metric files: $GATEWAY_RUNTIME_DIR/metrics (this replica's own)."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("GATEWAY_RUNTIME_DIR") or "/tmp/gateway") / "metrics"
+
+
+def reset_multiprocess_dir(directory: Path) -> None:
+    """Create the directory and remove the metric files of an earlier run of this replica."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.db"):
+        old.unlink(missing_ok=True)
+
+
+class Bounded:
+    """Maps a raw value to a label value from a bounded set.
+
+    With `allowed`, only those values pass and anything else becomes `fallback`. Without it, the first `limit`
+    distinct values matching `pattern` pass (per process) and the rest become `fallback`; a missing value
+    becomes `missing`."""
+
+    def __init__(self, name: str, *, allowed: Iterable[str] | None = None, limit: int = 100,
+                 pattern: re.Pattern = _FREE_VALUE, fallback: str = OTHER, missing: str = UNKNOWN) -> None:
+        self.name = name
+        self.fixed = allowed is not None
+        self.seen: set[str] = set(allowed or ())
+        self.limit, self.pattern, self.fallback, self.missing = limit, pattern, fallback, missing
+        self.warned = False
+
+    def __call__(self, value: str | None) -> str:
+        if value in self.seen:
+            return value
+        if not value:
+            return self.missing
+        if self.fixed or not self.pattern.match(value):
+            return self.fallback
+        if len(self.seen) >= self.limit:
+            if not self.warned:
+                self.warned = True
+                log.warning("metrics: more than %d distinct %s values in this worker; the rest are counted "
+                            "as %r", self.limit, self.name, self.fallback)
+            return self.fallback
+        self.seen.add(value)
+        return value
+
+
+def route_label(path: str) -> str:
+    if path in V1_ROUTES:
+        return path
+    for prefix, template in INVOCATION_ROUTES:
+        if path.startswith(prefix) and path.endswith("/invocations"):
+            return template
+    return OTHER
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
+
+
+class Children(dict):
+    """A metric's children by label values, kept: a dict hit per request instead of metric.labels() (which
+    converts, checks and locks every time). Bounded because the label values are."""
+
+    def __init__(self, metric) -> None:
+        super().__init__()
+        self.metric = metric
+
+    def __missing__(self, key: tuple):
+        child = self[key] = self.metric.labels(*key)
+        return child
+
+
+def _version() -> str:
+    from gateway_kit import __version__
+
+    return __version__
+
+
+class Metrics:
+    """Every metric of one gateway process, and the usage-record sink that feeds most of them."""
+
+    def __init__(self, config: dict, replica: str, registry=None, ledgers: Iterable = ()) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        names = [e["name"] for e in config.get("endpoints") or []]
+        names += [r["name"] for r in config.get("routes") or []]
+        self.endpoint = Bounded("endpoint", allowed=names, fallback=UNKNOWN)
+        self.client = Bounded("client", missing=ANONYMOUS)
+        self.model = Bounded("model")
+        self.upstream = Bounded("upstream", limit=50)
+        self.limit_kind = Bounded("limit", limit=20, pattern=_KIND_VALUE)
+        self.reason = Bounded("reason", limit=20, pattern=_KIND_VALUE)
+        self.state = Bounded("state", allowed=BREAKER_STATES)
+        self.ledgers = list(ledgers)
+        self._ledger_failures = 0
+        self._upstream_labels: dict[str, str] = {}
+        r = self.registry
+
+        def counter(name, doc, labels=()):
+            metric = Counter(name, doc, labels, registry=r)
+            return Children(metric) if labels else metric
+
+        def histogram(name, doc, labels, buckets):
+            return Children(Histogram(name, doc, labels, buckets=buckets, registry=r))
+
+        def gauge(name, doc, labels, mode):
+            metric = Gauge(name, doc, labels, multiprocess_mode=mode, registry=r)
+            return Children(metric) if labels else metric
+
+        self.requests = counter(
+            "gateway_requests", "Requests that reached the gateway's endpoints.",
+            ["endpoint", "route", "status_class", "client"])
+        self.duration = histogram(
+            "gateway_request_duration_seconds", "Request arrival to last byte sent (streams: whole stream).",
+            ["endpoint", "stream"], DURATION_BUCKETS)
+        self.ttft = histogram(
+            "gateway_time_to_first_token_seconds", "Streams: request arrival to first byte sent.",
+            ["endpoint"], TTFT_BUCKETS)
+        self.tokens = counter(
+            "gateway_tokens", "Tokens as the provider reported them; cached is part of prompt, reasoning of "
+            "completion.", ["endpoint", "model", "client", "kind"])
+        self.cost = counter(
+            "gateway_cost_usd", "Cost in US dollars (genai-prices or pricing.yaml).",
+            ["endpoint", "model", "client"])
+        self.unpriced = counter(
+            "gateway_unpriced_requests", "Requests with tokens but no known price.", ["endpoint", "model"])
+        self.ledger_failures = counter(
+            "gateway_ledger_write_failures", "Usage records not written to the ledger.")
+        self.in_flight = gauge(
+            "gateway_requests_in_flight", "Requests being served now.", (), "livesum")
+        self.upstream_requests = counter(
+            "gateway_upstream_requests", "Calls to providers, by HTTP status (error: no answer).",
+            ["upstream", "status"])
+        self.upstream_duration = histogram(
+            "gateway_upstream_duration_seconds", "Provider call: request sent to answer read in full "
+            "(streams: the whole stream).", ["upstream"], DURATION_BUCKETS)
+        self.rate_limit_rejections = counter(
+            "gateway_rate_limit_rejections", "Requests refused by a rate limit.",
+            ["limit", "endpoint", "client"])
+        self.budget_rejections = counter(
+            "gateway_budget_rejections", "Requests refused: a budget is spent.",
+            ["limit", "endpoint", "client"])
+        self.fallbacks = counter(
+            "gateway_fallbacks", "Requests served by a fallback endpoint.", ["endpoint", "to", "reason"])
+        self.breaker_transitions = counter(
+            "gateway_circuit_breaker_transitions", "Circuit breaker changes.", ["upstream", "state"])
+        self.breaker_open = gauge(
+            "gateway_circuit_breaker_open", "1 while a worker's circuit breaker for the upstream is open.",
+            ["upstream"], "livemax")
+        build = gauge("gateway_build_info", "Always 1; the labels say what runs.",
+                      ["version", "mlflow_version", "python_version", "replica"], "livemax")
+        build[_version(), _mlflow_version(), platform.python_version(), replica].set(1)
+
+    def __call__(self, record) -> None:
+        """The usage-record sink: one call per request, after its last byte."""
+        endpoint = self.endpoint(record.endpoint)
+        client = self.client(record.client)
+        self.requests[endpoint, route_label(record.route), status_class(record.status), client].inc()
+        self.duration[endpoint, "true" if record.stream else "false"].observe(record.latency_ms / 1000)
+        if record.ttft_ms is not None:
+            self.ttft[endpoint,].observe(record.ttft_ms / 1000)
+        if record.prompt_tokens or record.completion_tokens:
+            model = self.model(record.model)
+            for kind, count in zip(TOKEN_KINDS, (record.prompt_tokens, record.completion_tokens,
+                                                 record.cached_tokens, record.reasoning_tokens)):
+                if count:
+                    self.tokens[endpoint, model, client, kind].inc(count)
+            if record.cost_usd is None:
+                self.unpriced[endpoint, model].inc()
+            elif record.cost_usd > 0:
+                self.cost[endpoint, model, client].inc(record.cost_usd)
+        if self.ledgers:
+            failures = sum(ledger.failures for ledger in self.ledgers)
+            if failures > self._ledger_failures:
+                self.ledger_failures.inc(failures - self._ledger_failures)
+                self._ledger_failures = failures
+
+    def upstream_label(self, base_url: str) -> str:
+        """host:port of a provider base URL (never its user or password), bounded."""
+        label = self._upstream_labels.get(base_url)
+        if label is None:
+            try:
+                parts = urlsplit(base_url)
+                host = f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or "")
+            except ValueError:
+                host = ""
+            label = self._upstream_labels[base_url] = self.upstream(host)
+        return label
+
+
+def _mlflow_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlflow")
+    except PackageNotFoundError:
+        return UNKNOWN
+
+
+# -- for the rest of the kit ---------------------------------------------------------------------------------
+
+
+def rate_limited(limit: str, endpoint: str | None, client: str | None) -> None:
+    """Count a request refused by a rate limit (`limit`: its kind, e.g. requests_per_minute)."""
+    if (m := _active) is not None:
+        m.rate_limit_rejections[m.limit_kind(limit), m.endpoint(endpoint), m.client(client)].inc()
+
+
+def budget_rejected(limit: str, endpoint: str | None, client: str | None) -> None:
+    """Count a request refused because a budget is spent (`limit`: its kind, e.g. usd_per_day)."""
+    if (m := _active) is not None:
+        m.budget_rejections[m.limit_kind(limit), m.endpoint(endpoint), m.client(client)].inc()
+
+
+def fallback(endpoint: str | None, to: str | None, reason: str) -> None:
+    """Count a request for `endpoint` served by endpoint `to` instead (`reason`: why, e.g. upstream_5xx)."""
+    if (m := _active) is not None:
+        m.fallbacks[m.endpoint(endpoint), m.endpoint(to), m.reason(reason)].inc()
+
+
+def circuit_breaker(upstream: str, state: str) -> None:
+    """Record a circuit breaker's change to `state` (closed, open, half_open) for `upstream` (host or URL)."""
+    if (m := _active) is not None:
+        label = m.upstream_label(upstream) if "://" in upstream else m.upstream(upstream)
+        m.breaker_transitions[label, m.state(state)].inc()
+        m.breaker_open[label,].set(1 if state == "open" else 0)
+
+
+# -- wiring (gateway_kit.app.create_app) --------------------------------------------------------------------
+
+
+def setup(config: dict, replica: str, registry=None, ledgers: Iterable = ()) -> Metrics:
+    """Make this process's metrics; the functions above report to them from now on."""
+    global _active  # noqa: PLW0603 - one set of metrics per process, as the functions above need
+    _active = Metrics(config, replica, registry, ledgers)
+    return _active
+
+
+def install(app, config: dict, replica: str, sinks: list) -> None:
+    """GET /metrics on the FastAPI app, the usage-record sink, and provider call timing.
+
+    With metrics off: GET /metrics answers a JSON 404 saying so, and nothing else changes."""
+    from fastapi.responses import JSONResponse, Response
+
+    if not enabled():
+        message = "metrics are turned off on this replica (GATEWAY_METRICS=off)"
+
+        def metrics_off():
+            return JSONResponse({"error": {"type": "metrics_off", "message": message}}, status_code=404)
+
+        app.add_api_route("/metrics", metrics_off, methods=["GET"], include_in_schema=False)
+        return
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    m = setup(config, replica, ledgers=[s.ledger for s in sinks if getattr(s, "ledger", None) is not None])
+    sinks.append(m)
+    multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+    def metrics_endpoint():  # a plain def: FastAPI runs it in a thread, off the event loop
+        if multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        else:
+            registry = m.registry
+        # Text format 0.0.4: what every Prometheus, 2.x and 3.x, reads (the kit's names are plain ASCII).
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+    time_provider_calls(m)
+
+
+def in_flight(app):
+    """The ASGI middleware counting requests in progress (the app unchanged when metrics are off)."""
+    return InFlight(app, _active) if _active is not None and enabled() else app
+
+
+class InFlight:
+    def __init__(self, app, metrics: Metrics) -> None:
+        from gateway_kit.recording import recorded
+
+        self.app = app
+        self.gauge = metrics.in_flight
+        self.recorded = recorded
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not self.recorded(scope["path"]):
+            return await self.app(scope, receive, send)
+        self.gauge.inc()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.gauge.dec()
+
+
+def time_provider_calls(m: Metrics) -> bool:
+    """Wrap MLflow's provider HTTP helper (the kit's shared client when installed): status and duration."""
+    from mlflow.gateway.providers import utils
+
+    original: Callable | None = getattr(utils, "_aiohttp_post", None)
+    if original is None:
+        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are "
+                    "not timed")
+        return False
+    if getattr(original, "__gateway_metrics__", False):
+        return True
+    perf_counter = time.perf_counter
+
+    @asynccontextmanager
+    async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
+        upstream = m.upstream_label(base_url)
+        status = "error"
+        started = perf_counter()
+        try:
+            async with original(headers, base_url, path, payload, ssrf_protect=ssrf_protect) as response:
+                status = str(response.status)
+                yield response
+        finally:
+            m.upstream_requests[upstream, status].inc()
+            m.upstream_duration[upstream,].observe(perf_counter() - started)
+
+    timed_post.__gateway_metrics__ = True
+    timed_post.__gateway_kit__ = getattr(original, "__gateway_kit__", False)
+    utils._aiohttp_post = timed_post
+    return True

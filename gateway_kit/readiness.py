@@ -1,0 +1,100 @@
+"""Readiness: GET /ready says whether this replica can serve; GET /health (MLflow's) only that it is alive.
+
+    GET /ready  -> 200 {"status": "ready", "checks": {"config": "ok", "redis": "ok"}}
+                -> 503 {"status": "not ready",
+                        "checks": {"config": "ok", "redis": "cannot reach redis://redis:6379/0: ..."},
+                        "error": {"type": "not_ready", "message": "redis: cannot reach ..."}}
+
+A check is a function that returns None when all is well, or a short sentence saying what is wrong (it may
+block briefly: /ready runs the checks in a thread). Built in:
+- config: the checked config was loaded and has at least one endpoint;
+- redis: PING answers, when GATEWAY_READY_REDIS=on and GATEWAY_REDIS_URL is set (turn it on when your
+  limits or budgets cannot work without Redis).
+Other parts of the kit add their own:
+
+    from gateway_kit import readiness
+    readiness.add_check("redis", readiness.redis_ping(url))   # e.g. the limits, when they need Redis
+
+The compose healthcheck asks /ready, so `depends_on: service_healthy` and `docker ps` mean "can serve".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+Check = Callable[[], "str | None"]
+_OFF = {"", "off", "0", "false", "no"}
+_checks: dict[str, Check] = {}
+
+
+def add_check(name: str, check: Check) -> None:
+    """Add (or replace) the check called `name`."""
+    _checks[name] = check
+
+
+def checks() -> dict[str, Check]:
+    return dict(_checks)
+
+
+def run_checks() -> tuple[bool, dict[str, str]]:
+    """(ready, {check: "ok" or what is wrong}); a check that raises counts as failed."""
+    results = {}
+    for name, check in list(_checks.items()):
+        try:
+            problem = check()
+        except Exception as e:  # noqa: BLE001 - a broken check says "not ready", it does not crash /ready
+            problem = f"check failed: {type(e).__name__}: {e}"
+        results[name] = "ok" if problem is None else problem
+    return all(v == "ok" for v in results.values()), results
+
+
+def redacted(url: str) -> str:
+    """The URL without its password: redis://:secret@host/0 -> redis://:***@host/0."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def redis_ping(url: str, timeout: float = 1.0) -> Check:
+    """A check that PINGs the Redis at `url` (one client, reconnecting as needed)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+    def check() -> str | None:
+        try:
+            client.ping()
+        except redis.RedisError as e:
+            return f"cannot reach {redacted(url)}: {e}"
+        return None
+
+    return check
+
+
+def endpoints_loaded(app) -> Check:
+    def check() -> str | None:
+        names = [*getattr(app, "dynamic_endpoints", {}), *getattr(app, "traffic_routes", {})]
+        return None if names else "no endpoint loaded from the config"
+
+    return check
+
+
+def install(app) -> None:
+    """Register the built-in checks and GET /ready on the FastAPI app."""
+    from fastapi.responses import JSONResponse
+
+    add_check("config", endpoints_loaded(app))
+    if os.environ.get("GATEWAY_READY_REDIS", "off").strip().lower() not in _OFF:
+        url = os.environ.get("GATEWAY_REDIS_URL", "")
+        add_check("redis", redis_ping(url) if url else lambda: (
+            "GATEWAY_READY_REDIS=on but GATEWAY_REDIS_URL is not set — set it, or GATEWAY_READY_REDIS=off"))
+
+    def ready():  # a plain def: FastAPI runs it in a thread, so a slow check never blocks requests
+        ok, results = run_checks()
+        if ok:
+            return JSONResponse({"status": "ready", "checks": results})
+        message = "; ".join(f"{name}: {what}" for name, what in results.items() if what != "ok")
+        return JSONResponse({"status": "not ready", "checks": results,
+                             "error": {"type": "not_ready", "message": message}}, status_code=503)
+
+    app.add_api_route("/ready", ready, methods=["GET"], include_in_schema=False)

@@ -1,0 +1,482 @@
+"""Metrics and readiness: each replica's /metrics, a real Prometheus scraping the stack, GET /ready.
+
+The Prometheus is Debian's (/usr/bin/prometheus), started on a free loopback port with the shipped
+monitoring/prometheus.yml and alerts.yml; only its target list changes (the stack's replicas instead of
+Docker's DNS) and the scrape interval is 1 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import REPO, clean_env, free_port, gone, stop_group, wait_http
+from gateway_kit import metrics
+from gateway_kit.usage import Ledger, UsageRecord
+from metrics_helpers import as_promql, dashboard_exprs
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+ENDPOINTS = {e["name"] for e in CONFIG["endpoints"]} | {r["name"] for r in CONFIG.get("routes") or []}
+
+
+# -------------------------------------------------------------------------------------- in-process, no server
+@pytest.fixture
+def m():
+    """This process's metrics in a private registry; the module's functions report to them during the test."""
+    previous = metrics._active
+    yield metrics.setup(CONFIG, "replica-test", registry=CollectorRegistry())
+    metrics._active = previous
+
+
+def value(m, name: str, **labels) -> float:
+    return m.registry.get_sample_value(name, labels) or 0.0
+
+
+def record(**fields) -> UsageRecord:
+    base = {"ts": "", "request_id": "r1", "route": "/gateway/chat/invocations", "endpoint": "chat",
+            "model": "gpt-4o-mini", "status": 200, "latency_ms": 250.0}
+    return UsageRecord(**{**base, **fields})
+
+
+def test_a_record_counts_request_duration_tokens_and_cost(m):
+    m(record(prompt_tokens=10, completion_tokens=5, cached_tokens=4, client="team-a", cost_usd=0.25))
+    m(record(status=502, client="team-a"))
+    labels = {"endpoint": "chat", "route": "/gateway/{endpoint}/invocations", "client": "team-a"}
+    assert value(m, "gateway_requests_total", **labels, status_class="2xx") == 1
+    assert value(m, "gateway_requests_total", **labels, status_class="5xx") == 1
+    assert value(m, "gateway_request_duration_seconds_count", endpoint="chat", stream="false") == 2
+    assert value(m, "gateway_request_duration_seconds_sum", endpoint="chat", stream="false") == 0.5
+    tokens = {"endpoint": "chat", "model": "gpt-4o-mini", "client": "team-a"}
+    assert [value(m, "gateway_tokens_total", **tokens, kind=k) for k in metrics.TOKEN_KINDS] == [10, 5, 4, 0]
+    assert value(m, "gateway_cost_usd_total", **tokens) == 0.25
+    assert value(m, "gateway_time_to_first_token_seconds_count", endpoint="chat") == 0
+
+
+def test_a_stream_records_its_time_to_first_token_and_an_unknown_price_is_counted_apart(m):
+    m(record(stream=True, ttft_ms=120.0, latency_ms=900.0, prompt_tokens=3, completion_tokens=7,
+             cost_usd=None))
+    assert value(m, "gateway_time_to_first_token_seconds_sum", endpoint="chat") == 0.12
+    assert value(m, "gateway_request_duration_seconds_count", endpoint="chat", stream="true") == 1
+    assert value(m, "gateway_unpriced_requests_total", endpoint="chat", model="gpt-4o-mini") == 1
+    assert value(m, "gateway_cost_usd_total", endpoint="chat", model="gpt-4o-mini", client="anonymous") == 0
+
+
+def test_labels_stay_bounded_whatever_the_request_says(m):
+    m(record(endpoint="no-such-endpoint", route="/gateway/no-such-endpoint/invocations", status=404))
+    m(record(endpoint=None, route="/v1/whatever/you/like", status=404))
+    m(record(client='evil"client{}', status=200))
+    for i in range(150):
+        m(record(client=f"client-{i}", model=f"model-{i}", prompt_tokens=1, cost_usd=0.0))
+    samples = [s for f in m.registry.collect() for s in f.samples]
+    endpoints = {s.labels["endpoint"] for s in samples if "endpoint" in s.labels}
+    assert endpoints <= ENDPOINTS | {metrics.UNKNOWN}
+    routes = {s.labels["route"] for s in samples if "route" in s.labels}
+    assert routes == {"/gateway/{endpoint}/invocations", metrics.OTHER}
+    clients = {s.labels["client"] for s in samples if "client" in s.labels}
+    assert len(clients) == 102 and metrics.OTHER in clients and 'evil"client{}' not in clients
+    models = {s.labels["model"] for s in samples if "model" in s.labels}
+    assert len(models) == 101 and "model-149" not in models
+
+
+def test_functions_for_limits_fallbacks_and_breakers_count_with_bounded_labels(m):
+    metrics.rate_limited("requests_per_minute", "chat", "team-a")
+    metrics.rate_limited("Free Text!", "made-up", None)
+    metrics.budget_rejected("usd_per_day", "embeddings", "team-b")
+    metrics.fallback("chat", "azure-chat", "upstream_5xx")
+    metrics.circuit_breaker("https://user:secret@api.openai.com/v1", "open")
+    assert value(m, "gateway_rate_limit_rejections_total", limit="requests_per_minute", endpoint="chat",
+                 client="team-a") == 1
+    assert value(m, "gateway_rate_limit_rejections_total", limit="other", endpoint="unknown",
+                 client="anonymous") == 1
+    assert value(m, "gateway_budget_rejections_total", limit="usd_per_day", endpoint="embeddings",
+                 client="team-b") == 1
+    assert value(m, "gateway_fallbacks_total", endpoint="chat", to="azure-chat", reason="upstream_5xx") == 1
+    assert value(m, "gateway_circuit_breaker_transitions_total", upstream="api.openai.com", state="open") == 1
+    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com") == 1
+    metrics.circuit_breaker("api.openai.com", "half_open")
+    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com") == 0
+    text = "".join(str(s) for f in m.registry.collect() for s in f.samples)
+    assert "secret" not in text and "Free Text" not in text
+
+
+def test_the_functions_do_nothing_when_metrics_are_not_set_up():
+    previous, metrics._active = metrics._active, None
+    try:
+        metrics.rate_limited("requests_per_minute", "chat", "a")
+        metrics.budget_rejected("usd_per_day", "chat", "a")
+        metrics.fallback("chat", "azure-chat", "timeout")
+        metrics.circuit_breaker("api.openai.com", "open")
+    finally:
+        metrics._active = previous
+
+
+def test_ledger_write_failures_are_counted_once_each(tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    ledger = Ledger(blocked / "ledger", "r1", report_every_s=3600)
+    m = metrics.Metrics(CONFIG, "r1", registry=CollectorRegistry(), ledgers=[ledger])
+    for _ in range(3):
+        ledger.append(record())
+        m(record())
+    assert value(m, "gateway_ledger_write_failures_total") == 3
+
+
+# ------------------------------------------------------------------------------------ the stack + Prometheus
+def replica_urls(stack) -> list[str]:
+    """Each replica's own address (replica i listens on 127.0.10.i:8000), not nginx."""
+    return [f"http://127.0.10.{name.split('-')[1]}:8000" for name in stack.replicas]
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    r = requests.get(f"{url}/metrics", timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")  # every Prometheus reads it
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def total(samples: dict, name: str, **labels) -> float:
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack, tmp_path_factory):
+    """Debian's Prometheus with the shipped config, its DNS discovery replaced by the stack's replicas."""
+    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+    if not Path(binary).exists():
+        pytest.fail("prometheus not found: apt-get install prometheus (scripts/setup.sh does)")
+    work = tmp_path_factory.mktemp("prometheus")
+    config = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = config["global"]["evaluation_interval"] = "1s"
+    config["global"]["scrape_timeout"] = "1s"
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "mlflow-gateway"]
+    targets = [u.removeprefix("http://") for u in replica_urls(stack)]
+    del job["dns_sd_configs"]
+    job["static_configs"] = [{"targets": targets}]
+    (work / "prometheus.yml").write_text(yaml.safe_dump(config))
+    shutil.copy(REPO / "monitoring/alerts.yml", work / "alerts.yml")
+    port = free_port()
+    log = (work / "prometheus.log").open("w")
+    proc = subprocess.Popen(
+        [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=log, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/-/ready", timeout=60, proc=proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            up = query(url, 'sum(up{job="mlflow-gateway"})')
+            if up == len(targets):
+                break
+            time.sleep(0.5)
+        else:
+            log_tail = (work / "prometheus.log").read_text()[-2000:]
+            pytest.fail(f"Prometheus did not scrape {targets}: {log_tail}")
+        yield url
+    finally:
+        stop_group(proc.pid)
+        log.close()
+
+
+def query(prom: str, expr: str) -> float | None:
+    r = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10)
+    body = r.json()
+    assert body["status"] == "success", (expr, body)
+    result = body["data"]["result"]
+    return float(result[0]["value"][1]) if result else None
+
+
+def query_by(prom: str, expr: str, label: str) -> dict[str, float]:
+    r = requests.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=10).json()
+    return {s["metric"].get(label, ""): float(s["value"][1]) for s in r["data"]["result"]}
+
+
+def wait_for(prom: str, expr: str, expected: float, timeout: float = 30) -> float | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = query(prom, expr)
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.5)
+
+
+def ledger_records(stack, client: str, expect: int, timeout: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for path in sorted((stack.state_dir / "ledger").glob("usage-*.jsonl")):
+            found += [r for r in map(json.loads, path.read_text().splitlines()) if r.get("client") == client]
+        if len(found) >= expect or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def send(url: str, client: str, path: str, body: dict, stream: bool = False) -> requests.Response:
+    r = requests.post(f"{url}{path}", json=body, headers={"X-Gateway-Client": client}, stream=stream,
+                      timeout=30)
+    if stream:
+        r.content  # noqa: B018 - read the whole stream
+    return r
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_prometheus_sums_requests_tokens_and_cost_over_replicas_and_workers_as_sent(stack, prometheus):
+    client = f"metrics-{uuid.uuid4().hex[:8]}"  # a label of our own: only this test's traffic carries it
+    chat = {"messages": [{"role": "user", "content": "count me please"}]}
+    statuses = []
+    for url in replica_urls(stack):
+        for _ in range(3):
+            statuses.append(send(url, client, "/gateway/chat/invocations", chat).status_code)
+        statuses.append(send(url, client, "/gateway/anthropic-chat/invocations", {**chat, "stream": True},
+                             stream=True).status_code)
+        embeddings = {"model": "embeddings", "input": ["a b", "c"]}
+        statuses.append(send(url, client, "/v1/embeddings", embeddings).status_code)
+        statuses.append(send(url, client, "/gateway/chat/invocations",
+                             {"messages": [{"role": "user", "content": "[[fault:500]]"}]}).status_code)
+    assert statuses == [200, 200, 200, 200, 200, 500] * 2
+
+    sel = f'client="{client}"'
+    assert wait_for(prometheus, f"sum(gateway_requests_total{{{sel}}})", 12) == 12
+    by_class = query_by(prometheus, f"sum by (status_class) (gateway_requests_total{{{sel}}})",
+                        "status_class")
+    assert by_class == {"2xx": 10, "5xx": 2}
+    by_replica = query_by(prometheus, f"sum by (instance) (gateway_requests_total{{{sel}}})", "instance")
+    assert by_replica == {u.removeprefix("http://"): 6 for u in replica_urls(stack)}
+    by_route = query_by(prometheus, f"sum by (route) (gateway_requests_total{{{sel}}})", "route")
+    assert by_route == {"/gateway/{endpoint}/invocations": 10, "/v1/embeddings": 2}
+
+    records = ledger_records(stack, client, expect=12)
+    assert len(records) == 12
+    for kind in ("prompt", "completion"):
+        in_ledger = sum(r[f"{kind}_tokens"] for r in records)
+        assert in_ledger > 0
+        assert query(prometheus, f'sum(gateway_tokens_total{{{sel}, kind="{kind}"}})') == in_ledger
+    by_model = query_by(prometheus, f'sum by (model) (gateway_tokens_total{{{sel}, kind="prompt"}})', "model")
+    assert by_model == {m: sum(r["prompt_tokens"] for r in records if r["model"] == m)
+                        for m in {r["model"] for r in records if r["prompt_tokens"]}}
+    cost = sum(r["cost_usd"] for r in records if r["cost_usd"])
+    assert cost > 0
+    assert query(prometheus, f"sum(gateway_cost_usd_total{{{sel}}})") == pytest.approx(cost, rel=1e-9)
+
+    # The same figures straight from each replica's /metrics, parsed with the official parser.
+    scraped = [scrape(url) for url in replica_urls(stack)]
+    assert sum(total(s, "gateway_requests_total", client=client) for s in scraped) == 12
+    scraped_cost = sum(total(s, "gateway_cost_usd_total", client=client) for s in scraped)
+    assert scraped_cost == pytest.approx(cost, rel=1e-9)
+    for s in scraped:
+        assert total(s, "gateway_upstream_requests_total", upstream="127.0.0.1:9000", status="500") >= 1
+        assert total(s, "gateway_build_info", version="0.1.0", mlflow_version="3.17.2") == 1
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_streams_report_time_to_first_token_and_in_flight_requests(stack):
+    url = replica_urls(stack)[0]
+    before = scrape(url)
+    body = {"messages": [{"role": "user", "content": "[[chunk_delay:300]] one two three four five"}],
+            "stream": True}
+    thread = threading.Thread(target=send,
+                              args=(url, "metrics-stream", "/gateway/chat/invocations", body, True))
+    thread.start()
+    try:
+        deadline, during = time.monotonic() + 10, 0.0
+        while time.monotonic() < deadline and not during:
+            during = total(scrape(url), "gateway_requests_in_flight")
+            time.sleep(0.1)
+    finally:
+        thread.join(timeout=30)
+    assert during >= 1
+    after = scrape(url)
+    assert total(after, "gateway_requests_in_flight") == 0
+    ttft = "gateway_time_to_first_token_seconds_count"
+    assert total(after, ttft, endpoint="chat") == total(before, ttft, endpoint="chat") + 1
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_garbage_model_names_paths_and_clients_create_no_label_values(stack):
+    garbage = f"garbage{uuid.uuid4().hex[:8]}"
+    url = replica_urls(stack)[0]
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+    send(url, "metrics-garbage", "/v1/chat/completions", {**chat, "model": garbage})
+    send(url, "metrics-garbage", f"/gateway/{garbage}/invocations", chat)
+    send(url, "metrics-garbage", f"/v1/{garbage}", chat)
+    send(url, f"{garbage} with spaces", "/gateway/chat/invocations", chat)
+    time.sleep(0.5)
+    samples = scrape(url)
+    assert not [key for key in samples if garbage in str(key)]
+    labels = [dict(ls) for _, ls in samples]
+    assert {ls["endpoint"] for ls in labels if "endpoint" in ls} <= ENDPOINTS | {"unknown"}
+    assert {ls["route"] for ls in labels if "route" in ls} <= {
+        "/gateway/{endpoint}/invocations", "/endpoints/{endpoint}/invocations", *metrics.V1_ROUTES, "other"}
+    assert total(samples, "gateway_requests_total", client="metrics-garbage", endpoint="unknown") == 3
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_metrics_are_not_served_through_nginx(stack):
+    for path in ("/metrics", "/metrics?format=text", "//metrics", "/%6Detrics"):
+        r = requests.get(f"{stack.url}{path}", timeout=10)
+        assert r.status_code == 404, (path, r.text)
+        assert r.json()["error"]["type"] == "not_found"
+        assert "port 8000" in r.json()["error"]["message"]
+    assert requests.get(f"{replica_urls(stack)[0]}/metrics", timeout=10).status_code == 200
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_every_dashboard_and_alert_expression_is_valid_promql_for_real_prometheus(prometheus):
+    dashboard = json.loads((REPO / "monitoring/grafana/dashboards/gateway.json").read_text())
+    for title, expr in dashboard_exprs(dashboard):
+        r = requests.get(f"{prometheus}/api/v1/query", params={"query": as_promql(expr)}, timeout=10).json()
+        assert r["status"] == "success", (title, expr, r)
+    groups = requests.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    shipped = yaml.safe_load((REPO / "monitoring/alerts.yml").read_text())["groups"][0]["rules"]
+    assert len(rules) == len(shipped)
+    assert all(rule["health"] in ("ok", "unknown") for rule in rules), rules
+    # With the stack up, Prometheus has every replica, and the alert for a down replica does not fire.
+    assert query(prometheus, 'count(up{job="mlflow-gateway"} == 1)') == 2
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_stack_replicas_are_ready_and_say_why(stack):
+    for url in [*replica_urls(stack), stack.url]:
+        r = requests.get(f"{url}/ready", timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": "ready", "checks": {"config": "ok"}}
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_check_gateway_reports_readiness(stack):
+    result = subprocess.run([str(REPO / "scripts/check_gateway.sh"), "--url", stack.url, "--no-chat"],
+                            env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "GET /ready -> 200" in result.stdout + result.stderr
+
+
+# -------------------------------------------------------------------------------------- a replica of our own
+def start_redis(port: int, work: Path) -> subprocess.Popen:
+    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+                             "--appendonly", "no", "--dir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 10
+    ping = ["redis-cli", "-p", str(port), "ping"]
+    while subprocess.run(ping, capture_output=True, text=True, check=False).stdout.strip() != "PONG":
+        assert time.monotonic() < deadline, "redis-server did not start"
+        time.sleep(0.1)
+    return proc
+
+
+def start_replica(work: Path, port: int, **env: str) -> subprocess.Popen:
+    environment = clean_env(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_WORKERS="2",
+                            GATEWAY_RUNTIME_DIR=str(work / "run"), GATEWAY_DEMO_UPSTREAM="http://127.0.0.1:9000",
+                            **env)
+    log = (work / "gateway.log").open("a")
+    proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=environment, stdout=log, stderr=log,
+                            start_new_session=True)
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=proc)
+    return proc
+
+
+def worker_pids(master: int) -> list[int]:
+    ps = ["ps", "-o", "pid=", "--ppid", str(master)]
+    out = subprocess.run(ps, capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+@pytest.mark.integration
+@pytest.mark.stack  # borrows the stack's fake upstream on :9000
+def test_readiness_follows_redis_and_worker_restarts_keep_the_counts(stack, tmp_path):
+    redis_port, port = free_port(), free_port()
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the ledger directory should be")
+    stale = tmp_path / "run" / "metrics" / "counter_424242.db"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"left over from an earlier run")
+    redis = start_redis(redis_port, tmp_path)
+    gateway = start_replica(tmp_path, port, GATEWAY_READY_REDIS="on",
+                            GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
+                            GATEWAY_REDIS_URL=f"redis://:s3cret-pass@127.0.0.1:{redis_port}/0")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert not stale.exists()  # a replica starts its counts from zero
+        r = requests.get(f"{url}/ready", timeout=10)
+        assert r.status_code == 200 and r.json()["checks"] == {"config": "ok", "redis": "ok"}, r.text
+
+        stop_group(redis.pid)
+        r = requests.get(f"{url}/ready", timeout=10)
+        assert r.status_code == 503
+        assert r.json()["status"] == "not ready" and r.json()["error"]["type"] == "not_ready"
+        assert f"redis: cannot reach redis://:***@127.0.0.1:{redis_port}/0" in r.json()["error"]["message"]
+        assert "s3cret" not in r.text
+        assert requests.get(f"{url}/health", timeout=10).status_code == 200  # alive, just not ready
+
+        redis = start_redis(redis_port, tmp_path)
+        assert requests.get(f"{url}/ready", timeout=10).status_code == 200
+
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        statuses = [send(url, "metrics-own", "/gateway/chat/invocations", chat).status_code for _ in range(6)]
+        assert statuses == [200] * 6
+        samples = scrape(url)
+        assert total(samples, "gateway_requests_total", client="metrics-own") == 6
+        assert total(samples, "gateway_ledger_write_failures_total") == 6
+
+        # A worker killed outright: gunicorn starts another; the dead one's counts stay in the sums and its
+        # live gauges are dropped (child_exit -> mark_process_dead).
+        victim = worker_pids(gateway.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert gone(victim, 10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            workers = worker_pids(gateway.pid)
+            if len(workers) == 2 and victim not in workers:
+                break
+            time.sleep(0.2)
+        metrics_dir = tmp_path / "run" / "metrics"
+        assert not list(metrics_dir.glob(f"gauge_live*_{victim}.db"))
+        samples = scrape(url)
+        assert total(samples, "gateway_requests_total", client="metrics-own") == 6
+        assert total(samples, "gateway_requests_in_flight") == 0
+    finally:
+        stop_group(gateway.pid)
+        stop_group(redis.pid)
+
+
+@pytest.mark.integration
+@pytest.mark.stack  # borrows the stack's fake upstream on :9000
+def test_metrics_off_leaves_no_files_and_says_so_on_metrics(stack, tmp_path):
+    port = free_port()
+    gateway = start_replica(tmp_path, port, GATEWAY_METRICS="off",
+                            GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        r = send(url, "metrics-off", "/gateway/chat/invocations", chat)
+        assert r.status_code == 200
+        r = requests.get(f"{url}/metrics", timeout=10)
+        assert r.status_code == 404
+        assert r.json()["error"] == {
+            "type": "metrics_off", "message": "metrics are turned off on this replica (GATEWAY_METRICS=off)"}
+        assert requests.get(f"{url}/ready", timeout=10).status_code == 200
+        assert not (tmp_path / "run" / "metrics").exists()
+    finally:
+        stop_group(gateway.pid)
