@@ -185,7 +185,7 @@ def _remember_basetemp(tmp_path_factory):
 
 def pytest_runtest_logreport(report):
     """Captured stdout, stderr and log of every test phase, and a failure's report, searched as they come."""
-    texts = [(f"captured {name} of {report.nodeid}", content) for name, content in report.sections]
+    texts = [(f"{name} of {report.nodeid}", content) for name, content in report.sections]
     if report.failed:
         texts.append((f"failure report of {report.nodeid}", report.longreprtext))
     for where, text in texts:

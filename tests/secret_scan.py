@@ -15,7 +15,7 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Finding:
-    where: str  # a file path, or "captured <section> of <test id>"
+    where: str  # a file path, or "Captured stdout call of <test id>"
     line: int
     secret_name: str
 
