@@ -338,7 +338,8 @@ def error_response(status: int, message: str, anthropic: bool, openai_type: str 
 def fault_response(fault: str, anthropic: bool, key: str = "") -> web.Response:
     status, openai_type, code, anthropic_type, message = _ERRORS[fault]
     if fault == "401" and key:
-        message = f"Incorrect API key provided: {key}. You can find your API key at https://platform.openai.com/account/api-keys."
+        message = (f"Incorrect API key provided: {key}. "
+                   "You can find your API key at https://platform.openai.com/account/api-keys.")
     return error_response(status, message, anthropic, openai_type, code, anthropic_type)
 
 

@@ -20,10 +20,9 @@ import re
 
 import pytest
 import requests
+from conftest import FUZZ_CASES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import FUZZ_CASES
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-
 from conftest import REPO, SENTINEL_SECRETS, clean_env, free_port, stop_group, wait_http, write_secret
-from gateway_kit.fake_upstream import key_fingerprint
 from secret_scan import find_in_text, find_in_tree
+
+from gateway_kit.fake_upstream import key_fingerprint
 
 PROVIDER_KEYS = {name: SENTINEL_SECRETS[name] for name in ("openai", "anthropic", "azure")}
 HI = [{"role": "user", "content": "hi"}]
@@ -120,7 +120,7 @@ def test_a_401_inside_a_stream_leaves_no_key_in_the_replica_log(keyed):
     """Mid-stream, MLflow can only cut the stream and uvicorn logs the traceback, message included: redacted."""
     offset = len(keyed.log.read_text())
     try:
-        keyed.chat("chat", "[[fault:401]]", stream=True).text
+        _ = keyed.chat("chat", "[[fault:401]]", stream=True).text
     except requests.RequestException:
         pass  # the cut stream
     assert keyed.chat("chat", "still serving").status_code == 200
@@ -150,7 +150,7 @@ def test_results_file_usage_records_and_cost_report_hold_no_key(keyed, tmp_path)
     run = subprocess.run(
         [sys.executable, str(REPO / "evaluate_gateway.py"), "--url", keyed.url, "--test-file", "cases.yaml",
          "--output", str(results), "--store-content", "--no-progress"],
-        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120, check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     (tmp_path / "evaluate.out").write_text(run.stdout + run.stderr)  # for the end-of-run search too
@@ -161,7 +161,7 @@ def test_results_file_usage_records_and_cost_report_hold_no_key(keyed, tmp_path)
 
     report = subprocess.run(
         [sys.executable, str(REPO / "analyze_costs.py"), "--ledger", str(keyed.ledger), "--json", "--details"],
-        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120, check=False,
     )
     assert report.returncode == 0, report.stderr
     (tmp_path / "costs.json").write_text(report.stdout)
@@ -211,7 +211,7 @@ def test_a_run_that_leaks_a_sentinel_fails_naming_the_file_and_line(tmp_path_fac
         run = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_leaky.py",
              "--basetemp", str(root / "basetemp")],
-            cwd=root, env=clean_env(), capture_output=True, text=True, timeout=120,
+            cwd=root, env=clean_env(), capture_output=True, text=True, timeout=120, check=False,
         )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "2 passed" in run.stdout and "SECRET LEAK" in run.stdout
