@@ -16,7 +16,7 @@ import yaml
 
 from gateway_kit import metrics, readiness
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
-from gateway_kit.secrets import export_file_keys
+from gateway_kit.secrets import export_file_keys, redact_keys, redact_logs
 
 _OFF = {"off", "0", "false", "no"}
 
@@ -62,7 +62,6 @@ def replica_id() -> str:
 def add_upstream_error_handlers(app) -> None:
     """Answer an unreachable, slow or garbled provider with a JSON error, not a bare 500."""
     import asyncio
-    import json
 
     import aiohttp
     from fastapi.responses import JSONResponse
@@ -84,7 +83,16 @@ def add_upstream_error_handlers(app) -> None:
     bad_answer = handler(502, "upstream_bad_response", "the provider's answer could not be read")
     app.add_exception_handler(aiohttp.ClientResponseError, bad_answer)
     app.add_exception_handler(aiohttp.ClientPayloadError, bad_answer)
-    app.add_exception_handler(json.JSONDecodeError, bad_answer)
+    # A JSONDecodeError is the provider's garbled answer only after it was called: request_errors decides.
+
+
+def add_bad_input_handling(app, key_names: list[str]) -> None:
+    """Bad requests get clear 4xx JSON errors; no provider key in an error body or a log line."""
+    from gateway_kit.request_errors import add_request_error_handlers
+
+    add_request_error_handlers(app)
+    redact_keys(key_names)
+    redact_logs()
 
 
 def setup_logging() -> None:
@@ -118,13 +126,15 @@ def create_app():
 
     setup_logging()
     raw = yaml.safe_load(config_path().read_text()) or {}
-    export_file_keys([name for e in raw.get("endpoints") or [] for name in key_refs(e).values()])
+    key_names = [name for e in raw.get("endpoints") or [] for name in key_refs(e).values()]
+    export_file_keys(key_names)
     # As mlflow.gateway.app.create_app_from_path does: `$NAME` keys come from the environment or a file.
     os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_ENV.name] = "true"
     os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE.name] = "true"
     app = create_app_from_config(GatewayConfig(**mlflow_view(raw)))
     add_upstream_error_handlers(app)
     readiness.install(app)  # GET /ready
+    add_bad_input_handling(app, key_names)
     if os.environ.get("GATEWAY_SHARED_UPSTREAM_CLIENT", "on").lower() not in _OFF:
         from gateway_kit import upstream
 

@@ -14,7 +14,13 @@ http://HOST:PORT (MLflow appends /openai/deployments/<deployment>/<route>?api-ve
     POST /v1/chat/completions, /v1/completions, /v1/embeddings             OpenAI (stream and not)
     POST /openai/deployments/{d}/chat/completions|completions|embeddings   Azure OpenAI
     POST /v1/messages                                                      Anthropic (stream and not)
-    GET /health; GET /_fake/stats -> {requests, by_path, by_fault, auth_headers, connections}; POST /_fake/reset
+    GET /health; GET /_fake/stats -> {requests, by_path, by_fault, auth_headers, key_fingerprints, connections}
+    POST /_fake/reset
+
+Keys are never stored: key_fingerprints counts the first 16 hex digits of the SHA-256 of each key received
+(Authorization without "Bearer ", x-api-key, api-key), so a test can check which key arrived. [[fault:401]]
+answers like OpenAI, naming the key it got, but in full (OpenAI masks the middle): the worst case for a
+gateway that passes provider errors on.
 
 Answers: "Fake answer to: <last user message>", plus "(context: N earlier messages; first said:
 '<first 60 chars of the first user message>')" when there are earlier messages (an Anthropic system
@@ -119,6 +125,7 @@ class Stats:
         self.by_path: Counter[str] = Counter()
         self.by_fault: Counter[str] = Counter()
         self.auth: Counter[str] = Counter()
+        self.keys: Counter[str] = Counter()
         self.peers: set[Any] = set()  # client (address, port) pairs: one per TCP connection
 
     def record(self, request: web.Request) -> None:
@@ -127,10 +134,22 @@ class Stats:
         self.by_path[request.path] += 1
         present = [name for name in AUTH_HEADERS if name in request.headers]  # presence only, no values
         self.auth.update(present or ["none"])
+        self.keys.update(key_fingerprint(received_key(request.headers, name)) for name in present)
 
     def as_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "by_path": dict(self.by_path), "by_fault": dict(self.by_fault),
-                "auth_headers": dict(self.auth), "connections": len(self.peers)}
+                "auth_headers": dict(self.auth), "key_fingerprints": dict(self.keys),
+                "connections": len(self.peers)}
+
+
+def received_key(headers: Any, name: str) -> str:
+    value = headers.get(name, "")
+    return value[7:] if name == "authorization" and value[:7].lower() == "bearer " else value
+
+
+def key_fingerprint(key: str) -> str:
+    """What the stats keep of a key: enough to tell which key arrived, never the key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------- reading requests
@@ -316,8 +335,11 @@ def error_response(status: int, message: str, anthropic: bool, openai_type: str 
     return web.json_response(body, status=status, headers=headers)
 
 
-def fault_response(fault: str, anthropic: bool) -> web.Response:
+def fault_response(fault: str, anthropic: bool, key: str = "") -> web.Response:
     status, openai_type, code, anthropic_type, message = _ERRORS[fault]
+    if fault == "401" and key:
+        message = (f"Incorrect API key provided: {key}. "
+                   "You can find your API key at https://platform.openai.com/account/api-keys.")
     return error_response(status, message, anthropic, openai_type, code, anthropic_type)
 
 
@@ -425,7 +447,8 @@ class FakeUpstream:
         if d.fault == "slow":
             await asyncio.sleep(SLOW_FAULT_SECONDS)  # cancelled if the client hangs up (handler_cancellation)
         elif d.fault in _ERRORS:
-            return fault_response(d.fault, anthropic)
+            key = next((received_key(request.headers, n) for n in AUTH_HEADERS if n in request.headers), "")
+            return fault_response(d.fault, anthropic, key)
         elif d.fault == "drop":
             return drop_connection(request)
         elif d.fault == "malformed":

@@ -75,3 +75,65 @@ def export_file_keys(names: list[str]) -> None:
             found = lookup_key(name)
             if found.value is not None:
                 os.environ[name] = found.value
+
+
+# ------------------------------------------------------------------------------------- redaction
+# What a provider or client key looks like where the kit cannot know it: OpenAI and Anthropic keys
+# (sk-..., sk-proj-..., sk-ant-...) and bearer tokens. Exact known keys are redacted too (redact_keys).
+_KEY_LOOKING = re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}|(?i:bearer\s+)[A-Za-z0-9._~+/\-]{8,}=*")
+REDACTED = "[redacted key]"
+_known_keys: list[str] = []
+
+
+def redact_keys(names: list[str]) -> None:
+    """From now on, redact() also hides the values of these key variables (Azure keys look like any hex)."""
+    for name in names:
+        value = os.environ.get(name, "")
+        if len(value) >= 8 and value not in _known_keys:
+            _known_keys.append(value)
+
+
+def redact(text: str) -> str:
+    """`text` with every key this process knows, and anything that looks like a key, replaced."""
+    for key in _known_keys:
+        if key in text:
+            text = text.replace(key, REDACTED)
+    if "sk-" in text or "earer" in text:
+        text = _KEY_LOOKING.sub(REDACTED, text)
+    return text
+
+
+class RedactingFilter:
+    """A logging filter for handlers: no key reaches a log line, a traceback's text included.
+
+    MLflow raises a provider's error with the provider's message (OpenAI's 401 names the key it got); when that
+    happens mid-stream, uvicorn logs the traceback. The filter formats it early and redacts the text.
+    """
+
+    _formatter = None
+
+    def filter(self, record) -> bool:
+        import logging
+
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            RedactingFilter._formatter = RedactingFilter._formatter or logging.Formatter()
+            record.exc_text = RedactingFilter._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+def redact_logs() -> None:
+    """Put RedactingFilter on every log handler this process has (gunicorn's, uvicorn's, the kit's, root's)."""
+    import logging
+
+    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(v, logging.Logger)]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())

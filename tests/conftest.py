@@ -1,4 +1,10 @@
-"""Shared fixtures: real processes on loopback, started the way a user starts them."""
+"""Shared fixtures: real processes on loopback, started the way a user starts them.
+
+Secrets: every key a test uses comes from SENTINEL_SECRETS. When the session ends, everything the run wrote
+under pytest's basetemp and every test's captured output is searched for each of them (tests/secret_scan.py);
+a hit fails the run, naming the file and line. A file that hands a key to the gateway on purpose is written
+with write_secret(), which the search skips.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,41 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+from secret_scan import Finding, find_in_text, find_in_tree
 
 REPO = Path(__file__).resolve().parent.parent
+# Every provider or client key used anywhere in the suite: none may appear in anything the run wrote.
+SENTINEL_SECRETS = {
+    "openai": "sk-proj-Zq8TestKeyThatMustNeverBePrinted",
+    "anthropic": "sk-ant-api03-Sentinel7AnthropicKeyNeverLogged",
+    # Azure keys are 32 hex digits: nothing marks them as keys, only the gateway's knowing the value does.
+    "azure": "5e7a1c9b3d2f4e6a8b0c1d2e3f4a5b6c",
+    "bad-openai": "sk-abc123",
+    "gateway-client": "sk-edge-secret-never-shown-123",
+    "dotenv-openai": "sk-not-for-us",
+    "fake-openai-client": "sk-test-secret",
+    "fake-anthropic-client": "sk-ant-secret",
+    "fake-azure-client": "az-secret",
+}
+_secret_inputs: set[Path] = set()
+_leaks: list[Finding] = []
+# Request bodies the fuzz tests tried, by kind: reported at the end of the run (pytest_terminal_summary).
+FUZZ_CASES: Counter[str] = Counter()
+
+
+def write_secret(path: Path, value: str) -> Path:
+    """Write a key into a file (mode 600) for the gateway to read; the end-of-run secret search skips it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(value)
+    path.chmod(0o600)
+    _secret_inputs.add(path.resolve())
+    return path
 PROVIDER_VARS = [
     f"{p}_{s}"
     for p in ("OPENAI", "ANTHROPIC", "AZURE_OPENAI")
@@ -134,3 +168,49 @@ def fake_upstream() -> str:
         yield url
     finally:
         stop_group(proc.pid)
+
+
+# ------------------------------------------------------------------------------------ the secrets search
+# Why a session hook and not a test module named to run last: the hook runs after every test AND after the
+# session fixtures' teardown (the stack's shutdown lines are in its logs by then), whatever -k, -m, -x or
+# plugin reorders the tests, and it cannot be deselected. pytest itself sets session.exitstatus in
+# pytest_sessionfinish the same way (--max-warnings).
+_basetemp: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember_basetemp(tmp_path_factory):
+    _basetemp.append(tmp_path_factory.getbasetemp())
+
+
+def pytest_runtest_logreport(report):
+    """Captured stdout, stderr and log of every test phase, and a failure's report, searched as they come."""
+    texts = [(f"{name} of {report.nodeid}", content) for name, content in report.sections]
+    if report.failed:
+        texts.append((f"failure report of {report.nodeid}", report.longreprtext))
+    for where, text in texts:
+        _leaks.extend(find_in_text(text, where, SENTINEL_SECRETS))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    for root in _basetemp:
+        _leaks.extend(find_in_tree(root, SENTINEL_SECRETS, skip=_secret_inputs))
+    if _leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES:
+        by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(FUZZ_CASES.items()))
+        terminalreporter.write_line(f"fuzzing: {sum(FUZZ_CASES.values())} request bodies tried ({by_kind})")
+    if _leaks:
+        terminalreporter.write_sep("=", "SECRET LEAK: a sentinel key was found where no key may be", red=True)
+        for finding in _leaks[:50]:
+            terminalreporter.write_line(str(finding), red=True)
+        terminalreporter.write_line("Find what wrote it (a log line, an error body, a results file) and redact "
+                                    "it there; the run fails until then.", red=True)
+    else:
+        searched = ", ".join(str(p) for p in _basetemp) or "nothing"
+        terminalreporter.write_line(f"secrets search: no sentinel key in the files under {searched} or in "
+                                    "captured output")

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, clean_env, free_port, stop_group, wait_http
+from conftest import REPO, SENTINEL_SECRETS, clean_env, free_port, stop_group, wait_http, write_secret
 
-REAL_LOOKING_KEY = "sk-proj-Zq8TestKeyThatMustNeverBePrinted"
+REAL_LOOKING_KEY = SENTINEL_SECRETS["openai"]
+BAD_KEY = SENTINEL_SECRETS["bad-openai"]
 
 
 def entrypoint(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
@@ -35,9 +36,9 @@ def test_no_key_at_all_refuses_to_start_and_names_what_to_set(tmp_path):
     [
         ("", "is empty"),
         ("sk-your-actual-key-here", "is a placeholder"),
-        ('"sk-abc123"', "wrapped in quotes"),
-        ("sk-abc123 ", "trailing whitespace"),
-        ("sk-abc123\n", "trailing whitespace or a newline"),
+        (f'"{BAD_KEY}"', "wrapped in quotes"),
+        (f"{BAD_KEY} ", "trailing whitespace"),
+        (f"{BAD_KEY}\n", "trailing whitespace or a newline"),
     ],
 )
 def test_a_bad_openai_key_disables_its_endpoints_with_one_line_each(value, why):
@@ -59,7 +60,7 @@ def test_route_loses_a_disabled_destination_and_is_reweighted():
 
 
 def test_key_from_a_secret_file_with_its_trailing_newline_is_accepted(tmp_path):
-    (tmp_path / "openai_api_key").write_text(REAL_LOOKING_KEY + "\n")
+    write_secret(tmp_path / "openai_api_key", REAL_LOOKING_KEY + "\n")
     result = entrypoint("--check", GATEWAY_SECRETS_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "endpoints ready: chat, completions, embeddings" in result.stderr
@@ -93,7 +94,7 @@ def test_invalid_endpoint_is_reported_with_its_name_field_and_line(tmp_path):
 
 @pytest.mark.integration
 def test_gateway_started_with_a_key_file_serves_and_never_logs_the_key(tmp_path, fake_upstream):
-    (tmp_path / "openai_api_key").write_text(REAL_LOOKING_KEY + "\n")
+    write_secret(tmp_path / "openai_api_key", REAL_LOOKING_KEY + "\n")
     port = free_port()
     env = clean_env(
         GATEWAY_SECRETS_DIR=str(tmp_path), OPENAI_API_BASE=f"{fake_upstream}/v1", GATEWAY_HOST="127.0.0.1",

@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import requests
 
-from conftest import free_port
+from conftest import SENTINEL_SECRETS, free_port, write_secret
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "evaluate_gateway.py"
@@ -460,7 +460,7 @@ def test_content_is_stored_only_with_store_content(gateway, tmp_path):
 @pytest.mark.integration
 def test_gateway_api_key_is_sent_as_bearer_but_never_printed_or_stored(gateway, tmp_path):
     # Pointed at the fake upstream itself, whose stats show which auth headers arrived.
-    secret = "sk-edge-secret-never-shown-123"
+    secret = SENTINEL_SECRETS["gateway-client"]
     cases = write(
         tmp_path, "v1.yaml", "- {name: v1, model: gpt-4o-mini, messages: [{role: user, content: hi}]}\n"
     )
@@ -501,7 +501,7 @@ def test_without_the_kit_pricing_it_records_tokens_and_leaves_cost_null(gateway,
 
 @pytest.mark.integration
 def test_gateway_url_is_read_from_dotenv(gateway, tmp_path):
-    (tmp_path / ".env").write_text(f"GATEWAY_URL={gateway.url}\nOPENAI_API_KEY=sk-not-for-us\n")
+    write_secret(tmp_path / ".env", f"GATEWAY_URL={gateway.url}\nOPENAI_API_KEY={SENTINEL_SECRETS['dotenv-openai']}\n")
     run = run_cli(tmp_path)
     assert run.code == 0 and run.doc["run"]["url"] == gateway.url
 

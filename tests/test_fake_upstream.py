@@ -23,7 +23,8 @@ import openai
 import pytest
 import requests
 
-from conftest import free_port
+from conftest import SENTINEL_SECRETS, free_port
+from gateway_kit.fake_upstream import key_fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 30.0
@@ -93,7 +94,7 @@ def fake(fake_process: tuple[subprocess.Popen, str, str]) -> str:
 
 @pytest.fixture()
 def client(fake: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fake}/v1", api_key="sk-test-secret", max_retries=0, timeout=10)
+    return openai.OpenAI(base_url=f"{fake}/v1", api_key=SENTINEL_SECRETS["fake-openai-client"], max_retries=0, timeout=10)
 
 
 def chat(base: str, content: str, **extra) -> requests.Response:
@@ -280,9 +281,10 @@ def test_slow_fault_holds_the_answer_and_leaves_the_server_responsive(fake):
 def test_stats_count_every_request_exactly_and_note_auth_headers_without_values(fake, client):
     requests.post(f"{fake}/_fake/reset", timeout=5)
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
-    requests.post(f"{fake}/v1/messages", headers={"x-api-key": "sk-ant-secret"}, timeout=5,
+    anthropic_key, azure_key = SENTINEL_SECRETS["fake-anthropic-client"], SENTINEL_SECRETS["fake-azure-client"]
+    requests.post(f"{fake}/v1/messages", headers={"x-api-key": anthropic_key}, timeout=5,
                   json={"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
-    requests.post(f"{fake}/openai/deployments/d/embeddings?api-version=1", headers={"api-key": "az-secret"},
+    requests.post(f"{fake}/openai/deployments/d/embeddings?api-version=1", headers={"api-key": azure_key},
                   json={"input": "hi"}, timeout=5)
     chat(fake, "[[fault:500]]")
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -293,6 +295,8 @@ def test_stats_count_every_request_exactly_and_note_auth_headers_without_values(
         "by_path": {"/v1/chat/completions": 42, "/v1/messages": 1, "/openai/deployments/d/embeddings": 1},
         "by_fault": {"500": 1},
         "auth_headers": {"authorization": 1, "x-api-key": 1, "api-key": 1, "none": 41},
+        "key_fingerprints": {key_fingerprint(k): 1 for k in (SENTINEL_SECRETS["fake-openai-client"], anthropic_key,
+                                                             azure_key)},
         "connections": 44,  # requests.post opens a connection per call
     }
     assert "secret" not in stats.text

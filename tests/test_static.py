@@ -242,6 +242,21 @@ def test_dashboard_is_valid_json_and_every_panel_queries_metrics_the_kit_exports
     assert f"./monitoring/grafana/dashboards:{provider['options']['path']}:ro" in services(PROD)["grafana"]["volumes"]
 
 
+def test_every_prod_service_has_a_read_only_root_filesystem_and_no_privilege_escalation():
+    for name, svc in services(PROD).items():
+        assert svc.get("read_only") is True, f"{PROD}: {name} can write to its root filesystem"
+        assert "no-new-privileges:true" in (svc.get("security_opt") or []), f"{PROD}: {name}"
+        assert svc.get("tmpfs"), f"{PROD}: {name} has nowhere to write temporary files"
+
+
+@pytest.mark.parametrize("name", ["mlflow-gateway", "fake-llm"])
+def test_services_of_the_gateway_image_run_as_the_images_non_root_user_without_capabilities(name):
+    svc = services(PROD)[name]
+    user = svc.get("user") or dockerfile_user()  # unset: the image's USER
+    assert user.split(":")[0] not in ("", "0", "root"), f"{name} runs as {user}"
+    assert svc["cap_drop"] == ["ALL"]
+
+
 # ------------------------------------------------------------------------------------------------- Dockerfile
 def test_dockerfile_passes_hadolint():
     result = run(tool("hadolint"), "Dockerfile")
@@ -263,6 +278,20 @@ def test_image_installs_the_lock_with_hashes_and_runs_as_a_non_root_user():
     assert "USER 10001:10001" in instructions
     assert 'ENTRYPOINT ["/app/entrypoint.sh"]' in instructions
     assert any(i.startswith("HEALTHCHECK ") and "/health" in i for i in instructions)
+
+
+def dockerfile_user() -> str:
+    """The user the final image runs as: the last USER instruction of the Dockerfile."""
+    users = [i.split(" ", 1)[1] for i in dockerfile_instructions() if i.startswith("USER ")]
+    return users[-1] if users else "root"
+
+
+def test_the_runtime_image_switches_to_a_non_root_user_after_its_last_build_step():
+    instructions = dockerfile_instructions()
+    runtime = instructions[max(i for i, line in enumerate(instructions) if line.startswith("FROM ")):]
+    user_at = max(i for i, line in enumerate(runtime) if line.startswith("USER "))
+    assert dockerfile_user().split(":")[0] not in ("0", "root")
+    assert all(not line.startswith(("RUN ", "COPY ", "ADD ")) for line in runtime[user_at + 1:]), runtime[user_at:]
 
 
 def test_build_context_leaves_secrets_out():
