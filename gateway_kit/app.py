@@ -128,12 +128,21 @@ def create_app():
 
         if upstream.install():
             upstream.close_with(app)
+    if os.environ.get("GATEWAY_RESILIENCE", "on").lower() not in _OFF:
+        app = resilience(app, raw)
     sinks = []
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         sinks.append(usage_log())
     if sinks:
         app = usage_recorder(app, raw, sinks)
     return RequestContext(app, replica=replica_id())
+
+
+def resilience(app, config: dict):
+    """Per-endpoint timeouts and retries, fallbacks, clear errors when a provider fails (docs/resilience.md)."""
+    from gateway_kit import resilience as kit_resilience
+
+    return kit_resilience.wrap(app, config)
 
 
 def usage_log():
