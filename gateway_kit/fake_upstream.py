@@ -137,8 +137,8 @@ class Stats:
 
     def as_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "by_path": dict(self.by_path), "by_host": dict(self.by_host),
-                "by_fault": dict(self.by_fault), "auth_headers": dict(self.auth), "connections": len(self.peers),
-                "cancelled": self.cancelled}
+                "by_fault": dict(self.by_fault), "auth_headers": dict(self.auth),
+                "connections": len(self.peers), "cancelled": self.cancelled}
 
 
 # ------------------------------------------------------------------------------------- reading requests

@@ -145,7 +145,7 @@ class UsageRecorder:
     def record(self, scope, path, request_body, state, response, stream_usage, error, wall, started) -> None:
         endpoint = endpoint_of(path, request_body)
         kit_state = scope.get("state") or {}
-        served_by = kit_state.get("served_by")  # a fallback answered (gateway_kit.resilience): its model and price
+        served_by = kit_state.get("served_by")  # a fallback answered (gateway_kit.resilience): its model, price
         info = self.endpoints.get(served_by or endpoint) if endpoint else None
         status = state["status"] or 500
         if stream_usage is not None:

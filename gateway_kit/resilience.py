@@ -88,7 +88,8 @@ class Settings:
             retries=int(_env_number(env, "GATEWAY_UPSTREAM_RETRIES", d.retries, whole=True)),
             backoff=_env_number(env, "GATEWAY_UPSTREAM_BACKOFF", d.backoff),
             max_wait=_env_number(env, "GATEWAY_UPSTREAM_RETRY_MAX_WAIT", d.max_wait),
-            circuit_failures=int(_env_number(env, "GATEWAY_CIRCUIT_FAILURES", d.circuit_failures, whole=True)),
+            circuit_failures=int(_env_number(env, "GATEWAY_CIRCUIT_FAILURES", d.circuit_failures,
+                                             whole=True)),
             circuit_reset=_env_number(env, "GATEWAY_CIRCUIT_RESET", d.circuit_reset),
         )
 
@@ -265,7 +266,8 @@ class Circuit:
 
     __slots__ = ("upstream", "threshold", "reset_s", "state", "failures", "opened_at", "probing", "clock")
 
-    def __init__(self, upstream: str, threshold: int, reset_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, upstream: str, threshold: int, reset_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.upstream, self.threshold, self.reset_s, self.clock = upstream, threshold, reset_s, clock
         self.state, self.failures, self.opened_at, self.probing = CLOSED, 0, 0.0, False
 
@@ -382,7 +384,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-# ---------------------------------------------------------------- the request's endpoint, for the upstream client
+# ---------------------------------------------------------------- the request's endpoint, for upstream.py
 
 
 @dataclass
@@ -419,7 +421,7 @@ def endpoint_from_path(path: str) -> str | None:
 
 
 def _error(status: int, kind: str, message: str, headers: tuple = ()) -> tuple[int, list, bytes]:
-    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    body = json.dumps({"error": {"type": kind, "message": message}}, separators=(",", ":")).encode()
     return status, [(b"content-type", b"application/json"), *headers], body
 
 
@@ -468,7 +470,7 @@ class _Try:
         self.held: list[bytes] = []
         self.state = "pending"  # -> committed | failed
         self.reason: str | None = None
-        self.response: tuple[int, list, bytes] | None = None  # the error to answer with if nothing better comes
+        self.response: tuple[int, list, bytes] | None = None  # the error to answer if nothing better comes
         self.decided = asyncio.Event()
         self.task: asyncio.Task | None = None
 
@@ -495,7 +497,8 @@ class _Try:
         if _retryable(status):  # an error answer: keep it whole, answer it only if no fallback does better
             self.held.append(body)
             if not more:
-                self.fail(f"http_{status}", (status, list(self.start.get("headers", ())), b"".join(self.held)))
+                headers = list(self.start.get("headers", ()))
+                self.fail(f"http_{status}", (status, headers, b"".join(self.held)))
             return
         if not body and more:
             return
@@ -515,7 +518,7 @@ class _Try:
                    for k, v in (self.start or {}).get("headers", ()))
 
     async def run(self, app) -> None:
-        """Run the app for this try (in its own task when several may run); never raises but CancelledError."""
+        """Run the app for this try (its own task when several may run); raises only CancelledError."""
         CURRENT.set(self.attempt)
         try:
             await app(self.scope, self.receive, self.send)
@@ -538,8 +541,8 @@ class _Try:
         if not self._is_stream():
             raise exc
         reason, (_, _, body) = error_for(exc)
-        log.warning("endpoint %r: the provider's stream broke after it started (%s); ended with an error event",
-                    self.name, reason)
+        log.warning("endpoint %r: the provider's stream broke after it started (%s); "
+                    "ended with an error event", self.name, reason)
         self.scope.setdefault("state", {})["stream_error"] = reason
         try:
             await self.client_send({"type": "http.response.body", "body": b"data: " + body + b"\n\n",
@@ -602,7 +605,8 @@ class Fallback:
             return True
 
         def start(endpoint: str) -> _Try:
-            t = _Try(endpoint, self.policies.get(endpoint) or self.default, _scope_for(scope, name, endpoint, body),
+            t = _Try(endpoint, self.policies.get(endpoint) or self.default,
+                     _scope_for(scope, name, endpoint, body),
                      disconnect.receiver(_body_for(scope, name, endpoint, body)), send, gate)
             t.task = asyncio.create_task(t.run(self.app))
             tries.append(t)
@@ -645,9 +649,10 @@ class Fallback:
                 state = scope.setdefault("state", {})
                 state["served_by"] = last.name if last.name != name else None
                 state["fallback_reason"] = reasons[0] if reasons else None
-                _call_hooks(FALLBACK_HOOKS, FallbackEvent(
-                    state.get("request_id"), name, last.name if winner and last.state == "committed" else None,
-                    reasons[0] if reasons else "failed", tuple(t.name for t in tries)))
+                served = last.name if winner and last.state == "committed" else None
+                _call_hooks(FALLBACK_HOOKS, FallbackEvent(state.get("request_id"), name, served,
+                                                          reasons[0] if reasons else "failed",
+                                                          tuple(t.name for t in tries)))
             if winner and winner[0].state == "committed":
                 await winner[0].task
             else:
@@ -720,7 +725,7 @@ def _model_of(body: bytes) -> str | None:
 
 
 def _scope_for(scope: dict, name: str, endpoint: str, body: bytes) -> dict:
-    """A copy of the request's scope addressed to `endpoint` (its own, so concurrent tries never share one)."""
+    """A copy of the request's scope addressed to `endpoint` (concurrent tries never share one)."""
     new = dict(scope)
     if endpoint != name and not scope["path"].startswith(_V1_PREFIX):
         prefix = scope["path"][: scope["path"].index("/", 1) + 1]
@@ -750,8 +755,8 @@ def add_error_handlers(app) -> None:
     from fastapi.responses import JSONResponse
 
     async def circuit_open(request, exc: CircuitOpenError):
-        return JSONResponse({"error": {"type": "upstream_circuit_open", "message": str(exc)}}, status_code=503,
-                            headers={"Retry-After": str(math.ceil(exc.retry_in))})
+        return JSONResponse({"error": {"type": "upstream_circuit_open", "message": str(exc)}},
+                            status_code=503, headers={"Retry-After": str(math.ceil(exc.retry_in))})
 
     async def timeout(request, exc: UpstreamTimeout):
         return JSONResponse({"error": {"type": "upstream_timeout", "message": str(exc)}}, status_code=504)

@@ -100,7 +100,8 @@ def install() -> bool:
         request_headers = {k: v for k, v in headers.items() if k.lower() not in utils._STRIPPED_HEADERS}
         request_headers["Accept-Encoding"] = utils.SUPPORTED_ACCEPT_ENCODING
         try:
-            async with call(append_to_uri_path(base_url, path), base_url, payload, request_headers) as response:
+            url = append_to_uri_path(base_url, path)
+            async with call(url, base_url, payload, request_headers) as response:
                 yield response
         except GatewaySSRFProtectionError as e:
             raise HTTPException(status_code=502, detail=str(e)) from e

@@ -79,9 +79,9 @@ def rstack(providers, fake_port, tmp_path_factory):
     for name, (n, kit) in PROVIDERS.items():
         model = "gpt-4.1-mini" if name == "backup" else "gpt-4o-mini"
         base = f"http://127.0.20.{n}:{fake_port}/v1"
-        endpoints.append({"name": name, "endpoint_type": "llm/v1/chat",
-                          "model": {"provider": "openai", "name": model,
-                                    "config": {"openai_api_key": "test-key", "openai_api_base": base}}, **kit})
+        provider = {"provider": "openai", "name": model,
+                    "config": {"openai_api_key": "test-key", "openai_api_base": base}}
+        endpoints.append({"name": name, "endpoint_type": "llm/v1/chat", "model": provider, **kit})
     config = state / "resilience.yaml"
     config.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
     env = {"GATEWAY_CIRCUIT_FAILURES": str(CIRCUIT_FAILURES), "GATEWAY_CIRCUIT_RESET": str(CIRCUIT_RESET),
@@ -357,8 +357,9 @@ def test_a_bad_resilience_key_is_reported_with_its_line(tmp_path, extra, message
 
 def test_good_resilience_keys_pass_and_mlflow_never_sees_them(tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text(BASE.replace("EXTRA", "timeouts: {connect: 5, first_byte: 60, total: 300}\n    retries: 2\n"
-                                   "    fallback: {to: [other], after_s: 1.5, race: true}"))
+    keys = ("timeouts: {connect: 5, first_byte: 60, total: 300}\n    retries: 2\n"
+            "    fallback: {to: [other], after_s: 1.5, race: true}")
+    config.write_text(BASE.replace("EXTRA", keys))
     result = subprocess.run([sys.executable, "-m", "gateway_kit.preflight", str(config)], env=clean_env(),
                             capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
