@@ -134,12 +134,14 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
     deadline = loop.time() + policy.total
     session = _session_for_this_worker()
     ok: bool | None = None
+    error: BaseException | None = None
     response = None
     try:
         retry = 0
         while True:
             remaining = deadline - loop.time()
             first_byte = min(policy.first_byte, remaining)
+            first_byte_at = loop.time() + first_byte
             timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=policy.connect)
             try:
                 async with asyncio.timeout(first_byte):
@@ -162,7 +164,9 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
             retry += 1
             await asyncio.sleep(wait)
         if response.content_type == "text/event-stream":
-            response.content = _FirstEvent(response.content, first_byte, endpoint)
+            # The first event too must come within first_byte of sending the request.
+            response.content = _FirstEvent(response.content, max(first_byte_at - loop.time(), 0.001),
+                                           first_byte, endpoint)
         async with response:
             yield response
         ok = response.status < 500
@@ -171,37 +175,34 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
     except HTTPException:
         ok = response is not None and response.status < 500  # MLflow's error for a 4xx answer: it answered
         raise
-    except resilience.UpstreamTimeout:
-        ok = False
+    except resilience.UpstreamTimeout as e:
+        ok, error = False, e
         raise
     except asyncio.TimeoutError as e:  # aiohttp's total timeout, while MLflow reads the answer
-        ok = False
-        raise resilience.UpstreamTimeout("total", policy.total, endpoint) from e
-    except BaseException:
-        ok = False
+        ok, error = False, resilience.UpstreamTimeout("total", policy.total, endpoint)
+        raise error from e
+    except BaseException as e:
+        ok, error = False, e
         raise
     finally:
         if attempt and ok is False and attempt.failure is None:
-            attempt.failure = _failure(response)
+            attempt.failure = _failure(error, response)
         circuit.record(ok, probe)
 
 
-def _failure(response) -> str:
-    import sys
-
-    exc = sys.exc_info()[1]
-    if isinstance(exc, resilience.UpstreamTimeout):
-        return f"timeout_{exc.kind}"
-    if exc is not None:
-        return resilience.error_for(exc)[0]
+def _failure(error: BaseException | None, response) -> str:
+    """Why a provider call failed, for the usage record's fallback_reason."""
+    if error is not None:
+        return resilience.error_for(error)[0]
     return f"http_{response.status}" if response is not None else "error"
 
 
 class _FirstEvent:
     """A stream's body reader whose first line must arrive within the first-byte timeout."""
 
-    def __init__(self, reader, seconds: float, endpoint: str | None) -> None:
-        self._reader, self._seconds, self._endpoint, self._first = reader, seconds, endpoint, True
+    def __init__(self, reader, seconds: float, limit: float, endpoint: str | None) -> None:
+        self._reader, self._seconds, self._limit, self._endpoint = reader, seconds, limit, endpoint
+        self._first = True
 
     def __getattr__(self, name: str):
         return getattr(self._reader, name)
@@ -214,7 +215,7 @@ class _FirstEvent:
             async with asyncio.timeout(self._seconds):
                 return await self._reader.readline()
         except asyncio.TimeoutError as e:
-            raise resilience.UpstreamTimeout("first_byte", self._seconds, self._endpoint) from e
+            raise resilience.UpstreamTimeout("first_byte", self._limit, self._endpoint) from e
 
     def __aiter__(self):
         return self._lines()
