@@ -540,7 +540,7 @@ class Scan:
 V1_FIELDS = (
     "ts", "request_id", "route", "endpoint", "provider", "model", "status", "latency_ms", "ttft_ms", "stream",
     "partial", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "client",
-    "replica", "cost_usd", "price_source", "served_by", "error",
+    "replica", "cost_usd", "price_source", "served_by", "fallback_reason", "error",
 )
 if RECORD_FIELDS != V1_FIELDS:  # the fast pattern follows this order
     raise ImportError("gateway_kit.usage.RECORD_FIELDS changed: update V1_FIELDS and scan() in analyze_costs.py")

@@ -140,6 +140,8 @@ def create_app():
 
         if upstream.install():
             upstream.close_with(app)
+    if os.environ.get("GATEWAY_RESILIENCE", "on").lower() not in _OFF:
+        app = resilience(app, raw)
     sinks = []
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         sinks.append(usage_log())
@@ -148,6 +150,19 @@ def create_app():
         app = usage_recorder(app, raw, sinks)
     app = metrics.in_flight(app)
     return RequestContext(app, replica=replica_id())
+
+
+def resilience(app, config: dict):
+    """Per-endpoint timeouts and retries, fallbacks, clear errors when a provider fails (docs/resilience.md).
+    Fallbacks and circuit changes are counted in the metrics (no-ops with GATEWAY_METRICS=off)."""
+    from gateway_kit import resilience as kit_resilience
+
+    def count_fallback(event) -> None:  # "no_answer_in_1.5s" -> "no_answer": a bounded label
+        metrics.fallback(event.endpoint, event.served_by, re.sub(r"_in_[\d.]+s$", "", event.reason))
+
+    kit_resilience.FALLBACK_HOOKS.append(count_fallback)
+    kit_resilience.CIRCUIT_HOOKS.append(lambda upstream, old, new: metrics.circuit_breaker(upstream, new))
+    return kit_resilience.wrap(app, config)
 
 
 def usage_log():

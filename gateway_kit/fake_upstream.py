@@ -14,8 +14,8 @@ http://HOST:PORT (MLflow appends /openai/deployments/<deployment>/<route>?api-ve
     POST /v1/chat/completions, /v1/completions, /v1/embeddings             OpenAI (stream and not)
     POST /openai/deployments/{d}/chat/completions|completions|embeddings   Azure OpenAI
     POST /v1/messages                                                      Anthropic (stream and not)
-    GET /health; GET /_fake/stats -> {requests, by_path, by_fault, auth_headers, key_fingerprints, connections}
-    POST /_fake/reset
+    GET /health; GET /_fake/stats -> {requests, by_path, by_host, by_fault, auth_headers, key_fingerprints,
+    connections, cancelled (answers abandoned by the caller)}; POST /_fake/reset
 
 Keys are never stored: key_fingerprints counts the first 16 hex digits of the SHA-256 of each key received
 (Authorization without "Bearer ", x-api-key, api-key), so a test can check which key arrived. [[fault:401]]
@@ -34,6 +34,9 @@ base64 as asked.
 Markers anywhere in a message, prompt or input: [[fault:429]] [[fault:quota]] [[fault:500]]
 [[fault:401]] [[fault:drop]] [[fault:malformed]] [[fault:slow]] [[fault:truncate]] [[latency:MS]]
 [[ttft:MS]] [[chunk_delay:MS]] [[reply:TEXT]]. --fault-rate/--fault inject one fault at random (seeded by --seed).
+A marker scoped with @WHO applies only to requests for that model (or Azure deployment) or sent to that host
+name, so one prompt can fail one endpoint and not its fallback: [[fault@gpt-4o-mini:500]],
+[[ttft@127.0.20.1:5000]]. --host takes several addresses, comma-separated (one upstream per address).
 Environment defaults: FAKE_LLM_HOST, FAKE_LLM_PORT, FAKE_LLM_LATENCY_MS, FAKE_LLM_TTFT_MS,
 FAKE_LLM_CHUNK_DELAY_MS, FAKE_LLM_FAULT_RATE, FAKE_LLM_FAULT, FAKE_LLM_SEED; flags override them.
 Exit codes: 0 stopped by SIGTERM/SIGINT, 1 cannot listen, 2 usage error.
@@ -67,7 +70,7 @@ SHUTDOWN_GRACE_SECONDS = 1.0
 DEFAULT_MODELS = {"chat": "gpt-4o-mini", "completions": "gpt-3.5-turbo-instruct",
                   "embeddings": "text-embedding-3-small", "messages": "claude-3-5-haiku-latest"}
 AUTH_HEADERS = ("authorization", "x-api-key", "api-key")
-_MARKER = re.compile(r"\[\[(fault|latency|ttft|chunk_delay|reply):(.*?)\]\]", re.DOTALL)
+_MARKER = re.compile(r"\[\[(fault|latency|ttft|chunk_delay|reply)(?:@([^:\]]+))?:(.*?)\]\]", re.DOTALL)
 _WORD = re.compile(r"\S+\s*")
 _dumps = json.JSONEncoder(separators=(",", ":")).encode  # compact, and built once (json.dumps is not)
 
@@ -123,6 +126,8 @@ class Stats:
     def reset(self) -> None:
         self.requests = 0
         self.by_path: Counter[str] = Counter()
+        self.by_host: Counter[str] = Counter()
+        self.cancelled = 0
         self.by_fault: Counter[str] = Counter()
         self.auth: Counter[str] = Counter()
         self.keys: Counter[str] = Counter()
@@ -132,14 +137,15 @@ class Stats:
         self.requests += 1
         self.peers.add(request.transport.get_extra_info("peername") if request.transport else None)
         self.by_path[request.path] += 1
+        self.by_host[request.host] += 1
         present = [name for name in AUTH_HEADERS if name in request.headers]  # presence only, no values
         self.auth.update(present or ["none"])
         self.keys.update(key_fingerprint(received_key(request.headers, name)) for name in present)
 
     def as_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "by_path": dict(self.by_path), "by_fault": dict(self.by_fault),
-                "auth_headers": dict(self.auth), "key_fingerprints": dict(self.keys),
-                "connections": len(self.peers)}
+        return {"requests": self.requests, "by_path": dict(self.by_path), "by_host": dict(self.by_host),
+                "by_fault": dict(self.by_fault), "auth_headers": dict(self.auth), "key_fingerprints": dict(self.keys),
+                "connections": len(self.peers), "cancelled": self.cancelled}
 
 
 def received_key(headers: Any, name: str) -> str:
@@ -183,12 +189,15 @@ def embedding_inputs(body: dict[str, Any]) -> list[str]:
     return [value if isinstance(value, str) else json.dumps(value)]
 
 
-def read_directives(texts: list[str], settings: Settings, rng: random.Random) -> Directives:
+def read_directives(texts: list[str], settings: Settings, rng: random.Random,
+                    targets: frozenset[str] = frozenset()) -> Directives:
+    """The markers of a request; one scoped `@WHO` counts only when WHO is in `targets` (model, host)."""
     found: dict[str, str] = {}
     for text in texts:
         if "[[" in text:
-            for name, value in _MARKER.findall(text):
-                found.setdefault(name, value)
+            for name, scope, value in _MARKER.findall(text):
+                if not scope or scope in targets:
+                    found.setdefault(name, value)
     fault = found.get("fault")
     if fault is None and settings.fault_rate > 0 and rng.random() < settings.fault_rate:
         fault = settings.fault
@@ -409,6 +418,9 @@ class FakeUpstream:
             self.inflight.add(task)
             try:
                 return await self.answer(request, kind)
+            except asyncio.CancelledError:  # the caller hung up (a timeout, a lost race)
+                self.stats.cancelled += 1
+                raise
             finally:
                 self.inflight.discard(task)
         return handler
@@ -439,7 +451,8 @@ class FakeUpstream:
 
         messages = read_messages(kind, body) if kind != "embeddings" else []
         texts = embedding_inputs(body) if kind == "embeddings" else [text for _, text in messages]
-        d = read_directives(texts, self.settings, self.rng)
+        targets = frozenset(filter(None, (body.get("model"), deployment, request.host.rsplit(":", 1)[0])))
+        d = read_directives(texts, self.settings, self.rng, targets)
         if d.fault:
             self.stats.by_fault[d.fault] += 1
         if d.latency_ms > 0:
@@ -491,7 +504,8 @@ def embeddings_body(body: dict[str, Any], model: str, texts: list[str]) -> dict[
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="fake_upstream", description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default=env("FAKE_LLM_HOST", "127.0.0.1"), help="bind address (FAKE_LLM_HOST)")
+    p.add_argument("--host", default=env("FAKE_LLM_HOST", "127.0.0.1"),
+                   help="bind address, or several comma-separated (FAKE_LLM_HOST)")
     p.add_argument("--port", type=int, default=int(env("FAKE_LLM_PORT", "9000")),
                    help="port; 0 picks a free one (FAKE_LLM_PORT)")
     p.add_argument("--latency-ms", type=float, default=float(env("FAKE_LLM_LATENCY_MS", "0")),
@@ -518,7 +532,8 @@ async def serve(args: argparse.Namespace) -> None:
                            **({} if args.access_log else {"access_log": None}))
     await runner.setup()
     try:
-        await web.TCPSite(runner, args.host, args.port, reuse_address=True).start()
+        for host in args.host.split(","):
+            await web.TCPSite(runner, host.strip(), args.port, reuse_address=True).start()
         port = runner.addresses[0][1] if runner.addresses else args.port
         print(f"fake upstream listening on http://{args.host}:{port}", flush=True)
         stop = asyncio.Event()

@@ -228,6 +228,11 @@ def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
             message = str(getattr(e, "message", e))
             where = ("endpoints", index, *quoted_field(endpoint, message))
             raise fail(where, f"endpoint {name!r}: {message}") from None
+    from gateway_kit.resilience import config_problems
+
+    for where, what in config_problems(config):
+        name = config["endpoints"][where[1]].get("name")
+        raise fail(where, f"endpoint {name!r}: {what}")
     try:
         check_configuration_route_name_collisions(config)
         GatewayConfig(**config)
@@ -241,7 +246,7 @@ def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
 # Keys of config.yaml that are the kit's, not MLflow's: checked here, used by gateway_kit, and never
 # shown to MLflow (see app.mlflow_view).
 KIT_KEYS: set[str] = set()  # top level
-KIT_ENDPOINT_KEYS: set[str] = set()  # per endpoint
+KIT_ENDPOINT_KEYS: set[str] = {"timeouts", "retries", "fallback"}  # per endpoint (gateway_kit.resilience)
 
 
 def with_dummy_keys(config: dict) -> dict:

@@ -144,7 +144,9 @@ class UsageRecorder:
 
     def record(self, scope, path, request_body, state, response, stream_usage, error, wall, started) -> None:
         endpoint = endpoint_of(path, request_body)
-        info = self.endpoints.get(endpoint) if endpoint else None
+        kit_state = scope.get("state") or {}
+        served_by = kit_state.get("served_by")  # a fallback answered (gateway_kit.resilience): its model, price
+        info = self.endpoints.get(served_by or endpoint) if endpoint else None
         status = state["status"] or 500
         if stream_usage is not None:
             stream_usage.close()
@@ -165,7 +167,7 @@ class UsageRecorder:
         cost = self.pricer.cost(model, provider, usage) if (usage.prompt_tokens or usage.completion_tokens) else None
         record = UsageRecord(
             ts=utc_now_iso(wall),
-            request_id=(scope.get("state") or {}).get("request_id"),
+            request_id=kit_state.get("request_id"),
             route=path,
             endpoint=endpoint,
             provider=provider,
@@ -184,6 +186,8 @@ class UsageRecorder:
             replica=self.replica,
             cost_usd=round(cost.usd, 12) if cost and cost.usd is not None else (None if cost else 0.0),
             price_source=cost.source if cost else "no tokens",
+            served_by=served_by,
+            fallback_reason=kit_state.get("fallback_reason"),
             error=error,
         )
         for sink in self.sinks:

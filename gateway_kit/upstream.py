@@ -4,8 +4,13 @@ MLflow 3.17.2 opens a new aiohttp ClientSession for each upstream call
 (mlflow.gateway.providers.utils._aiohttp_post), so every request pays a new TCP connection and, against
 a real provider, a new TLS handshake. The kit puts a function with the same contract in its place: the
 same header hygiene (Accept-Encoding, Content-Encoding and MLflow's own auth header are not forwarded),
-the same total timeout, no redirects followed, but one pooled session per worker process, created in the
-worker's event loop on first use and closed when the worker shuts down.
+no redirects followed, but one pooled session per worker process, created in the worker's event loop on
+first use and closed when the worker shuts down.
+
+In place of MLflow's single total timeout (MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS) each call gets its
+endpoint's connect, first-byte and total timeouts, retries on 429/5xx with jittered backoff (honouring
+Retry-After) before anything is handed to MLflow, and its upstream's circuit breaker (gateway_kit.resilience;
+the endpoint comes from the contextvar resilience.CURRENT that the Fallback middleware sets).
 
 Settings (environment): GATEWAY_UPSTREAM_POOL (connections per worker, default 100),
 GATEWAY_UPSTREAM_KEEPALIVE (seconds an idle connection is kept, default 30).
@@ -14,11 +19,14 @@ If the pinned MLflow no longer has the function, the kit keeps MLflow's behaviou
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import os
 from contextlib import asynccontextmanager
 from typing import Any
+
+from gateway_kit import resilience
 
 log = logging.getLogger("gateway_kit.upstream")
 
@@ -76,10 +84,8 @@ def install() -> bool:
     if getattr(original, "__gateway_kit__", False):
         return True
 
-    import aiohttp
     from fastapi import HTTPException
 
-    from mlflow.environment_variables import MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS
     from mlflow.gateway.ssrf import GatewaySSRFProtectionError, upstream_protection_enabled
     from mlflow.utils.uri import append_to_uri_path
 
@@ -93,12 +99,9 @@ def install() -> bool:
             return
         request_headers = {k: v for k, v in headers.items() if k.lower() not in utils._STRIPPED_HEADERS}
         request_headers["Accept-Encoding"] = utils.SUPPORTED_ACCEPT_ENCODING
-        timeout = aiohttp.ClientTimeout(total=MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS.get())
         try:
-            async with _session_for_this_worker().post(
-                append_to_uri_path(base_url, path), json=payload, headers=request_headers, timeout=timeout,
-                allow_redirects=False,
-            ) as response:
+            url = append_to_uri_path(base_url, path)
+            async with call(url, base_url, payload, request_headers) as response:
                 yield response
         except GatewaySSRFProtectionError as e:
             raise HTTPException(status_code=502, detail=str(e)) from e
@@ -106,3 +109,117 @@ def install() -> bool:
     shared_post.__gateway_kit__ = True
     utils._aiohttp_post = shared_post
     return True
+
+
+@asynccontextmanager
+async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[str, str]):
+    """POST to the provider under the current endpoint's policy; yields the response MLflow reads.
+
+    429/5xx answers are retried here, before MLflow (and so the client) sees a byte of them. Timeouts raise
+    resilience.UpstreamTimeout naming which one ran out; an open circuit raises CircuitOpenError."""
+    import aiohttp
+    from fastapi import HTTPException
+
+    attempt = resilience.CURRENT.get()
+    policy = attempt.policy if attempt else resilience.Policy.default(resilience.settings())
+    endpoint = attempt.endpoint if attempt else None
+    circuit = resilience.circuit_for(base_url)
+    try:
+        probe = circuit.before_call()
+    except resilience.CircuitOpenError:
+        if attempt:
+            attempt.failure = "circuit_open"
+        raise
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + policy.total
+    session = _session_for_this_worker()
+    ok: bool | None = None
+    error: BaseException | None = None
+    response = None
+    try:
+        retry = 0
+        while True:
+            remaining = deadline - loop.time()
+            first_byte = min(policy.first_byte, remaining)
+            first_byte_at = loop.time() + first_byte
+            timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=policy.connect)
+            try:
+                async with asyncio.timeout(first_byte):
+                    response = await session.post(url, json=payload, headers=headers, timeout=timeout,
+                                                  allow_redirects=False)
+            except aiohttp.ConnectionTimeoutError as e:
+                raise resilience.UpstreamTimeout("connect", policy.connect, endpoint) from e
+            except asyncio.TimeoutError as e:
+                kind = "first_byte" if policy.first_byte <= remaining else "total"
+                raise resilience.UpstreamTimeout(kind, first_byte if kind == "first_byte" else policy.total,
+                                                 endpoint) from e
+            if response.status not in resilience.RETRYABLE_STATUSES or retry >= policy.retries:
+                break
+            body = await response.read()  # small error body; kept, so MLflow can still read it
+            wait = resilience.retry_wait(response.status, response.headers, body, retry, policy,
+                                         deadline - loop.time())
+            if wait is None:
+                break
+            response.release()
+            retry += 1
+            await asyncio.sleep(wait)
+        if response.content_type == "text/event-stream":
+            # The first event too must come within first_byte of sending the request.
+            response.content = _FirstEvent(response.content, max(first_byte_at - loop.time(), 0.001),
+                                           first_byte, endpoint)
+        async with response:
+            yield response
+        ok = response.status < 500
+    except (asyncio.CancelledError, GeneratorExit):
+        raise
+    except HTTPException:
+        ok = response is not None and response.status < 500  # MLflow's error for a 4xx answer: it answered
+        raise
+    except resilience.UpstreamTimeout as e:
+        ok, error = False, e
+        raise
+    except asyncio.TimeoutError as e:  # aiohttp's total timeout, while MLflow reads the answer
+        ok, error = False, resilience.UpstreamTimeout("total", policy.total, endpoint)
+        raise error from e
+    except BaseException as e:
+        ok, error = False, e
+        raise
+    finally:
+        if attempt and ok is False and attempt.failure is None:
+            attempt.failure = _failure(error, response)
+        circuit.record(ok, probe)
+
+
+def _failure(error: BaseException | None, response) -> str:
+    """Why a provider call failed, for the usage record's fallback_reason."""
+    if error is not None:
+        return resilience.error_for(error)[0]
+    return f"http_{response.status}" if response is not None else "error"
+
+
+class _FirstEvent:
+    """A stream's body reader whose first line must arrive within the first-byte timeout."""
+
+    def __init__(self, reader, seconds: float, limit: float, endpoint: str | None) -> None:
+        self._reader, self._seconds, self._limit, self._endpoint = reader, seconds, limit, endpoint
+        self._first = True
+
+    def __getattr__(self, name: str):
+        return getattr(self._reader, name)
+
+    async def readline(self) -> bytes:
+        if not self._first:
+            return await self._reader.readline()
+        self._first = False
+        try:
+            async with asyncio.timeout(self._seconds):
+                return await self._reader.readline()
+        except asyncio.TimeoutError as e:
+            raise resilience.UpstreamTimeout("first_byte", self._limit, self._endpoint) from e
+
+    def __aiter__(self):
+        return self._lines()
+
+    async def _lines(self):
+        while line := await self.readline():
+            yield line

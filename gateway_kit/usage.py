@@ -8,7 +8,7 @@ A record is one JSON line, tagged so it can be picked out of mixed `docker logs`
      "endpoint":"chat","provider":"openai","model":"gpt-4o-mini-2024-07-18","status":200,"latency_ms":812.4,
      "ttft_ms":null,"stream":false,"partial":false,"prompt_tokens":1234,"completion_tokens":256,"total_tokens":1490,
      "cached_tokens":1024,"reasoning_tokens":0,"client":"team-a","replica":"mlflow-gateway-1","cost_usd":0.000264,
-     "price_source":"genai-prices 0.2.3","served_by":null,"error":null}
+     "price_source":"genai-prices 0.2.3","served_by":null,"fallback_reason":null,"error":null}
 
 Writing one (what the gateway does per request):
 
@@ -112,7 +112,8 @@ class UsageRecord:
     replica: str | None = None  # GATEWAY_REPLICA_ID of the replica that served it
     cost_usd: float | None = None
     price_source: str = "unknown"  # "genai-prices 0.2.3", "pricing.yaml", "... via pricing.yaml", "unknown"
-    served_by: str | None = None  # the endpoint a traffic-split route chose
+    served_by: str | None = None  # the fallback endpoint that answered instead of `endpoint` (None: no fallback)
+    fallback_reason: str | None = None  # why `endpoint` was left: http_500, timeout_first_byte, circuit_open ...
     error: str | None = None  # short error class or message when status is not 2xx, or a stream was cut
     content: Mapping[str, Any] | None = None  # prompt / answer, only when recording content is turned on
 

@@ -27,6 +27,7 @@ Options:
   --workers N      gunicorn workers per replica (default 2)
   --state-dir DIR  pid files, logs, ledger and runtime files (default .stack/ in the repo)
   --no-fake        do not start the fake upstream; provider keys and *_API_BASE come from your env
+  --config FILE    the gateway config every replica serves (default: config.yaml in the repo)
   --timeout S      how long to wait for health (default 60)
   -h, --help       this help
 
@@ -42,13 +43,16 @@ EOF
 command="${1:-}"
 [ -n "$command" ] || { usage; exit 2; }
 shift
-replicas=2 workers=2 state="$repo/.stack" fake=1 timeout=60 target=""
+replicas=2 workers=2 state="$repo/.stack" fake=1 timeout=60 target="" config=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) replicas="${2:?--replicas needs a number}"; shift ;;
     --workers) workers="${2:?--workers needs a number}"; shift ;;
     --state-dir) state="${2:?--state-dir needs a directory}"; shift ;;
     --no-fake) fake="" ;;
+    --config) config="${2:?--config needs a file}"; shift
+              [ -f "$config" ] || { echo "--config: no such file: $config" >&2; exit 2; }
+              config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")" ;;
     --timeout) timeout="${2:?--timeout needs seconds}"; shift ;;
     -h|--help) usage; exit 0 ;;
     [0-9]*) [ "$command" = scale ] && [ -z "$target" ] || { echo "Unexpected argument: $1. Use --help." >&2; exit 2; }
@@ -147,6 +151,7 @@ start_replica() {
         GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
         PYTHON="$python")
   [ -n "$fake" ] && env+=(GATEWAY_DEMO_UPSTREAM="http://127.0.0.1:$fake_port")
+  [ -n "$config" ] && env+=(GATEWAY_CONFIG="$config")
   start "replica-$i" env "${env[@]}" "$repo/entrypoint.sh"
 }
 
@@ -179,6 +184,7 @@ cmd_up() {
   if alive nginx; then log error "the stack in $state is already up; stop it first: scripts/local_stack.sh down"; exit 1; fi
   echo "$workers" >"$state/workers"
   echo "$fake" >"$state/fake"
+  echo "$config" >"$state/config"
   local ip port name
   while read -r ip port name; do
     [ -n "$name" ] || continue
@@ -237,6 +243,6 @@ case "$command" in
   scale)
     [ -n "$target" ] || { echo "scale needs a number of replicas. Use --help." >&2; exit 2; }
     alive nginx || { log error "the stack is not up: scripts/local_stack.sh up"; exit 1; }
-    workers="$(cat "$state/workers")" fake="$(cat "$state/fake")"
+    workers="$(cat "$state/workers")" fake="$(cat "$state/fake")" config="$(cat "$state/config" 2>/dev/null || true)"
     scale_to "$target" ;;
 esac

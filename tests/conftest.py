@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -114,11 +116,12 @@ class Stack:
     state_dir: Path
     url: str = "http://127.0.0.1:5000"
     fake_url: str = "http://127.0.0.1:9000"
+    env: dict[str, str] = field(default_factory=dict)  # settings for the replicas (GATEWAY_...)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
             [str(REPO / "scripts/local_stack.sh"), *args, "--state-dir", str(self.state_dir)],
-            env=clean_env(), capture_output=True, text=True, timeout=180,
+            env=clean_env(**self.env), capture_output=True, text=True, timeout=180,
         )
         if check and result.returncode != 0:
             pytest.fail(f"local_stack.sh {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
@@ -142,6 +145,9 @@ class Stack:
         return requests.get(f"{self.fake_url}/_fake/stats", timeout=5).json()
 
 
+_shared: list[Stack] = []  # the session's `stack` while it is up
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
     """nginx on :5000 in front of 2 replicas (2 workers each), Redis, dnsmasq, the fake upstream."""
@@ -150,8 +156,29 @@ def stack(tmp_path_factory) -> Stack:
     if up.returncode != 0:
         s.run("down", check=False)
         pytest.fail(f"scripts/local_stack.sh up failed:\n{up.stdout}\n{up.stderr}")
+    _shared.append(s)
     yield s
+    _shared.remove(s)
     s.run("down", check=False)
+
+
+@contextmanager
+def own_stack(state_dir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """A stack of one's own (another --config, other settings) on the same fixed ports: the shared
+    `stack`, if up, is stopped meanwhile and started again afterwards with its state (logs, ledger) kept."""
+    paused = list(_shared)
+    for s in paused:
+        s.run("down", check=False)
+    own = Stack(state_dir=state_dir, env=env or {})
+    try:
+        up = own.run("up", *args, check=False)
+        if up.returncode != 0:
+            pytest.fail(f"scripts/local_stack.sh up {' '.join(args)} failed:\n{up.stdout}\n{up.stderr}")
+        yield own
+    finally:
+        own.run("down", check=False)
+        for s in paused:
+            s.run("up", "--replicas", "2")
 
 
 @pytest.fixture(scope="session")

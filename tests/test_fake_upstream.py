@@ -293,14 +293,28 @@ def test_stats_count_every_request_exactly_and_note_auth_headers_without_values(
     assert stats.json() == {
         "requests": 44,
         "by_path": {"/v1/chat/completions": 42, "/v1/messages": 1, "/openai/deployments/d/embeddings": 1},
+        "by_host": {fake.removeprefix("http://"): 44},
         "by_fault": {"500": 1},
         "auth_headers": {"authorization": 1, "x-api-key": 1, "api-key": 1, "none": 41},
         "key_fingerprints": {key_fingerprint(k): 1 for k in (SENTINEL_SECRETS["fake-openai-client"], anthropic_key,
                                                              azure_key)},
         "connections": 44,  # requests.post opens a connection per call
+        "cancelled": 0,
     }
     assert "secret" not in stats.text
     assert requests.post(f"{fake}/_fake/reset", timeout=5).json()["requests"] == 0
+
+
+@pytest.mark.integration
+def test_a_scoped_marker_applies_only_to_its_model_or_host(fake):
+    def status(model: str, content: str) -> int:
+        body = {"model": model, "messages": [{"role": "user", "content": content}]}
+        return requests.post(f"{fake}/v1/chat/completions", json=body, timeout=5).status_code
+
+    assert status("gpt-4o-mini", "[[fault@gpt-4o-mini:500]]") == 500
+    assert status("gpt-4.1-mini", "[[fault@gpt-4o-mini:500]]") == 200
+    assert status("m", "[[fault@127.0.0.1:429]]") == 429
+    assert status("m", "[[fault@127.0.0.2:429]]") == 200
 
 
 # ---------------------------------------------------------------- command line and signals

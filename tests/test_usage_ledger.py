@@ -72,7 +72,7 @@ def test_a_record_is_one_tagged_json_line_with_every_field():
     assert set(RECORD_FIELDS) == {
         "ts", "request_id", "route", "endpoint", "provider", "model", "status", "latency_ms", "ttft_ms", "stream",
         "partial", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
-        "client", "replica", "cost_usd", "price_source", "served_by", "error",
+        "client", "replica", "cost_usd", "price_source", "served_by", "fallback_reason", "error",
     }
 
 

@@ -1,0 +1,772 @@
+"""When a provider fails: timeouts per endpoint, retries, a circuit breaker per upstream, fallbacks.
+
+Three pieces, documented for users in docs/resilience.md:
+
+- `Policy`: what config.yaml and the environment say for one endpoint (timeouts, retries, fallback chain).
+- `Circuit`: one per upstream (scheme://host:port of the provider's base URL) in each worker process.
+  K failed calls in a row (GATEWAY_CIRCUIT_FAILURES, default 5) open it: calls fail fast with
+  CircuitOpenError for S seconds (GATEWAY_CIRCUIT_RESET, default 60); then one probe call is let through,
+  which closes it again or reopens it.
+- `Fallback`: ASGI middleware between UsageRecorder and MLflow's app. It names the endpoint of each request
+  (path, or the body's "model" on /v1/*) in the contextvar CURRENT, which gateway_kit.upstream reads for the
+  endpoint's timeouts and retries. It holds the response start until the first body bytes, so that a failure
+  before the first byte (a stream too, whose 200 MLflow sends before calling the provider) becomes a clear
+  JSON error, or is answered by the next endpoint of the fallback chain. Once a byte reached the client
+  nothing is retried; a stream cut later ends with an SSE error event.
+
+The usage record says who served and why through scope["state"] ("served_by", "fallback_reason").
+Hooks for metrics: FALLBACK_HOOKS get a FallbackEvent per request served by (or failed over to) a fallback,
+CIRCUIT_HOOKS get (upstream, old state, new state) on every circuit change. A hook that raises is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("gateway_kit.resilience")
+
+ENDPOINT_KEYS = frozenset({"timeouts", "retries", "fallback"})  # config.yaml, per endpoint (kit-only)
+TIMEOUT_KINDS = ("connect", "first_byte", "total")
+FALLBACK_KEYS = ("to", "after_s", "race")
+MAX_RETRIES = 10
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+_V1_PREFIX = "/v1/"
+_INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
+_INVOCATION_SUFFIX = "/invocations"
+
+
+# ---------------------------------------------------------------- settings and per-endpoint policy
+
+
+def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        value = -1
+    if value < 0 or not math.isfinite(value):
+        kind = "a whole number" if whole else "a number of seconds"
+        raise SystemExit(f"gateway: error: {name}={raw!r} is not {kind} (0 or more) — fix it in .env")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The kit's defaults, from the environment (docs/architecture.md lists them)."""
+
+    connect: float = 10.0  # GATEWAY_UPSTREAM_CONNECT_TIMEOUT
+    first_byte: float = 300.0  # GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT
+    total: float = 300.0  # GATEWAY_UPSTREAM_TOTAL_TIMEOUT
+    retries: int = 1  # GATEWAY_UPSTREAM_RETRIES
+    backoff: float = 0.25  # GATEWAY_UPSTREAM_BACKOFF: first wait before jitter, doubled each retry
+    max_wait: float = 5.0  # GATEWAY_UPSTREAM_RETRY_MAX_WAIT: longest wait between tries, Retry-After included
+    circuit_failures: int = 5  # GATEWAY_CIRCUIT_FAILURES (0 turns the breaker off)
+    circuit_reset: float = 60.0  # GATEWAY_CIRCUIT_RESET
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        d = cls()
+        return cls(
+            connect=_env_number(env, "GATEWAY_UPSTREAM_CONNECT_TIMEOUT", d.connect),
+            first_byte=_env_number(env, "GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", d.first_byte),
+            total=_env_number(env, "GATEWAY_UPSTREAM_TOTAL_TIMEOUT", d.total),
+            retries=int(_env_number(env, "GATEWAY_UPSTREAM_RETRIES", d.retries, whole=True)),
+            backoff=_env_number(env, "GATEWAY_UPSTREAM_BACKOFF", d.backoff),
+            max_wait=_env_number(env, "GATEWAY_UPSTREAM_RETRY_MAX_WAIT", d.max_wait),
+            circuit_failures=int(_env_number(env, "GATEWAY_CIRCUIT_FAILURES", d.circuit_failures,
+                                             whole=True)),
+            circuit_reset=_env_number(env, "GATEWAY_CIRCUIT_RESET", d.circuit_reset),
+        )
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one endpoint's provider calls are made and what happens when they fail."""
+
+    connect: float
+    first_byte: float
+    total: float
+    retries: int
+    backoff: float
+    max_wait: float
+    fallback: tuple[str, ...] = ()  # endpoints tried in order when this one fails
+    after_s: float | None = None  # no first byte after this long: go to (race: also start) the next
+    race: bool = False
+
+    @classmethod
+    def default(cls, s: Settings) -> Policy:
+        return cls(s.connect, min(s.first_byte, s.total), s.total, s.retries, s.backoff, s.max_wait)
+
+
+def policies(config: Mapping[str, Any], settings: Settings) -> dict[str, Policy]:
+    """{endpoint name: Policy} for the endpoints of an active (checked) config.
+
+    A fallback target that is not served (preflight dropped it: no key) is left out, with a warning."""
+    default = Policy.default(settings)
+    names = {e["name"] for e in config.get("endpoints") or []}
+    out = {}
+    for endpoint in config.get("endpoints") or []:
+        timeouts = endpoint.get("timeouts") or {}
+        total = float(timeouts.get("total", default.total))
+        fallback = endpoint.get("fallback") or {}
+        chain = fallback.get("to") or []
+        chain = [chain] if isinstance(chain, str) else list(chain)
+        missing = [n for n in chain if n not in names]
+        if missing:
+            log.warning("endpoint %r: fallback %s not served (disabled at start); using %s", endpoint["name"],
+                        ", ".join(map(repr, missing)), ", ".join(n for n in chain if n in names) or "none")
+        out[endpoint["name"]] = replace(
+            default,
+            connect=float(timeouts.get("connect", default.connect)),
+            first_byte=min(float(timeouts.get("first_byte", default.first_byte)), total),
+            total=total,
+            retries=int(endpoint.get("retries", default.retries)),
+            fallback=tuple(n for n in chain if n in names),
+            after_s=fallback.get("after_s"),
+            race=bool(fallback.get("race", False)),
+        )
+    return out
+
+
+def _is_seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def config_problems(config: Mapping[str, Any]) -> list[tuple[tuple, str]]:
+    """(path in the config, what is wrong) for every bad `timeouts`, `retries` or `fallback` key.
+
+    preflight.validate() turns the first into a `config.yaml:LINE: ...` error."""
+    endpoints = [e for e in config.get("endpoints") or [] if isinstance(e, dict)]
+    types = {e.get("name"): e.get("endpoint_type") for e in endpoints}
+    problems: list[tuple[tuple, str]] = []
+    for index, endpoint in enumerate(config.get("endpoints") or []):
+        if not isinstance(endpoint, dict):
+            continue
+        at = ("endpoints", index)
+        name = endpoint.get("name")
+        timeouts = endpoint.get("timeouts")
+        if timeouts is not None:
+            if not isinstance(timeouts, dict):
+                problems.append(((*at, "timeouts"), "timeouts must be a mapping of seconds, for example "
+                                 "{connect: 5, first_byte: 60, total: 300}"))
+            else:
+                for kind, value in timeouts.items():
+                    if kind not in TIMEOUT_KINDS:
+                        problems.append(((*at, "timeouts", kind), f"timeouts: unknown key {kind!r}; "
+                                         f"use {', '.join(TIMEOUT_KINDS)}"))
+                    elif not _is_seconds(value):
+                        problems.append(((*at, "timeouts", kind), f"timeouts.{kind}: {value!r} is not a "
+                                         "number of seconds above 0"))
+                first, total = timeouts.get("first_byte"), timeouts.get("total")
+                if _is_seconds(first) and _is_seconds(total) and first > total:
+                    problems.append(((*at, "timeouts", "first_byte"), f"timeouts.first_byte ({first}) is "
+                                     f"longer than timeouts.total ({total}); it can never apply"))
+        retries = endpoint.get("retries")
+        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
+                                    or not 0 <= retries <= MAX_RETRIES):
+            problems.append(((*at, "retries"), f"retries: {retries!r} is not a whole number from 0 to "
+                             f"{MAX_RETRIES}"))
+        fallback = endpoint.get("fallback")
+        if fallback is not None:
+            problems.extend(_fallback_problems(fallback, (*at, "fallback"), name, endpoint, types))
+    return problems
+
+
+def _fallback_problems(fallback: Any, at: tuple, name: Any, endpoint: dict, types: dict) -> list:
+    example = "for example {to: [azure-chat], after_s: 1.5, race: false}"
+    if not isinstance(fallback, dict):
+        return [(at, f"fallback must be a mapping, {example}")]
+    problems = [((*at, k), f"fallback: unknown key {k!r}; use {', '.join(FALLBACK_KEYS)}")
+                for k in fallback if k not in FALLBACK_KEYS]
+    targets = fallback.get("to")
+    targets = [targets] if isinstance(targets, str) else targets
+    if not isinstance(targets, list) or not targets:
+        problems.append(((*at, "to") if "to" in fallback else at,
+                         f"fallback.to must name one endpoint or a list of them, {example}"))
+        targets = []
+    for i, target in enumerate(targets):
+        where = (*at, "to", i) if isinstance(fallback.get("to"), list) else (*at, "to")
+        if target == name:
+            problems.append((where, f"fallback.to: {target!r} is this endpoint itself"))
+        elif target not in types:
+            known = ", ".join(str(n) for n in types if n != name)
+            problems.append((where, f"fallback.to: no endpoint named {target!r} (endpoints: {known})"))
+        elif types[target] != endpoint.get("endpoint_type"):
+            problems.append((where, f"fallback.to: {target!r} is {types[target]}, not "
+                             f"{endpoint.get('endpoint_type')} like this endpoint"))
+        elif targets.index(target) != i:
+            problems.append((where, f"fallback.to: {target!r} is listed twice"))
+    after = fallback.get("after_s")
+    if after is not None and not _is_seconds(after):
+        problems.append(((*at, "after_s"), f"fallback.after_s: {after!r} is not a number of seconds above 0"))
+    race = fallback.get("race")
+    if race is not None and not isinstance(race, bool):
+        problems.append(((*at, "race"), f"fallback.race: {race!r} is not true or false"))
+    elif race and after is None:
+        problems.append(((*at, "race"), "fallback.race needs fallback.after_s: how long the primary runs "
+                         "alone before the fallback starts too"))
+    return problems
+
+
+# ---------------------------------------------------------------- errors the upstream client raises
+
+
+class UpstreamTimeout(asyncio.TimeoutError):
+    """A provider call ran over one of its endpoint's timeouts."""
+
+    def __init__(self, kind: str, seconds: float, endpoint: str | None) -> None:
+        self.kind, self.seconds, self.endpoint = kind, seconds, endpoint
+        what = {"connect": "could not be connected to", "first_byte": "sent nothing",
+                "total": "did not finish its answer"}[kind]
+        where = f"endpoint {endpoint!r}: " if endpoint else ""
+        super().__init__(f"{where}the provider {what} within {seconds:g} s (timeouts.{kind})")
+
+
+class CircuitOpenError(Exception):
+    """The circuit of an upstream is open: the call is not made."""
+
+    def __init__(self, upstream: str, retry_in: float, failures: int) -> None:
+        self.upstream, self.retry_in = upstream, max(retry_in, 0.0)
+        super().__init__(
+            f"the provider {upstream} failed {failures} times in a row; the gateway stops calling it and "
+            f"tries again in {math.ceil(self.retry_in)} s (circuit breaker)")
+
+
+# ---------------------------------------------------------------- circuit breaker
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+CIRCUIT_HOOKS: list[Callable[[str, str, str], None]] = []  # (upstream, old state, new state)
+
+
+def _call_hooks(hooks: list, *args: Any) -> None:
+    for hook in hooks:
+        try:
+            hook(*args)
+        except Exception:  # a metrics hook must never fail a request
+            log.exception("hook %r failed", hook)
+
+
+class Circuit:
+    """One upstream's breaker in this worker. Not thread-safe: used from the worker's event loop only."""
+
+    __slots__ = ("upstream", "threshold", "reset_s", "state", "failures", "opened_at", "probing", "clock")
+
+    def __init__(self, upstream: str, threshold: int, reset_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.upstream, self.threshold, self.reset_s, self.clock = upstream, threshold, reset_s, clock
+        self.state, self.failures, self.opened_at, self.probing = CLOSED, 0, 0.0, False
+
+    def before_call(self) -> bool:
+        """Allow a call (True when it is the half-open probe) or raise CircuitOpenError."""
+        if self.state == CLOSED or self.threshold <= 0:
+            return False
+        waited = self.clock() - self.opened_at
+        if self.state == OPEN and waited >= self.reset_s:
+            self._move(HALF_OPEN)
+        if self.state == HALF_OPEN and not self.probing:
+            self.probing = True
+            return True
+        raise CircuitOpenError(self.upstream, self.reset_s - waited, self.failures)
+
+    def record(self, ok: bool | None, probe: bool) -> None:
+        """The call's outcome: True success, False failure, None neither (cancelled)."""
+        if probe:
+            self.probing = False
+        if ok is None or self.threshold <= 0:
+            return
+        if ok:
+            self.failures = 0
+            if self.state != CLOSED:
+                self._move(CLOSED)
+            return
+        self.failures += 1
+        if self.state == HALF_OPEN or (self.state == CLOSED and self.failures >= self.threshold):
+            self.opened_at = self.clock()
+            self._move(OPEN)
+
+    def _move(self, state: str) -> None:
+        old, self.state = self.state, state
+        if state == OPEN:
+            log.warning("upstream %s: circuit open after %d failure(s) in a row; calls fail fast for %g s",
+                        self.upstream, self.failures, self.reset_s)
+        elif state == CLOSED:
+            log.info("upstream %s: circuit closed, the provider answers again", self.upstream)
+        _call_hooks(CIRCUIT_HOOKS, self.upstream, old, state)
+
+
+_circuits: dict[str, Circuit] = {}  # by base URL as MLflow passes it (this worker)
+_settings: Settings | None = None
+
+
+def settings() -> Settings:
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def upstream_of(base_url: str) -> str:
+    """scheme://host:port of a base URL: what one circuit stands for (no path, no credentials)."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
+
+
+def circuit_for(base_url: str) -> Circuit:
+    circuit = _circuits.get(base_url)
+    if circuit is None:
+        upstream = upstream_of(base_url)
+        circuit = next((c for c in _circuits.values() if c.upstream == upstream), None)
+        if circuit is None:
+            s = settings()
+            circuit = Circuit(upstream, s.circuit_failures, s.circuit_reset)
+        _circuits[base_url] = circuit
+    return circuit
+
+
+# ---------------------------------------------------------------- retries
+
+
+def retry_wait(status: int, headers: Mapping[str, str], body: bytes, retry: int, policy: Policy,
+               remaining: float) -> float | None:
+    """Seconds to wait before retrying an answer with this status, or None: do not retry.
+
+    Retry-After (seconds or an HTTP date) or retry-after-ms is honoured when it is at most policy.max_wait;
+    a longer one is passed on at once, as is a 429 for an exhausted quota. Otherwise full jitter:
+    random between 0 and backoff * 2^retry, capped by max_wait. Never past the total timeout."""
+    if status not in RETRYABLE_STATUSES or retry >= policy.retries:
+        return None
+    if status == 429 and b"insufficient_quota" in body:
+        return None
+    asked = _retry_after(headers)
+    if asked is not None:
+        if asked > policy.max_wait:
+            return None
+        wait = asked
+    else:
+        wait = random.uniform(0, min(policy.max_wait, policy.backoff * 2**retry))
+    return wait if wait < remaining - 0.05 else None
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+# ---------------------------------------------------------------- the request's endpoint, for upstream.py
+
+
+@dataclass
+class Attempt:
+    """One try of one endpoint for one request: what gateway_kit.upstream reads and reports."""
+
+    endpoint: str | None
+    policy: Policy
+    failure: str | None = None  # why the provider call failed: http_500, timeout_first_byte, unreachable ...
+
+
+CURRENT: ContextVar[Attempt | None] = ContextVar("gateway_kit_attempt", default=None)
+
+
+# ---------------------------------------------------------------- the fallback middleware
+
+
+@dataclass(frozen=True)
+class FallbackEvent:
+    request_id: str | None
+    endpoint: str  # what the client asked for
+    served_by: str | None  # the endpoint that answered, None when every one failed
+    reason: str  # why the primary was left: http_500, timeout_first_byte, no_answer_in_1.5s, circuit_open ...
+    tried: tuple[str, ...]  # every endpoint started, in order
+
+
+FALLBACK_HOOKS: list[Callable[[FallbackEvent], None]] = []
+
+
+def endpoint_from_path(path: str) -> str | None:
+    if path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX):
+        return path[path.index("/", 1) + 1 : -len(_INVOCATION_SUFFIX)]
+    return None
+
+
+def _error(status: int, kind: str, message: str, headers: tuple = ()) -> tuple[int, list, bytes]:
+    body = json.dumps({"error": {"type": kind, "message": message}}, separators=(",", ":")).encode()
+    return status, [(b"content-type", b"application/json"), *headers], body
+
+
+def error_for(exc: BaseException) -> tuple[str, tuple[int, list, bytes]]:
+    """(failure reason, JSON error response) for an exception a provider call ended with."""
+    import aiohttp
+    from starlette.exceptions import HTTPException
+
+    seen = 0
+    while exc is not None and seen < 5:  # starlette wraps a handled exception raised mid-response
+        if isinstance(exc, CircuitOpenError):
+            retry = str(math.ceil(exc.retry_in)).encode()
+            return "circuit_open", _error(503, "upstream_circuit_open", str(exc), ((b"retry-after", retry),))
+        if isinstance(exc, UpstreamTimeout):
+            return f"timeout_{exc.kind}", _error(504, "upstream_timeout", str(exc))
+        if isinstance(exc, HTTPException):
+            detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+            return f"http_{exc.status_code}", _error(exc.status_code, "upstream_error",
+                                                     f"the provider answered {exc.status_code}: {detail}")
+        if isinstance(exc, asyncio.TimeoutError):
+            return "timeout", _error(504, "upstream_timeout", "the provider did not answer in time")
+        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError, ValueError)):
+            return "bad_response", _error(502, "upstream_bad_response",
+                                          f"the provider's answer could not be read ({type(exc).__name__})")
+        if isinstance(exc, aiohttp.ClientConnectionError):
+            return "unreachable", _error(502, "upstream_unreachable", "the provider could not be reached or "
+                                         f"closed the connection ({type(exc).__name__})")
+        if exc.__cause__ is None:
+            break
+        exc, seen = exc.__cause__, seen + 1
+    return f"error_{type(exc).__name__}", _error(502, "upstream_error",
+                                                 f"the provider call failed ({type(exc).__name__})")
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class _Try:
+    """One endpoint's run for a request: holds the response until its first body bytes, then commits it."""
+
+    def __init__(self, name: str, policy: Policy, scope: dict, receive, send, gate: Callable[[_Try], bool]):
+        self.name, self.scope, self.receive, self.client_send, self.gate = name, scope, receive, send, gate
+        self.attempt = Attempt(name, policy)
+        self.start: dict | None = None
+        self.held: list[bytes] = []
+        self.state = "pending"  # -> committed | failed
+        self.reason: str | None = None
+        self.response: tuple[int, list, bytes] | None = None  # the error to answer if nothing better comes
+        self.decided = asyncio.Event()
+        self.task: asyncio.Task | None = None
+
+    def fail(self, reason: str, response: tuple[int, list, bytes]) -> None:
+        if self.state == "pending":
+            self.state, self.reason, self.response = "failed", self.attempt.failure or reason, response
+            self.decided.set()
+
+    @property
+    def retryable(self) -> bool:
+        return self.state == "failed" and self.response is not None and _retryable(self.response[0])
+
+    async def send(self, message: dict) -> None:
+        if self.state == "committed":
+            return await self.client_send(message)
+        if self.state == "failed":
+            return  # a failed try's late messages go nowhere
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            return await self.client_send(message)
+        status, body, more = self.start["status"], message.get("body", b""), message.get("more_body", False)
+        if _retryable(status):  # an error answer: keep it whole, answer it only if no fallback does better
+            self.held.append(body)
+            if not more:
+                headers = list(self.start.get("headers", ()))
+                self.fail(f"http_{status}", (status, headers, b"".join(self.held)))
+            return
+        if not body and more:
+            return
+        if not body and self._is_stream():  # a stream that ended before its first event
+            self.fail("empty_stream", _error(502, "upstream_bad_response",
+                                             "the provider's stream ended before any answer"))
+            return
+        if not self.gate(self):
+            raise asyncio.CancelledError  # another try has answered first
+        self.state = "committed"
+        self.decided.set()
+        await self.client_send(self.start)
+        await self.client_send(message)
+
+    def _is_stream(self) -> bool:
+        return any(k == b"content-type" and v.startswith(b"text/event-stream")
+                   for k, v in (self.start or {}).get("headers", ()))
+
+    async def run(self, app) -> None:
+        """Run the app for this try (its own task when several may run); raises only CancelledError."""
+        CURRENT.set(self.attempt)
+        try:
+            await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if self.state == "pending":
+                self.fail("cancelled", _error(504, "upstream_timeout", "the provider did not answer in time"))
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure becomes an answer or a fallback
+            if self.state == "committed":
+                await self._cut(e)
+            else:
+                reason, response = error_for(e)
+                self.fail(reason, response)
+        finally:
+            if self.state == "pending":
+                self.fail("no_response", _error(502, "upstream_error", "the gateway produced no answer"))
+
+    async def _cut(self, exc: Exception) -> None:
+        """The answer broke after bytes went out: end a stream with an error event, else re-raise."""
+        if not self._is_stream():
+            raise exc
+        reason, (_, _, body) = error_for(exc)
+        log.warning("endpoint %r: the provider's stream broke after it started (%s); "
+                    "ended with an error event", self.name, reason)
+        self.scope.setdefault("state", {})["stream_error"] = reason
+        try:
+            await self.client_send({"type": "http.response.body", "body": b"data: " + body + b"\n\n",
+                                    "more_body": False})
+        except Exception:  # noqa: BLE001 - the client may be gone too
+            pass
+
+    async def answer_failure(self) -> None:
+        status, headers, body = self.response or _error(502, "upstream_error", "the provider call failed")
+        headers = [(k, v) for k, v in headers if k != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.client_send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.client_send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class Fallback:
+    """ASGI middleware: per-endpoint policy for the upstream client, clear errors, the fallback chain."""
+
+    def __init__(self, app, endpoint_policies: dict[str, Policy], default: Policy) -> None:
+        self.app, self.policies, self.default = app, endpoint_policies, default
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        body = None
+        if path.startswith(_V1_PREFIX):
+            body = await _read_body(receive)
+            name = _model_of(body)
+        else:
+            name = endpoint_from_path(path)
+            if name is None:
+                return await self.app(scope, receive, send)
+        policy = self.policies.get(name) or self.default
+        if not policy.fallback:
+            one = _Try(name, policy, scope, _replay(body, receive) if body is not None else receive, send,
+                       lambda t: True)
+            await one.run(self.app)
+            if one.state == "failed":
+                await one.answer_failure()
+            return
+        if body is None:
+            body = await _read_body(receive)
+        await self._chain(scope, receive, send, name, policy, body)
+
+    async def _chain(self, scope, receive, send, name: str, policy: Policy, body: bytes) -> None:
+        chain = [name, *policy.fallback]
+        scope.setdefault("state", {})  # shared by every try's copy of the scope
+        winner: list[_Try] = []
+        tries: list[_Try] = []
+        disconnect = _SharedDisconnect(receive)
+
+        def gate(t: _Try) -> bool:
+            if winner:
+                return False
+            winner.append(t)
+            for other in tries:
+                if other is not t and other.task is not None:
+                    other.task.cancel()
+            return True
+
+        def start(endpoint: str) -> _Try:
+            t = _Try(endpoint, self.policies.get(endpoint) or self.default,
+                     _scope_for(scope, name, endpoint, body),
+                     disconnect.receiver(_body_for(scope, name, endpoint, body)), send, gate)
+            t.task = asyncio.create_task(t.run(self.app))
+            tries.append(t)
+            return t
+
+        reasons: list[str] = []
+        live = [start(chain[0])]
+        nxt = 1
+        try:
+            while live and not winner:
+                timer = policy.after_s if nxt < len(chain) else None
+                waiters = {asyncio.ensure_future(t.decided.wait()): t for t in live}
+                done, _ = await asyncio.wait(waiters, timeout=timer, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters:
+                    w.cancel()
+                if winner:
+                    break
+                decided = [t for t in live if t.state != "pending"]
+                if not decided:  # after_s passed and nothing answered yet
+                    reasons.append(f"no_answer_in_{policy.after_s:g}s")
+                    if not policy.race:
+                        for t in live:
+                            t.task.cancel()
+                        await asyncio.gather(*(t.task for t in live), return_exceptions=True)
+                        live = []
+                    live.append(start(chain[nxt]))
+                    nxt += 1
+                    continue
+                for t in decided:
+                    live.remove(t)
+                    if not t.retryable:  # a final answer (a 400, say): no fallback can do better
+                        winner.append(t)
+                        break
+                    reasons.append(t.reason or "failed")
+                if not live and not winner and nxt < len(chain):
+                    live.append(start(chain[nxt]))
+                    nxt += 1
+            last = winner[0] if winner else tries[-1]
+            if last.name != name or len(tries) > 1:
+                state = scope.setdefault("state", {})
+                state["served_by"] = last.name if last.name != name else None
+                state["fallback_reason"] = reasons[0] if reasons else None
+                served = last.name if winner and last.state == "committed" else None
+                _call_hooks(FALLBACK_HOOKS, FallbackEvent(state.get("request_id"), name, served,
+                                                          reasons[0] if reasons else "failed",
+                                                          tuple(t.name for t in tries)))
+            if winner and winner[0].state == "committed":
+                await winner[0].task
+            else:
+                if last.task is not None:
+                    await asyncio.gather(last.task, return_exceptions=True)
+                await last.answer_failure()
+        finally:
+            for t in tries:
+                if t.task is not None and not t.task.done():
+                    t.task.cancel()
+            disconnect.close()
+
+
+async def _read_body(receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+class _SharedDisconnect:
+    """Several tries of one request each read the request body once, then wait for the one disconnect."""
+
+    def __init__(self, receive) -> None:
+        self.receive, self.waiting = receive, None
+
+    def receiver(self, body: bytes):
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            if self.waiting is None:
+                self.waiting = asyncio.ensure_future(self.receive())
+            return await asyncio.shield(self.waiting)
+
+        return replay
+
+    def close(self) -> None:
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.cancel()
+
+
+def _model_of(body: bytes) -> str | None:
+    try:
+        model = json.loads(body).get("model")
+    except (ValueError, AttributeError):
+        return None
+    return model if isinstance(model, str) else None
+
+
+def _scope_for(scope: dict, name: str, endpoint: str, body: bytes) -> dict:
+    """A copy of the request's scope addressed to `endpoint` (concurrent tries never share one)."""
+    new = dict(scope)
+    if endpoint != name and not scope["path"].startswith(_V1_PREFIX):
+        prefix = scope["path"][: scope["path"].index("/", 1) + 1]
+        new["path"] = f"{prefix}{endpoint}{_INVOCATION_SUFFIX}"
+        new["raw_path"] = new["path"].encode()
+    elif endpoint != name:
+        length = str(len(_body_for(scope, name, endpoint, body))).encode()
+        new["headers"] = [(k, length if k == b"content-length" else v) for k, v in scope["headers"]]
+    return new
+
+
+def _body_for(scope: dict, name: str, endpoint: str, body: bytes) -> bytes:
+    if endpoint == name or not scope["path"].startswith(_V1_PREFIX):
+        return body
+    return json.dumps({**json.loads(body), "model": endpoint}).encode()
+
+
+def wrap(app, config: Mapping[str, Any]):
+    """MLflow's app with the kit's upstream error answers and, in front, the Fallback middleware."""
+    add_error_handlers(app)
+    s = settings()
+    return Fallback(app, policies(config, s), Policy.default(s))
+
+
+def add_error_handlers(app) -> None:
+    """JSON answers for an open circuit (503 with Retry-After) and a timeout that names its kind (504)."""
+    from fastapi.responses import JSONResponse
+
+    async def circuit_open(request, exc: CircuitOpenError):
+        return JSONResponse({"error": {"type": "upstream_circuit_open", "message": str(exc)}},
+                            status_code=503, headers={"Retry-After": str(math.ceil(exc.retry_in))})
+
+    async def timeout(request, exc: UpstreamTimeout):
+        return JSONResponse({"error": {"type": "upstream_timeout", "message": str(exc)}}, status_code=504)
+
+    app.add_exception_handler(CircuitOpenError, circuit_open)
+    app.add_exception_handler(UpstreamTimeout, timeout)
+
+
+__all__ = [
+    "CIRCUIT_HOOKS", "CURRENT", "Attempt", "Circuit", "CircuitOpenError", "ENDPOINT_KEYS", "FALLBACK_HOOKS",
+    "Fallback", "FallbackEvent", "Policy", "Settings", "UpstreamTimeout", "circuit_for", "config_problems",
+    "error_for", "policies", "retry_wait", "settings", "upstream_of", "wrap",
+]
