@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from gateway_kit import limits
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.secrets import export_file_keys
 
@@ -131,9 +132,23 @@ def create_app():
     sinks = []
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         sinks.append(usage_log())
+    limiter = limits.limiter_from(raw)  # None when config.yaml sets no limits
+    if limiter and limiter.counts_usage:
+        sinks.append(limiter.record_usage)  # tokens per minute and dollars per day
     if sinks:
         app = usage_recorder(app, raw, sinks)
+    if limiter:
+        app = limits.Limits(app, limiter)
+    app = client_keys(app, raw)
     return RequestContext(app, replica=replica_id())
+
+
+def client_keys(app, config: dict):
+    """Gateway keys first (after the request id): a 401, or the client's name as X-Gateway-Client."""
+    from gateway_kit.keys import ClientKeys, KeyStore, auth_required, default_file
+    from gateway_kit.preflight import DEMO_KEY
+
+    return ClientKeys(app, KeyStore(default_file()) if auth_required(config, DEMO_KEY) else None)
 
 
 def usage_log():
