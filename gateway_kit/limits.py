@@ -159,7 +159,8 @@ def _endpoint_limit(block: Any, where: tuple) -> EndpointLimit:
         raise LimitsConfigError(where, "must be a mapping: {calls: N, renewal_period: minute, key: client}")
     unknown = set(block) - {"calls", "renewal_period", "key"}
     if unknown:
-        raise LimitsConfigError(where, f"unknown field(s) {sorted(unknown)}: use calls, renewal_period, key")
+        raise LimitsConfigError((*where, min(unknown)), f"unknown field(s) {sorted(unknown)}: "
+                                "use calls, renewal_period, key")
     key = block.get("key")
     if key not in (None, "endpoint", "client", "user"):
         raise LimitsConfigError((*where, "key"), f"key {key!r} is not supported: use `client` (each client counted "
@@ -177,7 +178,8 @@ def _client_limit(block: Any, where: tuple, base: ClientLimit | None = None) -> 
         raise LimitsConfigError(where, "must be a mapping of calls, renewal_period, tokens_per_minute, usd_per_day")
     unknown = set(block) - _CLIENT_FIELDS
     if unknown:
-        raise LimitsConfigError(where, f"unknown field(s) {sorted(unknown)}: use {', '.join(sorted(_CLIENT_FIELDS))}")
+        raise LimitsConfigError((*where, min(unknown)), f"unknown field(s) {sorted(unknown)}: "
+                                f"use {', '.join(sorted(_CLIENT_FIELDS))}")
     base = base or ClientLimit()
     calls = base.calls
     if "calls" in block:
@@ -209,7 +211,7 @@ def read_config(config: dict) -> LimitsConfig:
         raise LimitsConfigError(("limits",), "limits must be a mapping with endpoint, client and clients")
     unknown = set(top) - {"endpoint", "client", "clients"}
     if unknown:
-        raise LimitsConfigError(("limits",), f"unknown key(s) {sorted(unknown)} under limits: "
+        raise LimitsConfigError(("limits", min(unknown)), f"unknown key(s) {sorted(unknown)} under limits: "
                                 "use endpoint, client and clients")
     default_endpoint = None
     if top.get("endpoint") is not None:
