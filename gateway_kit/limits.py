@@ -317,7 +317,7 @@ def refusal(rule: Rule, used: float, remaining_ms: int, now: float) -> tuple[int
     value = f"{rule.limit:g} USD" if rule.unit == "USD" else f"{int(rule.limit)} {rule.unit}"
     message = (f"{who} reached the limit of {value} per {rule.period}{where} ({rule.name}); "
                f"it resets at {iso(resets)}, retry after {retry} s")
-    used_value = round(used, 6) if rule.unit == "USD" else int(used)
+    used_value = round(used, 9) if rule.unit == "USD" else int(used)
     body = {"error": {"type": kind, "message": message, "limit": {
         "name": rule.name, "endpoint": rule.endpoint, "client": rule.client, "value": rule.limit,
         "unit": rule.unit, "window": rule.period, "window_seconds": rule.seconds, "used": used_value,
