@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway_kit import metrics, readiness
+from gateway_kit import limits, metrics, readiness
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.secrets import export_file_keys, redact_keys, redact_logs
 
@@ -145,24 +145,7 @@ def create_app():
     sinks = []
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         sinks.append(usage_log())
-    metrics.install(app, raw, replica_id(), sinks)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
-    if sinks:
-        app = usage_recorder(app, raw, sinks)
-    app = metrics.in_flight(app)
-    return RequestContext(app, replica=replica_id())
-
-
-def resilience(app, config: dict):
-    """Per-endpoint timeouts and retries, fallbacks, clear errors when a provider fails (docs/resilience.md).
-    Fallbacks and circuit changes are counted in the metrics (no-ops with GATEWAY_METRICS=off)."""
-    from gateway_kit import resilience as kit_resilience
-
-    def count_fallback(event) -> None:  # "no_answer_in_1.5s" -> "no_answer": a bounded label
-        metrics.fallback(event.endpoint, event.served_by, re.sub(r"_in_[\d.]+s$", "", event.reason))
-
-    kit_resilience.FALLBACK_HOOKS.append(count_fallback)
-    kit_resilience.CIRCUIT_HOOKS.append(lambda upstream, old, new: metrics.circuit_breaker(upstream, new))
-    return kit_resilience.wrap(app, config)
+from gateway_kit import limits, metrics, readiness
 
 
 def usage_log():

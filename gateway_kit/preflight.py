@@ -241,12 +241,46 @@ def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
         raise fail(tuple(err["loc"]), f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     except (MlflowException, KeyError, TypeError) as e:
         raise fail(("routes",), f"routes: {getattr(e, 'message', e)}") from None
+    validate_limits(config, fail)
+
+
+def validate_limits(config: dict, fail) -> None:
+    """The kit's `limits:` and every endpoint's or route's `limit:` (gateway_kit.limits)."""
+    from gateway_kit.limits import LimitsConfigError, read_config
+
+    try:
+        read_config(config)
+    except LimitsConfigError as e:
+        where = e.where
+        if where[0] in ("endpoints", "routes"):
+            kind = "endpoint" if where[0] == "endpoints" else "route"
+            name = config[where[0]][where[1]].get("name")
+            raise fail(where, f"{kind} {name!r}: {'.'.join(map(str, where[2:]))}: {e}") from None
+        raise fail(where, f"{'.'.join(map(str, where))}: {e}") from None
+
+
+def settings_problem(config: dict) -> str | None:
+    """A GATEWAY_AUTH or GATEWAY_LIMITS_ON_REDIS_DOWN value this replica cannot run with, or None."""
+    from gateway_kit.keys import auth_problem
+    from gateway_kit.limits import policy_from_env, read_config
+
+    if problem := auth_problem(config, DEMO_KEY):
+        return problem
+    try:
+        policy_from_env()
+    except ValueError as e:
+        return f"{e} — set open (serve unlimited while Redis is down, the default) or closed (refuse with 503)"
+    if not read_config(config).empty and not os.environ.get("GATEWAY_REDIS_URL"):
+        log("warning", "config.yaml sets limits but GATEWAY_REDIS_URL is not set: they are not enforced "
+            "(docker-compose.prod.yml sets it; see docs/limits-and-keys.md)")
+    return None
 
 
 # Keys of config.yaml that are the kit's, not MLflow's: checked here, used by gateway_kit, and never
 # shown to MLflow (see app.mlflow_view).
-KIT_KEYS: set[str] = set()  # top level
-KIT_ENDPOINT_KEYS: set[str] = {"timeouts", "retries", "fallback"}  # per endpoint (gateway_kit.resilience)
+KIT_KEYS: set[str] = {"limits"}  # top level (gateway_kit.limits)
+# `limit` is MLflow's own block, but MLflow counts it per worker by IP: the kit enforces it (gateway_kit.limits).
+KIT_ENDPOINT_KEYS: set[str] = {"limit", "timeouts", "retries", "fallback"}  # per endpoint (and gateway_kit.resilience)
 
 
 def with_dummy_keys(config: dict) -> dict:
@@ -292,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         Pricer()
     except PricingFileError as e:
         log("error", f"{e} — fix pricing.yaml and start again")
+        return EX_CONFIG
+    if problem := settings_problem(config):
+        log("error", problem)
         return EX_CONFIG
     names = ", ".join(e["name"] for e in config["endpoints"])
     log("info", f"endpoints ready: {names}")

@@ -24,6 +24,8 @@ Checks, in order, then prints a verdict:
   --endpoint NAME  endpoint for the chat check (default: chat)
   --timeout S      seconds allowed for the chat request (default 60)
   --no-chat        skip the chat request (it costs a few tokens with a real provider)
+                   The chat request sends \$GATEWAY_API_KEY (shell or .env) as the client key when set
+                   (scripts/gateway_keys.sh add ops); it is never printed.
   -h, --help       show this help
 
 Exit codes: 0 every check passed, 1 a check failed, 2 usage error, 3 cannot reach the gateway at URL.
@@ -67,6 +69,9 @@ fail() { failed+=("$1"); log error "FAIL  $1: $2"; }
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
+# The client key goes to curl in a 0600 file (-H @file), never on the command line where `ps` would show it.
+api_key="${GATEWAY_API_KEY:-$(dotenv_value GATEWAY_API_KEY "$KIT_ROOT/.env")}"
+(umask 077; if [ -n "$api_key" ]; then printf 'Authorization: Bearer %s\n' "$api_key"; fi >"$tmp/auth")
 
 # 1. readiness (through nginx: whichever replica nginx picked)
 log info "checking $url"
@@ -127,7 +132,7 @@ if [ "$chat" = true ] && [ "$unreachable" = false ]; then
     payload='{"messages": [{"role": "user", "content": "Reply with one short sentence: is the gateway working?"}], "max_tokens": 40}'
     log info "POST $url/gateway/$endpoint/invocations (X-Request-ID: $request_id)"
     code="$(curl --silent --show-error --output "$tmp/chat" --dump-header "$tmp/headers" --write-out '%{http_code}' \
-        --max-time "$chat_timeout" -H 'Content-Type: application/json' -H "X-Request-ID: $request_id" \
+        --max-time "$chat_timeout" -H 'Content-Type: application/json' -H "X-Request-ID: $request_id" -H "@$tmp/auth" \
         --data "$payload" "$url/gateway/$endpoint/invocations" 2>"$tmp/curl_err" || true)"
     # Last value of response header $1, empty when absent.
     header() { { grep -i "^$1:" "$tmp/headers" 2>/dev/null || true; } | tail -n 1 | cut -d: -f2- | tr -d '\r' | sed 's/^ *//'; }
@@ -154,7 +159,12 @@ if [ "$chat" = true ] && [ "$unreachable" = false ]; then
             fi
             ;;
         000 | '') fail chat "no response within ${chat_timeout}s: $(cat "$tmp/curl_err")" ;;
-        401 | 403) fail chat "$code from the provider: the key is wrong ($answer)" ;;
+        401) case "$answer" in
+                 *gateway_key_required* | *invalid_gateway_key*)
+                     fail chat "401 from the gateway: set GATEWAY_API_KEY to a client key (scripts/gateway_keys.sh add ops)" ;;
+                 *) fail chat "401 from the provider: the key is wrong ($answer)" ;;
+             esac ;;
+        403) fail chat "403 from the provider: the key is wrong ($answer)" ;;
         429) fail chat "429: rate limit or provider quota ($answer); to try the kit without a key: scripts/deploy.sh --demo" ;;
         *) fail chat "$code: $answer" ;;
     esac

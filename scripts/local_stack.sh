@@ -20,6 +20,7 @@ Commands:
   up       start nginx (:5000), N replicas, Redis (:6379), dnsmasq and the fake upstream (:9000)
   down     stop everything this stack started (by pid), then remove nothing but the pid files
   scale N  start or stop replicas until N run; nginx picks the change up within 5 s, no reload
+  restart redis   stop Redis (if it runs) and start it again, empty (limits start counting afresh)
   status   what runs, with each replica's health
 
 Options:
@@ -27,7 +28,10 @@ Options:
   --workers N      gunicorn workers per replica (default 2)
   --state-dir DIR  pid files, logs, ledger and runtime files (default .stack/ in the repo)
   --no-fake        do not start the fake upstream; provider keys and *_API_BASE come from your env
-  --config FILE    the gateway config every replica serves (default: config.yaml in the repo)
+  --config FILE    the gateway config for every replica (default config.yaml)
+  --keys FILE      client keys file (scripts/gateway_keys.sh --file FILE add NAME); turns GATEWAY_AUTH on,
+                   the demo included (without it: auto, so no key in demo mode, keys/keys.json otherwise)
+  --env NAME=VALUE another replica setting (repeatable), e.g. --env GATEWAY_LIMITS_ON_REDIS_DOWN=closed
   --timeout S      how long to wait for health (default 60)
   -h, --help       this help
 
@@ -43,17 +47,23 @@ EOF
 command="${1:-}"
 [ -n "$command" ] || { usage; exit 2; }
 shift
-replicas=2 workers=2 state="$repo/.stack" fake=1 timeout=60 target="" config=""
+replicas=2 workers=2 state="$repo/.stack" fake=1 timeout=60 target="" settings=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) replicas="${2:?--replicas needs a number}"; shift ;;
     --workers) workers="${2:?--workers needs a number}"; shift ;;
     --state-dir) state="${2:?--state-dir needs a directory}"; shift ;;
     --no-fake) fake="" ;;
-    --config) config="${2:?--config needs a file}"; shift
-              [ -f "$config" ] || { echo "--config: no such file: $config" >&2; exit 2; }
-              config="$(cd "$(dirname "$config")" && pwd)/$(basename "$config")" ;;
     --timeout) timeout="${2:?--timeout needs seconds}"; shift ;;
+    --config) settings+=("GATEWAY_CONFIG=$(realpath "${2:?--config needs a file}")"); shift ;;
+    --keys) settings+=(GATEWAY_AUTH=on "GATEWAY_KEYS_FILE=$(realpath "${2:?--keys needs a file}")"); shift ;;
+    --env) case "${2:-}" in
+             GATEWAY_[A-Z0-9_]*=*) settings+=("$2") ;;
+             *) echo "--env needs GATEWAY_NAME=VALUE, got '${2:-}'. Use --help." >&2; exit 2 ;;
+           esac
+           shift ;;
+    redis) [ "$command" = restart ] || { echo "Unexpected argument: $1. Use --help." >&2; exit 2; }
+           target=redis ;;
     -h|--help) usage; exit 0 ;;
     [0-9]*) [ "$command" = scale ] && [ -z "$target" ] || { echo "Unexpected argument: $1. Use --help." >&2; exit 2; }
             target="$1" ;;
@@ -63,7 +73,7 @@ while [ $# -gt 0 ]; do
 done
 case "$command" in
   -h|--help) usage; exit 0 ;;
-  up|down|scale|status) ;;
+  up|down|scale|status|restart) ;;
   *) echo "Unexpected argument: $command. Use --help." >&2; exit 2 ;;
 esac
 
@@ -151,7 +161,8 @@ start_replica() {
         GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
         PYTHON="$python")
   [ -n "$fake" ] && env+=(GATEWAY_DEMO_UPSTREAM="http://127.0.0.1:$fake_port")
-  [ -n "$config" ] && env+=(GATEWAY_CONFIG="$config")
+  # --config, --keys and --env settings given to `up`, kept for the replicas `scale` starts later.
+  [ -s "$state/settings" ] && mapfile -t -O "${#env[@]}" env <"$state/settings"
   start "replica-$i" env "${env[@]}" "$repo/entrypoint.sh"
 }
 
@@ -184,7 +195,7 @@ cmd_up() {
   if alive nginx; then log error "the stack in $state is already up; stop it first: scripts/local_stack.sh down"; exit 1; fi
   echo "$workers" >"$state/workers"
   echo "$fake" >"$state/fake"
-  echo "$config" >"$state/config"
+  if [ "${#settings[@]}" -gt 0 ]; then printf '%s\n' "${settings[@]}" >"$state/settings"; else : >"$state/settings"; fi
   local ip port name
   while read -r ip port name; do
     [ -n "$name" ] || continue
@@ -199,7 +210,7 @@ ${fake:+127.0.0.1 $fake_port fake-upstream}
 EOF_PORTS
   trap 'log error "start failed; stopping what started"; cmd_down; exit 1' ERR
 
-  start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --dir "$state"
+  start_redis
   : >"$state/hosts"
   start dnsmasq dnsmasq --keep-in-foreground --no-resolv --no-hosts --addn-hosts="$state/hosts" \
     --listen-address="$dns_ip" --bind-interfaces --port=53 --local-ttl=1 --user="$(id -un)" \
@@ -214,6 +225,16 @@ EOF_PORTS
   wait_http nginx "http://127.0.0.1:$nginx_port/nginx-health"
   trap - ERR
   log info "stack up: http://127.0.0.1:$nginx_port (logs: $logs, down: scripts/local_stack.sh down)"
+}
+
+start_redis() {
+  start redis redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --dir "$state"
+  local waited=0
+  until (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; do
+    alive redis || { log error "redis exited while starting; see $logs/redis.log"; return 1; }
+    [ $waited -lt 40 ] || { log error "redis did not listen on :$redis_port within 10s; see $logs/redis.log"; return 1; }
+    sleep 0.25; waited=$((waited + 1))
+  done
 }
 
 cmd_down() {
@@ -240,9 +261,15 @@ case "$command" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
+  restart)
+    [ "$target" = redis ] || { echo "restart needs what to restart: redis. Use --help." >&2; exit 2; }
+    alive nginx || { log error "the stack is not up: scripts/local_stack.sh up"; exit 1; }
+    stop redis
+    start_redis
+    log info "redis restarted (pid $(pid_of redis))" ;;
   scale)
     [ -n "$target" ] || { echo "scale needs a number of replicas. Use --help." >&2; exit 2; }
     alive nginx || { log error "the stack is not up: scripts/local_stack.sh up"; exit 1; }
-    workers="$(cat "$state/workers")" fake="$(cat "$state/fake")" config="$(cat "$state/config" 2>/dev/null || true)"
+    workers="$(cat "$state/workers")" fake="$(cat "$state/fake")"
     scale_to "$target" ;;
 esac

@@ -95,11 +95,15 @@ def test_invalid_endpoint_is_reported_with_its_name_field_and_line(tmp_path):
 @pytest.mark.integration
 def test_gateway_started_with_a_key_file_serves_and_never_logs_the_key(tmp_path, fake_upstream):
     write_secret(tmp_path / "openai_api_key", REAL_LOOKING_KEY + "\n")
+    # A real provider key: a client key is required (docs/limits-and-keys.md).
+    from gateway_kit.keys import add
+
+    client_key = add(tmp_path / "keys.json", "entrypoint-test")
     port = free_port()
     env = clean_env(
         GATEWAY_SECRETS_DIR=str(tmp_path), OPENAI_API_BASE=f"{fake_upstream}/v1", GATEWAY_HOST="127.0.0.1",
         GATEWAY_PORT=str(port), GATEWAY_WORKERS="1", GATEWAY_RUNTIME_DIR=str(tmp_path / "run"),
-        GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"),
+        GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"), GATEWAY_KEYS_FILE=str(tmp_path / "keys.json"),
     )
     log = tmp_path / "gateway.log"
     with log.open("w") as out:
@@ -109,13 +113,14 @@ def test_gateway_started_with_a_key_file_serves_and_never_logs_the_key(tmp_path,
         r = requests.post(
             f"http://127.0.0.1:{port}/gateway/chat/invocations",
             json={"messages": [{"role": "user", "content": "hi"}]}, timeout=10,
+            headers={"Authorization": f"Bearer {client_key}"},
         )
         assert r.status_code == 200, r.text
         assert r.headers["X-Request-ID"] and r.headers["X-Gateway-Replica"]
     finally:
         stop_group(proc.pid)
     assert "endpoints ready: chat, completions, embeddings" in log.read_text()
-    assert REAL_LOOKING_KEY not in log.read_text()
+    assert REAL_LOOKING_KEY not in log.read_text() and client_key not in log.read_text()
     assert REAL_LOOKING_KEY not in (tmp_path / "run" / "config.active.yaml").read_text()
 
 

@@ -1,0 +1,561 @@
+"""Rate limits, token limits and daily USD budgets, exact across replicas and workers: counted in Redis.
+
+What config.yaml can say (docs/limits-and-keys.md has the reference):
+
+    endpoints:
+      - name: chat
+        ...
+        limit: {calls: 100, renewal_period: minute}              # MLflow's block: every client together
+        # limit: {calls: 10, renewal_period: minute, key: client}  # or: each client on its own
+    limits:
+      endpoint: {calls: 1000, renewal_period: minute}            # endpoints and routes without a `limit:`
+      client: {calls: 600, renewal_period: minute, tokens_per_minute: 100000, usd_per_day: 20}
+      clients:
+        ci-bot: {calls: 30, usd_per_day: 1}                      # field by field over `client:`; null = none
+
+How it counts
+-------------
+Every request to an invocation route (/gateway/<name>/invocations, /endpoints/<name>/invocations, /v1/* with
+"model": "<name>", traffic routes too) costs ONE Redis round trip: a Lua script (atomic in Redis) reads every
+counter that applies to it (the endpoint's, the client's on that endpoint, the client's calls, tokens and
+dollars), and either refuses, naming the first limit that is full, or adds one to each call counter. No
+counter moves for a refused request, and no two replicas can both take the last slot.
+
+Windows are fixed and start with their first request (what MLflow's own limiter, `limits`' FixedWindow, does):
+a counter is created with the window as its expiry, and Retry-After is its remaining lifetime. Tokens per minute
+and dollars per day are added after each response by a usage-record sink (scheduled on the event loop, never
+delaying the response); a request is refused once the tokens or dollars already used reach the limit, so the
+request that crosses it completes. Dollar budgets are per UTC day (the key carries the date) and reset at
+midnight UTC; a model with no known price adds nothing to a budget.
+
+Redis down
+----------
+GATEWAY_LIMITS_ON_REDIS_DOWN=open (default): requests are served unlimited, with the response header
+`X-Gateway-Limits: unenforced`, a counter (gateway_limits_unenforced_total) and an error line at most every
+10 s. `closed`: 503 JSON `limits_unavailable`. A dead Redis never stalls a request: timeouts are
+GATEWAY_REDIS_TIMEOUT (0.5 s), and after a failure Redis is not asked again for 1 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway_kit.recording import endpoint_of, recorded
+
+log = logging.getLogger("gateway_kit.limits")
+
+ANONYMOUS = "anonymous"  # the client of a request without a gateway key (auth off)
+_PREFIX = "gateway:limits:"
+_DAY = 86400
+_DOWN_PAUSE = 1.0  # seconds Redis is left alone after a failure
+_DOWN_LOG_EVERY = 10.0  # seconds between two "Redis down" log lines (per worker)
+_POLICIES = ("open", "closed")
+
+# KEYS[i] is a counter. ARGV[3i-2]: "c" for a call counter (checked, then + 1) or "q" for a quota that
+# usage records fill (tokens, dollars: checked only); ARGV[3i-1]: the limit; ARGV[3i]: the window in ms,
+# set as the expiry of a call counter when this request creates it.
+# Returns {0} when admitted, or {i, the counter's remaining ms, what it holds} for the first full one.
+CHECK_SCRIPT = """
+for i = 1, #KEYS do
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if used >= tonumber(ARGV[3 * i - 1]) then
+    return {i, redis.call('PTTL', KEYS[i]), tostring(used)}
+  end
+end
+for i = 1, #KEYS do
+  if ARGV[3 * i - 2] == 'c' and redis.call('INCR', KEYS[i]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[3 * i])
+  end
+end
+return {0}
+"""
+
+# After a response: KEYS[1] the client's tokens this minute, KEYS[2] its dollars today.
+# ARGV: tokens, tokens window ms, dollars, unix time the dollars key expires.
+RECORD_SCRIPT = """
+if tonumber(ARGV[1]) > 0 then
+  redis.call('INCRBY', KEYS[1], ARGV[1])
+  if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('INCRBYFLOAT', KEYS[2], ARGV[3])
+  if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIREAT', KEYS[2], ARGV[4]) end
+end
+return 0
+"""
+
+
+# ---------------------------------------------------------------------------------------------- config
+class LimitsConfigError(ValueError):
+    """A problem in the limits of config.yaml; `where` is the path to it (for preflight's config.yaml:LINE)."""
+
+    def __init__(self, where: tuple, message: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+@dataclass(frozen=True)
+class Window:
+    calls: int
+    seconds: int
+    period: str  # as written: "minute", "10 minutes"
+
+
+@dataclass(frozen=True)
+class EndpointLimit:
+    window: Window
+    per_client: bool  # MLflow's `key`: client (or user) = each client its own count; none = everyone together
+
+
+@dataclass(frozen=True)
+class ClientLimit:
+    calls: Window | None = None
+    tokens_per_minute: int | None = None
+    usd_per_day: float | None = None
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    endpoints: dict[str, EndpointLimit]  # endpoint or route name -> its limit (own, or limits.endpoint)
+    default_endpoint: EndpointLimit | None  # for names not in `endpoints` (none when unknown)
+    client: ClientLimit  # every client
+    clients: dict[str, ClientLimit]  # per-client overrides, already merged over `client`
+
+    @property
+    def empty(self) -> bool:
+        return not (self.endpoints or self.client != ClientLimit() or any(
+            c != ClientLimit() for c in self.clients.values()))
+
+    def for_client(self, client: str) -> ClientLimit:
+        return self.clients.get(client, self.client)
+
+
+def parse_window(block: Any, where: tuple) -> Window:
+    """calls + renewal_period (MLflow's grammar: minute, hour, day, 10 minutes ...) as a window."""
+    from limits import parse
+
+    calls, period = block.get("calls"), block.get("renewal_period", "minute")
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
+        raise LimitsConfigError((*where, "calls"), f"calls must be a whole number of at least 1, got {calls!r}")
+    try:
+        seconds = parse(f"{calls}/{period}").get_expiry()
+    except (ValueError, TypeError):
+        raise LimitsConfigError((*where, "renewal_period"), f"renewal_period {period!r} is not a period: "
+                                "use second, minute, hour or day, optionally with a count (10 minutes)") from None
+    return Window(calls, int(seconds), str(period))
+
+
+def _endpoint_limit(block: Any, where: tuple) -> EndpointLimit:
+    if not isinstance(block, dict):
+        raise LimitsConfigError(where, "must be a mapping: {calls: N, renewal_period: minute, key: client}")
+    unknown = set(block) - {"calls", "renewal_period", "key"}
+    if unknown:
+        raise LimitsConfigError((*where, min(unknown)), f"unknown field(s) {sorted(unknown)}: "
+                                "use calls, renewal_period, key")
+    key = block.get("key")
+    if key not in (None, "endpoint", "client", "user"):
+        raise LimitsConfigError((*where, "key"), f"key {key!r} is not supported: use `client` (each client counted "
+                                "on its own) or leave it out (every client together)")
+    return EndpointLimit(parse_window(block, where), per_client=key in ("client", "user"))
+
+
+_CLIENT_FIELDS = {"calls", "renewal_period", "tokens_per_minute", "usd_per_day"}
+
+
+def _client_limit(block: Any, where: tuple, base: ClientLimit | None = None) -> ClientLimit:
+    if block is None:
+        block = {}
+    if not isinstance(block, dict):
+        raise LimitsConfigError(where, "must be a mapping of calls, renewal_period, tokens_per_minute, usd_per_day")
+    unknown = set(block) - _CLIENT_FIELDS
+    if unknown:
+        raise LimitsConfigError((*where, min(unknown)), f"unknown field(s) {sorted(unknown)}: "
+                                f"use {', '.join(sorted(_CLIENT_FIELDS))}")
+    base = base or ClientLimit()
+    calls = base.calls
+    if "calls" in block:
+        calls = None if block["calls"] is None else parse_window(block, where)
+    elif "renewal_period" in block:
+        raise LimitsConfigError((*where, "renewal_period"), "renewal_period without calls: add calls: N")
+    tpm = base.tokens_per_minute
+    if "tokens_per_minute" in block:
+        tpm = block["tokens_per_minute"]
+        if tpm is not None and (isinstance(tpm, bool) or not isinstance(tpm, int) or tpm < 1):
+            raise LimitsConfigError((*where, "tokens_per_minute"),
+                                    f"tokens_per_minute must be a whole number of at least 1 (or null), got {tpm!r}")
+    usd = base.usd_per_day
+    if "usd_per_day" in block:
+        usd = block["usd_per_day"]
+        if usd is not None and (isinstance(usd, bool) or not isinstance(usd, (int, float)) or usd <= 0):
+            raise LimitsConfigError((*where, "usd_per_day"),
+                                    f"usd_per_day must be a number above 0 (or null), got {usd!r}")
+        usd = None if usd is None else float(usd)
+    return ClientLimit(calls, tpm, usd)
+
+
+def read_config(config: dict) -> LimitsConfig:
+    """The limits of a gateway config mapping; raises LimitsConfigError naming where a value is wrong."""
+    top = config.get("limits")
+    if top is None:
+        top = {}
+    if not isinstance(top, dict):
+        raise LimitsConfigError(("limits",), "limits must be a mapping with endpoint, client and clients")
+    unknown = set(top) - {"endpoint", "client", "clients"}
+    if unknown:
+        raise LimitsConfigError(("limits", min(unknown)), f"unknown key(s) {sorted(unknown)} under limits: "
+                                "use endpoint, client and clients")
+    default_endpoint = None
+    if top.get("endpoint") is not None:
+        default_endpoint = _endpoint_limit(top["endpoint"], ("limits", "endpoint"))
+    client = _client_limit(top.get("client"), ("limits", "client"))
+    clients_block = top.get("clients") or {}
+    if not isinstance(clients_block, dict):
+        raise LimitsConfigError(("limits", "clients"), "clients must map client names to their limits")
+    clients = {str(name): _client_limit(block, ("limits", "clients", name), base=client)
+               for name, block in clients_block.items()}
+    endpoints: dict[str, EndpointLimit] = {}
+    for section in ("endpoints", "routes"):
+        for index, item in enumerate(config.get(section) or []):
+            if not isinstance(item, dict) or "name" not in item:
+                continue
+            own = item.get("limit")
+            if own is not None:
+                endpoints[item["name"]] = _endpoint_limit(own, (section, index, "limit"))
+            elif default_endpoint is not None:
+                endpoints[item["name"]] = default_endpoint
+    return LimitsConfig(endpoints, default_endpoint, client, clients)
+
+
+def policy_from_env() -> str:
+    value = os.environ.get("GATEWAY_LIMITS_ON_REDIS_DOWN", "open").strip().lower() or "open"
+    if value not in _POLICIES:
+        raise ValueError(f"GATEWAY_LIMITS_ON_REDIS_DOWN={value!r} is not open or closed")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- checks
+@dataclass(frozen=True)
+class Rule:
+    """One counter a request is checked against."""
+
+    name: str  # endpoint, endpoint_per_client, client_calls, client_tokens_per_minute, client_usd_per_day
+    key: str  # the Redis key (the dollars key gets the UTC date appended per request)
+    kind: str  # "c": counted per call; "q": a quota filled from usage records
+    limit: float
+    seconds: int
+    period: str  # "minute", "10 minutes", "day (UTC)"
+    unit: str  # requests, tokens, USD
+    endpoint: str | None
+    client: str | None
+
+
+def rules_for(config: LimitsConfig, endpoint: str | None, client: str) -> list[Rule]:
+    rules = []
+    own = config.endpoints.get(endpoint) if endpoint else None
+    if own:
+        w = own.window
+        if own.per_client:
+            rules.append(Rule("endpoint_per_client", f"{_PREFIX}calls:endpoint:{endpoint}:client:{client}:{w.seconds}",
+                              "c", w.calls, w.seconds, w.period, "requests", endpoint, client))
+        else:
+            rules.append(Rule("endpoint", f"{_PREFIX}calls:endpoint:{endpoint}:{w.seconds}",
+                              "c", w.calls, w.seconds, w.period, "requests", endpoint, None))
+    mine = config.for_client(client)
+    if mine.calls:
+        w = mine.calls
+        rules.append(Rule("client_calls", f"{_PREFIX}calls:client:{client}:{w.seconds}",
+                          "c", w.calls, w.seconds, w.period, "requests", None, client))
+    if mine.tokens_per_minute:
+        rules.append(Rule("client_tokens_per_minute", tokens_key(client), "q", mine.tokens_per_minute, 60,
+                          "minute", "tokens", None, client))
+    if mine.usd_per_day:
+        rules.append(Rule("client_usd_per_day", f"{_PREFIX}usd:client:{client}:", "q", mine.usd_per_day, _DAY,
+                          "day (UTC)", "USD", None, client))
+    return rules
+
+
+def tokens_key(client: str) -> str:
+    return f"{_PREFIX}tokens:client:{client}:60"
+
+
+def usd_key(client: str, now: float) -> str:
+    return f"{_PREFIX}usd:client:{client}:{utc_day(now)}"
+
+
+def utc_day(now: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(now))
+
+
+def next_utc_midnight(now: float) -> float:
+    return (math.floor(now / _DAY) + 1) * _DAY
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def refusal(rule: Rule, used: float, remaining_ms: int, now: float) -> tuple[int, dict]:
+    """Retry-After seconds and the 429 JSON body naming the limit."""
+    if rule.unit == "USD":
+        resets = next_utc_midnight(now)
+        kind = "budget_exceeded"
+    else:
+        resets = now + (remaining_ms / 1000 if remaining_ms > 0 else rule.seconds)
+        kind = "token_limit_exceeded" if rule.unit == "tokens" else "rate_limit_exceeded"
+    retry = max(1, math.ceil(resets - now))
+    who = f"client {rule.client!r}" if rule.client else "all clients together"
+    where = f" on endpoint {rule.endpoint!r}" if rule.endpoint else ""
+    value = f"{rule.limit:g} USD" if rule.unit == "USD" else f"{int(rule.limit)} {rule.unit}"
+    message = (f"{who} reached the limit of {value} per {rule.period}{where} ({rule.name}); "
+               f"it resets at {iso(resets)}, retry after {retry} s")
+    used_value = round(used, 9) if rule.unit == "USD" else int(used)
+    body = {"error": {"type": kind, "message": message, "limit": {
+        "name": rule.name, "endpoint": rule.endpoint, "client": rule.client, "value": rule.limit,
+        "unit": rule.unit, "window": rule.period, "window_seconds": rule.seconds, "used": used_value,
+        "resets_at": iso(resets), "retry_after_seconds": retry}}}
+    return retry, body
+
+
+# ---------------------------------------------------------------------------------------------- Redis
+def redis_where(url: str) -> str:
+    """host:port of a Redis URL, never its password."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or '?'}:{parts.port or 6379}"
+
+
+class Limiter:
+    """One per worker: the Redis client, the two scripts, and what to do when Redis does not answer."""
+
+    def __init__(self, config: LimitsConfig, redis_url: str | None, policy: str = "open",
+                 timeout: float = 0.5) -> None:
+        self.config = config
+        self.redis_url = redis_url
+        self.policy = policy
+        self.timeout = timeout
+        self.where = redis_where(redis_url) if redis_url else "(GATEWAY_REDIS_URL is not set)"
+        self._redis = None
+        self._check = self._record = None
+        self._down_until = 0.0
+        self._last_log = -math.inf
+        self._unenforced_since_log = 0
+        self._rules: dict[tuple, list[Rule]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.unenforced = _counter()
+        self.counts_usage = any(c.tokens_per_minute or c.usd_per_day for c in (config.client, *config.clients.values()))
+
+    def _client(self):
+        if self._redis is None:
+            from redis.asyncio import Redis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            # One immediate retry (a pooled connection that died with a Redis restart), no backoff.
+            self._redis = Redis.from_url(self.redis_url, socket_timeout=self.timeout,
+                                         socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1),
+                                         health_check_interval=0)
+            self._check = self._redis.register_script(CHECK_SCRIPT)
+            self._record = self._redis.register_script(RECORD_SCRIPT)
+        return self._redis
+
+    def rules(self, endpoint: str | None, client: str) -> list[Rule]:
+        found = self._rules.get((endpoint, client))
+        if found is None:
+            if len(self._rules) > 10000:  # clients are bounded by the keys file, but not with auth off
+                self._rules.clear()
+            found = self._rules[(endpoint, client)] = rules_for(self.config, endpoint, client)
+        return found
+
+    def available(self) -> bool:
+        return self.redis_url is not None and time.monotonic() >= self._down_until
+
+    def failed(self, error: BaseException | str) -> None:
+        """Redis did not answer: leave it alone for a moment, count, and say so (at most every 10 s)."""
+        self._down_until = time.monotonic() + _DOWN_PAUSE
+        self.note_unenforced(error)
+
+    def note_unenforced(self, error: BaseException | str | None = None) -> None:
+        self._unenforced_since_log += 1
+        if self.unenforced is not None:
+            self.unenforced.labels(policy=self.policy).inc()
+        now = time.monotonic()
+        if now - self._last_log >= _DOWN_LOG_EVERY:
+            why = error if isinstance(error, str) else type(error).__name__ if error else "unreachable"
+            effect = ("requests are served WITHOUT limits" if self.policy == "open"
+                      else "requests are refused with 503")
+            log.error("limits: Redis at %s does not answer (%s) — %s (GATEWAY_LIMITS_ON_REDIS_DOWN=%s); "
+                      "%d request(s) unchecked since the last such line; check Redis: docker compose ps redis",
+                      self.where, why, effect, self.policy, self._unenforced_since_log)
+            self._last_log = now
+            self._unenforced_since_log = 0
+
+    async def check(self, rules: list[Rule], now: float) -> tuple[Rule, float, int] | None:
+        """None when admitted (and counted); (rule, used, remaining ms) for the first full limit.
+        Raises on a Redis failure (the caller applies the policy)."""
+        self._client()
+        keys, args = [], []
+        for rule in rules:
+            keys.append(rule.key + utc_day(now) if rule.unit == "USD" else rule.key)
+            args += [rule.kind, repr(rule.limit), rule.seconds * 1000]
+        async with asyncio.timeout(self.timeout * 3):
+            result = await self._check(keys=keys, args=args)
+        if not result or int(result[0]) == 0:
+            return None
+        index, remaining, used = int(result[0]), int(result[1]), result[2]
+        return rules[index - 1], float(used.decode() if isinstance(used, bytes) else used), remaining
+
+    # ---- the usage-record sink: tokens and dollars, after the response
+    def record_usage(self, record) -> None:
+        client = record.client or ANONYMOUS
+        mine = self.config.for_client(client)
+        tokens = record.total_tokens if mine.tokens_per_minute else 0
+        usd = (record.cost_usd or 0.0) if mine.usd_per_day else 0.0
+        if tokens <= 0 and usd <= 0:
+            return
+        if not self.available():
+            self.note_unenforced("down")
+            return
+        now = time.time()
+        task = asyncio.get_running_loop().create_task(self._add_usage(client, tokens, usd, now))
+        self._tasks.add(task)  # a reference until it is done, so it is not collected mid-flight
+        task.add_done_callback(self._tasks.discard)
+
+    async def _add_usage(self, client: str, tokens: int, usd: float, now: float) -> None:
+        try:
+            self._client()
+            async with asyncio.timeout(self.timeout * 3):
+                await self._record(keys=[tokens_key(client), usd_key(client, now)],
+                                   args=[int(tokens), 60000, f"{usd:.12f}", int(next_utc_midnight(now)) + _DAY])
+        except Exception as e:  # noqa: BLE001 - any Redis trouble is the documented policy, never the request's
+            self.failed(e)
+
+
+def _counter():
+    """gateway_limits_unenforced_total in prometheus_client's default registry (the metrics module exports it)."""
+    try:
+        from prometheus_client import REGISTRY, Counter
+    except ImportError:
+        return None
+    existing = REGISTRY._names_to_collectors.get("gateway_limits_unenforced_total")  # a second app in one process
+    if existing is not None:
+        return existing
+    return Counter("gateway_limits_unenforced", "Requests whose limits could not be checked because Redis did "
+                   "not answer", ["policy"])
+
+
+# ---------------------------------------------------------------------------------------------- middleware
+class Limits:
+    """ASGI middleware: refuse a request over any limit before it reaches MLflow (429, Retry-After, JSON)."""
+
+    def __init__(self, app, limiter: Limiter) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.needs_endpoint = bool(limiter.config.endpoints)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or not recorded(scope["path"]):
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        endpoint = None
+        if self.needs_endpoint:
+            if path.startswith("/v1/"):
+                body, receive = await _read_body(receive)
+                if body is None:  # the client left while sending its body
+                    return
+                endpoint = endpoint_of(path, body)
+            else:
+                endpoint = endpoint_of(path, b"")
+        client = _header(scope, b"x-gateway-client") or ANONYMOUS
+        rules = self.limiter.rules(endpoint, client)
+        if not rules:
+            return await self.app(scope, receive, send)
+        if self.limiter.available():
+            now = time.time()
+            try:
+                verdict = await self.limiter.check(rules, now)
+            except Exception as e:  # noqa: BLE001 - Redis trouble of any kind: the documented policy
+                self.limiter.failed(e)
+            else:
+                if verdict is None:
+                    return await self.app(scope, receive, send)
+                rule, used, remaining = verdict
+                retry, body = refusal(rule, used, remaining, now)
+                return await _json(send, 429, body, [(b"retry-after", str(retry).encode())])
+        else:
+            self.limiter.note_unenforced("down" if self.limiter.redis_url else "GATEWAY_REDIS_URL is not set")
+        if self.limiter.policy == "closed":
+            body = {"error": {"type": "limits_unavailable", "message": (
+                f"the gateway cannot check its limits: Redis at {self.limiter.where} does not answer, and "
+                "GATEWAY_LIMITS_ON_REDIS_DOWN=closed refuses requests until it does — retry shortly; "
+                "operators: check Redis (docker compose ps redis)")}}
+            return await _json(send, 503, body, [(b"retry-after", b"5")])
+        await self.app(scope, receive, _with_header(send, (b"x-gateway-limits", b"unenforced")))
+
+
+async def _read_body(receive):
+    """The whole request body, and a receive that hands it on unchanged; (None, None) on a disconnect."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None, None
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return body, replay
+
+
+def _with_header(send, header: tuple[bytes, bytes]):
+    async def sending(message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), header]
+        await send(message)
+
+    return sending
+
+
+async def _json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1") or None
+    return None
+
+
+def limiter_from(config: dict) -> Limiter | None:
+    """The worker's Limiter for the limits of `config`, or None when config.yaml sets none.
+
+    In create_app: its record_usage goes into the usage-record sinks when `counts_usage`, and Limits(app,
+    limiter) wraps the app outside the usage recorder."""
+    limits = read_config(config)
+    if limits.empty:
+        return None
+    redis_url = os.environ.get("GATEWAY_REDIS_URL") or None
+    limiter = Limiter(limits, redis_url, policy_from_env(), float(os.environ.get("GATEWAY_REDIS_TIMEOUT") or 0.5))
+    if redis_url is None:
+        log.error("limits: config.yaml sets limits but GATEWAY_REDIS_URL is not set — limits are not enforced "
+                  "(GATEWAY_LIMITS_ON_REDIS_DOWN=%s); set it to the Redis every replica shares", limiter.policy)
+    return limiter
