@@ -49,6 +49,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway_kit import metrics
 from gateway_kit.recording import endpoint_of, recorded
 
 log = logging.getLogger("gateway_kit.limits")
@@ -487,6 +488,8 @@ class Limits:
                 if verdict is None:
                     return await self.app(scope, receive, send)
                 rule, used, remaining = verdict
+                count = metrics.budget_rejected if rule.unit == "USD" else metrics.rate_limited
+                count(rule.name, endpoint, client)
                 retry, body = refusal(rule, used, remaining, now)
                 return await _json(send, 429, body, [(b"retry-after", str(retry).encode())])
         else:
