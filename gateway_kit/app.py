@@ -145,7 +145,38 @@ def create_app():
     sinks = []
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         sinks.append(usage_log())
-from gateway_kit import limits, metrics, readiness
+    metrics.install(app, raw, replica_id(), sinks)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
+    limiter = limits.limiter_from(raw)  # None when config.yaml sets no limits
+    if limiter and limiter.counts_usage:
+        sinks.append(limiter.record_usage)  # tokens per minute and dollars per day
+    if sinks:
+        app = usage_recorder(app, raw, sinks)
+    app = metrics.in_flight(app)
+    if limiter:
+        app = limits.Limits(app, limiter)
+    app = client_keys(app, raw)
+    return RequestContext(app, replica=replica_id())
+
+
+def client_keys(app, config: dict):
+    """Gateway keys first (after the request id): a 401, or the client's name as X-Gateway-Client."""
+    from gateway_kit.keys import ClientKeys, KeyStore, auth_required, default_file
+    from gateway_kit.preflight import DEMO_KEY
+
+    return ClientKeys(app, KeyStore(default_file()) if auth_required(config, DEMO_KEY) else None)
+
+
+def resilience(app, config: dict):
+    """Per-endpoint timeouts and retries, fallbacks, clear errors when a provider fails (docs/resilience.md).
+    Fallbacks and circuit changes are counted in the metrics (no-ops with GATEWAY_METRICS=off)."""
+    from gateway_kit import resilience as kit_resilience
+
+    def count_fallback(event) -> None:  # "no_answer_in_1.5s" -> "no_answer": a bounded label
+        metrics.fallback(event.endpoint, event.served_by, re.sub(r"_in_[\d.]+s$", "", event.reason))
+
+    kit_resilience.FALLBACK_HOOKS.append(count_fallback)
+    kit_resilience.CIRCUIT_HOOKS.append(lambda upstream, old, new: metrics.circuit_breaker(upstream, new))
+    return kit_resilience.wrap(app, config)
 
 
 def usage_log():
