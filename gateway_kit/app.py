@@ -140,12 +140,13 @@ def create_app():
 
         if upstream.install():
             upstream.close_with(app)
-    if os.environ.get("GATEWAY_RESILIENCE", "on").lower() not in _OFF:
-        app = resilience(app, raw)
     sinks = []
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         sinks.append(usage_log())
     metrics.install(app, raw, replica_id(), sinks)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
+    # From here on, middleware wraps MLflow's app, innermost first (docs/architecture.md has the order).
+    if os.environ.get("GATEWAY_RESILIENCE", "on").lower() not in _OFF:
+        app = resilience(app, raw)
     limiter = limits.limiter_from(raw)  # None when config.yaml sets no limits
     if limiter and limiter.counts_usage:
         sinks.append(limiter.record_usage)  # tokens per minute and dollars per day
