@@ -181,20 +181,26 @@ def own_stack(state_dir: Path, *args: str, env: dict[str, str] | None = None) ->
             s.run("up", "--replicas", "2")
 
 
-@pytest.fixture(scope="session")
-def fake_upstream() -> str:
-    """The kit's fake provider on a free port; yields its base URL."""
-    port = free_port()
+@contextmanager
+def running_fake(hosts: str, port: int) -> Iterator[str]:
+    """The kit's fake provider on `hosts` (comma-separated addresses) and `port`; yields the first one's URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway_kit.fake_upstream", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "gateway_kit.fake_upstream", "--host", hosts, "--port", str(port)],
         env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{hosts.split(',')[0]}:{port}"
     try:
         wait_http(f"{url}/health", proc=proc)
         yield url
     finally:
         stop_group(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def fake_upstream() -> Iterator[str]:
+    """The kit's fake provider on a free port; yields its base URL."""
+    with running_fake("127.0.0.1", free_port()) as url:
+        yield url
 
 
 # ------------------------------------------------------------------------------------ the secrets search

@@ -22,7 +22,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import REPO, clean_env, free_port, own_stack, stop_group, wait_http
+from conftest import REPO, clean_env, free_port, own_stack, running_fake
+from gateway_kit.keys import add as add_client_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 
@@ -51,6 +52,9 @@ def host(endpoint: str) -> str:
     return f"127.0.20.{PROVIDERS[endpoint][0]}"
 
 
+CLIENT: dict[str, str] = {}  # the gateway key the requests carry, made by rstack
+
+
 @pytest.fixture(scope="module")
 def fake_port() -> int:
     return free_port()
@@ -60,16 +64,8 @@ def fake_port() -> int:
 def providers(fake_port):
     """One fake upstream process answering on every provider address."""
     hosts = ",".join(f"127.0.20.{n}" for n, _ in PROVIDERS.values())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway_kit.fake_upstream", "--host", hosts, "--port", str(fake_port)],
-        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.20.2:{fake_port}"
-    try:
-        wait_http(f"{url}/health", proc=proc)
+    with running_fake(hosts, fake_port) as url:  # the first host: 127.0.20.2, the backup's
         yield url
-    finally:
-        stop_group(proc.pid)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +82,11 @@ def rstack(providers, fake_port, tmp_path_factory):
     config.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
     env = {"GATEWAY_CIRCUIT_FAILURES": str(CIRCUIT_FAILURES), "GATEWAY_CIRCUIT_RESET": str(CIRCUIT_RESET),
            "GATEWAY_UPSTREAM_BACKOFF": "0.05"}
-    with own_stack(state, "--replicas", "2", "--workers", "1", "--config", str(config), env=env) as s:
+    # Real-looking provider settings: the replicas ask for a client key (docs/limits-and-keys.md).
+    keys = state / "keys.json"
+    CLIENT["key"] = add_client_key(keys, "resilience-tests")
+    with own_stack(state, "--replicas", "2", "--workers", "1", "--config", str(config), "--keys", str(keys),
+                   env=env) as s:
         yield s
 
 
@@ -103,7 +103,8 @@ def hits(providers, endpoint: str) -> int:
 def ask(stack, endpoint: str, content: str, *, stream: bool = False, url: str | None = None):
     body = {"messages": [{"role": "user", "content": content}], "stream": stream}
     started = time.monotonic()
-    r = requests.post(url or f"{stack.url}/gateway/{endpoint}/invocations", json=body, timeout=30)
+    r = requests.post(url or f"{stack.url}/gateway/{endpoint}/invocations", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {CLIENT['key']}"})
     return r, time.monotonic() - started
 
 
@@ -182,7 +183,7 @@ def test_a_stream_whose_first_token_is_late_falls_back_within_the_first_byte_tim
 
 
 def test_the_openai_routes_and_the_endpoints_route_fall_back_too(rstack, providers):
-    client = openai.OpenAI(base_url=f"{rstack.url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{rstack.url}/v1", api_key=CLIENT["key"], max_retries=0)
     answer = client.chat.completions.create(
         model="routes", messages=[{"role": "user", "content": f"[[fault@{host('routes')}:500]] via v1"}])
     assert answer.model == "gpt-4.1-mini" and answer.choices[0].message.content.endswith("via v1")

@@ -157,7 +157,9 @@ def test_killing_a_replica_fails_only_requests_already_sent_to_it(stack):
         assert all(tried[f"kill-test-{i}"].endswith(victim_addr) for i in failed), [
             (i, statuses[i], tried.get(f"kill-test-{i}")) for i in failed
         ]
-        assert len(failed) <= 8, failed  # at most one in flight per client thread
+        # Per client thread: the one in flight at the kill, and at most one more that the dying replica's
+        # listening socket had already accepted (the kernel takes connections until the last process is gone).
+        assert len(failed) <= 2 * 8, failed
         assert statuses[-100:] == [200] * 100
         # A POST is never sent twice: the upstream saw at most one call per client request.
         assert stack.fake_stats()["requests"] - before <= 300
