@@ -35,6 +35,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway_kit.secrets import redact
+
 log = logging.getLogger("gateway_kit.resilience")
 
 ENDPOINT_KEYS = frozenset({"timeouts", "retries", "fallback"})  # config.yaml, per endpoint (kit-only)
@@ -421,7 +423,8 @@ def endpoint_from_path(path: str) -> str | None:
 
 
 def _error(status: int, kind: str, message: str, headers: tuple = ()) -> tuple[int, list, bytes]:
-    body = json.dumps({"error": {"type": kind, "message": message}}, separators=(",", ":")).encode()
+    # A provider's message can repeat the key it was sent ("Incorrect API key provided: sk-..."): redacted.
+    body = json.dumps({"error": {"type": kind, "message": redact(message)}}, separators=(",", ":")).encode()
     return status, [(b"content-type", b"application/json"), *headers], body
 
 
