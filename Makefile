@@ -62,6 +62,7 @@ bench: venv
 	$(PYTHON) bench/run.py
 	$(PYTHON) bench/tls_rtt.py
 	$(PYTHON) bench/nginx_replicas.py
+	$(PYTHON) bench/streams.py
 	$(PYTHON) bench/bench_evaluate.py
 
 # 20 minutes of steady mixed traffic with every worker's memory sampled; not part of CI.
