@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway_kit import metrics
-from gateway_kit.recording import endpoint_of, recorded
+from gateway_kit.recording import endpoint_of, recorded, replay_body
 
 log = logging.getLogger("gateway_kit.limits")
 
@@ -513,16 +513,7 @@ async def _read_body(receive):
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     body = b"".join(chunks)
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return body, replay
+    return body, replay_body(body, receive)
 
 
 def _with_header(send, header: tuple[bytes, bytes]):

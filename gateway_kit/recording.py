@@ -62,6 +62,21 @@ def value_after(body: bytes, key: bytes, last: bool = False):
         return None
 
 
+def replay_body(body: bytes, receive):
+    """A receive for an app inside a middleware that already read the whole body: the body once, then the
+    client's own messages (its disconnect)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 def endpoint_of(path: str, request_body: bytes) -> str | None:
     if path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX):
         return path[path.index("/", 1) + 1 : -len(_INVOCATION_SUFFIX)]

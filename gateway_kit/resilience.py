@@ -35,6 +35,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway_kit.recording import replay_body
 from gateway_kit.secrets import redact
 
 log = logging.getLogger("gateway_kit.resilience")
@@ -581,7 +582,7 @@ class Fallback:
                 return await self.app(scope, receive, send)
         policy = self.policies.get(name) or self.default
         if not policy.fallback:
-            one = _Try(name, policy, scope, _replay(body, receive) if body is not None else receive, send,
+            one = _Try(name, policy, scope, replay_body(body, receive) if body is not None else receive, send,
                        lambda t: True)
             await one.run(self.app)
             if one.state == "failed":
@@ -681,17 +682,6 @@ async def _read_body(receive) -> bytes:
     return b"".join(chunks)
 
 
-def _replay(body: bytes, receive):
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 class _SharedDisconnect:
