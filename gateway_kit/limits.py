@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway_kit import metrics
-from gateway_kit.recording import endpoint_of, recorded, replay_body
+from gateway_kit.recording import read_body, recorded, replay_body, request_endpoint
 
 log = logging.getLogger("gateway_kit.limits")
 
@@ -468,12 +468,11 @@ class Limits:
         endpoint = None
         if self.needs_endpoint:
             if path.startswith("/v1/"):
-                body, receive = await _read_body(receive)
+                body = await read_body(receive)
                 if body is None:  # the client left while sending its body
                     return
-                endpoint = endpoint_of(path, body)
-            else:
-                endpoint = endpoint_of(path, b"")
+                receive = replay_body(body, receive)
+            endpoint = request_endpoint(scope, body if path.startswith("/v1/") else b"")
         client = _header(scope, b"x-gateway-client") or ANONYMOUS
         rules = self.limiter.rules(endpoint, client)
         if not rules:
@@ -501,19 +500,6 @@ class Limits:
                 "operators: check Redis (docker compose ps redis)")}}
             return await _json(send, 503, body, [(b"retry-after", b"5")])
         await self.app(scope, receive, _with_header(send, (b"x-gateway-limits", b"unenforced")))
-
-
-async def _read_body(receive):
-    """The whole request body, and a receive that hands it on unchanged; (None, None) on a disconnect."""
-    chunks, more = [], True
-    while more:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None, None
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    body = b"".join(chunks)
-    return body, replay_body(body, receive)
 
 
 def _with_header(send, header: tuple[bytes, bytes]):

@@ -28,11 +28,17 @@ and request bodies are never labels.
 
 Several workers: gunicorn_conf.py points PROMETHEUS_MULTIPROC_DIR at $GATEWAY_RUNTIME_DIR/metrics, empties it
 when the replica starts and marks a dead worker's live gauges gone; GET /metrics merges every worker's file.
+Per-request figures are summed in the worker's memory and written to its file once a second
+(GATEWAY_METRICS_FLUSH_SECONDS; and when the worker exits): a dict update per figure on the request path instead
+of a locked write to the shared file. A scrape may therefore miss the last second; a SIGKILLed worker loses it.
 GATEWAY_METRICS=off turns all of it off (no files, no sink, no middleware; /metrics answers 404).
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import bisect
 import logging
 import os
 import platform
@@ -140,6 +146,84 @@ class Children(dict):
         return child
 
 
+class Batch:
+    """Counter increments, histogram observations and the in-flight count of one worker, written to the metric
+    files at most every `interval` seconds (a timer on the worker's event loop, set by the first figure after a
+    write). Without a running loop (a script, a test) every figure is written at once."""
+
+    def __init__(self, interval: float, in_flight, before_write: Callable[[], None] | None = None) -> None:
+        self.interval = interval
+        self.before_write = before_write
+        self.counts: dict = {}  # counter child -> amount since the last write
+        self.observations: dict = {}  # histogram child -> [values]
+        self.in_flight_gauge = in_flight
+        self.in_flight = 0
+        self.scheduled = False
+
+    def inc(self, child, amount: float = 1) -> None:
+        counts = self.counts
+        counts[child] = counts.get(child, 0) + amount
+        if not self.scheduled:
+            self._schedule()
+
+    def observe(self, child, value: float) -> None:
+        values = self.observations.get(child)
+        if values is None:
+            self.observations[child] = [value]
+        else:
+            values.append(value)
+        if not self.scheduled:
+            self._schedule()
+
+    def started(self) -> None:
+        self.in_flight += 1
+        if not self.scheduled:
+            self._schedule()
+
+    def finished(self) -> None:
+        self.in_flight -= 1
+        if not self.scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self.write()
+        self.scheduled = True
+        loop.call_later(self.interval, self.write)
+
+    def write(self) -> None:
+        self.scheduled = False
+        if self.before_write is not None:
+            self.before_write()
+        counts, self.counts = self.counts, {}
+        observations, self.observations = self.observations, {}
+        for child, amount in counts.items():
+            child.inc(amount)
+        for child, values in observations.items():
+            observe_all(child, values)
+        self.in_flight_gauge.set(self.in_flight)
+
+
+def observe_all(histogram, values: list[float]) -> None:
+    """histogram.observe(v) for every v, with one write per bucket and one for the sum instead of two per value.
+    Uses prometheus_client's Histogram internals (_upper_bounds, _buckets, _sum, pinned in requirements.txt;
+    tests/test_metrics.py compares the result with observe()); without them, observe() for each."""
+    bounds, buckets, total = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            histogram.observe(value)
+        return
+    per_bucket: dict[int, int] = {}
+    for value in values:
+        i = bisect.bisect_left(bounds, value)  # the first bound >= value: observe()'s `value <= bound`
+        per_bucket[i] = per_bucket.get(i, 0) + 1
+    total.inc(sum(values))
+    for i, count in per_bucket.items():
+        buckets[i].inc(count)
+
+
 def _version() -> str:
     from gateway_kit import __version__
 
@@ -149,7 +233,8 @@ def _version() -> str:
 class Metrics:
     """Every metric of one gateway process, and the usage-record sink that feeds most of them."""
 
-    def __init__(self, config: dict, replica: str, registry=None, ledgers: Iterable = ()) -> None:
+    def __init__(self, config: dict, replica: str, registry=None, ledgers: Iterable = (),
+                 flush_seconds: float = 1.0) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -221,30 +306,34 @@ class Metrics:
         build = gauge("gateway_build_info", "Always 1; the labels say what runs.",
                       ["version", "mlflow_version", "python_version", "replica"], "livemax")
         build[_version(), _mlflow_version(), platform.python_version(), replica].set(1)
+        self.batch = Batch(flush_seconds, self.in_flight, self.count_ledger_failures if self.ledgers else None)
 
     def __call__(self, record) -> None:
         """The usage-record sink: one call per request, after its last byte."""
+        batch = self.batch
         endpoint = self.endpoint(record.endpoint)
         client = self.client(record.client)
-        self.requests[endpoint, route_label(record.route), status_class(record.status), client].inc()
-        self.duration[endpoint, "true" if record.stream else "false"].observe(record.latency_ms / 1000)
+        batch.inc(self.requests[endpoint, route_label(record.route), status_class(record.status), client])
+        batch.observe(self.duration[endpoint, "true" if record.stream else "false"], record.latency_ms / 1000)
         if record.ttft_ms is not None:
-            self.ttft[endpoint,].observe(record.ttft_ms / 1000)
+            batch.observe(self.ttft[endpoint,], record.ttft_ms / 1000)
         if record.prompt_tokens or record.completion_tokens:
             model = self.model(record.model)
             for kind, count in zip(TOKEN_KINDS, (record.prompt_tokens, record.completion_tokens,
                                                  record.cached_tokens, record.reasoning_tokens)):
                 if count:
-                    self.tokens[endpoint, model, client, kind].inc(count)
+                    batch.inc(self.tokens[endpoint, model, client, kind], count)
             if record.cost_usd is None:
-                self.unpriced[endpoint, model].inc()
+                batch.inc(self.unpriced[endpoint, model])
             elif record.cost_usd > 0:
-                self.cost[endpoint, model, client].inc(record.cost_usd)
-        if self.ledgers:
-            failures = sum(ledger.failures for ledger in self.ledgers)
-            if failures > self._ledger_failures:
-                self.ledger_failures.inc(failures - self._ledger_failures)
-                self._ledger_failures = failures
+                batch.inc(self.cost[endpoint, model, client], record.cost_usd)
+
+    def count_ledger_failures(self) -> None:
+        """Before each write of the batch: ledger records that could not be written since the last one."""
+        failures = sum(ledger.failures for ledger in self.ledgers)
+        if failures > self._ledger_failures:
+            self.ledger_failures.inc(failures - self._ledger_failures)
+            self._ledger_failures = failures
 
     def upstream_label(self, base_url: str) -> str:
         """host:port of a provider base URL (never its user or password), bounded."""
@@ -303,8 +392,21 @@ def circuit_breaker(upstream: str, state: str) -> None:
 def setup(config: dict, replica: str, registry=None, ledgers: Iterable = ()) -> Metrics:
     """Make this process's metrics; the functions above report to them from now on."""
     global _active  # noqa: PLW0603 - one set of metrics per process, as the functions above need
-    _active = Metrics(config, replica, registry, ledgers)
+    _active = Metrics(config, replica, registry, ledgers, flush_seconds())
+    atexit.register(_active.batch.write)  # a worker stopping writes its last second
     return _active
+
+
+def flush_seconds(environ=None) -> float:
+    """GATEWAY_METRICS_FLUSH_SECONDS: how often a worker writes its per-request figures (default 1)."""
+    value = (os.environ if environ is None else environ).get("GATEWAY_METRICS_FLUSH_SECONDS", "")
+    try:
+        seconds = float(value) if value else 1.0
+    except ValueError:
+        seconds = -1
+    if not 0 < seconds <= 60:
+        raise ValueError(f"GATEWAY_METRICS_FLUSH_SECONDS={value!r} is not a number of seconds between 0 and 60")
+    return seconds
 
 
 def install(app, config: dict, replica: str, sinks: list) -> None:
@@ -352,17 +454,17 @@ class InFlight:
         from gateway_kit.recording import recorded
 
         self.app = app
-        self.gauge = metrics.in_flight
+        self.batch = metrics.batch
         self.recorded = recorded
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not self.recorded(scope["path"]):
             return await self.app(scope, receive, send)
-        self.gauge.inc()
+        self.batch.started()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.gauge.dec()
+            self.batch.finished()
 
 
 def time_provider_calls(m: Metrics) -> bool:
@@ -376,6 +478,17 @@ def time_provider_calls(m: Metrics) -> bool:
         return False
     if getattr(original, "__gateway_metrics__", False):
         return True
+    if getattr(original, "__gateway_kit__", False):  # the kit's shared client: it reports each call itself
+        from gateway_kit import upstream
+
+        def observe(base_url: str, status: str, seconds: float) -> None:
+            label = m.upstream_label(base_url)
+            m.batch.inc(m.upstream_requests[label, status])
+            m.batch.observe(m.upstream_duration[label,], seconds)
+
+        upstream.OBSERVERS.append(observe)
+        original.__gateway_metrics__ = True
+        return True
     perf_counter = time.perf_counter
 
     @asynccontextmanager
@@ -388,8 +501,8 @@ def time_provider_calls(m: Metrics) -> bool:
                 status = str(response.status)
                 yield response
         finally:
-            m.upstream_requests[upstream, status].inc()
-            m.upstream_duration[upstream,].observe(perf_counter() - started)
+            m.batch.inc(m.upstream_requests[upstream, status])
+            m.batch.observe(m.upstream_duration[upstream,], perf_counter() - started)
 
     timed_post.__gateway_metrics__ = True
     timed_post.__gateway_kit__ = getattr(original, "__gateway_kit__", False)

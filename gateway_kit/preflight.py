@@ -260,9 +260,11 @@ def validate_limits(config: dict, fail) -> None:
 
 
 def settings_problem(config: dict) -> str | None:
-    """A GATEWAY_AUTH or GATEWAY_LIMITS_ON_REDIS_DOWN value this replica cannot run with, or None."""
+    """A GATEWAY_AUTH, GATEWAY_LIMITS_ON_REDIS_DOWN or GATEWAY_METRICS_FLUSH_SECONDS value this replica cannot
+    run with, or None."""
     from gateway_kit.keys import auth_problem
     from gateway_kit.limits import policy_from_env, read_config
+    from gateway_kit.metrics import flush_seconds
 
     if problem := auth_problem(config, DEMO_KEY):
         return problem
@@ -270,6 +272,10 @@ def settings_problem(config: dict) -> str | None:
         policy_from_env()
     except ValueError as e:
         return f"{e} — set open (serve unlimited while Redis is down, the default) or closed (refuse with 503)"
+    try:
+        flush_seconds()
+    except ValueError as e:
+        return f"{e} — set how often each worker writes its metrics, 1 (the default) for once a second"
     if not read_config(config).empty and not os.environ.get("GATEWAY_REDIS_URL"):
         log("warning", "config.yaml sets limits but GATEWAY_REDIS_URL is not set: they are not enforced "
             "(docker-compose.prod.yml sets it; see docs/limits-and-keys.md)")

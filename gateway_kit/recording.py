@@ -62,6 +62,23 @@ def value_after(body: bytes, key: bytes, last: bool = False):
         return None
 
 
+def string_after(body: bytes, key: bytes) -> str | None:
+    """The JSON string that follows the first `"key":` in body, or None: value_after for a string, without
+    decoding the rest of a long body."""
+    at = body.find(key)
+    if at < 0:
+        return None
+    start = body.find(b'"', at + len(key)) + 1
+    end = body.find(b'"', start)
+    if start == 0 or end < 0 or body[at + len(key) : start - 1].strip():
+        return None  # not a string value
+    raw = body[start:end]
+    if b"\\" in raw:  # an escape (perhaps of a quote): read the string properly
+        value = value_after(body, key)
+        return value if isinstance(value, str) else None
+    return raw.decode("utf-8", "replace")
+
+
 def replay_body(body: bytes, receive):
     """A receive for an app inside a middleware that already read the whole body: the body once, then the
     client's own messages (its disconnect)."""
@@ -77,14 +94,45 @@ def replay_body(body: bytes, receive):
     return replay
 
 
-def endpoint_of(path: str, request_body: bytes) -> str | None:
+async def read_body(receive) -> bytes | None:
+    """The whole request body, or None when the client went away while sending it."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def request_endpoint(scope, request_body: bytes) -> str | None:
+    """endpoint_of for this request, worked out once: limits, resilience and the recorder all ask."""
+    state = scope.setdefault("state", {})
+    if "kit_endpoint" not in state:
+        state["kit_endpoint"] = endpoint_of(scope["path"], request_body, keep=state)
+    return state["kit_endpoint"]
+
+
+def request_json(scope, body: bytes):
+    """json.loads(body), or the parse request_endpoint already made of this very body."""
+    kept = scope.get("state", {}).get("kit_json")
+    return kept[1] if kept is not None and kept[0] is body else json.loads(body)
+
+
+def endpoint_of(path: str, request_body: bytes, keep: dict | None = None) -> str | None:
+    """The endpoint a request is for: from the path, or the JSON body's "model" on /v1/*. With `keep`, the
+    parsed body is kept there for request_json."""
     if path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX):
         return path[path.index("/", 1) + 1 : -len(_INVOCATION_SUFFIX)]
     if path.startswith(_V1_PREFIX) and request_body:
         try:  # parsed in full: a tool's JSON schema may have a "model" property of its own
-            model = json.loads(request_body).get("model")
-        except (ValueError, AttributeError):
+            parsed = json.loads(request_body)
+        except (ValueError, RecursionError):
             return None
+        if keep is not None:
+            keep["kit_json"] = (request_body, parsed)
+        model = parsed.get("model") if isinstance(parsed, dict) else None
         return model if isinstance(model, str) else None
     return None
 
@@ -158,19 +206,20 @@ class UsageRecorder:
                 log.exception("usage record for %s could not be made", path)
 
     def record(self, scope, path, request_body, state, response, stream_usage, error, wall, started) -> None:
-        endpoint = endpoint_of(path, request_body)
-        kit_state = scope.get("state") or {}
+        endpoint = request_endpoint(scope, request_body)
+        kit_state = scope["state"]
         served_by = kit_state.get("served_by")  # a fallback answered (gateway_kit.resilience): its model, price
         info = self.endpoints.get(served_by or endpoint) if endpoint else None
-        status = state["status"] or 500
+        status = state["status"] or (499 if state["disconnected"] else 500)  # 499: nginx's "client went away"
+        if status == 499 and error is None:
+            error = "client_disconnected"
         if stream_usage is not None:
             stream_usage.close()
             usage, model = stream_usage.usage, stream_usage.model
         else:
             raw_usage = value_after(response, b'"usage":', last=True)
             usage = _usage(raw_usage)
-            model = value_after(response, b'"model":')
-            model = model if isinstance(model, str) else None
+            model = string_after(response, b'"model":')
         partial = state["stream"] and status < 400 and (usage is None or not state["done"] or error is not None)
         if error is None and status >= 400:
             error = f"http_{status}"

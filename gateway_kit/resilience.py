@@ -35,7 +35,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway_kit.recording import replay_body
+from gateway_kit.recording import read_body, replay_body, request_endpoint
 from gateway_kit.secrets import redact
 
 log = logging.getLogger("gateway_kit.resilience")
@@ -574,8 +574,10 @@ class Fallback:
         path = scope["path"]
         body = None
         if path.startswith(_V1_PREFIX):
-            body = await _read_body(receive)
-            name = _model_of(body)
+            body = await read_body(receive)
+            if body is None:  # the client left while sending its body
+                return
+            name = request_endpoint(scope, body)
         else:
             name = endpoint_from_path(path)
             if name is None:
@@ -589,7 +591,9 @@ class Fallback:
                 await one.answer_failure()
             return
         if body is None:
-            body = await _read_body(receive)
+            body = await read_body(receive)
+            if body is None:
+                return
         await self._chain(scope, receive, send, name, policy, body)
 
     async def _chain(self, scope, receive, send, name: str, policy: Policy, body: bytes) -> None:
@@ -670,20 +674,6 @@ class Fallback:
             disconnect.close()
 
 
-async def _read_body(receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-
-
 class _SharedDisconnect:
     """Several tries of one request each read the request body once, then wait for the one disconnect."""
 
@@ -707,14 +697,6 @@ class _SharedDisconnect:
     def close(self) -> None:
         if self.waiting is not None and not self.waiting.done():
             self.waiting.cancel()
-
-
-def _model_of(body: bytes) -> str | None:
-    try:
-        model = json.loads(body).get("model")
-    except (ValueError, AttributeError):
-        return None
-    return model if isinstance(model, str) else None
 
 
 def _scope_for(scope: dict, name: str, endpoint: str, body: bytes) -> dict:

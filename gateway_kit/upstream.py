@@ -32,6 +32,9 @@ log = logging.getLogger("gateway_kit.upstream")
 
 EXPECTED_PARAMETERS = ["headers", "base_url", "path", "payload", "ssrf_protect"]
 _session = None  # this worker's aiohttp.ClientSession
+# Called after every provider call with (base_url, HTTP status or "error", seconds): gateway_kit.metrics times
+# calls here instead of wrapping the function once more (every wrapper is a generator per request).
+OBSERVERS: list = []
 
 
 def _session_for_this_worker():
@@ -84,27 +87,20 @@ def install() -> bool:
     if getattr(original, "__gateway_kit__", False):
         return True
 
-    from fastapi import HTTPException
-
-    from mlflow.gateway.ssrf import GatewaySSRFProtectionError, upstream_protection_enabled
+    from mlflow.gateway.ssrf import upstream_protection_enabled
     from mlflow.utils.uri import append_to_uri_path
 
-    @asynccontextmanager
-    async def shared_post(headers: dict[str, str], base_url: str, path: str, payload: dict[str, Any], *,
-                          ssrf_protect: bool = True):
+    stripped, accept_encoding = utils._STRIPPED_HEADERS, utils.SUPPORTED_ACCEPT_ENCODING
+
+    def shared_post(headers: dict[str, str], base_url: str, path: str, payload: dict[str, Any], *,
+                    ssrf_protect: bool = True):
+        """MLflow's function's contract: an async context manager for the provider's response."""
         if ssrf_protect and upstream_protection_enabled():
-            # MLflow's SSRF guard needs its own resolver per call: keep its function for those.
-            async with original(headers, base_url, path, payload, ssrf_protect=True) as response:
-                yield response
-            return
-        request_headers = {k: v for k, v in headers.items() if k.lower() not in utils._STRIPPED_HEADERS}
-        request_headers["Accept-Encoding"] = utils.SUPPORTED_ACCEPT_ENCODING
-        try:
-            url = append_to_uri_path(base_url, path)
-            async with call(url, base_url, payload, request_headers) as response:
-                yield response
-        except GatewaySSRFProtectionError as e:
-            raise HTTPException(status_code=502, detail=str(e)) from e
+            # MLflow's SSRF guard needs its own resolver per call: keep its function (and its errors) for those.
+            return original(headers, base_url, path, payload, ssrf_protect=True)
+        request_headers = {k: v for k, v in headers.items() if k.lower() not in stripped}
+        request_headers["Accept-Encoding"] = accept_encoding
+        return call(append_to_uri_path(base_url, path), base_url, payload, request_headers)
 
     shared_post.__gateway_kit__ = True
     utils._aiohttp_post = shared_post
@@ -131,11 +127,12 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
             attempt.failure = "circuit_open"
         raise
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + policy.total
+    started = loop.time()
+    deadline = started + policy.total
     session = _session_for_this_worker()
     ok: bool | None = None
     error: BaseException | None = None
-    response = None
+    response = answered = None
     try:
         retry = 0
         while True:
@@ -167,6 +164,7 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
             # The first event too must come within first_byte of sending the request.
             response.content = _FirstEvent(response.content, max(first_byte_at - loop.time(), 0.001),
                                            first_byte, endpoint)
+        answered = response
         async with response:
             yield response
         ok = response.status < 500
@@ -188,6 +186,9 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
         if attempt and ok is False and attempt.failure is None:
             attempt.failure = _failure(error, response)
         circuit.record(ok, probe)
+        status = str(answered.status) if answered is not None else "error"
+        for observe in OBSERVERS:
+            observe(base_url, status, loop.time() - started)
 
 
 def _failure(error: BaseException | None, response) -> str:

@@ -59,6 +59,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic_core import to_json as _to_json
+
 from gateway_kit.pricing import Pricer, Usage
 
 __all__ = [
@@ -86,7 +88,7 @@ REPLICA_ENV = "GATEWAY_REPLICA_ID"
 _DISABLED = {"", "off", "none", "false", "0", "no"}
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: a frozen dataclass's __init__ costs half as much again, once per request
 class UsageRecord:
     """What one request used and cost. Token counts follow OpenAI: prompt includes cached, completion includes
     reasoning. cost_usd is None when the model's price is unknown (price_source "unknown"), never a silent 0.
@@ -130,8 +132,13 @@ class UsageRecord:
         return out
 
     def to_json(self) -> str:
-        """One line of JSON, no newline, ASCII only."""
-        return _ENCODER.encode(self.to_dict())
+        """One line of JSON, no newline."""
+        return self.to_json_bytes().decode()
+
+    def to_json_bytes(self) -> bytes:
+        """One line of JSON in UTF-8, no newline: pydantic's encoder (already there with MLflow), about four
+        times as fast as the json module's, which matters once per request."""
+        return _to_json(self.to_dict(), fallback=str)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UsageRecord:
@@ -155,7 +162,6 @@ class UsageRecord:
 
 _FIELDS = [f for f in fields(UsageRecord)]
 RECORD_FIELDS = tuple(f.name for f in _FIELDS if f.name != "content")
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 _INT_FIELDS = {"status", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"}
 _FLOAT_FIELDS = {"latency_ms"}
 _OPT_FLOAT_FIELDS = {"ttft_ms", "cost_usd"}
@@ -450,9 +456,9 @@ class Ledger:
             return False
         return self.append_line(line)
 
-    def append_line(self, line: str) -> bool:
+    def append_line(self, line: str | bytes) -> bool:
         """Append one already serialised record (a newline is added if missing)."""
-        data = line.encode("utf-8", "replace")
+        data = line if isinstance(line, bytes) else line.encode("utf-8", "replace")
         if not data.endswith(b"\n"):
             data += b"\n"
         with self._lock:
@@ -530,13 +536,13 @@ def emit(record: UsageRecord, ledger: Ledger | None = None, stream: TextIO | Non
     it never interleave. Never raises; returns the line."""
     global _stdout_failures
     try:
-        line = record.to_json()
+        data = record.to_json_bytes() + b"\n"
     except Exception:  # noqa: BLE001
         log.exception("usage record could not be serialised: %r", record)
         return ""
     out = stream if stream is not None else sys.stdout
+    line = data[:-1].decode()
     try:
-        data = (line + "\n").encode("utf-8", "replace")
         try:
             fd = out.fileno()
         except (AttributeError, OSError, ValueError):
@@ -552,5 +558,5 @@ def emit(record: UsageRecord, ledger: Ledger | None = None, stream: TextIO | Non
         if _stdout_failures == 1 or _stdout_failures % 10000 == 0:
             log.error("usage record could not be written to stdout (%s); %d so far", e, _stdout_failures)
     if ledger is not None:
-        ledger.append_line(line)
+        ledger.append_line(data)
     return line

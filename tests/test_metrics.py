@@ -134,6 +134,48 @@ def test_ledger_write_failures_are_counted_once_each(tmp_path):
     assert value(m, "gateway_ledger_write_failures_total") == 3
 
 
+
+def test_a_worker_writes_its_figures_once_per_interval_and_histograms_match_observe():
+    """Serving requests (a running event loop), the figures wait in memory for the next write; written, the
+    batched histogram equals one built with observe(), at bucket edges and past the last bound too."""
+    import asyncio
+
+    from prometheus_client import Histogram
+
+    m = metrics.Metrics(CONFIG, "r1", registry=CollectorRegistry(), flush_seconds=0.2)
+    values = [0.0, 0.05, 0.051, 0.1, 0.3, 1, 2.5, 299.9, 300, 301, 1e9]
+
+    async def serve():
+        for latency_s in values:
+            m(record(latency_ms=latency_s * 1000))
+        m.batch.started()
+        assert value(m, "gateway_requests_total", endpoint="chat", status_class="2xx", client="anonymous",
+                     route="/gateway/{endpoint}/invocations") == 0  # not yet written
+        await asyncio.sleep(0.5)
+
+    asyncio.run(serve())
+    assert value(m, "gateway_requests_total", endpoint="chat", status_class="2xx", client="anonymous",
+                 route="/gateway/{endpoint}/invocations") == len(values)
+    assert value(m, "gateway_requests_in_flight") == 1
+    direct = CollectorRegistry()
+    reference = Histogram("reference", "", buckets=metrics.DURATION_BUCKETS, registry=direct)
+    for latency_s in values:
+        reference.observe(latency_s)
+    for bound in [*map(float, metrics.DURATION_BUCKETS), float("inf")]:
+        le = "+Inf" if bound == float("inf") else str(bound)
+        assert value(m, "gateway_request_duration_seconds_bucket", endpoint="chat", stream="false", le=le) == \
+            direct.get_sample_value("reference_bucket", {"le": le}), le
+    assert value(m, "gateway_request_duration_seconds_sum", endpoint="chat", stream="false") == \
+        pytest.approx(direct.get_sample_value("reference_sum"))
+
+
+def test_a_bad_flush_interval_is_refused_with_what_to_set():
+    assert metrics.flush_seconds({}) == 1.0
+    assert metrics.flush_seconds({"GATEWAY_METRICS_FLUSH_SECONDS": "0.25"}) == 0.25
+    for bad in ("0", "-1", "soon", "600"):
+        with pytest.raises(ValueError, match="GATEWAY_METRICS_FLUSH_SECONDS"):
+            metrics.flush_seconds({"GATEWAY_METRICS_FLUSH_SECONDS": bad})
+
 # ------------------------------------------------------------------------------------ the stack + Prometheus
 def replica_urls(stack) -> list[str]:
     """Each replica's own address (replica i listens on 127.0.10.i:8000), not nginx."""
@@ -146,6 +188,14 @@ def scrape(url: str) -> dict[tuple[str, frozenset], float]:
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")  # every Prometheus reads it
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(r.text) for s in family.samples}
+
+
+def scrape_until(url: str, done, timeout: float = 10) -> dict:
+    """Scrape until done(samples): each worker writes its per-request figures once a second (Batch)."""
+    deadline = time.monotonic() + timeout
+    while not done(samples := scrape(url)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return samples
 
 
 def total(samples: dict, name: str, **labels) -> float:
@@ -275,7 +325,8 @@ def test_prometheus_sums_requests_tokens_and_cost_over_replicas_and_workers_as_s
     assert query(prometheus, f"sum(gateway_cost_usd_total{{{sel}}})") == pytest.approx(cost, rel=1e-9)
 
     # The same figures straight from each replica's /metrics, parsed with the official parser.
-    scraped = [scrape(url) for url in replica_urls(stack)]
+    scraped = [scrape_until(url, lambda s: total(s, "gateway_requests_total", client=client) == 6)
+               for url in replica_urls(stack)]
     assert sum(total(s, "gateway_requests_total", client=client) for s in scraped) == 12
     scraped_cost = sum(total(s, "gateway_cost_usd_total", client=client) for s in scraped)
     assert scraped_cost == pytest.approx(cost, rel=1e-9)
@@ -302,9 +353,9 @@ def test_streams_report_time_to_first_token_and_in_flight_requests(stack):
     finally:
         thread.join(timeout=30)
     assert during >= 1
-    after = scrape(url)
-    assert total(after, "gateway_requests_in_flight") == 0
     ttft = "gateway_time_to_first_token_seconds_count"
+    after = scrape_until(url, lambda s: total(s, ttft, endpoint="chat") > total(before, ttft, endpoint="chat"))
+    assert total(after, "gateway_requests_in_flight") == 0
     assert total(after, ttft, endpoint="chat") == total(before, ttft, endpoint="chat") + 1
 
 
@@ -318,8 +369,7 @@ def test_garbage_model_names_paths_and_clients_create_no_label_values(stack):
     send(url, "metrics-garbage", f"/gateway/{garbage}/invocations", chat)
     send(url, "metrics-garbage", f"/v1/{garbage}", chat)
     send(url, f"{garbage} with spaces", "/gateway/chat/invocations", chat)
-    time.sleep(0.5)
-    samples = scrape(url)
+    samples = scrape_until(url, lambda s: total(s, "gateway_requests_total", client="metrics-garbage") >= 3)
     assert not [key for key in samples if garbage in str(key)]
     labels = [dict(ls) for _, ls in samples]
     assert {ls["endpoint"] for ls in labels if "endpoint" in ls} <= ENDPOINTS | {"unknown"}
@@ -436,7 +486,7 @@ def test_readiness_follows_redis_and_worker_restarts_keep_the_counts(stack, tmp_
         chat = {"messages": [{"role": "user", "content": "hi"}]}
         statuses = [send(url, "metrics-own", "/gateway/chat/invocations", chat).status_code for _ in range(6)]
         assert statuses == [200] * 6
-        samples = scrape(url)
+        samples = scrape_until(url, lambda s: total(s, "gateway_requests_total", client="metrics-own") == 6)
         assert total(samples, "gateway_requests_total", client="metrics-own") == 6
         assert total(samples, "gateway_ledger_write_failures_total") == 6
 
