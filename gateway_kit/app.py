@@ -6,6 +6,7 @@ entrypoint.sh wrote after its checks (GATEWAY_ACTIVE_CONFIG), or GATEWAY_CONFIG 
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import socket
@@ -166,6 +167,11 @@ def create_app():
     if limiter:
         app = limits.Limits(app, limiter)
     app = client_keys(app, raw)
+    # MLflow, FastAPI and pydantic leave about a million objects behind at start that live as long as the
+    # worker. Frozen, the garbage collector stops walking them in every full collection: 4% of a worker's CPU
+    # with the provider at 0 ms, 12% with many requests in flight (docs/performance.md).
+    gc.collect()
+    gc.freeze()
     return RequestContext(app, replica=replica_id())
 
 
