@@ -505,6 +505,5 @@ def time_provider_calls(m: Metrics) -> bool:
             m.batch.observe(m.upstream_duration[upstream,], perf_counter() - started)
 
     timed_post.__gateway_metrics__ = True
-    timed_post.__gateway_kit__ = getattr(original, "__gateway_kit__", False)
     utils._aiohttp_post = timed_post
     return True

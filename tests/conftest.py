@@ -109,6 +109,25 @@ def stop_group(pid: int, timeout: float = 15) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def start_replica(work: Path, port: int, *, log: Path | None = None, timeout: float = 90,
+                  **env: str) -> subprocess.Popen:
+    """One replica as entrypoint.sh starts it, on 127.0.0.1:`port` with 1 worker and its runtime in work/run
+    (`env` adds or overrides settings), its output in `log` (work/gateway.log); back once /health answers.
+    Stop it with stop_group(proc.pid)."""
+    work.mkdir(parents=True, exist_ok=True)
+    environment = clean_env(**{"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_WORKERS": "1",
+                               "GATEWAY_RUNTIME_DIR": str(work / "run"), **env})
+    with (log or work / "gateway.log").open("a") as out:
+        proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=environment, stdout=out, stderr=out,
+                                start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", timeout=timeout, proc=proc)
+    except BaseException:
+        stop_group(proc.pid)
+        raise
+    return proc
+
+
 @dataclass
 class Stack:
     """The local stack from scripts/local_stack.sh, as a user runs it."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, SENTINEL_SECRETS, clean_env, free_port, stop_group, wait_http, write_secret
+from conftest import REPO, SENTINEL_SECRETS, clean_env, free_port, start_replica, stop_group, write_secret
 
 REAL_LOOKING_KEY = SENTINEL_SECRETS["openai"]
 BAD_KEY = SENTINEL_SECRETS["bad-openai"]
@@ -100,16 +100,11 @@ def test_gateway_started_with_a_key_file_serves_and_never_logs_the_key(tmp_path,
 
     client_key = add(tmp_path / "keys.json", "entrypoint-test")
     port = free_port()
-    env = clean_env(
-        GATEWAY_SECRETS_DIR=str(tmp_path), OPENAI_API_BASE=f"{fake_upstream}/v1", GATEWAY_HOST="127.0.0.1",
-        GATEWAY_PORT=str(port), GATEWAY_WORKERS="1", GATEWAY_RUNTIME_DIR=str(tmp_path / "run"),
-        GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"), GATEWAY_KEYS_FILE=str(tmp_path / "keys.json"),
-    )
     log = tmp_path / "gateway.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=env, stdout=out, stderr=out, start_new_session=True)
+    proc = start_replica(tmp_path, port, log=log, timeout=30, GATEWAY_SECRETS_DIR=str(tmp_path),
+                         OPENAI_API_BASE=f"{fake_upstream}/v1", GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"),
+                         GATEWAY_KEYS_FILE=str(tmp_path / "keys.json"))
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
         r = requests.post(
             f"http://127.0.0.1:{port}/gateway/chat/invocations",
             json={"messages": [{"role": "user", "content": "hi"}]}, timeout=10,

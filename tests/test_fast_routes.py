@@ -4,8 +4,6 @@ FastAPI app does: two replicas, one with GATEWAY_FAST_ROUTES=off, get the same r
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 import requests
@@ -13,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, clean_env, free_port, stop_group, wait_http
+from conftest import REPO, free_port, start_replica, stop_group
 
 pytestmark = [pytest.mark.integration]
 
@@ -60,18 +58,6 @@ CASES = [
 ]
 
 
-def start_replica(work: Path, port: int, upstream: str, **env: str) -> subprocess.Popen:
-    environment = clean_env(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_WORKERS="1",
-                            GATEWAY_RUNTIME_DIR=str(work / "run"), GATEWAY_LEDGER_DIR=str(work / "ledger"),
-                            GATEWAY_DEMO_UPSTREAM=upstream, GATEWAY_REPLICA_ID=work.name, **env)
-    work.mkdir(parents=True, exist_ok=True)
-    log = (work / "gateway.log").open("a")
-    proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=environment, stdout=log, stderr=log,
-                            start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=proc)
-    return proc
-
-
 @pytest.fixture(scope="module")
 def replicas(fake_upstream, tmp_path_factory):
     """{"fast": url, "stock": url}: the same kit, with and without the fast routes."""
@@ -80,7 +66,9 @@ def replicas(fake_upstream, tmp_path_factory):
     try:
         for name, setting in (("fast", "on"), ("stock", "off")):
             port = free_port()
-            procs.append(start_replica(work / name, port, fake_upstream, GATEWAY_FAST_ROUTES=setting))
+            procs.append(start_replica(work / name, port, GATEWAY_LEDGER_DIR=str(work / name / "ledger"),
+                                       GATEWAY_DEMO_UPSTREAM=fake_upstream, GATEWAY_REPLICA_ID=name,
+                                       GATEWAY_FAST_ROUTES=setting))
             urls[name] = f"http://127.0.0.1:{port}"
         yield urls
     finally:

@@ -24,7 +24,7 @@ import redis
 import requests
 import yaml
 
-from conftest import REPO, clean_env, free_port, stop_group, wait_http
+from conftest import REPO, clean_env, free_port, start_replica, stop_group
 
 KEYS = REPO / "scripts" / "gateway_keys.sh"
 CLIENTS = ["alice", "bob", "erin", "frank", "gina", "tpm", "spender", "hammer", "after", "direct"]
@@ -268,17 +268,12 @@ def test_redis_down_with_the_closed_policy_refuses_with_503(tmp_path, fake_upstr
     keys_file = tmp_path / "keys.json"
     key = add_key(keys_file, "direct")
     port = free_port()
-    env = clean_env(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_WORKERS="1",
-                    GATEWAY_RUNTIME_DIR=str(tmp_path / "run"), GATEWAY_LEDGER_DIR="off",
-                    GATEWAY_DEMO_UPSTREAM=fake_upstream, GATEWAY_CONFIG=str(limited_config(tmp_path / "c.yaml")),
-                    GATEWAY_AUTH="on", GATEWAY_KEYS_FILE=str(keys_file), GATEWAY_LIMITS_ON_REDIS_DOWN="closed",
-                    GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     log = tmp_path / "gateway.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=env, stdout=out, stderr=out,
-                                start_new_session=True)
+    proc = start_replica(tmp_path, port, log=log, GATEWAY_LEDGER_DIR="off", GATEWAY_DEMO_UPSTREAM=fake_upstream,
+                         GATEWAY_CONFIG=str(limited_config(tmp_path / "c.yaml")), GATEWAY_AUTH="on",
+                         GATEWAY_KEYS_FILE=str(keys_file), GATEWAY_LIMITS_ON_REDIS_DOWN="closed",
+                         GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc=proc, timeout=90)
         requests.post(f"{fake_upstream}/_fake/reset", timeout=5)
         body = {"messages": [{"role": "user", "content": "hi"}]}
         answers = [requests.post(f"http://127.0.0.1:{port}/gateway/chat/invocations", json=body,

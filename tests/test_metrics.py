@@ -23,12 +23,13 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, clean_env, free_port, gone, stop_group, wait_http
+from conftest import REPO, clean_env, free_port, gone, start_replica, stop_group, wait_http
 from gateway_kit import metrics
 from gateway_kit.usage import Ledger, UsageRecord
 from metrics_helpers import as_promql, dashboard_exprs
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+STACK_UPSTREAM = "http://127.0.0.1:9000"  # the stack's fake upstream, borrowed by replicas of their own
 ENDPOINTS = {e["name"] for e in CONFIG["endpoints"]} | {r["name"] for r in CONFIG.get("routes") or []}
 
 
@@ -436,17 +437,6 @@ def start_redis(port: int, work: Path) -> subprocess.Popen:
     return proc
 
 
-def start_replica(work: Path, port: int, **env: str) -> subprocess.Popen:
-    environment = clean_env(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_WORKERS="2",
-                            GATEWAY_RUNTIME_DIR=str(work / "run"), GATEWAY_DEMO_UPSTREAM="http://127.0.0.1:9000",
-                            **env)
-    log = (work / "gateway.log").open("a")
-    proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=environment, stdout=log, stderr=log,
-                            start_new_session=True)
-    wait_http(f"http://127.0.0.1:{port}/health", timeout=90, proc=proc)
-    return proc
-
-
 def worker_pids(master: int) -> list[int]:
     ps = ["ps", "-o", "pid=", "--ppid", str(master)]
     out = subprocess.run(ps, capture_output=True, text=True, check=False).stdout
@@ -463,8 +453,8 @@ def test_readiness_follows_redis_and_worker_restarts_keep_the_counts(stack, tmp_
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an earlier run")
     redis = start_redis(redis_port, tmp_path)
-    gateway = start_replica(tmp_path, port, GATEWAY_READY_REDIS="on",
-                            GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
+    gateway = start_replica(tmp_path, port, GATEWAY_WORKERS="2", GATEWAY_DEMO_UPSTREAM=STACK_UPSTREAM,
+                            GATEWAY_READY_REDIS="on", GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
                             GATEWAY_REDIS_URL=f"redis://:s3cret-pass@127.0.0.1:{redis_port}/0")
     url = f"http://127.0.0.1:{port}"
     try:
@@ -515,8 +505,8 @@ def test_readiness_follows_redis_and_worker_restarts_keep_the_counts(stack, tmp_
 @pytest.mark.stack  # borrows the stack's fake upstream on :9000
 def test_metrics_off_leaves_no_files_and_says_so_on_metrics(stack, tmp_path):
     port = free_port()
-    gateway = start_replica(tmp_path, port, GATEWAY_METRICS="off",
-                            GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"))
+    gateway = start_replica(tmp_path, port, GATEWAY_WORKERS="2", GATEWAY_DEMO_UPSTREAM=STACK_UPSTREAM,
+                            GATEWAY_METRICS="off", GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"))
     url = f"http://127.0.0.1:{port}"
     try:
         chat = {"messages": [{"role": "user", "content": "hi"}]}

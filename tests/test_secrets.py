@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from conftest import REPO, SENTINEL_SECRETS, clean_env, free_port, stop_group, wait_http, write_secret
+from conftest import REPO, SENTINEL_SECRETS, clean_env, free_port, start_replica, stop_group, write_secret
 from secret_scan import find_in_text, find_in_tree
 
 from gateway_kit.fake_upstream import key_fingerprint
@@ -50,20 +50,16 @@ def keyed(tmp_path_factory, fake_upstream):
     write_secret(work / "run-secrets" / "anthropic_api_key", PROVIDER_KEYS["anthropic"] + "\n")
     client_key = add_client_key(work / "gateway-keys.json", "secrets-tests")
     port = free_port()
-    env = clean_env(
+    gateway = KeyedGateway(f"http://127.0.0.1:{port}", fake_upstream, work, client_key)
+    proc = start_replica(
+        work, port, log=gateway.log,
         GATEWAY_KEYS_FILE=str(work / "gateway-keys.json"),
         OPENAI_API_KEY_FILE=str(openai_file), GATEWAY_SECRETS_DIR=str(work / "run-secrets"),
         AZURE_OPENAI_API_KEY=PROVIDER_KEYS["azure"], AZURE_OPENAI_API_BASE=fake_upstream,
         OPENAI_API_BASE=f"{fake_upstream}/v1", ANTHROPIC_API_BASE=f"{fake_upstream}/v1",
-        GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_WORKERS="1", GATEWAY_REPLICA_ID="keyed-1",
-        GATEWAY_RUNTIME_DIR=str(work / "run"), GATEWAY_LEDGER_DIR=str(work / "ledger"),
+        GATEWAY_REPLICA_ID="keyed-1", GATEWAY_LEDGER_DIR=str(work / "ledger"),
     )
-    gateway = KeyedGateway(f"http://127.0.0.1:{port}", fake_upstream, work, client_key)
-    with gateway.log.open("w") as out:
-        proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=env, stdout=out, stderr=out,
-                                start_new_session=True)
     try:
-        wait_http(f"{gateway.url}/health", timeout=90, proc=proc)
         yield gateway
     finally:
         stop_group(proc.pid)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 import uuid
 
 import pytest
 import requests
 
-from conftest import REPO, clean_env, free_port, stop_group, wait_http
+from conftest import free_port, start_replica, stop_group
 
 pytestmark = [pytest.mark.integration]
 
@@ -120,15 +119,10 @@ def test_an_unwritable_ledger_never_fails_a_request_and_is_reported_once(tmp_pat
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the ledger directory should be")
     port = free_port()
-    env = clean_env(GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_WORKERS="1",
-                    GATEWAY_RUNTIME_DIR=str(tmp_path / "run"), GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
-                    GATEWAY_DEMO_UPSTREAM=fake_upstream)
     log = tmp_path / "gateway.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=env, stdout=out, stderr=out,
-                                start_new_session=True)
+    proc = start_replica(tmp_path, port, log=log, timeout=60, GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
+                         GATEWAY_DEMO_UPSTREAM=fake_upstream)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", proc=proc, timeout=60)
         body = {"messages": [{"role": "user", "content": "hi"}]}
         statuses = [requests.post(f"http://127.0.0.1:{port}/gateway/chat/invocations", json=body, timeout=10)
                     .status_code for _ in range(5)]
