@@ -576,6 +576,7 @@ def _fast_record_pattern() -> re.Pattern[str]:
 
 
 _FAST = _fast_record_pattern()
+_RECORD_START = '{"type":"usage",'
 _OK_STATUSES = frozenset(str(code) for code in range(200, 400))  # as text, the way records are read
 _CHUNK_CHARS = 4 * 1024 * 1024
 
@@ -680,28 +681,38 @@ def _slow_lines(text: str, first_line: int, inp: Input, st: SourceStats, records
         if not line or line.isspace():
             continue
         brace = line.find("{")
-        js = line[brace:] if brace >= 0 else ""
-        problem = None
-        if '"usage"' in js:
-            try:
-                d = json.loads(js)
-            except ValueError:
-                problem = "not JSON"
-            else:
-                if d.__class__ is dict and d.get("type") == "usage":
-                    try:
-                        records.append(_as_groups(line[:brace], js, d))
-                        continue
-                    except (ValueError, TypeError, OverflowError) as e:
-                        problem = str(e)
-        if problem is None and not is_ledger:
-            st.foreign += 1  # another program's log line
-            if len(st.foreign_at) < 5:
-                st.foreign_at.append(f"{inp.display}:{first_line + k}")
-            continue
-        st.malformed += 1  # a damaged record, or in a ledger anything that is not a record
-        if len(st.malformed_at) < 10:
-            st.malformed_at.append(f"{inp.display}:{first_line + k}")
+        while True:
+            js = line[brace:] if brace >= 0 else ""
+            problem = _slow_record(line[:brace], js, records) if '"usage"' in js else None
+            if problem is None and not is_ledger:
+                st.foreign += 1  # another program's log line
+                if len(st.foreign_at) < 5:
+                    st.foreign_at.append(f"{inp.display}:{first_line + k}")
+            elif problem != "":
+                st.malformed += 1  # a damaged record, or in a ledger anything that is not a record
+                if len(st.malformed_at) < 10:
+                    st.malformed_at.append(f"{inp.display}:{first_line + k}")
+            # A writer killed mid-write leaves a fragment, and another worker of the replica may append a whole
+            # record right after it: the fragment is lost, the record is read.
+            glued = line.find(_RECORD_START, brace + 1) if problem else -1
+            if glued < 0:
+                break
+            brace = glued
+
+
+def _slow_record(prefix: str, js: str, records: list[tuple[Any, ...]]) -> str | None:
+    """Append the record in js to records and return ""; None if js is not a usage record; else what is wrong."""
+    try:
+        d = json.loads(js)
+    except ValueError:
+        return "not JSON"
+    if d.__class__ is not dict or d.get("type") != "usage":
+        return None
+    try:
+        records.append(_as_groups(prefix, js, d))
+    except (ValueError, TypeError, OverflowError) as e:
+        return str(e)
+    return ""
 
 
 def _row(g: tuple[Any, ...], cost: float | None, p: int, c: int, cached: int, r: int) -> dict[str, Any]:

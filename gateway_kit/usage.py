@@ -22,9 +22,10 @@ Ledger files and retention
 --------------------------
 `<dir>/usage-<replica>-<YYYY-MM-DD>.jsonl`, one per replica per UTC day (the day the record was written).
 Every record is a single os.write() of a whole line on an O_APPEND descriptor: the kernel appends it in one
-piece, so several gunicorn workers of one replica can share the file, and a crash or kill never leaves half a
-line (a disk that fills mid-write can leave a fragment; it is closed with a newline so the next record starts
-clean, and analyze_costs.py counts the fragment as malformed). Keep the directory on a local volume: O_APPEND
+piece, so several gunicorn workers of one replica can share the file. A disk that fills mid-write, or a
+SIGKILL mid-write (Linux may stop a write at a page boundary), can leave a fragment: it is ended with a newline
+before the next record (by the next worker, when it opens the file), and analyze_costs.py counts it as malformed
+and still reads a record another worker glued right after it. Keep the directory on a local volume: O_APPEND
 is not atomic on NFS.
 
 The kit never deletes, rotates or rewrites ledger files. A record is about 500 bytes, so a million requests a day
@@ -403,7 +404,7 @@ def ledger_file_name(replica: str, day: str) -> str:
 
 
 class Ledger:
-    """Append-only JSONL usage files: one per replica per UTC day, whole lines only, never raises.
+    """Append-only JSONL usage files: one per replica per UTC day, one write() per line, never raises.
 
     Safe to share between threads, and between processes (gunicorn workers) of one replica. See the module
     docstring for retention."""
@@ -497,8 +498,13 @@ class Ledger:
         if self.create_dir:
             self.directory.mkdir(parents=True, exist_ok=True)
         self._path = self.directory / ledger_file_name(self.replica, day)
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._day_end = (int(now) // 86400 + 1) * 86400
+        # A writer SIGKILLed in the middle of a write() can leave a fragment at the end (the kernel stops a
+        # write that spans pages at a page when a fatal signal is pending). End it so our records start clean.
+        size = os.fstat(self._fd).st_size
+        if size and os.pread(self._fd, 1, size - 1) != b"\n":
+            os.write(self._fd, b"\n")
 
     def _close(self) -> None:
         if self._fd is not None:

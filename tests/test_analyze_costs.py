@@ -336,6 +336,20 @@ def test_malformed_lines_are_skipped_and_reported_with_their_line_numbers(tmp_pa
     assert "Total Requests: 2" in result.stdout
 
 
+def test_a_record_glued_to_a_killed_writers_fragment_is_read_and_the_fragment_reported(tmp_path):
+    # A worker SIGKILLed mid-write leaves part of a line; another worker of the replica appends right after it.
+    ledger = tmp_path / "ledger"
+    ledger.mkdir()
+    good = [r.to_json() for r in RECORDS[:4]]
+    path = ledger / "usage-r1-2026-11-21.jsonl"
+    path.write_text(good[0] + "\n" + good[1][:300] + good[2][:41] + good[3] + "\n")
+    rep = report("--ledger", str(ledger), "--details", cwd=tmp_path)
+    assert [row["request_id"] for row in rep["requests_detail"]] == [RECORDS[0].request_id, RECORDS[3].request_id]
+    assert rep["sources"][0]["malformed"] == 2
+    result = run("--ledger", str(ledger), cwd=tmp_path)
+    assert f"skipped 2 malformed line(s): {path}:2, {path}:2" in result.stderr
+
+
 def test_no_usage_data_says_so_and_how_to_produce_some(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run("--ledger", str(tmp_path / "empty"), cwd=tmp_path)
