@@ -32,9 +32,6 @@ from gateway_kit.recording import read_body, replay_body, request_json
 
 log = logging.getLogger("gateway_kit.fast_routes")
 
-_JSON_TYPES = (b"application/json",)
-
-
 class FastRoute:
     """One POST route whose endpoint takes (request, body model) and nothing else."""
 
@@ -207,5 +204,5 @@ def _json_content(headers) -> bool:
     for name, value in headers:
         if name == b"content-type":
             media = value.split(b";", 1)[0].strip().lower()
-            return media in _JSON_TYPES or (media.startswith(b"application/") and media.endswith(b"+json"))
+            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
     return False

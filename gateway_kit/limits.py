@@ -467,12 +467,13 @@ class Limits:
         path = scope["path"]
         endpoint = None
         if self.needs_endpoint:
+            body = b""  # the path names the endpoint; on /v1/* the body's "model" does
             if path.startswith("/v1/"):
                 body = await read_body(receive)
                 if body is None:  # the client left while sending its body
                     return
                 receive = replay_body(body, receive)
-            endpoint = request_endpoint(scope, body if path.startswith("/v1/") else b"")
+            endpoint = request_endpoint(scope, body)
         client = _header(scope, b"x-gateway-client") or ANONYMOUS
         rules = self.limiter.rules(endpoint, client)
         if not rules:

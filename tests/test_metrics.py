@@ -135,7 +135,6 @@ def test_ledger_write_failures_are_counted_once_each(tmp_path):
     assert value(m, "gateway_ledger_write_failures_total") == 3
 
 
-
 def test_a_worker_writes_its_figures_once_per_interval_and_histograms_match_observe():
     """Serving requests (a running event loop), the figures wait in memory for the next write; written, the
     batched histogram equals one built with observe(), at bucket edges and past the last bound too."""
@@ -176,6 +175,7 @@ def test_a_bad_flush_interval_is_refused_with_what_to_set():
     for bad in ("0", "-1", "soon", "600"):
         with pytest.raises(ValueError, match="GATEWAY_METRICS_FLUSH_SECONDS"):
             metrics.flush_seconds({"GATEWAY_METRICS_FLUSH_SECONDS": bad})
+
 
 # ------------------------------------------------------------------------------------ the stack + Prometheus
 def replica_urls(stack) -> list[str]:
