@@ -25,8 +25,9 @@ Every record is a single os.write() of a whole line on an O_APPEND descriptor: t
 piece, so several gunicorn workers of one replica can share the file. A disk that fills mid-write, or a
 SIGKILL mid-write (Linux may stop a write at a page boundary), can leave a fragment: it is ended with a newline
 before the next record (by the next worker, when it opens the file), and analyze_costs.py counts it as malformed
-and still reads a record another worker glued right after it. Keep the directory on a local volume: O_APPEND
-is not atomic on NFS.
+and still reads a record another worker glued right after it. Writers hold a shared flock() while they append and
+the opener an exclusive one while it looks at the last byte, so a live worker's record half copied in is never
+taken for a fragment. Keep the directory on a local volume: O_APPEND is not atomic on NFS.
 
 The kit never deletes, rotates or rewrites ledger files. A record is about 500 bytes, so a million requests a day
 is about 0.5 GB a day (about 0.05 GB once gzip'd). Keep them as long as billing needs; to trim, compress or
@@ -46,6 +47,7 @@ its record still goes to stdout; the failure is counted (Ledger.failures) and lo
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import math
@@ -468,13 +470,17 @@ class Ledger:
                 if self._fd is None or now >= self._day_end:
                     self._reopen(now)
                 assert self._fd is not None
-                n = os.write(self._fd, data)
-                if n != len(data):
-                    # Out of space mid-line: end the fragment so the next record starts on a line of its own.
-                    try:
-                        os.write(self._fd, b"\n")
-                    finally:
-                        raise OSError(errno.ENOSPC, f"short write ({n} of {len(data)} bytes)")
+                fcntl.flock(self._fd, fcntl.LOCK_SH)  # shared: writers append side by side; see _reopen
+                try:
+                    n = os.write(self._fd, data)
+                    if n != len(data):
+                        # Out of space mid-line: end the fragment so the next record starts on a line of its own.
+                        try:
+                            os.write(self._fd, b"\n")
+                        finally:
+                            raise OSError(errno.ENOSPC, f"short write ({n} of {len(data)} bytes)")
+                finally:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
             except Exception as e:  # noqa: BLE001 - never into the request
                 self._failed(e)
                 return False
@@ -502,9 +508,14 @@ class Ledger:
         self._day_end = (int(now) // 86400 + 1) * 86400
         # A writer SIGKILLed in the middle of a write() can leave a fragment at the end (the kernel stops a
         # write that spans pages at a page when a fatal signal is pending). End it so our records start clean.
-        size = os.fstat(self._fd).st_size
-        if size and os.pread(self._fd, 1, size - 1) != b"\n":
-            os.write(self._fd, b"\n")
+        # Exclusive: a live writer's record half copied in would look like a fragment too.
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(self._fd).st_size
+            if size and os.pread(self._fd, 1, size - 1) != b"\n":
+                os.write(self._fd, b"\n")
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _close(self) -> None:
         if self._fd is not None:
