@@ -32,6 +32,7 @@ from gateway_kit.recording import read_body, replay_body, request_json
 
 log = logging.getLogger("gateway_kit.fast_routes")
 
+
 class FastRoute:
     """One POST route whose endpoint takes (request, body model) and nothing else."""
 

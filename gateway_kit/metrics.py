@@ -478,13 +478,14 @@ def time_provider_calls(m: Metrics) -> bool:
         return False
     if getattr(original, "__gateway_metrics__", False):
         return True
+
+    def observe(base_url: str, status: str, seconds: float) -> None:
+        label = m.upstream_label(base_url)
+        m.batch.inc(m.upstream_requests[label, status])
+        m.batch.observe(m.upstream_duration[label,], seconds)
+
     if getattr(original, "__gateway_kit__", False):  # the kit's shared client: it reports each call itself
         from gateway_kit import upstream
-
-        def observe(base_url: str, status: str, seconds: float) -> None:
-            label = m.upstream_label(base_url)
-            m.batch.inc(m.upstream_requests[label, status])
-            m.batch.observe(m.upstream_duration[label,], seconds)
 
         upstream.OBSERVERS.append(observe)
         original.__gateway_metrics__ = True
@@ -493,7 +494,6 @@ def time_provider_calls(m: Metrics) -> bool:
 
     @asynccontextmanager
     async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
-        upstream = m.upstream_label(base_url)
         status = "error"
         started = perf_counter()
         try:
@@ -501,8 +501,7 @@ def time_provider_calls(m: Metrics) -> bool:
                 status = str(response.status)
                 yield response
         finally:
-            m.batch.inc(m.upstream_requests[upstream, status])
-            m.batch.observe(m.upstream_duration[upstream,], perf_counter() - started)
+            observe(base_url, status, perf_counter() - started)
 
     timed_post.__gateway_metrics__ = True
     utils._aiohttp_post = timed_post

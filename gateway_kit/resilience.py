@@ -681,18 +681,12 @@ class _SharedDisconnect:
         self.receive, self.waiting = receive, None
 
     def receiver(self, body: bytes):
-        sent = False
+        return replay_body(body, self._receive_shared)
 
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            if self.waiting is None:
-                self.waiting = asyncio.ensure_future(self.receive())
-            return await asyncio.shield(self.waiting)
-
-        return replay
+    async def _receive_shared(self):
+        if self.waiting is None:
+            self.waiting = asyncio.ensure_future(self.receive())
+        return await asyncio.shield(self.waiting)
 
     def close(self) -> None:
         if self.waiting is not None and not self.waiting.done():

@@ -238,11 +238,16 @@ WRITER = textwrap.dedent("""
 """)
 
 
-def test_concurrent_writers_in_several_processes_only_ever_write_whole_lines(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"w{k}", "400"], cwd=REPO)
-             for k in range(6)]
+def run_writers(directory: Path, writers: int, count: int, *mode: str) -> None:
+    """`writers` WRITER processes side by side, named w0, w1, ..., each appending `count` records."""
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(directory), f"w{k}", str(count), *mode], cwd=REPO)
+             for k in range(writers)]
     for p in procs:
         assert p.wait(timeout=120) == 0
+
+
+def test_concurrent_writers_in_several_processes_only_ever_write_whole_lines(tmp_path):
+    run_writers(tmp_path, 6, 400)
     records = lines_of(tmp_path)  # every line parses
     assert len(records) == 6 * 400
     assert {r["request_id"] for r in records} == {f"w{k}-{n}" for k in range(6) for n in range(400)}
@@ -251,10 +256,7 @@ def test_concurrent_writers_in_several_processes_only_ever_write_whole_lines(tmp
 def test_workers_starting_while_others_write_never_take_a_record_being_written_for_a_fragment(tmp_path):
     # Each record is written by a freshly opened ledger, so the last-byte check runs thousands of times while
     # other processes are in the middle of a write. Unlocked, about 5% of the lines came out empty.
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), f"w{k}", "500", "reopen"], cwd=REPO)
-             for k in range(4)]
-    for p in procs:
-        assert p.wait(timeout=120) == 0
+    run_writers(tmp_path, 4, 500, "reopen")
     (path,) = tmp_path.glob("*.jsonl")
     lines = path.read_text().split("\n")
     assert lines.pop() == ""
