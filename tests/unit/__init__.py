@@ -1,0 +1,1 @@
+"""Unit tests: the kit's logic with scripted fakes and injected clocks; no root, no processes, no network."""
