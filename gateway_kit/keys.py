@@ -36,6 +36,7 @@ import re
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,15 +87,16 @@ def read_entries(path: Path) -> list[dict]:
 class KeyStore:
     """sha256 -> client name, from the keys file, reloaded when the file changes (looked at once a second)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self.clock = clock
         self.clients: dict[str, str] = {}
         self._stamp: tuple | None = None
         self._next_check = 0.0
         self.refresh(force=True)
 
     def refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if not force and now < self._next_check:
             return
         self._next_check = now + _CHECK_EVERY
