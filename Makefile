@@ -1,5 +1,5 @@
-# Targets CI and people call word for word: make venv, make lint, make test, make demo, make bench, make soak,
-# make lock.
+# Targets CI and people call word for word: make venv, make lint, make test (also test-random, test-unit),
+# make demo, make bench, make soak, make lock.
 # PYTHON is the project venv's interpreter; the lint tools come from the same bin directory (requirements-dev.txt).
 PYTHON ?= .venv/bin/python
 BIN := $(dir $(PYTHON))
@@ -22,7 +22,7 @@ NGINX ?= nginx
 NGINX_TEST = tmp="$$(mktemp -d)" && $(NGINX) -t -c $(CURDIR)/nginx.conf -p "$$tmp" -e "$$tmp/error.log" \
 	-g "pid $$tmp/nginx.pid;"; rc=$$?; rm -rf "$$tmp"; exit $$rc
 
-.PHONY: venv lock lint test demo bench soak
+.PHONY: venv lock lint test test-random test-unit demo bench soak
 
 # apt packages (nginx, redis-server, dnsmasq-base, curl, wrk) when missing, and .venv from the lock.
 venv:
@@ -50,8 +50,18 @@ lint:
 	$(BIN)check-jsonschema --builtin-schema vendor.compose-spec $(COMPOSE_FILES)
 	$(NGINX_TEST)
 
+# The whole suite in file order (what CI runs). pytest-randomly is installed but held off here.
 test: venv
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -p no:randomly
+
+# The whole suite in a random order: pytest-randomly prints "Using --randomly-seed=N" at the top; replay a
+# failing order with `make test-random SEED=N`.
+test-random: venv
+	$(PYTHON) -m pytest $(if $(SEED),-p randomly --randomly-seed=$(SEED))
+
+# The quick loop: units only (scripted fakes, injected clocks), no root, no processes, a few seconds.
+test-unit:
+	$(PYTHON) -m pytest -p no:randomly tests/unit
 
 demo: venv
 	scripts/demo.sh

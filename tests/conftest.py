@@ -136,6 +136,8 @@ class Stack:
     url: str = "http://127.0.0.1:5000"
     fake_url: str = "http://127.0.0.1:9000"
     env: dict[str, str] = field(default_factory=dict)  # settings for the replicas (GATEWAY_...)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    replica_count: int = 2  # what `up` started and reset() restores
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(
@@ -163,8 +165,39 @@ class Stack:
     def fake_stats(self) -> dict:
         return requests.get(f"{self.fake_url}/_fake/stats", timeout=5).json()
 
+    def reset(self) -> None:
+        """Forget what earlier tests left in this stack's shared state, so no test depends on their order:
+        circuit breakers and limit counters (in Redis, shared by every worker) and a replica count changed
+        and not put back. Costs a Redis SCAN when there is nothing to forget."""
+        import redis
+
+        if not (self.state_dir / "pids" / "nginx.pid").exists():
+            return  # down (a test paused it for a stack of its own): nothing to forget
+        if len(self.replicas) != self.replica_count:
+            self.scale(self.replica_count)
+        with redis.Redis.from_url(self.redis_url, socket_timeout=2) as client:
+            try:
+                circuits = list(client.scan_iter(match=CIRCUIT_KEYS, count=1000))
+                counters = list(client.scan_iter(match=LIMIT_KEYS, count=1000))
+                if circuits or counters:
+                    client.delete(*circuits, *counters)
+            except redis.RedisError:
+                return  # a test stopped Redis and did not start it again: it starts empty when it does
+        if circuits:
+            time.sleep(CIRCUIT_SYNC_S)  # workers act on a breaker state they read at most this long ago
+
 
 _shared: list[Stack] = []  # the session's `stack` while it is up
+# Redis keys of the shared state a test can leave behind (gateway_kit.resilience and gateway_kit.limits), and
+# how long a worker may act on a circuit state it read before (docs/resilience.md).
+CIRCUIT_KEYS, LIMIT_KEYS, CIRCUIT_SYNC_S = "gateway:circuit:*", "gateway:limits:*", 1.5
+
+
+@pytest.fixture(autouse=True)
+def _fresh_shared_stack(request):
+    """Every test that uses the session's stack starts from a stack in its initial state (Stack.reset)."""
+    if "stack" in request.fixturenames and _shared:
+        _shared[-1].reset()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""gateway_kit.usage: the record format, tokens from provider responses, the ledger and emit()."""
+"""gateway_kit.usage: the ledger (one file per replica per UTC day, whole lines from many writers) and emit()."""
 
 from __future__ import annotations
 
