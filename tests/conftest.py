@@ -42,6 +42,8 @@ _secret_inputs: set[Path] = set()
 _leaks: list[Finding] = []
 # Request bodies the fuzz tests tried, by kind: reported at the end of the run (pytest_terminal_summary).
 FUZZ_CASES: Counter[str] = Counter()
+# What the Helm chart tests ran (renders, lints, schema validations), reported the same way.
+CHART_FIGURES: Counter[str] = Counter()
 
 
 def write_secret(path: Path, value: str) -> Path:
@@ -289,6 +291,9 @@ def pytest_terminal_summary(terminalreporter):
     if FUZZ_CASES:
         by_kind = ", ".join(f"{kind} {n}" for kind, n in sorted(FUZZ_CASES.items()))
         terminalreporter.write_line(f"fuzzing: {sum(FUZZ_CASES.values())} request bodies tried ({by_kind})")
+    if CHART_FIGURES:
+        figures = ", ".join(f"{what} {n}" for what, n in sorted(CHART_FIGURES.items()))
+        terminalreporter.write_line(f"helm chart: {figures}")
     if _leaks:
         terminalreporter.write_sep("=", "SECRET LEAK: a sentinel key was found where no key may be", red=True)
         for finding in _leaks[:50]:
