@@ -59,7 +59,9 @@ VALUE_SETS: dict[str, dict] = {
         "networkPolicy": {"edgeFrom": [{"namespaceSelector": {"matchLabels": {
                               "kubernetes.io/metadata.name": "ingress-nginx"}}}],
                           "metricsFrom": [{"namespaceSelector": {"matchLabels": {
-                              "kubernetes.io/metadata.name": "monitoring"}}}]},
+                              "kubernetes.io/metadata.name": "monitoring"}}}],
+                          "extraEgress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+                                           "ports": [{"port": 6380, "protocol": "TCP"}]}]},
     },
     # Gateway API in front of the gateway pods (no nginx), a fixed replica count, the ledger on a shared claim,
     # keys given as values (the chart owns the Secrets).
@@ -318,6 +320,17 @@ def test_the_packaged_chart_carries_the_files_themselves(renders, tmp_path):
     assert packaged.text == renders["default"].text
 
 
+def test_images_are_the_ones_the_compose_files_pin(renders):
+    """nginx and Redis: the prod compose file's tags (bump both together); the gateway: the kit's version."""
+    compose = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())["services"]
+    images = {d["spec"]["template"]["spec"]["containers"][0]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
+              for d in renders["default"].docs if d["kind"] in ("Deployment", "StatefulSet")}
+    assert images["nginx"] == compose["nginx"]["image"]
+    assert images["redis"] == compose["redis"]["image"]
+    version = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
+    assert images["gateway"] == f"mlflow-gateway:{version}"
+
+
 def test_a_config_change_changes_the_checksum_that_rolls_the_pods(renders, tmp_path):
     def checksum(render: Render) -> str:
         return render.gateway()["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
@@ -461,8 +474,9 @@ def test_network_policy_lets_only_the_edge_and_metrics_reach_the_pods(renders):
     assert gateway["policyTypes"] == ["Ingress", "Egress"]
     assert [rule["from"] for rule in gateway["ingress"]] == [
         nginx_pods, VALUE_SETS["production"]["networkPolicy"]["metricsFrom"]]
-    # External Redis: any address on 6379; the providers: HTTPS.
-    assert {"port": 443, "protocol": "TCP"} in gateway["egress"][-1]["ports"]
+    # External Redis: any address on 6379; the providers: HTTPS; then the extra rules.
+    assert {"port": 443, "protocol": "TCP"} in gateway["egress"][-2]["ports"]
+    assert gateway["egress"][-1] == VALUE_SETS["production"]["networkPolicy"]["extraEgress"][0]
     edge = prod.one("NetworkPolicy", "-nginx")["spec"]["ingress"]
     assert edge == [{"ports": [{"port": "http"}], "from": VALUE_SETS["production"]["networkPolicy"]["edgeFrom"]}]
     redis = renders["default"].one("NetworkPolicy", "-redis")["spec"]
@@ -477,7 +491,8 @@ def test_network_policy_lets_only_the_edge_and_metrics_reach_the_pods(renders):
     ({"gateway": {"auth": "maybe"}}, "/gateway/auth"),
     ({"gateway": {"gracefulTimeout": "30"}}, "/gateway/gracefulTimeout"),
     ({"gateway": {"env": {"OPENAI_API_KEY": "sk-inline"}}}, "/gateway/env/OPENAI_API_KEY"),
-    ({"gateway": {"env": {"GATEWAY_WORKERS": 4}}}, "/gateway/env/GATEWAY_WORKERS"),
+    ({"gateway": {"env": {"GATEWAY_UPSTREAM_RETRIES": 4}}}, "/gateway/env/GATEWAY_UPSTREAM_RETRIES"),
+    ({"gateway": {"env": {"GATEWAY_WORKERS": "4"}}}, "/gateway/env/GATEWAY_WORKERS"),  # gateway.workers sets it
     ({"redis": {"onDown": "ignore"}}, "/redis/onDown"),
     ({"redis": {"enabled": False}}, "/redis/external"),
     ({"redis": {"external": {"url": "http://redis:6379"}}}, "/redis/external/url"),
