@@ -638,3 +638,15 @@ def test_the_probe_paths_answer_without_a_client_key_on_a_pod_with_keys_on(rende
     for path in render_paths:
         r = requests.get(rendered_pod["url"] + path, timeout=10)
         assert r.status_code == 200, f"{path}: {r.status_code} {r.text[:200]}"
+
+
+def test_install_notes_say_how_to_add_client_keys_and_read_usage_records():
+    """`helm install --dry-run=client` renders everything, NOTES.txt included, without a cluster."""
+    CHART_FIGURES["helm template"] += 1
+    out = helm("install", "gw", str(CHART), "-n", "ai", "--dry-run=client",
+               "--set", "monitoring.serviceMonitor.enabled=true").stdout
+    notes = out[out.index("NOTES:"):]
+    assert "create secret generic gw-mlflow-gateway-client-keys --from-file=keys.json=keys/keys.json" in " ".join(
+        notes.replace("\\\n", " ").split())
+    assert "python analyze_costs.py -" in notes and "--tail=-1" in notes  # kubectl logs -l keeps 10 lines otherwise
+    assert "networkPolicy.metricsFrom is empty" in notes
