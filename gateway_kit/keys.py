@@ -132,7 +132,9 @@ class KeyStore:
 
 # ---------------------------------------------------------------------------------------------- middleware
 _CREDENTIALS = {b"authorization", b"x-api-key"}
-_OPEN_PATHS = {"/health"}
+# Probes (compose healthchecks, kubelet) and Prometheus send no key. nginx answers 404 for /metrics from outside,
+# and /ready says only whether this replica can serve.
+_OPEN_PATHS = {"/health", "/ready", "/metrics"}
 
 
 def presented_key(headers) -> str | None:

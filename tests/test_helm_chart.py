@@ -629,13 +629,9 @@ def test_analyze_costs_reads_the_pods_stdout_as_kubectl_logs_and_node_log_files_
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway_kit/keys.py answers GET /ready (and /metrics) with 401 when client keys are on: only /health is "
-    "open (_OPEN_PATHS). The readiness probe, compose's healthcheck and Prometheus send no key. Fix: open /ready "
-    "and /metrics there, then remove this marker."))
 def test_the_probe_paths_answer_without_a_client_key_on_a_pod_with_keys_on(rendered_pod):
-    render_paths = ("/health", "/ready")
-    for path in render_paths:
+    """The kubelet's probes and Prometheus send no client key: /health, /ready and /metrics must not need one."""
+    for path in ("/health", "/ready", "/metrics"):
         r = requests.get(rendered_pod["url"] + path, timeout=10)
         assert r.status_code == 200, f"{path}: {r.status_code} {r.text[:200]}"
 

@@ -106,8 +106,12 @@ def test_a_known_key_goes_on_as_the_client_name_and_no_credential_goes_further(k
     assert inner.header("authorization") is None and inner.header("x-api-key") is None
 
 
-def test_health_needs_no_key_and_auth_off_still_strips_credentials(keys_file):
-    assert request(ClientKeys(Echo(), KeyStore(keys_file)), "/health", method="GET").status == 200
+@pytest.mark.parametrize("path", ["/health", "/ready", "/metrics"])
+def test_probes_and_the_metrics_scrape_need_no_key(keys_file, path):
+    assert request(ClientKeys(Echo(), KeyStore(keys_file)), path, method="GET").status == 200
+
+
+def test_auth_off_still_strips_credentials():
     inner = Echo()
     request(ClientKeys(inner, None), "/v1/chat/completions", {}, headers={"Authorization": "Bearer sk-x"})
     assert inner.header("authorization") is None
