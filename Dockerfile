@@ -19,13 +19,15 @@ RUN python -m venv /opt/venv \
 
 # ---- runtime ----
 FROM ${PYTHON_IMAGE} AS runtime
+# GATEWAY_LAUNCHER=docker: the gateway's messages name `docker compose` commands (gateway_kit/launcher.py).
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONPATH=/app \
     PATH=/opt/venv/bin:$PATH \
     GATEWAY_CONFIG=/app/config.yaml \
     GATEWAY_PORT=8000 \
-    GATEWAY_LEDGER_DIR=/var/lib/gateway-ledger
+    GATEWAY_LEDGER_DIR=/var/lib/gateway-ledger \
+    GATEWAY_LAUNCHER=docker
 
 # uid/gid 10001: outside the range of any user on the host, so a bind mount never maps to a real account.
 # The ledger directory is created here, owned by that user: a new named volume mounted on it starts with

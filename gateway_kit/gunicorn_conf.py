@@ -6,6 +6,7 @@
 import os
 
 from gateway_kit import metrics
+from gateway_kit.launcher import fix_setting
 
 
 def _env_int(name: str, default: int) -> int:
@@ -13,7 +14,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value) if value else default
     except ValueError:
-        raise SystemExit(f"gateway: error: {name}={value!r} is not a whole number — fix it in .env") from None
+        raise SystemExit(f"gateway: error: {name}={value!r} is not a whole number — {fix_setting(name)}") from None
 
 
 wsgi_app = "gateway_kit.app:create_app()"

@@ -40,6 +40,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway_kit import launcher
+
 log = logging.getLogger("gateway_kit.keys")
 
 KEY_PREFIX = "gwk_"
@@ -225,7 +227,7 @@ def auth_problem(config: dict, demo_key: str) -> str | None:
     if mode == "off" and not demo_only(config, demo_key):
         return ("GATEWAY_AUTH=off is only allowed in demo mode (every endpoint on the fake upstream), and this "
                 "replica has real provider keys — create client keys with scripts/gateway_keys.sh add <client> "
-                "and remove GATEWAY_AUTH from .env")
+                f"and remove GATEWAY_AUTH from {launcher.current().settings_at}")
     return None
 
 

@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway_kit import metrics
+from gateway_kit import launcher, metrics
 from gateway_kit.recording import read_body, recorded, replay_body, request_endpoint
 
 log = logging.getLogger("gateway_kit.limits")
@@ -158,10 +158,6 @@ def parse_window(block: Any, where: tuple) -> Window:
 def _endpoint_limit(block: Any, where: tuple) -> EndpointLimit:
     if not isinstance(block, dict):
         raise LimitsConfigError(where, "must be a mapping: {calls: N, renewal_period: minute, key: client}")
-    unknown = set(block) - {"calls", "renewal_period", "key"}
-    if unknown:
-        raise LimitsConfigError((*where, min(unknown)), f"unknown field(s) {sorted(unknown)}: "
-                                "use calls, renewal_period, key")
     key = block.get("key")
     if key not in (None, "endpoint", "client", "user"):
         raise LimitsConfigError((*where, "key"), f"key {key!r} is not supported: use `client` (each client counted "
@@ -169,18 +165,17 @@ def _endpoint_limit(block: Any, where: tuple) -> EndpointLimit:
     return EndpointLimit(parse_window(block, where), per_client=key in ("client", "user"))
 
 
-_CLIENT_FIELDS = {"calls", "renewal_period", "tokens_per_minute", "usd_per_day"}
+# The keys of the `limits:` block and of a client's limits. A `limit:` (and `limits.endpoint`) is MLflow's
+# Limit model: calls, renewal_period, key. preflight.unknown_keys reports any other key, with its line.
+LIMITS_KEYS = ("endpoint", "client", "clients")
+CLIENT_FIELDS = ("calls", "renewal_period", "tokens_per_minute", "usd_per_day")
 
 
 def _client_limit(block: Any, where: tuple, base: ClientLimit | None = None) -> ClientLimit:
     if block is None:
         block = {}
     if not isinstance(block, dict):
-        raise LimitsConfigError(where, "must be a mapping of calls, renewal_period, tokens_per_minute, usd_per_day")
-    unknown = set(block) - _CLIENT_FIELDS
-    if unknown:
-        raise LimitsConfigError((*where, min(unknown)), f"unknown field(s) {sorted(unknown)}: "
-                                f"use {', '.join(sorted(_CLIENT_FIELDS))}")
+        raise LimitsConfigError(where, f"must be a mapping of {', '.join(CLIENT_FIELDS)}")
     base = base or ClientLimit()
     calls = base.calls
     if "calls" in block:
@@ -204,16 +199,13 @@ def _client_limit(block: Any, where: tuple, base: ClientLimit | None = None) -> 
 
 
 def read_config(config: dict) -> LimitsConfig:
-    """The limits of a gateway config mapping; raises LimitsConfigError naming where a value is wrong."""
+    """The limits of a gateway config mapping; raises LimitsConfigError naming where a value is wrong.
+    Unknown keys are preflight's to report (preflight.unknown_keys): here they are not read."""
     top = config.get("limits")
     if top is None:
         top = {}
     if not isinstance(top, dict):
-        raise LimitsConfigError(("limits",), "limits must be a mapping with endpoint, client and clients")
-    unknown = set(top) - {"endpoint", "client", "clients"}
-    if unknown:
-        raise LimitsConfigError(("limits", min(unknown)), f"unknown key(s) {sorted(unknown)} under limits: "
-                                "use endpoint, client and clients")
+        raise LimitsConfigError(("limits",), f"limits must be a mapping with {', '.join(LIMITS_KEYS)}")
     default_endpoint = None
     if top.get("endpoint") is not None:
         default_endpoint = _endpoint_limit(top["endpoint"], ("limits", "endpoint"))
@@ -343,6 +335,7 @@ class Limiter:
         self.policy = policy
         self.timeout = timeout
         self.where = redis_where(redis_url) if redis_url else "(GATEWAY_REDIS_URL is not set)"
+        self.redis_check = launcher.current().redis_check  # the command that fits how this replica was started
         self._redis = None
         self._check = self._record = None
         self._down_until = 0.0
@@ -393,8 +386,8 @@ class Limiter:
             effect = ("requests are served WITHOUT limits" if self.policy == "open"
                       else "requests are refused with 503")
             log.error("limits: Redis at %s does not answer (%s) — %s (GATEWAY_LIMITS_ON_REDIS_DOWN=%s); "
-                      "%d request(s) unchecked since the last such line; check Redis: docker compose ps redis",
-                      self.where, why, effect, self.policy, self._unenforced_since_log)
+                      "%d request(s) unchecked since the last such line; check Redis: %s",
+                      self.where, why, effect, self.policy, self._unenforced_since_log, self.redis_check)
             self._last_log = now
             self._unenforced_since_log = 0
 
@@ -498,7 +491,7 @@ class Limits:
             body = {"error": {"type": "limits_unavailable", "message": (
                 f"the gateway cannot check its limits: Redis at {self.limiter.where} does not answer, and "
                 "GATEWAY_LIMITS_ON_REDIS_DOWN=closed refuses requests until it does — retry shortly; "
-                "operators: check Redis (docker compose ps redis)")}}
+                f"operators: check Redis ({self.limiter.redis_check})")}}
             return await _json(send, 503, body, [(b"retry-after", b"5")])
         await self.app(scope, receive, _with_header(send, (b"x-gateway-limits", b"unenforced")))
 

@@ -16,6 +16,7 @@ Keys are left as `$NAME` in the written file; the gateway process resolves them 
 from __future__ import annotations
 
 import argparse
+import difflib
 from copy import deepcopy
 import os
 import re
@@ -27,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from gateway_kit import launcher
 from gateway_kit.secrets import lookup_key, secrets_dir
 
 EX_CONFIG = 78  # sysexits.h: configuration error
@@ -59,12 +61,16 @@ def load_yaml(path: Path) -> tuple[Any, yaml.Node | None]:
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
 
 
-def line_of(node: yaml.Node | None, path: tuple) -> int | None:
-    """1-based line of the deepest node along `path` (keys and list indexes)."""
+def line_of(node: yaml.Node | None, path: tuple, key: bool = False) -> int | None:
+    """1-based line of the deepest node along `path` (keys and list indexes); with `key`, the line of the
+    last key itself rather than of its value (a block mapping's value starts on the next line)."""
     line = node.start_mark.line + 1 if node else None
-    for step in path:
+    for depth, step in enumerate(path, 1):
         if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == step), None)
+            pair = next(((k, v) for k, v in node.value if k.value == str(step)), None)
+            if pair and key and depth == len(path):
+                return pair[0].start_mark.line + 1
+            node = pair[1] if pair else None
         elif isinstance(node, yaml.SequenceNode) and isinstance(step, int) and step < len(node.value):
             node = node.value[step]
         else:
@@ -108,6 +114,29 @@ def key_refs(endpoint: dict) -> dict[str, str]:
         for field, value in config.items()
         if field.endswith("_api_key") and isinstance(value, str) and value.startswith("$")
     }
+
+
+def variables(raw: Any) -> dict[str, bool]:
+    """{name: is a key} for every variable a config reads: `$NAME` keys, `${NAME:-default}` anywhere else."""
+    found: dict[str, bool] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for child in value.values():
+                walk(child)
+        elif isinstance(value, list):
+            for child in value:
+                walk(child)
+        elif isinstance(value, str):
+            for name, _default in _EXPAND.findall(value):
+                found.setdefault(name, False)
+
+    walk(raw)
+    for endpoint in raw.get("endpoints") or [] if isinstance(raw, dict) else []:
+        if isinstance(endpoint, dict):
+            for name in key_refs(endpoint).values():
+                found[name] = True
+    return found
 
 
 def endpoint_problem(endpoint: dict) -> str | None:
@@ -161,11 +190,12 @@ def no_endpoint_message(raw: dict, path: Path) -> str:
         for name in key_refs(endpoint).values():
             users.setdefault(name, []).append(endpoint.get("name", "?"))
     wanted = " or ".join(f"{v} (for {', '.join(e)})" for v, e in users.items())
+    how = launcher.current()
     return (
         f"no endpoint in {path} can start: every provider key is missing or a placeholder. "
-        f"Set {wanted} in .env next to docker-compose.yml (or the environment, or a file in "
-        f"{secrets_dir()}/<name in lower case>), then restart: docker compose up -d. "
-        "To try the gateway without a key: docker compose --profile demo up -d"
+        f"Set {wanted} in {how.keys_at}, or in a file {secrets_dir()}/<name in lower case>, "
+        f"then restart: {how.restart}. "
+        f"To try the gateway without a key: {how.demo}"
     )
 
 
@@ -214,6 +244,9 @@ def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
 
     if not isinstance(config, dict) or not isinstance(config.get("endpoints"), list):
         raise fail((), "the file must be a mapping with an `endpoints:` list")
+    for where, what in unknown_keys(config):
+        line = line_of(node, where, key=True)
+        raise ConfigError(f"{path}:{line}: {what}" if line else f"{path}: {what}")
     for index, endpoint in enumerate(config["endpoints"]):
         name = endpoint.get("name", f"#{index + 1}") if isinstance(endpoint, dict) else f"#{index + 1}"
         try:
@@ -242,6 +275,99 @@ def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
     except (MlflowException, KeyError, TypeError) as e:
         raise fail(("routes",), f"routes: {getattr(e, 'message', e)}") from None
     validate_limits(config, fail)
+
+
+# ---------------------------------------------------------------- unknown keys
+def unknown_keys(config: dict) -> list[tuple[tuple, str]]:
+    """(path to the key, what is wrong) for every key of config.yaml that no part of the gateway reads.
+
+    MLflow ignores a key it does not know (its config models have extra="ignore"), and so would the kit: a
+    `limt:` would leave an endpoint without its limit and no word said. The valid keys of each block come
+    from the one place that reads it: MLflow's pydantic models (the endpoint, route, model and provider
+    config, `limit:`) and the kit's lists (KIT_*_KEYS, gateway_kit.limits, gateway_kit.resilience)."""
+    from mlflow.gateway.config import (EndpointConfig, GatewayConfig, Limit, Model, RouteDestinationConfig,
+                                       TrafficRouteConfig)
+
+    from gateway_kit.limits import CLIENT_FIELDS, LIMITS_KEYS
+    from gateway_kit.resilience import FALLBACK_KEYS, TIMEOUT_KINDS
+
+    limit = fields(Limit)
+    problems: list[tuple[tuple, str]] = []
+
+    def check(block: Any, at: tuple, valid: list[str], owner: str, inner: tuple = ()) -> None:
+        """`owner`: who the block belongs to ("endpoint 'chat'"); `inner`: the block's path inside it."""
+        if not isinstance(block, dict):
+            return  # not a mapping: the checks that read the block say so
+        for key in block:
+            if str(key) not in valid:
+                where = f"{owner}: " if owner else ""
+                if inner:
+                    where += "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in inner)[1:] + ": "
+                problems.append(((*at, *inner, key), where + unknown_key(str(key), valid)))
+
+    check(config, (), keys_of(fields(GatewayConfig), KIT_KEYS), "")
+    for index, endpoint in enumerate(config.get("endpoints") or []):
+        if not isinstance(endpoint, dict):
+            continue
+        at, owner = ("endpoints", index), f"endpoint {endpoint.get('name', f'#{index + 1}')!r}"
+        check(endpoint, at, keys_of(fields(EndpointConfig), KIT_ENDPOINT_KEYS), owner)
+        model = endpoint.get("model")
+        check(model, at, fields(Model), owner, ("model",))
+        if isinstance(model, dict) and (config_type := provider_config_type(model.get("provider"))):
+            check(model.get("config"), at, fields(config_type), owner, ("model", "config"))
+        check(endpoint.get("limit"), at, limit, owner, ("limit",))
+        check(endpoint.get("timeouts"), at, list(TIMEOUT_KINDS), owner, ("timeouts",))
+        check(endpoint.get("fallback"), at, list(FALLBACK_KEYS), owner, ("fallback",))
+    for index, route in enumerate(config.get("routes") or []):
+        if not isinstance(route, dict):
+            continue
+        at, owner = ("routes", index), f"route {route.get('name', f'#{index + 1}')!r}"
+        check(route, at, keys_of(fields(TrafficRouteConfig), KIT_ROUTE_KEYS), owner)
+        check(route.get("limit"), at, limit, owner, ("limit",))
+        destinations = route.get("destinations")
+        for i, destination in enumerate(destinations if isinstance(destinations, list) else []):
+            check(destination, at, fields(RouteDestinationConfig), owner, ("destinations", i))
+    limits = config.get("limits")
+    check(limits, (), list(LIMITS_KEYS), "", ("limits",))
+    if isinstance(limits, dict):
+        check(limits.get("endpoint"), (), limit, "", ("limits", "endpoint"))
+        check(limits.get("client"), (), list(CLIENT_FIELDS), "", ("limits", "client"))
+        clients = limits.get("clients")
+        for name, block in clients.items() if isinstance(clients, dict) else ():
+            check(block, (), list(CLIENT_FIELDS), "", ("limits", "clients", name))
+    return problems
+
+
+def fields(model) -> list[str]:
+    """The keys a pydantic model reads: its fields' names and aliases."""
+    return [name for field, info in model.model_fields.items() for name in (field, info.alias) if name]
+
+
+def keys_of(*groups) -> list[str]:
+    """The keys of several groups, in order, each once."""
+    return list(dict.fromkeys(key for group in groups for key in group))
+
+
+def provider_config_type(provider: Any):
+    """MLflow's config model for a provider name (as config.yaml spells it), or None when MLflow has none."""
+    from pydantic import ValidationError
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.gateway.config import Model
+    from mlflow.gateway.provider_registry import provider_registry
+
+    try:
+        return provider_registry.get(Model.validate_provider(provider)).CONFIG_TYPE
+    except (MlflowException, ValidationError, AttributeError, TypeError, KeyError):
+        return None  # an unknown provider: EndpointConfig's own check names it
+
+
+def unknown_key(key: str, valid: list[str]) -> str:
+    """"unknown key `limt` (did you mean `limit`?); keys here: ..." """
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f" (did you mean `{close[0]}`?)" if close else ""
+    allowed = f"keys here: {', '.join(valid)}" if valid else "this block takes no keys"
+    return f"unknown key `{key}`{hint}; {allowed}"
 
 
 def validate_limits(config: dict, fail) -> None:
@@ -284,9 +410,11 @@ def settings_problem(config: dict) -> str | None:
 
 # Keys of config.yaml that are the kit's, not MLflow's: checked here, used by gateway_kit, and never
 # shown to MLflow (see app.mlflow_view).
-KIT_KEYS: set[str] = {"limits"}  # top level (gateway_kit.limits)
+KIT_KEYS: tuple[str, ...] = ("limits",)  # top level (gateway_kit.limits)
 # `limit` is MLflow's own block, but MLflow counts it per worker by IP: the kit enforces it (gateway_kit.limits).
-KIT_ENDPOINT_KEYS: set[str] = {"limit", "timeouts", "retries", "fallback"}  # per endpoint (and gateway_kit.resilience)
+KIT_ENDPOINT_KEYS: tuple[str, ...] = ("limit", "timeouts", "retries", "fallback")  # per endpoint (and gateway_kit.resilience)
+# A traffic route's `limit` (gateway_kit.limits): MLflow's route model has none.
+KIT_ROUTE_KEYS: tuple[str, ...] = ("limit",)
 
 
 def with_dummy_keys(config: dict) -> dict:
@@ -320,7 +448,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway_kit.preflight", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, help="the gateway config (config.yaml)")
     parser.add_argument("--write", type=Path, metavar="OUT", help="write the active config here")
+    parser.add_argument("--variables", action="store_true", help="only list the variables the config reads, "
+                        "one `NAME key` or `NAME value` line each (what scripts/local_stack.sh remembers)")
     args = parser.parse_args(argv)
+    if args.variables:
+        try:
+            raw, _ = load_yaml(args.config)
+        except ConfigError as e:
+            log("error", f"{e} — fix config.yaml and start again")
+            return EX_CONFIG
+        for name, is_key in variables(raw).items():
+            print(name, "key" if is_key else "value")
+        return 0
     try:
         config = check(args.config)
     except ConfigError as e:

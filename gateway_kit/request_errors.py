@@ -28,6 +28,7 @@ import logging
 import os
 import re
 
+from gateway_kit.launcher import fix_setting
 from gateway_kit.secrets import redact
 
 log = logging.getLogger("gateway_kit.request_errors")
@@ -53,7 +54,8 @@ def max_body_bytes() -> int:
     try:
         megabytes = float(value) if value else DEFAULT_MAX_BODY_MB
     except ValueError:
-        raise SystemExit(f"gateway: error: GATEWAY_MAX_BODY_MB={value!r} is not a number — fix it in .env") from None
+        raise SystemExit(f"gateway: error: GATEWAY_MAX_BODY_MB={value!r} is not a number — "
+                         f"{fix_setting('GATEWAY_MAX_BODY_MB')}") from None
     return int(megabytes * 1024 * 1024)
 
 

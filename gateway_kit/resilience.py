@@ -35,6 +35,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway_kit.launcher import fix_setting
 from gateway_kit.recording import read_body, replay_body, request_endpoint
 from gateway_kit.secrets import redact
 
@@ -63,7 +64,7 @@ def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: boo
         value = -1
     if value < 0 or not math.isfinite(value):
         kind = "a whole number" if whole else "a number of seconds"
-        raise SystemExit(f"gateway: error: {name}={raw!r} is not {kind} (0 or more) — fix it in .env")
+        raise SystemExit(f"gateway: error: {name}={raw!r} is not {kind} (0 or more) — {fix_setting(name)}")
     return value
 
 
@@ -151,7 +152,8 @@ def _is_seconds(value: Any) -> bool:
 
 
 def config_problems(config: Mapping[str, Any]) -> list[tuple[tuple, str]]:
-    """(path in the config, what is wrong) for every bad `timeouts`, `retries` or `fallback` key.
+    """(path in the config, what is wrong) for every bad `timeouts`, `retries` or `fallback` value (an
+    unknown key in them is preflight.unknown_keys's to report, from TIMEOUT_KINDS and FALLBACK_KEYS).
 
     preflight.validate() turns the first into a `config.yaml:LINE: ...` error."""
     endpoints = [e for e in config.get("endpoints") or [] if isinstance(e, dict)]
@@ -169,10 +171,7 @@ def config_problems(config: Mapping[str, Any]) -> list[tuple[tuple, str]]:
                                  "{connect: 5, first_byte: 60, total: 300}"))
             else:
                 for kind, value in timeouts.items():
-                    if kind not in TIMEOUT_KINDS:
-                        problems.append(((*at, "timeouts", kind), f"timeouts: unknown key {kind!r}; "
-                                         f"use {', '.join(TIMEOUT_KINDS)}"))
-                    elif not _is_seconds(value):
+                    if kind in TIMEOUT_KINDS and not _is_seconds(value):  # other keys: preflight.unknown_keys
                         problems.append(((*at, "timeouts", kind), f"timeouts.{kind}: {value!r} is not a "
                                          "number of seconds above 0"))
                 first, total = timeouts.get("first_byte"), timeouts.get("total")
@@ -194,8 +193,7 @@ def _fallback_problems(fallback: Any, at: tuple, name: Any, endpoint: dict, type
     example = "for example {to: [azure-chat], after_s: 1.5, race: false}"
     if not isinstance(fallback, dict):
         return [(at, f"fallback must be a mapping, {example}")]
-    problems = [((*at, k), f"fallback: unknown key {k!r}; use {', '.join(FALLBACK_KEYS)}")
-                for k in fallback if k not in FALLBACK_KEYS]
+    problems = []  # an unknown key: preflight.unknown_keys
     targets = fallback.get("to")
     targets = [targets] if isinstance(targets, str) else targets
     if not isinstance(targets, list) or not targets:

@@ -5,7 +5,8 @@ A key named NAME (written `$NAME` in config.yaml) is read from, in order:
   2. the file named by NAME_FILE,
   3. the file /run/secrets/<name in lower case> (Docker secrets; GATEWAY_SECRETS_DIR moves it).
 
-A key value is never printed, logged or written to disk by the kit.
+A key value is never printed, logged or written to disk by the gateway (scripts/local_stack.sh keeps the keys
+`up` had in its state directory, mode 600, for the replicas `scale` starts).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from gateway_kit.launcher import current
 
 # "sk-your-actual-key-here", "<your key>", "xxxx", "changeme", "..." and friends.
 _PLACEHOLDER = re.compile(
@@ -39,9 +42,9 @@ def key_problem(value: str) -> str | None:
     if value == "":
         return "is empty"
     if value != value.strip():
-        return "has leading or trailing whitespace or a newline (check the line in .env)"
+        return f"has leading or trailing whitespace or a newline (check it in {current().keys_at})"
     if value[0] in "'\"" or value[-1] in "'\"":
-        return "is wrapped in quotes (write NAME=sk-... in .env, without quotes)"
+        return f"is wrapped in quotes (write NAME=sk-... without quotes, in {current().keys_at})"
     if _PLACEHOLDER.search(value):
         return "is a placeholder, not a real key"
     return None

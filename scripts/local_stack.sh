@@ -19,7 +19,8 @@ Usage: scripts/local_stack.sh COMMAND [options]
 Commands:
   up       start nginx (:5000), N replicas, Redis (:6379), dnsmasq and the fake upstream (:9000)
   down     stop everything this stack started (by pid), then remove nothing but the pid files
-  scale N  start or stop replicas until N run; nginx picks the change up within 5 s, no reload
+  scale N  start or stop replicas until N run; nginx picks the change up within 5 s, no reload. New replicas
+           get the settings `up` had (GATEWAY_*, provider keys: kept in STATE/replica.env, mode 600)
   restart redis   stop Redis (if it runs) and start it again, empty (limits start counting afresh)
   status   what runs, with each replica's health
 
@@ -153,17 +154,47 @@ publish_replicas() {
   if alive dnsmasq; then kill -HUP "$(pid_of dnsmasq)"; fi
 }
 
+# The environment `up` ran in, as far as a replica reads it: every GATEWAY_* setting, and every variable the
+# config reads (provider keys, NAME_FILE paths, base URLs). Kept in $state/replica.env (mode 600: it may hold
+# a key that was only in the environment) so that `scale` starts replicas exactly as `up` did, whatever the
+# shell that runs `scale` exports. Never traced (DEBUG) and never on a command line.
+remember_environment() {
+  local config="$1"
+  (
+    set +x
+    umask 077
+    local name kind names=()
+    while read -r name kind; do
+      names+=("$name")
+      if [ "$kind" = key ]; then names+=("${name}_FILE"); fi
+    done < <(env PYTHONPATH="$repo" "$python" -m gateway_kit.preflight "$config" --variables)
+    printf '%s\n' "${names[@]}" >"$state/variables"
+    rm -f "$state/replica.env"
+    for name in "${names[@]}" $(compgen -e | grep '^GATEWAY_' | grep -vx 'GATEWAY_API_KEY\|GATEWAY_URL'); do
+      if [ -n "${!name+set}" ]; then printf '%s=%s\0' "$name" "${!name}"; fi
+    done >"$state/replica.env"
+  )
+}
+
 start_replica() {
-  local i="$1" env=()
+  local i="$1" env=() name
   mkdir -p "$state/replica-$i"
   env+=(GATEWAY_HOST="$(replica_ip "$i")" GATEWAY_PORT=8000 GATEWAY_WORKERS="$workers"
         GATEWAY_REPLICA_ID="gateway-$i" GATEWAY_RUNTIME_DIR="$state/replica-$i"
         GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
-        PYTHON="$python")
+        GATEWAY_LAUNCHER=local-stack PYTHON="$python")
   [ -n "$fake" ] && env+=(GATEWAY_DEMO_UPSTREAM="http://127.0.0.1:$fake_port")
   # --config, --keys and --env settings given to `up`, kept for the replicas `scale` starts later.
   [ -s "$state/settings" ] && mapfile -t -O "${#env[@]}" env <"$state/settings"
-  start "replica-$i" env "${env[@]}" "$repo/entrypoint.sh"
+  (
+    set +x
+    # `up`'s environment, whatever this shell exports now: in the replica's environment, never on a command line.
+    for name in $(compgen -e | grep '^GATEWAY_') $(cat "$state/variables" 2>/dev/null); do unset "$name"; done
+    if [ -f "$state/replica.env" ]; then
+      while IFS= read -r -d '' name; do export "${name?}"; done <"$state/replica.env"
+    fi
+    start "replica-$i" env "${env[@]}" "$repo/entrypoint.sh"
+  )
 }
 
 scale_to() {
@@ -196,6 +227,9 @@ cmd_up() {
   echo "$workers" >"$state/workers"
   echo "$fake" >"$state/fake"
   if [ "${#settings[@]}" -gt 0 ]; then printf '%s\n' "${settings[@]}" >"$state/settings"; else : >"$state/settings"; fi
+  local config="${GATEWAY_CONFIG:-$repo/config.yaml}" setting
+  for setting in "${settings[@]}"; do case "$setting" in GATEWAY_CONFIG=*) config="${setting#*=}" ;; esac; done
+  remember_environment "$config"
   local ip port name
   while read -r ip port name; do
     [ -n "$name" ] || continue

@@ -22,11 +22,22 @@ def entrypoint(*args: str, timeout: float = 60, **env: str) -> subprocess.Comple
     )
 
 
-def test_no_key_at_all_refuses_to_start_and_names_what_to_set(tmp_path):
-    result = entrypoint(GATEWAY_RUNTIME_DIR=str(tmp_path), GATEWAY_SECRETS_DIR=str(tmp_path))
+@pytest.mark.parametrize(("launcher", "hints", "not_there"), [
+    ("docker", [".env next to docker-compose.yml", "docker compose up -d", "docker compose --profile demo up -d"],
+     "local_stack.sh"),
+    ("local-stack", ["the environment of scripts/local_stack.sh up", "scripts/local_stack.sh down && "
+                     "scripts/local_stack.sh up", "without --no-fake"], "docker compose"),
+    ("", ["the environment entrypoint.sh runs in", "GATEWAY_DEMO_UPSTREAM="], "docker compose"),
+])
+def test_no_key_at_all_refuses_to_start_and_names_what_to_set(tmp_path, launcher, hints, not_there):
+    """In the words of what started the replica: the image (GATEWAY_LAUNCHER=docker), the local stack, or a
+    person running entrypoint.sh."""
+    result = entrypoint(GATEWAY_RUNTIME_DIR=str(tmp_path), GATEWAY_SECRETS_DIR=str(tmp_path),
+                        GATEWAY_LAUNCHER=launcher)
     assert result.returncode == 78
     assert "OPENAI_API_KEY (for chat, completions, embeddings)" in result.stderr
-    assert ".env" in result.stderr and "docker compose --profile demo up -d" in result.stderr
+    assert all(hint in result.stderr for hint in hints), result.stderr
+    assert not_there not in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "config.active.yaml").exists()
 
@@ -90,6 +101,55 @@ def test_invalid_endpoint_is_reported_with_its_name_field_and_line(tmp_path):
     line = next(i for i, l in enumerate(text.splitlines(), 1) if "llm/v1/embed" in l)
     assert f"{config}:{line}: endpoint 'embeddings'" in result.stderr, result.stderr
     assert "llm/v1/embed" in result.stderr and "Traceback" not in result.stderr
+
+
+# A typo MLflow would ignore, and the kit with it: an endpoint without its limit or retries, and no word said.
+TYPOS = {
+    "endpoint limit": ("  - name: embeddings\n", "  - name: embeddings\n    limt: {calls: 2, renewal_period: minute}\n",
+                       "endpoint 'embeddings': unknown key `limt` (did you mean `limit`?)"),
+    "endpoint retries": ("  - name: embeddings\n", "  - name: embeddings\n    retires: 3\n",
+                         "endpoint 'embeddings': unknown key `retires` (did you mean `retries`?)"),
+    "provider config": ("openai_api_version: ${AZURE", "openai_api_verison: ${AZURE",
+                        "endpoint 'azure-chat': model.config: unknown key `openai_api_verison` "
+                        "(did you mean `openai_api_version`?)"),
+    "limits block": ("routes:\n", "limits:\n  client:\n    calls: 50\n    usd_per_dya: 1\nroutes:\n",
+                     "limits.client: unknown key `usd_per_dya` (did you mean `usd_per_day`?)"),
+    "route": ("        traffic_percentage: 50\n      - name: azure-chat",
+              "        traffic_percentag: 50\n      - name: azure-chat",
+              "route 'chat-split': destinations[0]: unknown key `traffic_percentag` (did you mean `traffic_percentage`?)"),
+}
+
+
+@pytest.mark.parametrize("case", TYPOS)
+def test_an_unknown_key_fails_the_check_naming_file_line_key_and_the_nearest_valid_key(tmp_path, case):
+    old, typo, message = TYPOS[case]
+    text = (REPO / "config.yaml").read_text()
+    assert text.count(old) == 1
+    config = write_config(tmp_path, text.replace(old, typo))
+    key = message.split("`")[1]
+    line = next(i for i, t in enumerate(config.read_text().splitlines(), 1) if t.strip().startswith(f"{key}:"))
+    result = entrypoint("--check", GATEWAY_CONFIG=str(config), OPENAI_API_KEY=REAL_LOOKING_KEY)
+    assert result.returncode == 78, result.stderr
+    assert f"{config}:{line}: {message}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_gateway_with_an_unknown_key_in_its_config_does_not_start(tmp_path, fake_upstream):
+    text = (REPO / "config.yaml").read_text().replace("  - name: embeddings\n", "  - name: embeddings\n    retires: 3\n")
+    config = write_config(tmp_path, text)
+    proc = subprocess.Popen([str(REPO / "entrypoint.sh")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(GATEWAY_CONFIG=str(config), GATEWAY_RUNTIME_DIR=str(tmp_path / "run"),
+                                          GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(free_port()), GATEWAY_WORKERS="1",
+                                          GATEWAY_DEMO_UPSTREAM=fake_upstream, GATEWAY_LEDGER_DIR="off"),
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=90)  # demo mode: without the check it would serve
+    except subprocess.TimeoutExpired:
+        stop_group(proc.pid)
+        pytest.fail("the gateway started with `retires: 3` in its config")
+    assert proc.returncode == 78, err
+    assert "unknown key `retires` (did you mean `retries`?)" in err
+    assert not (tmp_path / "run" / "config.active.yaml").exists()
 
 
 @pytest.mark.integration

@@ -337,14 +337,14 @@ endpoints:
 
 @pytest.mark.parametrize(("extra", "message"), [
     ("timeouts: {connect: 5, first_byte: 0}", "timeouts.first_byte: 0 is not a number of seconds above 0"),
-    ("timeouts: {ttfb: 5}", "timeouts: unknown key 'ttfb'; use connect, first_byte, total"),
+    ("timeouts: {ttfb: 5}", "timeouts: unknown key `ttfb`; keys here: connect, first_byte, total"),
     ("timeouts: {first_byte: 60, total: 30}", "timeouts.first_byte (60) is longer than timeouts.total (30)"),
     ("retries: many", "retries: 'many' is not a whole number from 0 to 10"),
     ("fallback: {to: [nope]}", "fallback.to: no endpoint named 'nope'"),
     ("fallback: {to: [embed]}", "fallback.to: 'embed' is llm/v1/embeddings, not llm/v1/chat"),
     ("fallback: {to: chat}", "fallback.to: 'chat' is this endpoint itself"),
     ("fallback: {to: [other], race: true}", "fallback.race needs fallback.after_s"),
-    ("fallback: {to: [other], after: 2}", "fallback: unknown key 'after'"),
+    ("fallback: {to: [other], after: 2}", "fallback: unknown key `after` (did you mean `after_s`?)"),
 ])
 def test_a_bad_resilience_key_is_reported_with_its_line(tmp_path, extra, message):
     config = tmp_path / "config.yaml"

@@ -188,3 +188,32 @@ def test_sigterm_lets_an_in_flight_stream_finish(stack):
         assert statuses == {200}
     finally:
         stack.scale(2)
+
+
+def test_scale_starts_replicas_with_the_settings_of_up_and_keeps_the_key_in_one_mode_600_file(tmp_path,
+                                                                                                fake_upstream):
+    """`up` with a provider key only in the environment, `scale 3` from a shell without it: the new replicas
+    serve with the key (no demo mode, no death), and the key is in no file of the state dir but replica.env."""
+    from conftest import SENTINEL_SECRETS, kept_secret, own_stack
+    from gateway_kit.keys import add
+
+    provider_key = SENTINEL_SECRETS["openai"]
+    client_key = add(tmp_path / "keys.json", "scaler")
+    state = tmp_path / "state"
+    up_env = {"OPENAI_API_KEY": provider_key, "OPENAI_API_BASE": f"{fake_upstream}/v1"}
+    with own_stack(state, "--replicas", "1", "--workers", "1", "--no-fake", "--keys", str(tmp_path / "keys.json"),
+                   "--timeout", "150", env=up_env) as own:
+        own.env = {}  # a new shell: neither the key nor the base URL is exported any more
+        own.run("scale", "3", "--timeout", "150")
+        assert own.replicas == ["gateway-1", "gateway-2", "gateway-3"]
+        for i in (1, 2, 3):
+            r = requests.post(f"http://127.0.10.{i}:8000/gateway/chat/invocations", timeout=30,
+                              json={"messages": [{"role": "user", "content": f"replica {i}"}]},
+                              headers={"Authorization": f"Bearer {client_key}"})
+            assert r.status_code == 200, r.text
+            assert r.json()["choices"][0]["message"]["content"] == f"Fake answer to: replica {i}"
+            assert "endpoints ready: chat, completions, embeddings" in own.log(f"replica-{i}")
+            assert "DEMO MODE" not in own.log(f"replica-{i}")
+    holding = sorted(p for p in state.rglob("*") if p.is_file() and provider_key.encode() in p.read_bytes())
+    assert holding == [state / "replica.env"]
+    kept_secret(holding[0])
