@@ -57,15 +57,14 @@ def test_limits_endpoint_applies_to_endpoints_without_their_own_limit():
     (config(chat={"limit": {"calls": 0}}), ("endpoints", 0, "limit", "calls"), "at least 1"),
     (config(chat={"limit": {"calls": 3, "renewal_period": "fortnight"}}),
      ("endpoints", 0, "limit", "renewal_period"), "is not a period"),
-    (config(chat={"limit": {"calls": 3, "per": "minute"}}), ("endpoints", 0, "limit", "per"), "unknown field"),
     (config(chat={"limit": {"calls": 3, "key": "ip"}}), ("endpoints", 0, "limit", "key"), "use `client`"),
     (config(limits={"clients": {"bot": {"usd_per_day": -1}}}), ("limits", "clients", "bot", "usd_per_day"),
      "above 0"),
     (config(limits={"client": {"renewal_period": "minute"}}), ("limits", "client", "renewal_period"),
      "without calls"),
-    (config(limits={"per_client": {}}), ("limits", "per_client"), "use endpoint, client and clients"),
 ])
 def test_a_wrong_limit_names_where_it_is_and_what_is_wrong(cfg, where, says):
+    """(Unknown keys are preflight's: tests/unit/test_config_keys.py.)"""
     with pytest.raises(LimitsConfigError) as e:
         read_config(cfg)
     assert e.value.where == where
