@@ -260,6 +260,7 @@ class CircuitOpenError(Exception):
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 CIRCUIT_PREFIX = "gateway:circuit:"  # every Redis key of the shared breakers starts with it
 SHARED_READ_S = 1.0  # a worker trusts what it read of a shared breaker for at most this long
+FAILURES_KEPT_S = 600.0  # a shared failure count with no new failure for this long (or 2 x reset) is dropped
 # What Breaker.before_call hands to Breaker.record: who decided (Redis or this worker) and whether the call
 # is the half-open probe.
 SHARED, SHARED_PROBE, LOCAL, LOCAL_PROBE = 0, 1, 2, 3
@@ -401,7 +402,7 @@ class Breaker:
     """One provider model's breaker as the upstream client uses it: `await before_call()`, `await record()`.
 
     With Redis (GATEWAY_REDIS_URL) the state is shared by every worker of every replica, under the keys
-    `name.key` + open / failures / probe: a failure INCRs the count (kept for 2 x reset_s after the last one),
+    `name.key` + open / failures / probe: a failure INCRs the count (dropped FAILURES_KEPT_S after the last one),
     the one that reaches the threshold sets `open` with an expiry of reset_s, and once `open` is gone while the
     count still stands, one call in the whole deployment takes the probe (SET NX). A worker reads the state at
     most once per SHARED_READ_S and decides from what it read meanwhile, so a successful call costs no Redis
@@ -427,7 +428,7 @@ class Breaker:
         if self.redis is None or self.threshold <= 0:
             return LOCAL_PROBE if self.local.before_call() else LOCAL
         now = self.clock()
-        if now - self.read_at >= SHARED_READ_S and not await self._read():
+        if now - self.read_at >= SHARED_READ_S and not (self.redis.available() and await self._read()):
             return LOCAL_PROBE if self.local.before_call() else LOCAL
         if self.state == CLOSED:
             return SHARED
@@ -467,7 +468,8 @@ class Breaker:
                 self.failures = 0
             return
         now = self.clock()
-        args = [self.threshold, self._ms(self.reset_s), self._ms(2 * self.reset_s), 1 if probe else 0]
+        kept = max(FAILURES_KEPT_S, 2 * self.reset_s)
+        args = [self.threshold, self._ms(self.reset_s), self._ms(kept), 1 if probe else 0]
         found = await self._redis(lambda r: r.script(FAIL_SCRIPT)(keys=self.keys, args=args))
         if found is _FAILED:
             self.local.record(False, False)
