@@ -328,7 +328,7 @@ def refusal(rule: Rule, used: float, remaining_ms: int, now: float) -> tuple[int
 
 # ---------------------------------------------------------------------------------------------- Redis
 class Limiter:
-    """One per worker: the Redis client, the two scripts, and what to do when Redis does not answer."""
+    """One per worker: the two scripts on the worker's Redis link, and what to do when Redis does not answer."""
 
     def __init__(self, config: LimitsConfig, redis: RedisLink | None, policy: str = "open") -> None:
         self.config = config
@@ -411,7 +411,7 @@ class Limiter:
             record = self.redis.script(RECORD_SCRIPT)
             async with asyncio.timeout(self.timeout * 3):
                 await record(keys=[tokens_key(client), usd_key(client, now)],
-                                   args=[int(tokens), 60000, f"{usd:.12f}", int(next_utc_midnight(now)) + _DAY])
+                             args=[int(tokens), 60000, f"{usd:.12f}", int(next_utc_midnight(now)) + _DAY])
         except Exception as e:  # noqa: BLE001 - any Redis trouble is the documented policy, never the request's
             self.failed(e)
 

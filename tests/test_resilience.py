@@ -322,7 +322,7 @@ def test_k_failures_spread_over_the_replicas_open_the_circuit_for_every_one(rsta
     time.sleep(SHARED_READ_S)  # what a worker read of the shared state is trusted this long at most
     for stream in (False, True):  # through nginx now: every replica fails fast, the provider sees nothing
         for _ in range(2):
-            r, elapsed = ask(rstack, "fragile", "a healthy question", stream=stream)
+            r, _ = ask(rstack, "fragile", "a healthy question", stream=stream)
             assert r.status_code == 503, r.text
             error = r.json()["error"]
             assert error["type"] == "upstream_circuit_open"

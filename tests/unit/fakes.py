@@ -65,7 +65,7 @@ class FakeRedis:
         return sum(self.data.pop(k, None) is not None for k in keys)
 
     # ---- what a test looks at
-    def keys(self) -> list[str]:
+    def live_keys(self) -> list[str]:
         return [k for k in list(self.data) if self._get(k) is not None]
 
     def flush_breakers(self) -> None:

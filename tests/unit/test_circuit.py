@@ -205,8 +205,8 @@ def test_failures_spread_over_workers_open_it_for_every_worker(clock, seen):
     assert "failed 3 times in a row for model gpt-4o-mini" in str(refused)
     assert refused.retry_in == pytest.approx(S - SHARED_READ_S)
     assert a.local.failures == b.local.failures == 0  # nothing was decided alone
-    assert sorted(redis.keys()) == [CHAT.key + "failures", CHAT.key + "open"]
-    assert all(k.startswith(CIRCUIT_PREFIX) for k in redis.keys())
+    assert sorted(redis.live_keys()) == [CHAT.key + "failures", CHAT.key + "open"]
+    assert all(k.startswith(CIRCUIT_PREFIX) for k in redis.live_keys())
 
 
 def test_successful_calls_cost_no_redis_round_trip_only_one_read_per_second_per_worker(clock):
@@ -237,7 +237,7 @@ def test_a_success_clears_the_shared_count_only_when_the_worker_knows_it_is_not_
         await call(a, True)  # a does not know yet: no round trip, the count stays
         assert redis.commands == before and redis.data[CHAT.key + "failures"][0] == "2"
         await call(b, True)  # b made them: it clears the count
-        assert CHAT.key + "failures" not in redis.keys()
+        assert CHAT.key + "failures" not in redis.live_keys()
 
     run(scenario())
 
@@ -262,7 +262,7 @@ def test_one_probe_in_the_whole_deployment_and_its_success_closes_it_for_everyon
         assert await b.before_call() == resilience.SHARED
 
     run(scenario())
-    assert redis.keys() == []
+    assert redis.live_keys() == []
     assert (CHAT, HALF_OPEN, CLOSED) in seen
 
 

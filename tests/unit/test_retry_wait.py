@@ -6,8 +6,8 @@ The clock (for a Retry-After date) and the jitter's random source are injected: 
 from __future__ import annotations
 
 import random
-from email.utils import format_datetime
 from datetime import UTC, datetime
+from email.utils import format_datetime
 
 import pytest
 
