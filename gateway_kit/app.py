@@ -192,7 +192,7 @@ def resilience(app, config: dict):
         metrics.fallback(event.endpoint, event.served_by, re.sub(r"_in_[\d.]+s$", "", event.reason))
 
     kit_resilience.FALLBACK_HOOKS.append(count_fallback)
-    kit_resilience.CIRCUIT_HOOKS.append(lambda upstream, old, new: metrics.circuit_breaker(upstream, new))
+    kit_resilience.CIRCUIT_HOOKS.append(lambda name, old, new: metrics.circuit_breaker(name.url, new, name.model))
     return kit_resilience.wrap(app, config)
 
 

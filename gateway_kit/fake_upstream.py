@@ -32,7 +32,7 @@ the request sets stream_options.include_usage to false. Embeddings: 8 dims (or `
 base64 as asked.
 
 Markers anywhere in a message, prompt or input: [[fault:429]] [[fault:quota]] [[fault:500]]
-[[fault:401]] [[fault:drop]] [[fault:malformed]] [[fault:slow]] [[fault:truncate]] [[latency:MS]]
+[[fault:400]] (a bad request: context too long) [[fault:401]] [[fault:drop]] [[fault:malformed]] [[fault:slow]] [[fault:truncate]] [[latency:MS]]
 [[ttft:MS]] [[chunk_delay:MS]] [[reply:TEXT]]. --fault-rate/--fault inject one fault at random (seeded by --seed).
 A marker scoped with @WHO applies only to requests for that model (or Azure deployment) or sent to that host
 name, so one prompt can fail one endpoint and not its fallback: [[fault@gpt-4o-mini:500]],
@@ -64,7 +64,7 @@ from typing import Any
 
 from aiohttp import web
 
-FAULTS = ("429", "quota", "500", "401", "drop", "malformed", "slow", "truncate")
+FAULTS = ("429", "quota", "500", "400", "401", "drop", "malformed", "slow", "truncate")
 SLOW_FAULT_SECONDS = 30.0
 SHUTDOWN_GRACE_SECONDS = 1.0
 DEFAULT_MODELS = {"chat": "gpt-4o-mini", "completions": "gpt-3.5-turbo-instruct",
@@ -82,6 +82,8 @@ _ERRORS = {
               "You exceeded your current quota, please check your plan and billing details."),
     "500": (500, "server_error", None, "api_error",
             "The server had an error while processing your request. Sorry about that!"),
+    "400": (400, "invalid_request_error", "context_length_exceeded", "invalid_request_error",
+            "This model's maximum context length is 128000 tokens. Please reduce the length of the messages."),
     "401": (401, "invalid_request_error", "invalid_api_key", "authentication_error",
             "Incorrect API key provided."),
 }

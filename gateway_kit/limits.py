@@ -33,7 +33,8 @@ Redis down
 GATEWAY_LIMITS_ON_REDIS_DOWN=open (default): requests are served unlimited, with the response header
 `X-Gateway-Limits: unenforced`, a counter (gateway_limits_unenforced_total) and an error line at most every
 10 s. `closed`: 503 JSON `limits_unavailable`. A dead Redis never stalls a request: timeouts are
-GATEWAY_REDIS_TIMEOUT (0.5 s), and after a failure Redis is not asked again for 1 s.
+GATEWAY_REDIS_TIMEOUT (0.5 s), and after a failure Redis is not asked again for 1 s (gateway_kit.shared_redis:
+the same client and pause as the circuit breakers).
 """
 
 from __future__ import annotations
@@ -47,17 +48,16 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from gateway_kit import launcher, metrics
 from gateway_kit.recording import read_body, recorded, replay_body, request_endpoint
+from gateway_kit.shared_redis import RedisLink, link_from_env
 
 log = logging.getLogger("gateway_kit.limits")
 
 ANONYMOUS = "anonymous"  # the client of a request without a gateway key (auth off)
 _PREFIX = "gateway:limits:"
 _DAY = 86400
-_DOWN_PAUSE = 1.0  # seconds Redis is left alone after a failure
 _DOWN_LOG_EVERY = 10.0  # seconds between two "Redis down" log lines (per worker)
 _POLICIES = ("open", "closed")
 
@@ -319,46 +319,23 @@ def refusal(rule: Rule, used: float, remaining_ms: int, now: float) -> tuple[int
 
 
 # ---------------------------------------------------------------------------------------------- Redis
-def redis_where(url: str) -> str:
-    """host:port of a Redis URL, never its password."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or '?'}:{parts.port or 6379}"
-
-
 class Limiter:
-    """One per worker: the Redis client, the two scripts, and what to do when Redis does not answer."""
+    """One per worker: the two scripts on the worker's Redis link, and what to do when Redis does not answer."""
 
-    def __init__(self, config: LimitsConfig, redis_url: str | None, policy: str = "open",
-                 timeout: float = 0.5) -> None:
+    def __init__(self, config: LimitsConfig, redis: RedisLink | None, policy: str = "open") -> None:
         self.config = config
-        self.redis_url = redis_url
+        self.redis = redis  # shared with the circuit breakers (gateway_kit.shared_redis)
+        self.redis_url = redis.url if redis else None
         self.policy = policy
-        self.timeout = timeout
-        self.where = redis_where(redis_url) if redis_url else "(GATEWAY_REDIS_URL is not set)"
+        self.timeout = redis.timeout if redis else 0.5
+        self.where = redis.where if redis else "(GATEWAY_REDIS_URL is not set)"
         self.redis_check = launcher.current().redis_check  # the command that fits how this replica was started
-        self._redis = None
-        self._check = self._record = None
-        self._down_until = 0.0
         self._last_log = -math.inf
         self._unenforced_since_log = 0
         self._rules: dict[tuple, list[Rule]] = {}
         self._tasks: set[asyncio.Task] = set()
         self.unenforced = _counter()
         self.counts_usage = any(c.tokens_per_minute or c.usd_per_day for c in (config.client, *config.clients.values()))
-
-    def _client(self):
-        if self._redis is None:
-            from redis.asyncio import Redis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            # One immediate retry (a pooled connection that died with a Redis restart), no backoff.
-            self._redis = Redis.from_url(self.redis_url, socket_timeout=self.timeout,
-                                         socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1),
-                                         health_check_interval=0)
-            self._check = self._redis.register_script(CHECK_SCRIPT)
-            self._record = self._redis.register_script(RECORD_SCRIPT)
-        return self._redis
 
     def rules(self, endpoint: str | None, client: str) -> list[Rule]:
         found = self._rules.get((endpoint, client))
@@ -369,11 +346,11 @@ class Limiter:
         return found
 
     def available(self) -> bool:
-        return self.redis_url is not None and time.monotonic() >= self._down_until
+        return self.redis is not None and self.redis.available()
 
     def failed(self, error: BaseException | str) -> None:
         """Redis did not answer: leave it alone for a moment, count, and say so (at most every 10 s)."""
-        self._down_until = time.monotonic() + _DOWN_PAUSE
+        self.redis.failed()
         self.note_unenforced(error)
 
     def note_unenforced(self, error: BaseException | str | None = None) -> None:
@@ -394,13 +371,13 @@ class Limiter:
     async def check(self, rules: list[Rule], now: float) -> tuple[Rule, float, int] | None:
         """None when admitted (and counted); (rule, used, remaining ms) for the first full limit.
         Raises on a Redis failure (the caller applies the policy)."""
-        self._client()
+        check = self.redis.script(CHECK_SCRIPT)
         keys, args = [], []
         for rule in rules:
             keys.append(rule.key + utc_day(now) if rule.unit == "USD" else rule.key)
             args += [rule.kind, repr(rule.limit), rule.seconds * 1000]
         async with asyncio.timeout(self.timeout * 3):
-            result = await self._check(keys=keys, args=args)
+            result = await check(keys=keys, args=args)
         if not result or int(result[0]) == 0:
             return None
         index, remaining, used = int(result[0]), int(result[1]), result[2]
@@ -424,10 +401,10 @@ class Limiter:
 
     async def _add_usage(self, client: str, tokens: int, usd: float, now: float) -> None:
         try:
-            self._client()
+            record = self.redis.script(RECORD_SCRIPT)
             async with asyncio.timeout(self.timeout * 3):
-                await self._record(keys=[tokens_key(client), usd_key(client, now)],
-                                   args=[int(tokens), 60000, f"{usd:.12f}", int(next_utc_midnight(now)) + _DAY])
+                await record(keys=[tokens_key(client), usd_key(client, now)],
+                             args=[int(tokens), 60000, f"{usd:.12f}", int(next_utc_midnight(now)) + _DAY])
         except Exception as e:  # noqa: BLE001 - any Redis trouble is the documented policy, never the request's
             self.failed(e)
 
@@ -527,9 +504,8 @@ def limiter_from(config: dict) -> Limiter | None:
     limits = read_config(config)
     if limits.empty:
         return None
-    redis_url = os.environ.get("GATEWAY_REDIS_URL") or None
-    limiter = Limiter(limits, redis_url, policy_from_env(), float(os.environ.get("GATEWAY_REDIS_TIMEOUT") or 0.5))
-    if redis_url is None:
+    limiter = Limiter(limits, link_from_env(), policy_from_env())
+    if limiter.redis is None:
         log.error("limits: config.yaml sets limits but GATEWAY_REDIS_URL is not set — limits are not enforced "
                   "(GATEWAY_LIMITS_ON_REDIS_DOWN=%s); set it to the Redis every replica shares", limiter.policy)
     return limiter

@@ -19,7 +19,7 @@ Functions for the rest of the kit (cheap; no-ops when metrics are off or not set
     metrics.rate_limited("requests_per_minute", endpoint="chat", client="team-a")  # a 429 from a limit
     metrics.budget_rejected("usd_per_day", endpoint="chat", client="team-a")        # a request over budget
     metrics.fallback("chat", to="azure-chat", reason="upstream_5xx")                 # another endpoint served
-    metrics.circuit_breaker("api.openai.com", "open")                                # closed, open, half_open
+    metrics.circuit_breaker("https://api.openai.com/v1", "open", model="gpt-4o-mini")  # closed, open, half_open
 
 Labels are bounded: an endpoint or `to` outside config.yaml becomes "unknown", a path the gateway does not
 serve becomes route "other", a client or model beyond the first 100 seen by a worker (or not made of
@@ -299,10 +299,11 @@ class Metrics:
         self.fallbacks = counter(
             "gateway_fallbacks", "Requests served by a fallback endpoint.", ["endpoint", "to", "reason"])
         self.breaker_transitions = counter(
-            "gateway_circuit_breaker_transitions", "Circuit breaker changes.", ["upstream", "state"])
+            "gateway_circuit_breaker_transitions", "Circuit breaker changes, as each worker sees them.",
+            ["upstream", "model", "state"])
         self.breaker_open = gauge(
-            "gateway_circuit_breaker_open", "1 while a worker's circuit breaker for the upstream is open.",
-            ["upstream"], "livemax")
+            "gateway_circuit_breaker_open", "1 while a worker sees the circuit breaker of the upstream's model "
+            "open.", ["upstream", "model"], "livemax")
         build = gauge("gateway_build_info", "Always 1; the labels say what runs.",
                       ["version", "mlflow_version", "python_version", "replica"], "livemax")
         build[_version(), _mlflow_version(), platform.python_version(), replica].set(1)
@@ -378,12 +379,14 @@ def fallback(endpoint: str | None, to: str | None, reason: str) -> None:
         m.fallbacks[m.endpoint(endpoint), m.endpoint(to), m.reason(reason)].inc()
 
 
-def circuit_breaker(upstream: str, state: str) -> None:
-    """Record a circuit breaker's change to `state` (closed, open, half_open) for `upstream` (host or URL)."""
+def circuit_breaker(upstream: str, state: str, model: str | None = None) -> None:
+    """Record a circuit breaker's change to `state` (closed, open, half_open) for `upstream` (host or URL) and
+    `model` (the model or Azure deployment the breaker stands for; "unknown" when none)."""
     if (m := _active) is not None:
         label = m.upstream_label(upstream) if "://" in upstream else m.upstream(upstream)
-        m.breaker_transitions[label, m.state(state)].inc()
-        m.breaker_open[label,].set(1 if state == "open" else 0)
+        model_label = m.model(model)
+        m.breaker_transitions[label, model_label, m.state(state)].inc()
+        m.breaker_open[label, model_label].set(1 if state == "open" else 0)
 
 
 # -- wiring (gateway_kit.app.create_app) --------------------------------------------------------------------

@@ -1,12 +1,16 @@
-"""When a provider fails: timeouts per endpoint, retries, a circuit breaker per upstream, fallbacks.
+"""When a provider fails: timeouts per endpoint, retries, a circuit breaker per provider model, fallbacks.
 
 Three pieces, documented for users in docs/resilience.md:
 
 - `Policy`: what config.yaml and the environment say for one endpoint (timeouts, retries, fallback chain).
-- `Circuit`: one per upstream (scheme://host:port of the provider's base URL) in each worker process.
-  K failed calls in a row (GATEWAY_CIRCUIT_FAILURES, default 5) open it: calls fail fast with
+- the circuit breaker: one per provider model (`CircuitName`: the provider's base URL and the payload's model,
+  or the Azure deployment). K failed calls in a row (GATEWAY_CIRCUIT_FAILURES, default 5; a failure is a 5xx,
+  a timeout, a dropped connection or an unreadable answer, never a 4xx) open it: calls fail fast with
   CircuitOpenError for S seconds (GATEWAY_CIRCUIT_RESET, default 60); then one probe call is let through,
-  which closes it again or reopens it.
+  which closes it again or reopens it. `Breaker` is what the upstream client asks: with Redis
+  (GATEWAY_REDIS_URL) its state is shared by every worker and replica (keys under CIRCUIT_PREFIX, read at
+  most once per SHARED_READ_S per worker); without Redis, or while Redis does not answer, the worker's own
+  `Circuit` decides.
 - `Fallback`: ASGI middleware between UsageRecorder and MLflow's app. It names the endpoint of each request
   (path, or the body's "model" on /v1/*) in the contextvar CURRENT, which gateway_kit.upstream reads for the
   endpoint's timeouts and retries. It holds the response start until the first body bytes, so that a failure
@@ -16,7 +20,7 @@ Three pieces, documented for users in docs/resilience.md:
 
 The usage record says who served and why through scope["state"] ("served_by", "fallback_reason").
 Hooks for metrics: FALLBACK_HOOKS get a FallbackEvent per request served by (or failed over to) a fallback,
-CIRCUIT_HOOKS get (upstream, old state, new state) on every circuit change. A hook that raises is logged.
+CIRCUIT_HOOKS get (CircuitName, old state, new state) on every change a worker sees. A hook that raises is logged.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway_kit import launcher
 from gateway_kit.launcher import fix_setting
 from gateway_kit.recording import read_body, replay_body, request_endpoint
 from gateway_kit.secrets import redact
@@ -239,19 +244,63 @@ class UpstreamTimeout(asyncio.TimeoutError):
 
 
 class CircuitOpenError(Exception):
-    """The circuit of an upstream is open: the call is not made."""
+    """The circuit of a provider's model is open: the call is not made."""
 
-    def __init__(self, upstream: str, retry_in: float, failures: int) -> None:
-        self.upstream, self.retry_in = upstream, max(retry_in, 0.0)
+    def __init__(self, name: CircuitName, retry_in: float, failures: int) -> None:
+        self.name, self.retry_in = name, max(retry_in, 0.0)
+        model = f" for model {name.model}" if name.model else ""
         super().__init__(
-            f"the provider {upstream} failed {failures} times in a row; the gateway stops calling it and "
-            f"tries again in {math.ceil(self.retry_in)} s (circuit breaker)")
+            f"the provider {name.url} failed {failures} times in a row{model}; the gateway stops calling it "
+            f"and tries again in {math.ceil(self.retry_in)} s (circuit breaker)")
 
 
 # ---------------------------------------------------------------- circuit breaker
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-CIRCUIT_HOOKS: list[Callable[[str, str, str], None]] = []  # (upstream, old state, new state)
+CIRCUIT_PREFIX = "gateway:circuit:"  # every Redis key of the shared breakers starts with it
+SHARED_READ_S = 1.0  # a worker trusts what it read of a shared breaker for at most this long
+FAILURES_KEPT_S = 600.0  # a shared failure count with no new failure for this long (or 2 x reset) is dropped
+# What Breaker.before_call hands to Breaker.record: who decided (Redis or this worker) and whether the call
+# is the half-open probe.
+SHARED, SHARED_PROBE, LOCAL, LOCAL_PROBE = 0, 1, 2, 3
+CIRCUIT_HOOKS: list[Callable[[CircuitName, str, str], None]] = []  # (breaker's name, old state, new state)
+
+
+@dataclass(frozen=True)
+class CircuitName:
+    """What one breaker stands for: a provider's base URL (no credentials, no query) and the model called."""
+
+    url: str
+    model: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.url} model {self.model}" if self.model else self.url
+
+    @property
+    def key(self) -> str:
+        """The start of its Redis keys: gateway:circuit:<url>|<model>:"""
+        return f"{CIRCUIT_PREFIX}{self.url}|{self.model or ''}:"
+
+
+def circuit_name(base_url: str, payload: Mapping[str, Any] | None = None) -> CircuitName:
+    """The breaker of a provider call: its base URL and the payload's "model" (OpenAI, Anthropic, ...), or for
+    Azure OpenAI, whose payload names none, the deployment in the URL's path."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    path = parts.path.rstrip("/")
+    model = payload.get("model") if payload else None
+    if not isinstance(model, str) or not model:
+        segments = path.split("/")
+        model = segments[segments.index("deployments") + 1] if "deployments" in segments[:-1] else None
+    return CircuitName(f"{parts.scheme}://{netloc}{path}", model)
+
+
+def outcome(status: int) -> bool | None:
+    """What a provider's answer says of its health: False for a 5xx; None (neither) for a 4xx: a bad request
+    or, for 429, a rate limit or quota of the key; True otherwise."""
+    return False if status >= 500 else None if status >= 400 else True
 
 
 def _call_hooks(hooks: list, *args: Any) -> None:
@@ -263,13 +312,16 @@ def _call_hooks(hooks: list, *args: Any) -> None:
 
 
 class Circuit:
-    """One upstream's breaker in this worker. Not thread-safe: used from the worker's event loop only."""
+    """One breaker in this worker's memory. Not thread-safe: used from the worker's event loop only.
 
-    __slots__ = ("upstream", "threshold", "reset_s", "state", "failures", "opened_at", "probing", "clock")
+    K failed calls in a row open it: calls fail fast with CircuitOpenError for `reset_s`; then one probe call
+    goes through, which closes it again or reopens it."""
 
-    def __init__(self, upstream: str, threshold: int, reset_s: float,
+    __slots__ = ("name", "threshold", "reset_s", "state", "failures", "opened_at", "probing", "clock")
+
+    def __init__(self, name: CircuitName, threshold: int, reset_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.upstream, self.threshold, self.reset_s, self.clock = upstream, threshold, reset_s, clock
+        self.name, self.threshold, self.reset_s, self.clock = name, threshold, reset_s, clock
         self.state, self.failures, self.opened_at, self.probing = CLOSED, 0, 0.0, False
 
     def before_call(self) -> bool:
@@ -282,10 +334,10 @@ class Circuit:
         if self.state == HALF_OPEN and not self.probing:
             self.probing = True
             return True
-        raise CircuitOpenError(self.upstream, self.reset_s - waited, self.failures)
+        raise CircuitOpenError(self.name, self.reset_s - waited, self.failures)
 
     def record(self, ok: bool | None, probe: bool) -> None:
-        """The call's outcome: True success, False failure, None neither (cancelled)."""
+        """The call's outcome: True success, False failure, None neither (cancelled, a 4xx)."""
         if probe:
             self.probing = False
         if ok is None or self.threshold <= 0:
@@ -300,17 +352,192 @@ class Circuit:
             self.opened_at = self.clock()
             self._move(OPEN)
 
+    @property
+    def dirty(self) -> bool:
+        return self.failures > 0 or self.state != CLOSED or self.probing
+
+    def reset(self) -> None:
+        """Forget everything: closed, no failures."""
+        self.failures, self.probing = 0, False
+        if self.state != CLOSED:
+            self._move(CLOSED)
+
     def _move(self, state: str) -> None:
         old, self.state = self.state, state
         if state == OPEN:
-            log.warning("upstream %s: circuit open after %d failure(s) in a row; calls fail fast for %g s",
-                        self.upstream, self.failures, self.reset_s)
+            log.warning("provider %s: circuit open after %d failure(s) in a row (this worker); calls fail fast "
+                        "for %g s", self.name, self.failures, self.reset_s)
         elif state == CLOSED:
-            log.info("upstream %s: circuit closed, the provider answers again", self.upstream)
-        _call_hooks(CIRCUIT_HOOKS, self.upstream, old, state)
+            log.info("provider %s: circuit closed (this worker)", self.name)
+        _call_hooks(CIRCUIT_HOOKS, self.name, old, state)
 
 
-_circuits: dict[str, Circuit] = {}  # by base URL as MLflow passes it (this worker)
+# KEYS: open, failures. Returns {the open key's remaining ms (-2: none), failures in a row}.
+READ_SCRIPT = """
+return {redis.call('PTTL', KEYS[1]), tonumber(redis.call('GET', KEYS[2]) or '0')}
+"""
+
+# A failed call. KEYS: open, failures, probe. ARGV: threshold, open ms, ms the count is kept, 1 for the probe.
+# Returns {failures in a row, the open key's remaining ms, 1 when this failure opened the circuit}.
+FAIL_SCRIPT = """
+local n = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local opened = 0
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[3])
+  redis.call('SET', KEYS[1], n, 'PX', ARGV[2])
+  opened = 1
+elseif n >= tonumber(ARGV[1]) and redis.call('SET', KEYS[1], n, 'PX', ARGV[2], 'NX') then
+  opened = 1
+end
+return {n, redis.call('PTTL', KEYS[1]), opened}
+"""
+
+_FAILED = object()  # what Breaker._redis answers when Redis does not
+_last_down_log = -math.inf
+
+
+class Breaker:
+    """One provider model's breaker as the upstream client uses it: `await before_call()`, `await record()`.
+
+    With Redis (GATEWAY_REDIS_URL) the state is shared by every worker of every replica, under the keys
+    `name.key` + open / failures / probe: a failure INCRs the count (dropped FAILURES_KEPT_S after the last one),
+    the one that reaches the threshold sets `open` with an expiry of reset_s, and once `open` is gone while the
+    count still stands, one call in the whole deployment takes the probe (SET NX). A worker reads the state at
+    most once per SHARED_READ_S and decides from what it read meanwhile, so a successful call costs no Redis
+    round trip (a success clears the count only when this worker knows it is not zero).
+    Without Redis, and while Redis does not answer, this worker's own Circuit decides; its state is dropped as
+    soon as Redis answers again."""
+
+    __slots__ = ("name", "threshold", "reset_s", "redis", "clock", "local", "keys", "state", "failures",
+                 "open_until", "read_at", "probe_busy", "reading")
+
+    def __init__(self, name: CircuitName, threshold: int, reset_s: float, redis=None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name, self.threshold, self.reset_s, self.redis, self.clock = name, threshold, reset_s, redis, clock
+        self.local = Circuit(name, threshold, reset_s, clock)
+        self.keys = (name.key + "open", name.key + "failures", name.key + "probe")
+        self.state, self.failures, self.open_until, self.read_at = CLOSED, 0, 0.0, -math.inf
+        self.probe_busy = False
+        self.reading: asyncio.Future | None = None
+
+    async def before_call(self) -> int:
+        """SHARED or LOCAL: call; SHARED_PROBE or LOCAL_PROBE: call, as the half-open probe.
+        Raises CircuitOpenError when the circuit is open."""
+        if self.redis is None or self.threshold <= 0:
+            return LOCAL_PROBE if self.local.before_call() else LOCAL
+        now = self.clock()
+        if now - self.read_at >= SHARED_READ_S and not (self.redis.available() and await self._read()):
+            return LOCAL_PROBE if self.local.before_call() else LOCAL
+        if self.state == CLOSED:
+            return SHARED
+        if self.state == OPEN and now < self.open_until:
+            raise CircuitOpenError(self.name, self.open_until - now, self.failures)
+        if not self.probe_busy:  # half-open: one call in the whole deployment is the probe
+            took = await self._redis(lambda r: r.client().set(self.keys[2], b"1", px=self._ms(self.reset_s),
+                                                              nx=True))
+            if took is _FAILED:
+                return LOCAL_PROBE if self.local.before_call() else LOCAL
+            self._see(HALF_OPEN)
+            self.probe_busy = True  # this worker asks no more until its next read
+            if took:
+                return SHARED_PROBE
+        raise CircuitOpenError(self.name, max(self.read_at + SHARED_READ_S - now, 1.0), self.failures)
+
+    async def record(self, ok: bool | None, ticket: int) -> None:
+        """The call's outcome (True success, False failure, None neither) with before_call's ticket."""
+        if ticket >= LOCAL:
+            self.local.record(ok, ticket == LOCAL_PROBE)
+            return
+        if self.threshold <= 0:
+            return
+        probe = ticket == SHARED_PROBE
+        if ok is None:
+            if probe:  # let another call probe
+                await self._redis(lambda r: r.client().delete(self.keys[2]))
+            return
+        if ok:
+            if probe:
+                if await self._redis(lambda r: r.client().delete(*self.keys)) is not _FAILED:
+                    log.info("provider %s: circuit closed for every worker, the probe call succeeded", self.name)
+                self.failures = 0
+                self._see(CLOSED)
+            elif self.failures:
+                await self._redis(lambda r: r.client().delete(self.keys[1]))
+                self.failures = 0
+            return
+        now = self.clock()
+        kept = max(FAILURES_KEPT_S, 2 * self.reset_s)
+        args = [self.threshold, self._ms(self.reset_s), self._ms(kept), 1 if probe else 0]
+        found = await self._redis(lambda r: r.script(FAIL_SCRIPT)(keys=self.keys, args=args))
+        if found is _FAILED:
+            self.local.record(False, False)
+            return
+        failures, remaining, opened = (int(v) for v in found)
+        if opened:
+            log.warning("provider %s: circuit open for every worker after %d failure(s) in a row; calls fail fast "
+                        "for %g s", self.name, failures, self.reset_s)
+        self._learn(now, failures, remaining)
+
+    # ---- Redis
+    async def _read(self) -> bool:
+        """Read the shared state (one read at a time per worker); False when Redis does not answer."""
+        if self.reading is None:
+            self.reading = asyncio.ensure_future(self._read_now())
+            self.reading.add_done_callback(self._read_done)
+        return await asyncio.shield(self.reading)
+
+    def _read_done(self, _future) -> None:
+        self.reading = None
+
+    async def _read_now(self) -> bool:
+        now = self.clock()  # what is read is as old as the question, not the answer
+        found = await self._redis(lambda r: r.script(READ_SCRIPT)(keys=self.keys[:2]))
+        if found is _FAILED:
+            return False
+        remaining, failures = (int(v) for v in found)
+        self._learn(now, failures, remaining)
+        return True
+
+    async def _redis(self, command: Callable):
+        """command(link)'s answer, or _FAILED when Redis is down or does not answer."""
+        redis = self.redis
+        if not redis.available():
+            return _FAILED
+        try:
+            async with asyncio.timeout(redis.timeout * 3):
+                return await command(redis)
+        except Exception as e:  # noqa: BLE001 - any Redis trouble: this worker's own breaker decides
+            redis.failed()
+            global _last_down_log
+            if self.clock() - _last_down_log >= 10:
+                _last_down_log = self.clock()
+                log.error("circuit breakers: Redis at %s does not answer (%s) — each worker decides with its own "
+                          "breakers until it does; check Redis: %s", redis.where, type(e).__name__,
+                          launcher.current().redis_check)
+            return _FAILED
+
+    def _learn(self, now: float, failures: int, remaining_ms: int) -> None:
+        self.read_at, self.failures, self.probe_busy = now, failures, False
+        if remaining_ms > 0:
+            self.open_until = now + remaining_ms / 1000
+            self._see(OPEN)
+        else:
+            self._see(HALF_OPEN if failures >= self.threshold else CLOSED)
+        if self.local.dirty:  # Redis answers: what this worker decided alone meanwhile goes
+            self.local.reset()
+
+    def _see(self, state: str) -> None:
+        if state != self.state:
+            old, self.state = self.state, state
+            _call_hooks(CIRCUIT_HOOKS, self.name, old, state)
+
+    @staticmethod
+    def _ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
+
+_breakers: dict[tuple[str, str | None], Breaker] = {}  # by base URL as MLflow passes it, and model (this worker)
 _settings: Settings | None = None
 
 
@@ -321,31 +548,29 @@ def settings() -> Settings:
     return _settings
 
 
-def upstream_of(base_url: str) -> str:
-    """scheme://host:port of a base URL: what one circuit stands for (no path, no credentials)."""
-    parts = urlsplit(base_url)
-    host = parts.hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
+def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None) -> Breaker:
+    """This worker's breaker for a provider call (base URL and payload as MLflow passes them)."""
+    model = payload.get("model") if payload else None
+    model = model if isinstance(model, str) else None
+    breaker = _breakers.get((base_url, model))
+    if breaker is None:
+        from gateway_kit.shared_redis import link_from_env
 
-
-def circuit_for(base_url: str) -> Circuit:
-    circuit = _circuits.get(base_url)
-    if circuit is None:
-        upstream = upstream_of(base_url)
-        circuit = next((c for c in _circuits.values() if c.upstream == upstream), None)
-        if circuit is None:
+        name = circuit_name(base_url, payload)
+        breaker = next((b for b in _breakers.values() if b.name == name), None)
+        if breaker is None:
             s = settings()
-            circuit = Circuit(upstream, s.circuit_failures, s.circuit_reset)
-        _circuits[base_url] = circuit
-    return circuit
+            breaker = Breaker(name, s.circuit_failures, s.circuit_reset, link_from_env())
+        _breakers[base_url, model] = breaker
+    return breaker
 
 
 # ---------------------------------------------------------------- retries
 
 
 def retry_wait(status: int, headers: Mapping[str, str], body: bytes, retry: int, policy: Policy,
-               remaining: float) -> float | None:
+               remaining: float, *, clock: Callable[[], float] = time.time,
+               uniform: Callable[[float, float], float] = random.uniform) -> float | None:
     """Seconds to wait before retrying an answer with this status, or None: do not retry.
 
     Retry-After (seconds or an HTTP date) or retry-after-ms is honoured when it is at most policy.max_wait;
@@ -355,17 +580,17 @@ def retry_wait(status: int, headers: Mapping[str, str], body: bytes, retry: int,
         return None
     if status == 429 and b"insufficient_quota" in body:
         return None
-    asked = _retry_after(headers)
+    asked = _retry_after(headers, clock)
     if asked is not None:
         if asked > policy.max_wait:
             return None
         wait = asked
     else:
-        wait = random.uniform(0, min(policy.max_wait, policy.backoff * 2**retry))
+        wait = uniform(0, min(policy.max_wait, policy.backoff * 2**retry))
     return wait if wait < remaining - 0.05 else None
 
 
-def _retry_after(headers: Mapping[str, str]) -> float | None:
+def _retry_after(headers: Mapping[str, str], clock: Callable[[], float]) -> float | None:
     ms = headers.get("retry-after-ms")
     if ms:
         try:
@@ -380,7 +605,7 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         pass
     try:
-        return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        return max(parsedate_to_datetime(value).timestamp() - clock(), 0.0)
     except (TypeError, ValueError, OverflowError):
         return None
 
@@ -733,7 +958,8 @@ def add_error_handlers(app) -> None:
 
 
 __all__ = [
-    "CIRCUIT_HOOKS", "CURRENT", "Attempt", "Circuit", "CircuitOpenError", "ENDPOINT_KEYS", "FALLBACK_HOOKS",
-    "Fallback", "FallbackEvent", "Policy", "Settings", "UpstreamTimeout", "circuit_for", "config_problems",
-    "error_for", "policies", "retry_wait", "settings", "upstream_of", "wrap",
+    "CIRCUIT_HOOKS", "CIRCUIT_PREFIX", "CURRENT", "SHARED_READ_S", "Attempt", "Breaker", "Circuit", "CircuitName",
+    "CircuitOpenError", "ENDPOINT_KEYS", "FALLBACK_HOOKS", "Fallback", "FallbackEvent", "Policy", "Settings",
+    "UpstreamTimeout", "circuit_for", "circuit_name", "config_problems", "error_for", "outcome", "policies",
+    "retry_wait", "settings", "wrap",
 ]

@@ -9,8 +9,9 @@ first use and closed when the worker shuts down.
 
 In place of MLflow's single total timeout (MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS) each call gets its
 endpoint's connect, first-byte and total timeouts, retries on 429/5xx with jittered backoff (honouring
-Retry-After) before anything is handed to MLflow, and its upstream's circuit breaker (gateway_kit.resilience;
-the endpoint comes from the contextvar resilience.CURRENT that the Fallback middleware sets).
+Retry-After) before anything is handed to MLflow, and the circuit breaker of the provider's model
+(gateway_kit.resilience; the endpoint comes from the contextvar resilience.CURRENT that the Fallback middleware
+sets).
 
 Settings (environment): GATEWAY_UPSTREAM_POOL (connections per worker, default 100),
 GATEWAY_UPSTREAM_KEEPALIVE (seconds an idle connection is kept, default 30).
@@ -119,9 +120,9 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
     attempt = resilience.CURRENT.get()
     policy = attempt.policy if attempt else resilience.Policy.default(resilience.settings())
     endpoint = attempt.endpoint if attempt else None
-    circuit = resilience.circuit_for(base_url)
+    breaker = resilience.circuit_for(base_url, payload)
     try:
-        probe = circuit.before_call()
+        ticket = await breaker.before_call()
     except resilience.CircuitOpenError:
         if attempt:
             attempt.failure = "circuit_open"
@@ -167,11 +168,11 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
         answered = response
         async with response:
             yield response
-        ok = response.status < 500
+        ok = resilience.outcome(response.status)
     except (asyncio.CancelledError, GeneratorExit):
         raise
-    except HTTPException:
-        ok = response is not None and response.status < 500  # MLflow's error for a 4xx answer: it answered
+    except HTTPException:  # MLflow's error for an error answer: a 5xx counts, a 4xx (429 too) does not
+        ok = resilience.outcome(response.status) if response is not None else False
         raise
     except resilience.UpstreamTimeout as e:
         ok, error = False, e
@@ -185,7 +186,7 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
     finally:
         if attempt and ok is False and attempt.failure is None:
             attempt.failure = _failure(error, response)
-        circuit.record(ok, probe)
+        await breaker.record(ok, ticket)
         status = str(answered.status) if answered is not None else "error"
         for observe in OBSERVERS:
             observe(base_url, status, loop.time() - started)

@@ -36,7 +36,7 @@ def exported_sample_names() -> set[str]:
         metrics.rate_limited("requests_per_minute", "chat", "team-a")
         metrics.budget_rejected("usd_per_day", "chat", "team-a")
         metrics.fallback("chat", "azure-chat", "upstream_5xx")
-        metrics.circuit_breaker("api.openai.com", "open")
+        metrics.circuit_breaker("api.openai.com", "open", model="gpt-4o-mini")
         text = generate_latest(m.registry).decode()
     finally:
         metrics._active = previous

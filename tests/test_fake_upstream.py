@@ -226,7 +226,7 @@ def test_azure_routes_require_the_api_version_as_azure_does(fake):
 
 @pytest.mark.parametrize("fault,status,code", [
     ("429", 429, "rate_limit_exceeded"), ("quota", 429, "insufficient_quota"),
-    ("500", 500, None), ("401", 401, "invalid_api_key"),
+    ("500", 500, None), ("400", 400, "context_length_exceeded"), ("401", 401, "invalid_api_key"),
 ])
 def test_error_faults_answer_in_openai_error_shape(fake, fault, status, code):
     resp = chat(fake, f"please [[fault:{fault}]] now")

@@ -97,7 +97,8 @@ def test_functions_for_limits_fallbacks_and_breakers_count_with_bounded_labels(m
     metrics.rate_limited("Free Text!", "made-up", None)
     metrics.budget_rejected("usd_per_day", "embeddings", "team-b")
     metrics.fallback("chat", "azure-chat", "upstream_5xx")
-    metrics.circuit_breaker("https://user:secret@api.openai.com/v1", "open")
+    metrics.circuit_breaker("https://user:secret@api.openai.com/v1", "open", model="gpt-4o-mini")
+    metrics.circuit_breaker("https://api.openai.com/v1", "closed", model="text-embedding-3-small")
     assert value(m, "gateway_rate_limit_rejections_total", limit="requests_per_minute", endpoint="chat",
                  client="team-a") == 1
     assert value(m, "gateway_rate_limit_rejections_total", limit="other", endpoint="unknown",
@@ -105,10 +106,14 @@ def test_functions_for_limits_fallbacks_and_breakers_count_with_bounded_labels(m
     assert value(m, "gateway_budget_rejections_total", limit="usd_per_day", endpoint="embeddings",
                  client="team-b") == 1
     assert value(m, "gateway_fallbacks_total", endpoint="chat", to="azure-chat", reason="upstream_5xx") == 1
-    assert value(m, "gateway_circuit_breaker_transitions_total", upstream="api.openai.com", state="open") == 1
-    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com") == 1
-    metrics.circuit_breaker("api.openai.com", "half_open")
-    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com") == 0
+    # one breaker per model of a provider: the sick model's is open, its neighbour's on the same host is not
+    assert value(m, "gateway_circuit_breaker_transitions_total", upstream="api.openai.com", model="gpt-4o-mini",
+                 state="open") == 1
+    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com", model="gpt-4o-mini") == 1
+    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com",
+                 model="text-embedding-3-small") == 0
+    metrics.circuit_breaker("api.openai.com", "half_open", model="gpt-4o-mini")
+    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com", model="gpt-4o-mini") == 0
     text = "".join(str(s) for f in m.registry.collect() for s in f.samples)
     assert "secret" not in text and "Free Text" not in text
 
@@ -119,7 +124,7 @@ def test_the_functions_do_nothing_when_metrics_are_not_set_up():
         metrics.rate_limited("requests_per_minute", "chat", "a")
         metrics.budget_rejected("usd_per_day", "chat", "a")
         metrics.fallback("chat", "azure-chat", "timeout")
-        metrics.circuit_breaker("api.openai.com", "open")
+        metrics.circuit_breaker("api.openai.com", "open", model="gpt-4o-mini")
     finally:
         metrics._active = previous
 

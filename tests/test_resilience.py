@@ -1,10 +1,12 @@
 """A misbehaving provider, as a client of the stack sees it: nginx -> 2 replicas -> fake providers.
 
 Each scenario has its own endpoint whose provider is its own loopback address (127.0.20.N) of one extra fake
-upstream, so each has its own circuit breaker and its own request count (the fake's /_fake/stats by_host).
-Faults are scoped to one provider with the fake's `[[fault@HOST:...]]` markers, so the same prompt fails the
-primary and is answered by the fallback (`backup`, model gpt-4.1-mini). Settings for this stack: circuit
-opens after 3 failures, half-opens after 2 s; 1 worker per replica, so a replica's circuit is one worker's.
+upstream, so each has its own circuit breaker and its own request count (the fake's /_fake/stats by_host);
+model-a, model-b and embed share one address, as the models of one provider do. Faults are scoped to one
+provider with the fake's `[[fault@HOST:...]]` markers (or to one model, `[[fault@MODEL:...]]`), so the same
+prompt fails the primary and is answered by the fallback (`backup`, model gpt-4.1-mini). Settings for this
+stack: circuit opens after 3 failures, half-opens after 2 s; 1 worker per replica; the replicas share their
+breakers through the stack's Redis.
 
 Time bounds are loose on purpose (a shared 2-core machine): "well under the next larger timeout".
 """
@@ -22,8 +24,11 @@ import pytest
 import requests
 import yaml
 
-from conftest import REPO, clean_env, free_port, own_stack, running_fake
+from conftest import REPO, clean_env, free_port, own_stack, running_fake, start_replica, stop_group
+from redis import Redis
+
 from gateway_kit.keys import add as add_client_key
+from gateway_kit.resilience import CIRCUIT_PREFIX, SHARED_READ_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 
@@ -45,7 +50,13 @@ PROVIDERS = {  # endpoint -> (loopback host number, its kit keys)
     "hang": (19, {"timeouts": {"first_byte": 1, "total": 5}}),
     "fragile": (6, {"retries": 0}),
     "guarded": (7, {"retries": 0, "fallback": {"to": ["backup"]}}),
+    "model-a": (8, {"retries": 0}),
+    "model-b": (8, {"retries": 0}),
+    "embed": (8, {}),
+    "picky": (9, {"retries": 0}),
+    "flushed": (20, {"retries": 0}),
 }
+MODELS = {"backup": "gpt-4.1-mini", "model-a": "gpt-4o", "embed": "text-embedding-3-small"}  # else gpt-4o-mini
 
 
 def host(endpoint: str) -> str:
@@ -63,7 +74,7 @@ def fake_port() -> int:
 @pytest.fixture(scope="module")
 def providers(fake_port):
     """One fake upstream process answering on every provider address."""
-    hosts = ",".join(f"127.0.20.{n}" for n, _ in PROVIDERS.values())
+    hosts = ",".join(dict.fromkeys(f"127.0.20.{n}" for n, _ in PROVIDERS.values()))
     with running_fake(hosts, fake_port) as url:  # the first host: 127.0.20.2, the backup's
         yield url
 
@@ -73,11 +84,11 @@ def rstack(providers, fake_port, tmp_path_factory):
     state = tmp_path_factory.mktemp("resilience-stack")
     endpoints = []
     for name, (n, kit) in PROVIDERS.items():
-        model = "gpt-4.1-mini" if name == "backup" else "gpt-4o-mini"
         base = f"http://127.0.20.{n}:{fake_port}/v1"
-        provider = {"provider": "openai", "name": model,
+        provider = {"provider": "openai", "name": MODELS.get(name, "gpt-4o-mini"),
                     "config": {"openai_api_key": "test-key", "openai_api_base": base}}
-        endpoints.append({"name": name, "endpoint_type": "llm/v1/chat", "model": provider, **kit})
+        kind = "llm/v1/embeddings" if name == "embed" else "llm/v1/chat"
+        endpoints.append({"name": name, "endpoint_type": kind, "model": provider, **kit})
     config = state / "resilience.yaml"
     config.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
     env = {"GATEWAY_CIRCUIT_FAILURES": str(CIRCUIT_FAILURES), "GATEWAY_CIRCUIT_RESET": str(CIRCUIT_RESET),
@@ -88,6 +99,30 @@ def rstack(providers, fake_port, tmp_path_factory):
     with own_stack(state, "--replicas", "2", "--workers", "1", "--config", str(config), "--keys", str(keys),
                    env=env) as s:
         yield s
+
+
+def replica_settings(stack) -> dict[str, str]:
+    """A replica of one's own (conftest.start_replica) serving the stack's config and keys."""
+    return {"GATEWAY_CONFIG": str(stack.state_dir / "resilience.yaml"),
+            "GATEWAY_KEYS_FILE": str(stack.state_dir / "keys.json"), "GATEWAY_LEDGER_DIR": "off",
+            "GATEWAY_CIRCUIT_FAILURES": str(CIRCUIT_FAILURES), "GATEWAY_UPSTREAM_BACKOFF": "0.05"}
+
+
+@pytest.fixture(scope="module")
+def long_reset(rstack, tmp_path_factory):
+    """Two more replicas (1 worker each) on the stack's Redis whose open circuits stay open for 60 s."""
+    procs, urls = [], []
+    try:
+        for i in (1, 2):
+            port = free_port()
+            procs.append(start_replica(tmp_path_factory.mktemp(f"long-reset-{i}"), port,
+                                       **replica_settings(rstack), GATEWAY_CIRCUIT_RESET="60",
+                                       GATEWAY_REDIS_URL="redis://127.0.0.1:6379/0"))
+            urls.append(f"http://127.0.0.1:{port}")
+        yield urls
+    finally:
+        for proc in procs:
+            stop_group(proc.pid)
 
 
 @pytest.fixture(autouse=True)
@@ -263,7 +298,7 @@ def test_the_gateway_keeps_serving_while_providers_hang(rstack, providers):
             assert r.json()["choices"][0]["message"]["content"] == f"Fake answer to: healthy {i}"
         for f in hanging:
             r, elapsed = f.result()
-            # 504 after first_byte, or 503 once 3 timeouts opened that worker's circuit: JSON either way
+            # 504 after first_byte, or 503 once 3 timeouts opened the circuit: JSON either way
             assert r.status_code in (503, 504) and r.json()["error"]["type"] in (
                 "upstream_timeout", "upstream_circuit_open"), r.text
             assert elapsed < 5
@@ -276,43 +311,118 @@ def replica_url(i: int) -> str:
     return f"http://127.0.10.{i}:8000"
 
 
-def test_the_circuit_opens_after_k_failures_then_fails_fast_naming_the_upstream(rstack, providers):
-    fault = f"[[fault@{host('fragile')}:500]] hello"
-    for i in (1, 2):  # each replica (1 worker) keeps its own circuit
-        statuses = [ask(rstack, "fragile", fault, url=f"{replica_url(i)}/gateway/fragile/invocations")[0]
-                    for _ in range(CIRCUIT_FAILURES)]
-        assert [r.status_code for r in statuses] == [500] * CIRCUIT_FAILURES
-    assert hits(providers, "fragile") == 2 * CIRCUIT_FAILURES
-    for stream in (False, True):  # through nginx now: every replica fails fast, the provider sees nothing
-        r, elapsed = ask(rstack, "fragile", "a healthy question", stream=stream)
-        assert r.status_code == 503, r.text
-        error = r.json()["error"]
-        assert error["type"] == "upstream_circuit_open"
-        assert f"http://{host('fragile')}:" in error["message"] and "tries again in" in error["message"]
-        assert 1 <= int(r.headers["Retry-After"]) <= CIRCUIT_RESET
-    assert hits(providers, "fragile") == 2 * CIRCUIT_FAILURES
+def ask_replica(stack, i: int, endpoint: str, content: str):
+    return ask(stack, endpoint, content, url=f"{replica_url(i)}/gateway/{endpoint}/invocations")[0]
 
-    time.sleep(CIRCUIT_RESET + 0.5)  # half-open: one probe goes through
-    url = f"{replica_url(1)}/gateway/fragile/invocations"
-    r, _ = ask(rstack, "fragile", fault, url=url)  # the probe fails: open again
-    assert r.status_code == 500
-    r, _ = ask(rstack, "fragile", "healthy", url=url)
-    assert r.status_code == 503
+
+def test_k_failures_spread_over_the_replicas_open_the_circuit_for_every_one(rstack, providers):
+    fault = f"[[fault@{host('fragile')}:500]] hello"
+    # 2 failures on replica 1, the 3rd on replica 2: K in the whole deployment, not K per worker
+    assert [ask_replica(rstack, i, "fragile", fault).status_code for i in (1, 1, 2)] == [500] * CIRCUIT_FAILURES
+    time.sleep(SHARED_READ_S)  # what a worker read of the shared state is trusted this long at most
+    for stream in (False, True):  # through nginx now: every replica fails fast, the provider sees nothing
+        for _ in range(2):
+            r, _ = ask(rstack, "fragile", "a healthy question", stream=stream)
+            assert r.status_code == 503, r.text
+            error = r.json()["error"]
+            assert error["type"] == "upstream_circuit_open"
+            assert f"http://{host('fragile')}:" in error["message"] and "tries again in" in error["message"]
+            assert "for model gpt-4o-mini" in error["message"]
+            assert 1 <= int(r.headers["Retry-After"]) <= CIRCUIT_RESET
+    assert hits(providers, "fragile") == CIRCUIT_FAILURES
+
+    time.sleep(CIRCUIT_RESET + 0.5)  # half-open: one probe goes through, for the whole deployment
+    assert ask_replica(rstack, 1, "fragile", fault).status_code == 500  # the probe fails: open again
+    time.sleep(SHARED_READ_S)
+    assert [ask_replica(rstack, i, "fragile", "healthy").status_code for i in (1, 2)] == [503, 503]
     time.sleep(CIRCUIT_RESET + 0.5)
-    r, _ = ask(rstack, "fragile", "healthy", url=url)  # a good probe closes it
+    r = ask_replica(rstack, 2, "fragile", "healthy")  # a good probe, on the other replica, closes it
     assert r.status_code == 200, r.text
-    r, _ = ask(rstack, "fragile", "healthy again", url=url)
-    assert r.status_code == 200
-    assert hits(providers, "fragile") == 2 * CIRCUIT_FAILURES + 3
+    time.sleep(SHARED_READ_S)
+    assert [ask_replica(rstack, i, "fragile", "healthy again").status_code for i in (1, 2)] == [200, 200]
+    assert hits(providers, "fragile") == CIRCUIT_FAILURES + 4
+
+
+def test_a_failing_model_opens_its_own_circuit_and_the_other_models_on_its_host_keep_answering(rstack,
+                                                                                               providers):
+    fault = "[[fault@gpt-4o:500]] hello"  # model-a's model only; model-b and embed share its host
+    statuses = []
+    while 503 not in statuses:  # through nginx, whichever replica answers
+        assert len(statuses) < 2 * CIRCUIT_FAILURES, statuses
+        r, _ = ask(rstack, "model-a", fault)
+        statuses.append(r.status_code)
+    assert set(statuses[:CIRCUIT_FAILURES]) == {500}
+    message = r.json()["error"]["message"]
+    assert f"the provider http://{host('model-a')}:" in message and "/v1 failed" in message
+    assert "for model gpt-4o;" in message
+    time.sleep(SHARED_READ_S)
+    for i in (1, 2):
+        assert ask_replica(rstack, i, "model-a", "healthy").status_code == 503
+        r = ask_replica(rstack, i, "model-b", "I am fine")
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "Fake answer to: I am fine"
+        r = requests.post(f"{replica_url(i)}/gateway/embed/invocations", json={"input": ["embed me"]},
+                          headers={"Authorization": f"Bearer {CLIENT['key']}"}, timeout=30)
+        assert r.status_code == 200 and len(r.json()["data"]) == 1, r.text
+
+
+def test_bad_requests_and_429s_never_move_the_circuit(rstack, providers):
+    # retries: 0, so each answer is one call. 400 and 429 between the 500s neither count nor start the
+    # count again: the third 500 opens it.
+    answers = [ask_replica(rstack, 1, "picky", f"[[fault:{fault}]] hello").status_code
+               for fault in ("400", "400", "400", "400", "500", "429", "400", "500", "400", "500")]
+    assert answers == [400, 400, 400, 400, 500, 429, 400, 500, 400, 500]
+    r = ask_replica(rstack, 1, "picky", "healthy")
+    assert r.status_code == 503 and r.json()["error"]["type"] == "upstream_circuit_open", r.text
+
+
+def test_deleting_the_circuit_keys_in_redis_closes_it_for_every_replica_within_1_5_s(rstack, providers,
+                                                                                    long_reset):
+    fault = f"[[fault@{host('flushed')}:500]] hello"
+    assert [ask(rstack, "flushed", fault, url=f"{long_reset[i]}/gateway/flushed/invocations")[0].status_code
+            for i in (0, 1, 0)] == [500] * CIRCUIT_FAILURES
+    time.sleep(SHARED_READ_S)
+    for url in long_reset:
+        assert ask(rstack, "flushed", "healthy", url=f"{url}/gateway/flushed/invocations")[0].status_code == 503
+    redis = Redis(port=6379)
+    keys = list(redis.scan_iter(match=f"{CIRCUIT_PREFIX}*"))
+    assert any(host("flushed") in k.decode() for k in keys), keys
+    redis.delete(*keys)
+    time.sleep(1.5)  # the bound docs/resilience.md promises (the circuit would stay open 60 s more)
+    for url in long_reset:
+        for _ in range(2):
+            r, _ = ask(rstack, "flushed", "healthy", url=f"{url}/gateway/flushed/invocations")
+            assert r.status_code == 200, r.text
+
+
+def test_with_redis_down_each_worker_decides_alone_and_requests_are_still_served(rstack, providers, tmp_path):
+    port, dead = free_port(), free_port()  # nothing listens on `dead`
+    log = tmp_path / "gateway.log"
+    proc = start_replica(tmp_path, port, log=log, **replica_settings(rstack), GATEWAY_CIRCUIT_RESET="60",
+                         GATEWAY_REDIS_URL=f"redis://127.0.0.1:{dead}/0")
+    url = f"http://127.0.0.1:{port}/gateway/{{}}/invocations"
+    try:
+        failing = [ask(rstack, "model-a", "[[fault@gpt-4o:500]] hi", url=url.format("model-a"))[0].status_code
+                   for _ in range(CIRCUIT_FAILURES)]
+        refused, _ = ask(rstack, "model-a", "healthy", url=url.format("model-a"))
+        served = [ask(rstack, "model-b", f"still here {i}", url=url.format("model-b"))[0] for i in range(3)]
+    finally:
+        stop_group(proc.pid)
+    assert failing == [500] * CIRCUIT_FAILURES
+    assert refused.status_code == 503 and refused.json()["error"]["type"] == "upstream_circuit_open"
+    assert [r.status_code for r in served] == [200] * 3
+    assert hits(providers, "model-a") == CIRCUIT_FAILURES + 3  # model-a's failures, model-b's answers
+    lines = [line for line in log.read_text().splitlines() if "circuit breakers: Redis at" in line]
+    assert lines and f"127.0.0.1:{dead} does not answer" in lines[0], log.read_text()[-2000:]
+    assert "each worker decides with its own breakers until it does" in lines[0]
 
 
 def test_an_open_circuit_sends_requests_to_the_fallback(rstack, providers):
     fault = f"[[fault@{host('guarded')}:500]] hello"
-    url = f"{replica_url(1)}/gateway/guarded/invocations"
-    for _ in range(CIRCUIT_FAILURES):
-        r, _ = ask(rstack, "guarded", fault, url=url)
-        served_by_backup(rstack, r, "guarded", "http_500")
-    r, _ = ask(rstack, "guarded", "healthy", url=url)
+    for i in (1, 2, 1):
+        served_by_backup(rstack, ask_replica(rstack, i, "guarded", fault), "guarded", "http_500")
+    time.sleep(SHARED_READ_S)
+    r = ask_replica(rstack, 2, "guarded", "healthy")
     served_by_backup(rstack, r, "guarded", "circuit_open")
     assert hits(providers, "guarded") == CIRCUIT_FAILURES
 

@@ -10,6 +10,7 @@ import calendar
 import pytest
 
 from gateway_kit import limits
+from gateway_kit.shared_redis import RedisLink
 from gateway_kit.limits import ClientLimit, Limiter, Limits, LimitsConfigError, read_config, refusal, rules_for
 from unit.asgi import Echo, request
 
@@ -100,7 +101,7 @@ class ScriptedLimiter(Limiter):
     """A Limiter whose Redis answers are scripted: a verdict to return, or an exception to raise."""
 
     def __init__(self, cfg: dict, verdict=None, policy: str = "open") -> None:
-        super().__init__(read_config(cfg), "redis://127.0.0.1:1/0", policy)
+        super().__init__(read_config(cfg), RedisLink("redis://127.0.0.1:1/0"), policy)
         self.verdict, self.checked = verdict, []
 
     async def check(self, rules, now):
