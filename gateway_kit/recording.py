@@ -130,19 +130,20 @@ def parse_json(body: bytes):
     The one place that decides whether a request body is too deep, for every part of the kit that parses one.
     Python's parser stops at its recursion limit (about 900 levels, depending on the call stack), and MLflow's
     pydantic models stop serialising at 255 levels (a 400 naming neither): a fixed limit below both says
-    what is wrong at the door. A body with few brackets cannot be deep: only those pay for the walk."""
+    what is wrong at the door. Only a body with more than MAX_JSON_DEPTH brackets can be that deep, and only
+    those pay for the walk (bench/json_depth.py)."""
     try:
         value = json.loads(body)
     except RecursionError:
         raise JSONTooDeep() from None
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+    if _brackets_over(body, MAX_JSON_DEPTH) and _deeper_than(value, MAX_JSON_DEPTH):
         raise JSONTooDeep()
     return value
 
 
 def refuse_too_deep(body: bytes) -> None:
     """Raise JSONTooDeep when body is JSON nested too deeply; any other fault is left to whoever parses it."""
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH:
+    if _brackets_over(body, MAX_JSON_DEPTH):
         try:
             parse_json(body)
         except JSONTooDeep:
@@ -151,15 +152,36 @@ def refuse_too_deep(body: bytes) -> None:
             pass
 
 
+def _brackets_over(body: bytes, limit: int) -> bool:
+    """More than `limit` of `[` and `{` in body. bytes.find (memchr) skips text far faster than bytes.count
+    reads it, and stops at limit + 1: a long prompt costs a scan, many brackets at most limit + 1 finds."""
+    found = 0
+    for bracket in (b"[", b"{"):
+        at = body.find(bracket)
+        while at >= 0:
+            found += 1
+            if found > limit:
+                return True
+            at = body.find(bracket, at + 1)
+    return False
+
+
+_CONTAINERS = frozenset((dict, list))
+
+
 def _deeper_than(value, limit: int) -> bool:
-    """True when value (parsed JSON) nests objects and arrays more than `limit` levels; level by level, no recursion."""
+    """True when value (parsed JSON) nests objects and arrays more than `limit` levels; level by level, no
+    recursion. A list of scalars (token ids, floats) is passed over at C speed."""
     level = [value]
     for _ in range(limit):
-        level = [child for v in level
-                 for child in (v.values() if type(v) is dict else v if type(v) is list else ())
-                 if type(child) is dict or type(child) is list]
-        if not level:
+        below = []
+        for container in level:
+            children = container.values() if type(container) is dict else container
+            if not _CONTAINERS.isdisjoint(map(type, children)):
+                below += [child for child in children if type(child) is dict or type(child) is list]
+        if not below:
             return False
+        level = below
     return True
 
 
