@@ -171,17 +171,16 @@ _CONTAINERS = frozenset((dict, list))
 
 def _deeper_than(value, limit: int) -> bool:
     """True when value (parsed JSON) nests objects and arrays more than `limit` levels; level by level, no
-    recursion. A list of scalars (token ids, floats) is passed over at C speed."""
+    recursion. A long list without containers (token ids, floats) is passed over at C speed (map(type, ...))."""
     level = [value]
     for _ in range(limit):
-        below = []
-        for container in level:
-            children = container.values() if type(container) is dict else container
-            if not _CONTAINERS.isdisjoint(map(type, children)):
-                below += [child for child in children if type(child) is dict or type(child) is list]
-        if not below:
+        level = [child for container in level
+                 for child in (container.values() if type(container) is dict
+                               else container if len(container) < 16 or not _CONTAINERS.isdisjoint(map(type, container))
+                               else ())
+                 if type(child) is dict or type(child) is list]
+        if not level:
             return False
-        level = below
     return True
 
 
