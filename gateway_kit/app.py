@@ -148,13 +148,15 @@ def create_app():
     if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
         sinks.append(usage_log())
     metrics.install(app, raw, replica_id(), sinks)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
-    if os.environ.get("GATEWAY_FAST_ROUTES", "on").lower() not in _OFF:
-        from gateway_kit import fast_routes
+    from gateway_kit import fast_routes
 
+    if os.environ.get("GATEWAY_FAST_ROUTES", "on").lower() not in _OFF:
         fast_routes.cache_providers(app)
         fast_routes.quiet_telemetry(app)
         fast_routes.fast_encoder()
         fast_routes.install(app)  # the LLM routes without FastAPI's routing machinery (same answers)
+    else:
+        fast_routes.install(app, serve=False)  # FastAPI serves them; JSON nested too deeply is refused the same way
     # From here on, middleware wraps MLflow's app, innermost first (docs/architecture.md has the order).
     if os.environ.get("GATEWAY_RESILIENCE", "on").lower() not in _OFF:
         app = resilience(app, raw)

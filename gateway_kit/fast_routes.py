@@ -14,7 +14,9 @@ validation, or is sent with a content type FastAPI would not parse as JSON, goes
 body, so every error answer is FastAPI's own. Exceptions from the handler reach the same exception
 handlers. tests/test_fast_routes.py sends the same requests with and without it and compares the answers.
 
-GATEWAY_FAST_ROUTES=off turns it off. A route whose shape the kit does not know is left to FastAPI.
+GATEWAY_FAST_ROUTES=off turns it off: FastAPI serves every route, and the table only reads the body to refuse
+JSON nested more than recording.MAX_JSON_DEPTH levels, the one check both ways share. A route whose shape the
+kit does not know is left to FastAPI.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from fastapi.routing import serialize_response
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway_kit.recording import read_body, replay_body, request_json
+from gateway_kit.recording import JSONTooDeep, read_body, refuse_too_deep, replay_body, request_json
 
 log = logging.getLogger("gateway_kit.fast_routes")
 
@@ -73,7 +75,9 @@ class FastRoute:
         """Answer as FastAPI would, or hand the request (its body too) to FastAPI's router."""
         try:
             payload = request_json(scope, body)
-        except Exception:  # noqa: BLE001 - bad JSON, or nested too deep: FastAPI words the error
+        except JSONTooDeep:
+            raise  # the kit's own limit, answered by request_errors whichever way the route is served
+        except Exception:  # noqa: BLE001 - bad JSON, not UTF-8: FastAPI words the error
             return await router(scope, replay_body(body, receive), send)
         value, errors = self.body_field.validate(payload, {}, loc=("body",))
         if errors:
@@ -90,10 +94,11 @@ class FastRoute:
 class FastRoutes:
     """ASGI: the table's routes served directly; everything else (and every odd request) to the router."""
 
-    def __init__(self, router_app, router, routes: dict[str, FastRoute]) -> None:
+    def __init__(self, router_app, router, routes: dict[str, FastRoute], serve: bool = True) -> None:
         self.router_app = router_app
         self.router = router
         self.routes = routes
+        self.serve = serve
 
     async def __call__(self, scope, receive, send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
@@ -103,12 +108,17 @@ class FastRoutes:
         body = await read_body(receive)
         if body is None:  # the client went away mid-body: the router meets the same disconnect
             return await self.router_app(scope, receive, send)
+        if not self.serve:  # GATEWAY_FAST_ROUTES=off: FastAPI serves it, after the kit's depth limit
+            refuse_too_deep(body)
+            return await self.router_app(scope, replay_body(body, receive), send)
         scope.setdefault("router", self.router)
         await route.serve(scope, body, receive, send, self.router_app)
 
 
-def install(app) -> int:
-    """Put the fast table in front of MLflow's router; the number of routes it serves (0: none fit)."""
+def install(app, serve: bool = True) -> int:
+    """Put the fast table in front of MLflow's router; the number of routes it serves (0: none fit). With
+    serve=False (GATEWAY_FAST_ROUTES=off) FastAPI serves them all: the table only refuses a body nested too
+    deeply, as the fast routes do (recording.parse_json), so both ways give the same answers."""
     router = app.router
     if not hasattr(router, "middleware_stack"):
         log.warning("FastAPI's router has no middleware_stack: every route goes through FastAPI's routing")
@@ -118,7 +128,7 @@ def install(app) -> int:
         if FastRoute.fits(route) and not _matched_earlier(route.path, router.routes[:at]):
             routes[route.path] = FastRoute(route)
     if routes:
-        router.middleware_stack = FastRoutes(router.middleware_stack, router, routes)
+        router.middleware_stack = FastRoutes(router.middleware_stack, router, routes, serve)
     return len(routes)
 
 

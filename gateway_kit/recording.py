@@ -26,6 +26,9 @@ _DECODER = json.JSONDecoder()
 _V1_PREFIX = "/v1/"
 _INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
 _INVOCATION_SUFFIX = "/invocations"
+# Deepest nesting of objects and arrays a request body may have (the body itself is level 1): far beyond any
+# real request (a tool's JSON schema nested 50 objects deep is about 105), far below where Python and MLflow fail.
+MAX_JSON_DEPTH = 128
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,83 @@ def request_endpoint(scope, request_body: bytes) -> str | None:
     return state["kit_endpoint"]
 
 
+class JSONTooDeep(ValueError):
+    """A request body nested deeper than MAX_JSON_DEPTH (request_errors answers it with a 400)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def parse_json(body: bytes):
+    """json.loads(body), refusing JSON nested more than MAX_JSON_DEPTH levels (JSONTooDeep).
+
+    The one place that decides whether a request body is too deep, for every part of the kit that parses one.
+    Python's parser stops at its recursion limit (about 900 levels, depending on the call stack), and MLflow's
+    pydantic models stop serialising at 255 levels (a 400 naming neither): a fixed limit below both says
+    what is wrong at the door. Only a body with more than MAX_JSON_DEPTH brackets can be that deep, and only
+    those pay for the walk (bench/json_depth.py)."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise JSONTooDeep() from None
+    if _brackets_over(body, MAX_JSON_DEPTH) and _deeper_than(value, MAX_JSON_DEPTH):
+        raise JSONTooDeep()
+    return value
+
+
+def refuse_too_deep(body: bytes) -> None:
+    """Raise JSONTooDeep when body is JSON nested too deeply; any other fault is left to whoever parses it."""
+    if _brackets_over(body, MAX_JSON_DEPTH):
+        try:
+            parse_json(body)
+        except JSONTooDeep:
+            raise
+        except Exception:  # noqa: BLE001 - not JSON, not UTF-8...: FastAPI words those errors
+            pass
+
+
+def _brackets_over(body: bytes, limit: int) -> bool:
+    """More than `limit` of `[` and `{` in body. bytes.find (memchr) skips text far faster than bytes.count
+    reads it, and stops at limit + 1: a long prompt costs a scan, many brackets at most limit + 1 finds."""
+    found = 0
+    for bracket in (b"[", b"{"):
+        at = body.find(bracket)
+        while at >= 0:
+            found += 1
+            if found > limit:
+                return True
+            at = body.find(bracket, at + 1)
+    return False
+
+
+_CONTAINERS = frozenset((dict, list))
+
+
+def _deeper_than(value, limit: int) -> bool:
+    """True when value (parsed JSON) nests objects and arrays more than `limit` levels; level by level, no
+    recursion. A long list without containers (token ids, floats) is passed over at C speed (map(type, ...))."""
+    level = [value]
+    for _ in range(limit):
+        level = [child for container in level
+                 for child in (container.values() if type(container) is dict
+                               else container if len(container) < 16 or not _CONTAINERS.isdisjoint(map(type, container))
+                               else ())
+                 if type(child) is dict or type(child) is list]
+        if not level:
+            return False
+    return True
+
+
 def request_json(scope, body: bytes):
-    """json.loads(body), or the parse request_endpoint already made of this very body."""
-    kept = scope.get("state", {}).get("kit_json")
-    return kept[1] if kept is not None and kept[0] is body else json.loads(body)
+    """parse_json(body), or the parse request_endpoint already made of this very body; kept for the error
+    handlers (request_errors fills MLflow's unfilled placeholders from it)."""
+    state = scope.setdefault("state", {})
+    kept = state.get("kit_json")
+    if kept is not None and kept[0] is body:
+        return kept[1]
+    value = parse_json(body)
+    state["kit_json"] = (body, value)
+    return value
 
 
 def endpoint_of(path: str, request_body: bytes, keep: dict | None = None) -> str | None:
@@ -127,8 +203,8 @@ def endpoint_of(path: str, request_body: bytes, keep: dict | None = None) -> str
         return path[path.index("/", 1) + 1 : -len(_INVOCATION_SUFFIX)]
     if path.startswith(_V1_PREFIX) and request_body:
         try:  # parsed in full: a tool's JSON schema may have a "model" property of its own
-            parsed = json.loads(request_body)
-        except (ValueError, RecursionError):
+            parsed = parse_json(request_body)
+        except ValueError:  # not JSON, or too deep (JSONTooDeep): the app answers it
             return None
         if keep is not None:
             keep["kit_json"] = (request_body, parsed)

@@ -5,7 +5,8 @@ body that does not fit, `{"detail": "Not Found"}` for an unknown path, and a bar
 `"model"` on /v1/*. The kit answers all of them as `{"error": {"type": "...", "message": "..."}}`, like
 nginx and the upstream errors (docs/security.md has the table):
 
-    400 invalid_json             the body is not JSON (or not UTF-8, or holds an unpaired surrogate)
+    400 invalid_json             the body is not JSON (or not UTF-8, or holds an unpaired surrogate), or it nests
+                                 objects and arrays more than MAX_JSON_DEPTH (128) levels deep
     400 empty_body               no body at all
     400 invalid_request          the body cannot be turned into a provider request (e.g. tool_calls
                                  arguments that are not JSON); also MLflow's own 4xx
@@ -29,6 +30,7 @@ import os
 import re
 
 from gateway_kit.launcher import fix_setting
+from gateway_kit.recording import MAX_JSON_DEPTH, JSONTooDeep
 from gateway_kit.secrets import redact
 
 log = logging.getLogger("gateway_kit.request_errors")
@@ -46,6 +48,7 @@ _INVOCATIONS = re.compile(r"^/(?:gateway|endpoints)/([^/]+)/invocations$")
 _UNION_MEMBER = re.compile(r"\[|^(str|int|float|bool|dict|list|none)$")
 _UNKNOWN_NAME = re.compile(r"Invalid endpoint / route name: '(.*)'$")
 _FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")  # in MLflow's messages: "Received value: '{n}'."
 _WRONG_KIND = re.compile(r"^Endpoint '.*' is not an? \w+ endpoint\.$")  # MLflow's /v1/* check of 'model'
 
 
@@ -112,6 +115,7 @@ def add_request_error_handlers(app) -> None:
     """Clear 4xx JSON errors for bad requests (see the module docstring); call before the app serves."""
     from fastapi.exceptions import RequestValidationError
     from mlflow.exceptions import MlflowException
+    from mlflow.gateway.exceptions import AIGatewayException
     from starlette.exceptions import HTTPException
 
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes())
@@ -159,15 +163,27 @@ def add_request_error_handlers(app) -> None:
         if exc.status_code == 413:
             return error_response(413, "request_too_large", str(exc.detail))
         if exc.status_code == 400 and exc.detail == _FASTAPI_UNREADABLE_BODY:
+            if isinstance(exc.__cause__, RecursionError):  # FastAPI's own parse, on a route the kit does not know
+                return await too_deep(request, exc)
             return error_response(400, "invalid_json", "the request body could not be read as JSON (is it "
                                   "UTF-8?) — send a UTF-8 JSON object with Content-Type: application/json")
         if exc.status_code == 400 and _WRONG_KIND.match(str(exc.detail)):
             return error_response(400, "invalid_request", f"{str(exc.detail).rstrip('.')} — 'model' must name an "
                                   f"endpoint of the kind {request.url.path} serves (endpoints: {endpoint_names()})")
+        if isinstance(exc.__context__, AIGatewayException):  # raised by MLflow's translate_http_exception
+            return await mlflow_refusal(request, exc.__context__)
         # Providers' errors passed on by MLflow: MLflow's shape, minus any key.
-        from fastapi.responses import JSONResponse
+        return detail_response(exc.status_code, exc.detail, exc.headers)
 
-        return JSONResponse({"detail": redact_value(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    async def mlflow_refusal(request, exc: AIGatewayException):
+        """MLflow's own refusal of a request (e.g. anthropic: 'n' must be 1), in MLflow's shape as on its /gateway
+        routes (which turn it into an HTTPException; its /v1 routes do not: a 500 without this handler)."""
+        detail = fill_placeholders(exc.detail, request.scope) if isinstance(exc.detail, str) else exc.detail
+        return detail_response(exc.status_code, detail)
+
+    async def too_deep(request, exc: Exception):
+        return error_response(400, "invalid_json", f"the request body is nested too deeply: the gateway reads JSON "
+                              f"objects and arrays nested at most {MAX_JSON_DEPTH} levels — send a flatter body")
 
     async def mlflow_error(request, exc: MlflowException):
         status = exc.get_http_status_code()
@@ -209,6 +225,8 @@ def add_request_error_handlers(app) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(MlflowException, mlflow_error)
+    app.add_exception_handler(AIGatewayException, mlflow_refusal)
+    app.add_exception_handler(JSONTooDeep, too_deep)  # a ValueError: the more specific handler wins
     for kind in (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError, AttributeError):
         app.add_exception_handler(kind, malformed)
     app.add_exception_handler(Exception, gateway_error)
@@ -246,6 +264,28 @@ def not_found_message(path: str, names: str) -> str:
     return (f"no such path {path[:200]} — the gateway serves POST /gateway/<endpoint>/invocations, "
             "/endpoints/<endpoint>/invocations, /v1/chat/completions, /v1/completions, /v1/embeddings "
             f"(endpoints: {names}) and GET /health")
+
+
+def detail_response(status: int, detail, headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"detail": redact_value(detail)}, status_code=status, headers=headers)
+
+
+def fill_placeholders(detail: str, scope) -> str:
+    """MLflow 3.17.2 sends some messages with a placeholder left unfilled, e.g. anthropic's "'n' must be '1' ...
+    Received value: '{n}'." (a missing f-prefix): fill each `{field}` with that field of the client's body as
+    the kit parsed it (recording.request_json), or say that the value is the request's field."""
+    if "{" not in detail:
+        return detail
+    kept = (scope.get("state") or {}).get("kit_json")
+    body = kept[1] if kept is not None and isinstance(kept[1], dict) else {}
+
+    def value(match: re.Match) -> str:
+        name = match.group(1)
+        return json.dumps(body[name])[:100] if name in body else f"<{name} as sent>"
+
+    return _PLACEHOLDER.sub(value, detail)
 
 
 def redact_value(value):

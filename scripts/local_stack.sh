@@ -92,11 +92,19 @@ alive() {
   [ -n "$pid" ] && state="$(ps -o stat= -p "$pid" 2>/dev/null)" && [ "${state:0:1}" != Z ]
 }
 
-# Start a command in its own process group (so stopping it stops its children), logging to a file.
+# Start a command in its own process group (so stopping it stops its children), logging to a file:
+# stdout and stderr to logs/NAME.log, or stderr to logs/NAME-error.log with --stderr-apart (nginx: its stdout
+# is the JSON access log, which must hold nothing else).
 # Appending: nginx reopens /dev/stdout itself, and every writer must append or they overwrite each other.
 start() {
+  local errors=""
+  [ "$1" = --stderr-apart ] && { errors=1; shift; }
   local name="$1"; shift
-  setsid "$@" >>"$logs/$name.log" 2>&1 < /dev/null &
+  if [ -n "$errors" ]; then
+    setsid "$@" >>"$logs/$name.log" 2>>"$logs/$name-error.log" < /dev/null &
+  else
+    setsid "$@" >>"$logs/$name.log" 2>&1 < /dev/null &
+  fi
   echo $! >"$pids/$name.pid"
 }
 
@@ -119,15 +127,16 @@ port_free() {  # address port
 
 # Wait until `curl URL` succeeds, showing progress; fail with the log of NAME when it dies or times out.
 wait_http() {
-  local name="$1" url="$2" started=$SECONDS
+  local name="$1" url="$2" started=$SECONDS log_file="$logs/$1.log"
+  [ -e "$logs/$name-error.log" ] && log_file="$logs/$name-error.log"  # its errors are kept apart (start)
   while ! curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
     if ! alive "$name"; then
-      log error "$name exited while starting; last lines of $logs/$name.log:"
-      tail -n 20 "$logs/$name.log" >&2
+      log error "$name exited while starting; last lines of $log_file:"
+      tail -n 20 "$log_file" >&2
       return 1
     fi
     if [ $((SECONDS - started)) -ge "$timeout" ]; then
-      log error "$name did not answer $url within ${timeout}s; see $logs/$name.log"
+      log error "$name did not answer $url within ${timeout}s; see $log_file"
       return 1
     fi
     if [ $(((SECONDS - started) % 5)) -eq 0 ] && [ $((SECONDS - started)) -gt 0 ]; then
@@ -254,7 +263,8 @@ EOF_PORTS
     wait_http fake-upstream "http://127.0.0.1:$fake_port/health"
   fi
   scale_to "$replicas"
-  start nginx nginx -c "$repo/nginx.conf" -p "$state/nginx" -e "$logs/nginx-error.log" \
+  # -e: where nginx writes before it has read nginx.conf's `error_log stderr` (the same file).
+  start --stderr-apart nginx nginx -c "$repo/nginx.conf" -p "$state/nginx" -e "$logs/nginx-error.log" \
     -g "daemon off; pid $state/nginx/nginx.pid;"
   wait_http nginx "http://127.0.0.1:$nginx_port/nginx-health"
   trap - ERR

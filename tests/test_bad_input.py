@@ -6,12 +6,16 @@ The table of answers is in docs/security.md; gateway_kit/request_errors.py makes
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import socket
 import threading
 import time
 
 import pytest
 import requests
+from conftest import gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 
@@ -110,6 +114,34 @@ def test_bad_bodies_get_a_4xx_saying_what_is_wrong(stack, body, status, kind, sa
     error = error_of(r)
     assert error["type"] == kind and says in error["message"], error
     still_serves(stack)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/gateway/chat/invocations"])
+def test_json_nested_too_deeply_is_a_400_saying_so_and_the_limit(stack, path):
+    r = post(stack, path, "[" * 10_000 + "]" * 10_000)
+    assert r.status_code == 400, r.text
+    error = error_of(r)
+    assert error["type"] == "invalid_json", error
+    assert "nested too deeply" in error["message"] and "at most 128 levels" in error["message"], error
+    # The limit is the kit's, the same wherever the nesting is: one level more than it is refused too.
+    body = {**ROUTES[path], "metadata": json.loads("[" * 128 + "]" * 128)}  # the body itself is level 1
+    assert "nested too deeply" in error_of(post(stack, path, json.dumps(body)))["message"]
+    body["metadata"] = json.loads("[" * 127 + "]" * 127)
+    r = post(stack, path, json.dumps(body))
+    assert r.status_code != 400 or "nested too deeply" not in r.text, r.text
+    still_serves(stack)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/gateway/anthropic-chat/invocations", {"messages": HELLO, "n": 5}),
+    ("/v1/chat/completions", {"model": "anthropic-chat", "messages": HELLO, "n": 5}),
+])
+def test_mlflows_own_refusal_says_the_value_the_client_sent(stack, path, body):
+    """MLflow 3.17.2 words it "Received value: '{n}'" (no f-prefix); on /v1/* it was a 500."""
+    r = post(stack, path, json.dumps(body))
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "'n' must be '1'" in detail and "Received value: '5'" in detail and "{n}" not in detail, detail
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
@@ -241,6 +273,67 @@ def test_broken_http_headers_and_uris_get_json_from_nginx(stack):
     assert json.loads(long_uri.split(b"\r\n\r\n", 1)[1])["error"]["type"] == "uri_too_long"
     garbage, _ = raw_http(b"\x16\x03\x01 this is not HTTP\r\n\r\n")
     assert garbage.startswith(b"HTTP/1.1 400 ") and b'"bad_request"' in garbage
+    still_serves(stack)
+
+
+@pytest.mark.parametrize("path", ["/gateway/../../etc/passwd", "/v1/%2e%2e/%2E%2E/etc/passwd"])
+def test_a_path_climbing_above_the_root_gets_a_400_about_the_path(stack, path):
+    """nginx resolves `..` itself and refuses a path that climbs above /: its answer names the path, not headers."""
+    answer, _ = raw_http(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["type"] == "bad_request"
+    assert "path" in error["message"] and "'..'" in error["message"] and "header" not in error["message"], error
+    still_serves(stack)
+
+
+def access_log(stack) -> list[dict]:
+    """nginx's access log (logs/nginx.log): every line must be a JSON object (error lines go to nginx-error.log)."""
+    return [json.loads(line) for line in stack.log("nginx").splitlines()]
+
+
+def logged(stack, request_id: str) -> dict:
+    time.sleep(0.3)  # nginx writes the line once the answer is sent
+    return next(entry for entry in access_log(stack) if entry["request_id"] == request_id)
+
+
+def test_nginxs_own_error_pages_are_logged_with_the_clients_method(stack):
+    """An error page turns the request into a GET inside nginx; the log still says what the client sent."""
+    big = b'{"messages": [{"role": "user", "content": "' + b"x" * (11 * 1024 * 1024) + b'"}]}'
+    r = post(stack, "/gateway/chat/invocations", big, headers={**JSON, "X-Request-ID": "method-413"})
+    assert r.status_code == 413
+    long_uri, _ = raw_http(b"POST /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+    assert long_uri.startswith(b"HTTP/1.1 414 ")
+    # nginx never read this request's headers: the id is its own, sent back in the answer
+    request_id = re.search(rb"\r\nX-Request-ID: ([0-9a-f]+)\r\n", long_uri).group(1).decode()
+    assert logged(stack, "method-413")["method"] == "POST" and logged(stack, "method-413")["status"] == 413
+    assert logged(stack, request_id)["status"] == 414 and logged(stack, request_id)["method"] == "POST"
+    ok = requests.get(f"{stack.url}/health", headers={"X-Request-ID": "method-get"}, timeout=30)
+    assert ok.status_code == 200 and logged(stack, "method-get")["method"] == "GET"
+
+
+def test_a_502_from_nginx_is_logged_as_the_post_it_was_and_its_error_line_goes_to_the_error_log(stack):
+    """No replica takes connections: nginx answers 502 JSON. The access log keeps the POST, and nginx's own
+    error lines (connect() failed) go to logs/nginx-error.log, never into the JSON access log."""
+    pids = [stack.pid(name) for name in ("replica-1", "replica-2")]
+    for pid in pids:
+        os.killpg(pid, signal.SIGKILL)
+    try:
+        assert all(gone(pid, 20, group=True) for pid in pids)
+        errors_before = len(stack.log("nginx-error"))
+        r = post(stack, "/gateway/chat/invocations", json.dumps({"messages": HELLO}),
+                 headers={**JSON, "X-Request-ID": "method-502"})
+        assert r.status_code == 502 and error_of(r)["type"] == "gateway_unavailable"
+        entry = logged(stack, "method-502")
+        assert entry["method"] == "POST" and entry["status"] == 502 and entry["upstream_addr"], entry
+        errors = stack.log("nginx-error")[errors_before:]
+        assert "[error]" in errors and "upstream" in errors, errors
+        assert '"POST /gateway/chat/invocations HTTP/1.1"' in errors, errors
+        access_log(stack)  # every line parses as JSON: none of nginx's error lines is there
+    finally:
+        stack.scale(2)
     still_serves(stack)
 
 

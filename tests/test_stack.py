@@ -25,7 +25,7 @@ def chat(stack, content: str, endpoint: str = "chat", **extra) -> requests.Respo
 
 
 def access_log_lines(stack) -> list[str]:
-    """nginx's JSON access log lines (its error lines share the output, as in `docker logs`)."""
+    """nginx's JSON access log lines (logs/nginx.log; its error lines are in logs/nginx-error.log)."""
     return [line for line in stack.log("nginx").splitlines() if line.startswith("{")]
 
 
