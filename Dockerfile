@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The gateway image: gunicorn + uvicorn workers serving gateway_kit.app:create_app() on :8000.
 # The same image runs the demo's fake LLM (python -m gateway_kit.fake_upstream), see docker-compose.yml.
 #   docker compose build                 (or: docker build -t mlflow-gateway:local .)
