@@ -366,21 +366,19 @@ cmd_up() {
     export DOCKER_CONFIG="$DOCKER_CONFIG_DIR"
     local hash_file="$CACHE_DIR/kit-image.context"
     [ -d "$DATA_ROOT" ] || rm -f "$hash_file"
-    if daemon_pid run >/dev/null; then
+    if [ "$(cat "$hash_file" 2>/dev/null)" != "$(context_hash)" ]; then
+        start_build_daemon   # stops the run-phase daemon first: one daemon at a time on the data-root
+        DOCKER_HOST="unix://$(phase_dir build)/docker.sock"
+        export DOCKER_HOST
+        ensure_base_images
+        build_kit_image
+        context_hash >"$hash_file"
+    elif daemon_pid run >/dev/null; then
         log info "the run-phase dockerd is already running (pid $(daemon_pid run))"
     else
-        if [ "$(cat "$hash_file" 2>/dev/null)" != "$(context_hash)" ]; then
-            start_build_daemon
-            DOCKER_HOST="unix://$(phase_dir build)/docker.sock"
-            export DOCKER_HOST
-            ensure_base_images
-            build_kit_image
-            context_hash >"$hash_file"
-        else
-            log info "$KIT_IMAGE and the base images are cached in $DATA_ROOT (context $(context_hash))"
-        fi
-        start_run_daemon
+        log info "$KIT_IMAGE and the base images are cached in $DATA_ROOT (context $(context_hash))"
     fi
+    start_run_daemon
     touch "$STATE_DIR/provisioned"
     export DOCKER_HOST="unix://$RUN_SOCK"
     log info "engine: Docker $(docker version --format '{{.Server.Version}}'), compose $(docker compose version --short) in namespace $NETNS"
