@@ -322,7 +322,7 @@ make_standins() {
 context_hash() {
     (cd "$KIT_ROOT" && {
         printf '%s\n' "${KIT_IMAGE_ARGS:-}"
-        find Dockerfile requirements.lock config.yaml pricing.yaml entrypoint.sh gateway_kit -type f \
+        find Dockerfile .dockerignore requirements.lock requirements-slim.lock config.yaml pricing.yaml entrypoint.sh gateway_kit -type f \
             -not -name '*.pyc' -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum
     } | sha256sum | cut -c1-16)
 }
