@@ -44,6 +44,7 @@ class Engine:
     env: dict[str, str]
     netns: str | None          # the provisioned engine's namespace; None for the machine's own engine
     standins: list[str] = field(default_factory=list)
+    host_before: dict[str, str] = field(default_factory=dict)  # host_network() before the engine came up
 
     def docker(self, *args: str, check: bool = True, timeout: float = 300, cwd: Path | None = None,
                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -67,6 +68,20 @@ class Engine:
         return json.loads(result.stdout)
 
 
+def host_network() -> dict[str, str]:
+    """What a provisioned engine must leave alone on the host: interfaces, routes, firewall rules, ip_forward."""
+    def out(*cmd: str) -> str:
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        return "\n".join(line for line in result.stdout.splitlines() if not line.startswith(("#", ":")))
+
+    return {
+        "interfaces": out("sh", "-c", "ip -o link | awk '{print $2}'"),
+        "routes": out("ip", "route") + out("ip", "-6", "route"),
+        "iptables": out("iptables-save") + out("ip6tables-save"),
+        "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text().strip(),
+    }
+
+
 def _engine_env(netns_env: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_", "AZURE_", "GATEWAY_"))}
     for line in netns_env.splitlines():
@@ -81,6 +96,7 @@ def engine() -> Iterator[Engine]:
     if shutil.which("docker") is None:
         pytest.fail("the docker CLI is missing: install it (apt-get install docker.io, or Docker's docker-ce-cli)")
     was_running = subprocess.run([str(ENGINE_SCRIPT), "status"], capture_output=True, text=True).returncode == 0
+    host_before = host_network()
     start = time.monotonic()
     up = subprocess.run([str(ENGINE_SCRIPT), "up"], capture_output=True, text=True, timeout=1500)
     if up.returncode != 0:
@@ -96,7 +112,7 @@ def engine() -> Iterator[Engine]:
     figure("engine", status.splitlines()[0] if status else "?")
     figure("base images", "STAND-INS (Debian bookworm trees tagged with the official names; they prove the kit's "
            f"files, not the official images): {' '.join(standins)}" if standins else "the official images")
-    eng = Engine(env=env, netns=env.get("KIT_DOCKER_NETNS"), standins=standins)
+    eng = Engine(env=env, netns=env.get("KIT_DOCKER_NETNS"), standins=standins, host_before=host_before)
     size = eng.docker("image", "inspect", "--format", "{{.Size}}", "mlflow-gateway:local").stdout.strip()
     figure("image mlflow-gateway:local", f"{int(size) / 1e6:.0f} MB")
     try:
@@ -107,7 +123,11 @@ def engine() -> Iterator[Engine]:
             eng.docker("compose", "-f", str(REPO / file), "--profile", "demo", "--profile", "monitoring", "down",
                        "-v", "--remove-orphans", "--timeout", "5", check=False, cwd=REPO, timeout=300)
         if not was_running and env.get("KIT_DOCKER_NETNS"):
-            subprocess.run([str(ENGINE_SCRIPT), "stop"], capture_output=True, text=True, timeout=300)
+            stop = subprocess.run([str(ENGINE_SCRIPT), "stop"], capture_output=True, text=True, timeout=300)
+            assert stop.returncode == 0, stop.stdout + stop.stderr
+            left = {k: v for k, v in host_network().items() if v != host_before[k]}
+            figure("host network after scripts/docker_engine.sh stop", "as before" if not left else f"CHANGED: {left}")
+            assert not left, f"the engine left changes in the host's network: {left}"
 
 
 @dataclass

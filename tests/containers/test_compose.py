@@ -143,3 +143,17 @@ def test_usage_records_survive_down_and_up(prod_stack):
     assert all(r in after for r in before), "a usage record written before `down` is gone after `up`"
     assert len(after) >= len(before) + 2 and len(set(ids)) == len(ids)
     figure("ledger across down/up", f"{len(before)} records before, {len(after)} after")
+
+
+# --------------------------------------------------------------------------------------------------- engine
+def test_a_provisioned_engine_leaves_the_host_network_alone(engine):
+    """Interfaces, routes, iptables rules and ip_forward on the host are as they were before the engine came up
+    (its bridge, NAT rules and DNS live in its own namespace); the session's teardown checks again after `stop`."""
+    if engine.netns is None:
+        pytest.skip("the machine's own engine: its network is its owner's business")
+    from .conftest import host_network
+
+    now = host_network()
+    assert {k: v for k, v in now.items() if v != engine.host_before[k]} == {}
+    in_netns = engine.run_in_net("ip", "-o", "link").stdout
+    assert "docker0" in in_netns and "docker0" not in now["interfaces"]
