@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The gateway image: gunicorn + uvicorn workers serving gateway_kit.app:create_app() on :8000.
 # The same image runs the demo's fake LLM (python -m gateway_kit.fake_upstream), see docker-compose.yml.
 #   docker compose build                 (or: docker build -t mlflow-gateway:local .)
@@ -9,13 +8,18 @@ ARG PYTHON_IMAGE=python:3.11.17-slim-bookworm
 
 # ---- build: the locked dependencies in a venv, nothing else ----
 FROM ${PYTHON_IMAGE} AS build
+# Which lock the venv comes from. The default, requirements-slim.lock, is MLflow's slim distribution
+# (mlflow-skinny[gateway], the same mlflow.gateway code) without the data-science stack the gateway never
+# imports: an image of about a third the size. The full mlflow[gateway] package is one argument away:
+#   docker build --build-arg REQUIREMENTS=requirements.lock .
+ARG REQUIREMENTS=requirements-slim.lock
 WORKDIR /build
-COPY requirements.lock ./
+COPY requirements.lock requirements-slim.lock ./
 # --require-hashes: every file pip installs must match the lock (nothing unpinned or tampered with).
 # --only-binary: wheels only, so the build needs no compiler and cannot run a package's setup.py.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-        --require-hashes --only-binary=:all: -r requirements.lock
+        --require-hashes --only-binary=:all: -r "${REQUIREMENTS}"
 
 # ---- runtime ----
 FROM ${PYTHON_IMAGE} AS runtime

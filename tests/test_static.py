@@ -274,7 +274,10 @@ def test_image_installs_the_lock_with_hashes_and_runs_as_a_non_root_user():
     assert any(re.fullmatch(r"ARG PYTHON_IMAGE=python:3\.11(\.\d+)?-slim-bookworm", i) for i in instructions)
     installs = [i for i in instructions if i.startswith("RUN ") and "pip install" in i]
     assert installs, "no pip install in the Dockerfile"
-    assert all("--require-hashes" in i and "-r requirements.lock" in i and "--no-cache-dir" in i for i in installs)
+    assert all("--require-hashes" in i and '-r "${REQUIREMENTS}"' in i and "--no-cache-dir" in i for i in installs)
+    # The slim lock by default; the full mlflow[gateway] lock one build argument away (both copied in).
+    assert "ARG REQUIREMENTS=requirements-slim.lock" in instructions
+    assert "COPY requirements.lock requirements-slim.lock ./" in instructions
     assert "USER 10001:10001" in instructions
     assert 'ENTRYPOINT ["/app/entrypoint.sh"]' in instructions
     assert any(i.startswith("HEALTHCHECK ") and "/health" in i for i in instructions)
@@ -334,9 +337,9 @@ def test_scripts_and_gateway_agree_on_what_a_placeholder_key_is():
 
 
 # -------------------------------------------------------------------------------------------------- the lock
-def lock_requirements() -> dict[str, str]:
+def lock_requirements(lock: str = "requirements.lock") -> dict[str, str]:
     """name -> the requirement's whole entry (continuation lines joined), comments dropped."""
-    text = (REPO / "requirements.lock").read_text().replace("\\\n", " ")
+    text = (REPO / lock).read_text().replace("\\\n", " ")
     entries = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     return {re.split(r"[=<>!~; \[]", e, maxsplit=1)[0].lower().replace("_", "-"): e for e in entries}
 
@@ -349,13 +352,30 @@ def test_lock_pins_mlflow_and_every_requirement_has_an_exact_version_and_a_hash(
         assert "--hash=sha256:" in entry, f"{name} has no hash"
 
 
-def test_lock_covers_every_requirement_in_requirements_txt():
-    locked = lock_requirements()
-    for line in (REPO / "requirements.txt").read_text().splitlines():
+def requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
-            name = re.split(r"[=<>!~; \[]", line, maxsplit=1)[0].lower().replace("_", "-")
-            assert name in locked, f"{name} is in requirements.txt but not in requirements.lock: run make lock"
+            names.add(re.split(r"[=<>!~; \[]", line, maxsplit=1)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_lock_covers_every_requirement_in_requirements_txt():
+    for lock, requirements in (("requirements.lock", "requirements.txt"),
+                               ("requirements-slim.lock", "requirements-slim.txt")):
+        locked = lock_requirements(lock)
+        for name in requirement_names(REPO / requirements):
+            assert name in locked, f"{name} is in {requirements} but not in {lock}: run make lock"
+
+
+def test_slim_requirements_keep_every_kit_requirement_of_the_full_ones():
+    assert requirement_names(REPO / "requirements.txt") - {"mlflow"} <= requirement_names(REPO / "requirements-slim.txt")
+    slim = lock_requirements("requirements-slim.lock")
+    assert slim["mlflow-skinny"].startswith("mlflow-skinny==3.17.2 ") and "mlflow" not in slim
+    full = lock_requirements()
+    # Constrained by requirements.lock: what both images share is the same version in both.
+    assert {n: e.split()[0] for n, e in slim.items()} == {n: full[n].split()[0] for n in slim}
 
 
 # ---------------------------------------------------------------------------------------------- env.template
