@@ -7,6 +7,7 @@ entrypoint.sh wrote after its checks (GATEWAY_ACTIVE_CONFIG), or GATEWAY_CONFIG 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import re
 import socket
@@ -90,6 +91,55 @@ def add_upstream_error_handlers(app) -> None:
     # A JSONDecodeError is the provider's garbled answer only after it was called: request_errors decides.
 
 
+SSE_DONE = "data: [DONE]\n\n"  # OpenAI's last event of a stream
+
+
+def end_streams_with_done() -> bool:
+    """End MLflow's streams with OpenAI's `data: [DONE]`, on every route and for every provider.
+
+    MLflow reads the provider's stream (dropping its [DONE]) and sends its own OpenAI-shaped chunks from
+    mlflow.gateway.utils.make_streaming_response, which never sends one: the OpenAI SDK copes, a hand-written
+    SSE client waits until the connection closes. The kit wraps that function as mlflow.gateway.app calls it
+    (the /v1 routes, each endpoint's invocations route, the fast routes alike): MLflow's bytes unchanged,
+    then [DONE] once the stream has ended normally. A stream that breaks sends no [DONE]: the kit ends it
+    with an error event (gateway_kit.resilience), as OpenAI does; nor does one that ended before its first
+    event, which gateway_kit.resilience answers as an error or from a fallback. True once installed."""
+    import collections.abc
+
+    import mlflow.gateway.app as gateway_app
+    from starlette.responses import StreamingResponse
+
+    original = getattr(gateway_app, "make_streaming_response", None)
+    if original is None:
+        logging.getLogger("gateway_kit").warning("mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]")
+        return False
+    if getattr(original, "__gateway_kit__", False):
+        return True
+
+    async def then_done(events: collections.abc.AsyncIterator):
+        answered = False
+        try:
+            async for event in events:
+                answered = True
+                yield event
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+        if answered:  # an empty stream is no answer: the kit makes it an error (or a fallback's answer)
+            yield SSE_DONE
+
+    async def make_streaming_response(resp):
+        response = await original(resp)
+        if isinstance(response, StreamingResponse) and response.media_type == "text/event-stream":
+            response.body_iterator = then_done(response.body_iterator)
+        return response
+
+    make_streaming_response.__gateway_kit__ = True
+    gateway_app.make_streaming_response = make_streaming_response
+    return True
+
+
 def add_bad_input_handling(app, key_names: list[str]) -> None:
     """Bad requests get clear 4xx JSON errors; no provider key in an error body or a log line."""
     from gateway_kit.request_errors import add_request_error_handlers
@@ -137,6 +187,7 @@ def create_app():
     os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE.name] = "true"
     app = create_app_from_config(GatewayConfig(**mlflow_view(raw)))
     add_upstream_error_handlers(app)
+    end_streams_with_done()
     readiness.install(app)  # GET /ready
     add_bad_input_handling(app, key_names)
     if os.environ.get("GATEWAY_SHARED_UPSTREAM_CLIENT", "on").lower() not in _OFF:
