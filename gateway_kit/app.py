@@ -195,9 +195,8 @@ def create_app():
 
         if upstream.install():
             upstream.close_with(app)
-    sinks = []
-    if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
-        sinks.append(usage_log())
+    records = usage_log() if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF else None
+    sinks = [records] if records else []
     metrics.install(app, raw, replica_id(), sinks)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
     if os.environ.get("GATEWAY_FAST_ROUTES", "on").lower() not in _OFF:
         from gateway_kit import fast_routes
@@ -215,9 +214,10 @@ def create_app():
     if sinks:
         app = usage_recorder(app, raw, sinks)
     app = metrics.in_flight(app)
+    refused = refusal_records(records) if records else None  # a record of each 401, 429, 503 the kit answers
     if limiter:
-        app = limits.Limits(app, limiter)
-    app = client_keys(app, raw)
+        app = limits.Limits(app, limiter, refused)
+    app = client_keys(app, raw, refused)
     # MLflow, FastAPI and pydantic leave about a million objects behind at start that live as long as the
     # worker. Frozen, the garbage collector stops walking them in every full collection: 4% of a worker's CPU
     # with the provider at 0 ms, 12% with many requests in flight (docs/performance.md).
@@ -226,12 +226,19 @@ def create_app():
     return RequestContext(app, replica=replica_id())
 
 
-def client_keys(app, config: dict):
+def client_keys(app, config: dict, refused=None):
     """Gateway keys first (after the request id): a 401, or the client's name as X-Gateway-Client."""
     from gateway_kit.keys import ClientKeys, KeyStore, auth_required, default_file
     from gateway_kit.preflight import DEMO_KEY
 
-    return ClientKeys(app, KeyStore(default_file()) if auth_required(config, DEMO_KEY) else None)
+    return ClientKeys(app, KeyStore(default_file()) if auth_required(config, DEMO_KEY) else None, refused)
+
+
+def refusal_records(sink):
+    """Usage records of the requests the kit refuses before the usage recorder sees them (recording.Refusals)."""
+    from gateway_kit.recording import Refusals
+
+    return Refusals(replica_id(), [sink])
 
 
 def resilience(app, config: dict):
