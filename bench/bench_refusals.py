@@ -120,7 +120,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000, help="requests per round and kind")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per version (alternating)")
     args = parser.parse_args(argv)
-    args.baseline = args.baseline or before_refusals()
+    rev = args.baseline or before_refusals()
+    args.baseline = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
+                                   text=True).stdout.strip() or rev
 
     with tempfile.TemporaryDirectory() as work, open(os.devnull, "w") as devnull:
         keys_file = Path(work) / "keys.json"

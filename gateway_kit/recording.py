@@ -284,21 +284,24 @@ class Refusals:
         path = scope["path"]
         if not recorded(path):
             return
-        state = scope.get("state") or {}
-        endpoint = state["kit_endpoint"] if "kit_endpoint" in state else endpoint_of(path, b"")
-        record = UsageRecord(
-            ts=utc_now_iso(started),
-            request_id=state.get("request_id"),
-            route=path,
-            endpoint=endpoint,
-            status=status,
-            latency_ms=round(max(time.time() - started, 0.0) * 1000, 2),
-            client=client,
-            replica=self.replica,
-            cost_usd=0.0,
-            price_source="no tokens",
-            error=REFUSED + reason,
-        )
+        try:
+            state = scope.get("state") or {}
+            record = UsageRecord(
+                ts=utc_now_iso(started),
+                request_id=state.get("request_id"),
+                route=path,
+                endpoint=state["kit_endpoint"] if "kit_endpoint" in state else endpoint_of(path, b""),
+                status=status,
+                latency_ms=round(max(time.time() - started, 0.0) * 1000, 2),
+                client=client,
+                replica=self.replica,
+                cost_usd=0.0,
+                price_source="no tokens",
+                error=REFUSED + reason,
+            )
+        except Exception:  # accounting must never turn into the request's failure
+            log.exception("usage record of a refused request to %s could not be made", path)
+            return
         for sink in self.sinks:
             try:
                 sink(record)
