@@ -81,6 +81,7 @@ bench: venv
 	$(PYTHON) bench/nginx_replicas.py
 	$(PYTHON) bench/streams.py
 	$(PYTHON) bench/bench_evaluate.py
+	$(PYTHON) bench/bench_refusals.py
 
 # 20 minutes of steady mixed traffic with every worker's memory sampled; not part of CI.
 soak: venv

@@ -58,7 +58,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))  # gateway_kit, when imported from another directory
 
 from gateway_kit.pricing import Pricer, PricingFileError  # noqa: E402
-from gateway_kit.usage import RECORD_FIELDS  # noqa: E402
+from gateway_kit.usage import RECORD_FIELDS, REFUSED  # noqa: E402
 
 EXIT_OK, EXIT_BUDGET, EXIT_USAGE = 0, 1, 2
 SEED_RESULTS_FILE = Path("gateway_results.json")
@@ -503,6 +503,7 @@ class Scan:
     first: str | None = None
     last: str | None = None
     partial: int = 0
+    refused: int = 0  # failed requests the gateway refused itself (no or bad key, over a limit)
     top: list[tuple[float, int, dict[str, Any]]] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)  # per-request rows (all, or the first 21)
     rows_complete: bool = True
@@ -523,6 +524,7 @@ class Scan:
         if other.last and (self.last is None or other.last > self.last):
             self.last = other.last
         self.partial += other.partial
+        self.refused += other.refused
         self.top = heapq.nlargest(opts.top, self.top + other.top, key=lambda t: t[0])
         self.rows.extend(other.rows)
         self.rows_complete = self.rows_complete and other.rows_complete
@@ -578,6 +580,7 @@ def _fast_record_pattern() -> re.Pattern[str]:
 _FAST = _fast_record_pattern()
 _RECORD_START = '{"type":"usage",'
 _OK_STATUSES = frozenset(str(code) for code in range(200, 400))  # as text, the way records are read
+_REFUSED = re.compile(r'"error"\s*:\s*"' + re.escape(REFUSED))  # in a failed record's JSON text
 _CHUNK_CHARS = 4 * 1024 * 1024
 
 
@@ -769,6 +772,8 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
     first = "\U0010ffff"
     last = ""
     partial = 0
+    refused = 0
+    refused_in = _REFUSED.search
 
     for inp in inputs:
         st = out.stats.setdefault(inp.source, SourceStats())
@@ -812,6 +817,8 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
                         grp[0] += 1
                         if status not in ok_statuses:
                             grp[1] += 1  # failed
+                            if refused_in(g[1]):
+                                refused += 1
                         grp[2] += p
                         grp[3] += c
                         grp[6] += tot
@@ -860,6 +867,7 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
     out.first = first if last else None
     out.last = last or None
     out.partial = partial
+    out.refused = refused
     out.rows_complete = rows_open
     if keep_ids:
         out.id_hashes = _id_hashes(seen, forked=keep_ids == "fork")
@@ -1004,7 +1012,8 @@ def build_report(result: Scan, opts: Options, args: argparse.Namespace, pricer: 
             for name in sources
         ],
         "period": {"first": result.first, "last": result.last, "since": opts.since, "until": opts.until},
-        "requests": {"total": totals[REQ], "ok": ok, "failed": totals[REQ] - ok, "partial": result.partial},
+        "requests": {"total": totals[REQ], "ok": ok, "failed": totals[REQ] - ok, "partial": result.partial,
+                     "refused": result.refused},
         "tokens": {
             "prompt": totals[PROMPT], "completion": totals[COMPL], "cached": totals[CACHED],
             "reasoning": totals[REASON], "total": totals[TOTAL],
@@ -1090,6 +1099,8 @@ def render_table(report: dict[str, Any], limit_rows: int = 30) -> str:
         f"Successful: {_n(req['ok'])}",
         f"Failed: {_n(req['failed'])}",
     ]
+    if req.get("refused"):
+        out.append(f"  of which refused by the gateway (no or bad key, over a limit): {_n(req['refused'])}")
     if req["partial"]:
         out.append(f"Partial streams (cut before the end): {_n(req['partial'])}")
     out += [

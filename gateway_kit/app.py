@@ -7,6 +7,7 @@ entrypoint.sh wrote after its checks (GATEWAY_ACTIVE_CONFIG), or GATEWAY_CONFIG 
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import re
 import socket
@@ -90,6 +91,55 @@ def add_upstream_error_handlers(app) -> None:
     # A JSONDecodeError is the provider's garbled answer only after it was called: request_errors decides.
 
 
+SSE_DONE = "data: [DONE]\n\n"  # OpenAI's last event of a stream
+
+
+def end_streams_with_done() -> bool:
+    """End MLflow's streams with OpenAI's `data: [DONE]`, on every route and for every provider.
+
+    MLflow reads the provider's stream (dropping its [DONE]) and sends its own OpenAI-shaped chunks from
+    mlflow.gateway.utils.make_streaming_response, which never sends one: the OpenAI SDK copes, a hand-written
+    SSE client waits until the connection closes. The kit wraps that function as mlflow.gateway.app calls it
+    (the /v1 routes, each endpoint's invocations route, the fast routes alike): MLflow's bytes unchanged,
+    then [DONE] once the stream has ended normally. A stream that breaks sends no [DONE]: the kit ends it
+    with an error event (gateway_kit.resilience), as OpenAI does; nor does one that ended before its first
+    event, which gateway_kit.resilience answers as an error or from a fallback. True once installed."""
+    import collections.abc
+
+    import mlflow.gateway.app as gateway_app
+    from starlette.responses import StreamingResponse
+
+    original = getattr(gateway_app, "make_streaming_response", None)
+    if original is None:
+        logging.getLogger("gateway_kit").warning("mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]")
+        return False
+    if getattr(original, "__gateway_kit__", False):
+        return True
+
+    async def then_done(events: collections.abc.AsyncIterator):
+        answered = False
+        try:
+            async for event in events:
+                answered = True
+                yield event
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+        if answered:  # an empty stream is no answer: the kit makes it an error (or a fallback's answer)
+            yield SSE_DONE
+
+    async def make_streaming_response(resp):
+        response = await original(resp)
+        if isinstance(response, StreamingResponse) and response.media_type == "text/event-stream":
+            response.body_iterator = then_done(response.body_iterator)
+        return response
+
+    make_streaming_response.__gateway_kit__ = True
+    gateway_app.make_streaming_response = make_streaming_response
+    return True
+
+
 def add_bad_input_handling(app, key_names: list[str]) -> None:
     """Bad requests get clear 4xx JSON errors; no provider key in an error body or a log line."""
     from gateway_kit.request_errors import add_request_error_handlers
@@ -137,6 +187,7 @@ def create_app():
     os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE.name] = "true"
     app = create_app_from_config(GatewayConfig(**mlflow_view(raw)))
     add_upstream_error_handlers(app)
+    end_streams_with_done()
     readiness.install(app)  # GET /ready
     add_bad_input_handling(app, key_names)
     if os.environ.get("GATEWAY_SHARED_UPSTREAM_CLIENT", "on").lower() not in _OFF:
@@ -144,9 +195,8 @@ def create_app():
 
         if upstream.install():
             upstream.close_with(app)
-    sinks = []
-    if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF:
-        sinks.append(usage_log())
+    records = usage_log() if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF else None
+    sinks = [records] if records else []
     metrics.install(app, raw, replica_id(), sinks)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
     from gateway_kit import fast_routes
 
@@ -166,9 +216,10 @@ def create_app():
     if sinks:
         app = usage_recorder(app, raw, sinks)
     app = metrics.in_flight(app)
+    refused = refusal_records(records) if records else None  # a record of each 401, 429, 503 the kit answers
     if limiter:
-        app = limits.Limits(app, limiter)
-    app = client_keys(app, raw)
+        app = limits.Limits(app, limiter, refused)
+    app = client_keys(app, raw, refused)
     # MLflow, FastAPI and pydantic leave about a million objects behind at start that live as long as the
     # worker. Frozen, the garbage collector stops walking them in every full collection: 4% of a worker's CPU
     # with the provider at 0 ms, 12% with many requests in flight (docs/performance.md).
@@ -177,12 +228,19 @@ def create_app():
     return RequestContext(app, replica=replica_id())
 
 
-def client_keys(app, config: dict):
+def client_keys(app, config: dict, refused=None):
     """Gateway keys first (after the request id): a 401, or the client's name as X-Gateway-Client."""
     from gateway_kit.keys import ClientKeys, KeyStore, auth_required, default_file
     from gateway_kit.preflight import DEMO_KEY
 
-    return ClientKeys(app, KeyStore(default_file()) if auth_required(config, DEMO_KEY) else None)
+    return ClientKeys(app, KeyStore(default_file()) if auth_required(config, DEMO_KEY) else None, refused)
+
+
+def refusal_records(sink):
+    """Usage records of the requests the kit refuses before the usage recorder sees them (recording.Refusals)."""
+    from gateway_kit.recording import Refusals
+
+    return Refusals(replica_id(), [sink])
 
 
 def resilience(app, config: dict):

@@ -157,12 +157,14 @@ class ClientKeys:
 
     The client's Authorization and x-api-key headers never go further (MLflow and the providers get the
     provider key from the config, never the client's), and a client-sent X-Gateway-Client is replaced.
-    With `store` None (auth off, demo mode only) it only removes those headers.
+    With `store` None (auth off, demo mode only) it only removes those headers. `refused` (recording.Refusals)
+    is told of each 401, after it was sent.
     """
 
-    def __init__(self, app, store: KeyStore | None) -> None:
+    def __init__(self, app, store: KeyStore | None, refused=None) -> None:
         self.app = app
         self.store = store
+        self.refused = refused
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -176,7 +178,12 @@ class ClientKeys:
             key = presented_key(headers)
             client = self.store.client_of(key) if key else None
             if client is None:
-                return await _unauthorized(send, key is not None)
+                started = time.time()
+                try:
+                    return await _unauthorized(send, key is not None)
+                finally:
+                    if self.refused is not None:
+                        self.refused(scope, 401, "invalid_gateway_key" if key else "gateway_key_required", started)
             kept = [(k, v) for k, v in headers if k not in _CREDENTIALS and k != b"x-gateway-client"]
             kept.append((b"x-gateway-client", client.encode()))
         await self.app({**scope, "headers": kept}, receive, send)

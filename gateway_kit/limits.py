@@ -426,9 +426,10 @@ def _counter():
 class Limits:
     """ASGI middleware: refuse a request over any limit before it reaches MLflow (429, Retry-After, JSON)."""
 
-    def __init__(self, app, limiter: Limiter) -> None:
+    def __init__(self, app, limiter: Limiter, refused=None) -> None:
         self.app = app
         self.limiter = limiter
+        self.refused = refused  # recording.Refusals: told of each 429 and 503, after it was sent
         self.needs_endpoint = bool(limiter.config.endpoints)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -448,8 +449,8 @@ class Limits:
         rules = self.limiter.rules(endpoint, client)
         if not rules:
             return await self.app(scope, receive, send)
+        now = time.time()
         if self.limiter.available():
-            now = time.time()
             try:
                 verdict = await self.limiter.check(rules, now)
             except Exception as e:  # noqa: BLE001 - Redis trouble of any kind: the documented policy
@@ -461,7 +462,8 @@ class Limits:
                 count = metrics.budget_rejected if rule.unit == "USD" else metrics.rate_limited
                 count(rule.name, endpoint, client)
                 retry, body = refusal(rule, used, remaining, now)
-                return await _json(send, 429, body, [(b"retry-after", str(retry).encode())])
+                return await self._refuse(scope, send, 429, body, [(b"retry-after", str(retry).encode())],
+                                          f"{body['error']['type']}:{rule.name}", now, client)
         else:
             self.limiter.note_unenforced("down" if self.limiter.redis_url else "GATEWAY_REDIS_URL is not set")
         if self.limiter.policy == "closed":
@@ -469,8 +471,17 @@ class Limits:
                 f"the gateway cannot check its limits: Redis at {self.limiter.where} does not answer, and "
                 "GATEWAY_LIMITS_ON_REDIS_DOWN=closed refuses requests until it does — retry shortly; "
                 f"operators: check Redis ({self.limiter.redis_check})")}}
-            return await _json(send, 503, body, [(b"retry-after", b"5")])
+            return await self._refuse(scope, send, 503, body, [(b"retry-after", b"5")], "limits_unavailable",
+                                      now, client)
         await self.app(scope, receive, _with_header(send, (b"x-gateway-limits", b"unenforced")))
+
+    async def _refuse(self, scope, send, status: int, body: dict, headers: list, reason: str, started: float,
+                      client: str) -> None:
+        try:
+            await _json(send, status, body, headers)
+        finally:
+            if self.refused is not None:
+                self.refused(scope, status, reason, started, None if client == ANONYMOUS else client)
 
 
 def _with_header(send, header: tuple[bytes, bytes]):

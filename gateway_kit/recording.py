@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway_kit.pricing import Pricer, Usage
-from gateway_kit.usage import StreamUsage, UsageRecord, usage_from_body, utc_now_iso
+from gateway_kit.usage import REFUSED, StreamUsage, UsageRecord, usage_from_body, utc_now_iso
 
 log = logging.getLogger("gateway_kit.recording")
 _DECODER = json.JSONDecoder()
@@ -334,6 +334,54 @@ class UsageRecorder:
             try:
                 sink(record)
             except Exception:  # one sink failing must not keep the record from the others
+                log.exception("usage record sink %r failed", sink)
+
+
+class Refusals:
+    """One usage record for each request the gateway refuses itself, before any endpoint runs: no or an unknown
+    gateway key (401, gateway_kit.keys), over a limit (429) or limits that cannot be checked (503,
+    GATEWAY_LIMITS_ON_REDIS_DOWN=closed; gateway_kit.limits). Those middlewares sit outside UsageRecorder and
+    call this after their answer, so the ledger has a record for every request nginx sent to a replica, and
+    an admitted request pays nothing for it.
+
+    The record: the request id, route, endpoint when the path (or an already read /v1 body) names it, the
+    client when its key was known, the status, 0 tokens, $0, and `error` "refused:<why>": the error type the
+    client got (gateway_key_required, invalid_gateway_key, limits_unavailable), and for a limit also which one
+    (rate_limit_exceeded:client_calls, budget_exceeded:client_usd_per_day ...). No provider was called, so
+    provider and model are null. The sinks are stdout and the ledger only: metrics count refusals with their
+    own counters (gateway_rate_limit_rejections ...), and a refusal spends no tokens or dollars."""
+
+    def __init__(self, replica: str, sinks: list[Callable[[UsageRecord], None]]) -> None:
+        self.replica = replica
+        self.sinks = sinks
+
+    def __call__(self, scope, status: int, reason: str, started: float, client: str | None = None) -> None:
+        """Record a refusal answered with `status`; `started` is time.time() when the refusing check began."""
+        path = scope["path"]
+        if not recorded(path):
+            return
+        try:
+            state = scope.get("state") or {}
+            record = UsageRecord(
+                ts=utc_now_iso(started),
+                request_id=state.get("request_id"),
+                route=path,
+                endpoint=state["kit_endpoint"] if "kit_endpoint" in state else endpoint_of(path, b""),
+                status=status,
+                latency_ms=round(max(time.time() - started, 0.0) * 1000, 2),
+                client=client,
+                replica=self.replica,
+                cost_usd=0.0,
+                price_source="no tokens",
+                error=REFUSED + reason,
+            )
+        except Exception:  # accounting must never turn into the request's failure
+            log.exception("usage record of a refused request to %s could not be made", path)
+            return
+        for sink in self.sinks:
+            try:
+                sink(record)
+            except Exception:  # a failing sink must not turn a refusal into a 500
                 log.exception("usage record sink %r failed", sink)
 
 

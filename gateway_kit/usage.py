@@ -68,6 +68,7 @@ from gateway_kit.pricing import Pricer, Usage
 
 __all__ = [
     "Ledger",
+    "REFUSED",
     "StreamUsage",
     "UsageRecord",
     "emit",
@@ -89,6 +90,7 @@ LEDGER_DIR_ENV = "GATEWAY_LEDGER_DIR"
 DEFAULT_LEDGER_DIR = "ledger"  # relative to the working directory; the image sets /var/lib/gateway-ledger
 REPLICA_ENV = "GATEWAY_REPLICA_ID"
 _DISABLED = {"", "off", "none", "false", "0", "no"}
+REFUSED = "refused:"  # how a record's error starts when the gateway refused the request itself (no key, a limit)
 
 
 @dataclass  # not frozen: a frozen dataclass's __init__ costs half as much again, once per request

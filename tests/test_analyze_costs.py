@@ -143,9 +143,44 @@ def ledger(tmp_path) -> Path:
 # -- the report ---------------------------------------------------------------------------------------------
 
 
+def refusal_records() -> list[UsageRecord]:
+    """Records of requests the gateway refused itself, as gateway_kit.recording.Refusals writes them."""
+    from datetime import UTC, datetime
+
+    from gateway_kit.recording import Refusals
+
+    written: list[UsageRecord] = []
+    refuse = Refusals("mlflow-gateway-1", [written.append])
+    at = datetime(2026, 11, 22, 11, tzinfo=UTC).timestamp()
+    refuse({"path": "/gateway/chat/invocations", "state": {"request_id": "no-key"}}, 401, "gateway_key_required", at)
+    refuse({"path": "/v1/chat/completions", "state": {"request_id": "bad-key"}}, 401, "invalid_gateway_key", at)
+    refuse({"path": "/v1/chat/completions", "state": {"request_id": "over", "kit_endpoint": "chat"}}, 429,
+           "rate_limit_exceeded:client_calls", at, client="team-a")
+    refuse({"path": "/gateway/chat/invocations", "state": {"request_id": "no-redis"}}, 503, "limits_unavailable",
+           at, client="team-b")
+    return written
+
+
+def test_refused_requests_are_counted_apart_without_changing_tokens_or_cost(tmp_path):
+    refused = refusal_records()
+    ledger = write_ledger(tmp_path / "ledger", RECORDS + refused[:-1])
+    with open(next(ledger.glob("usage-*2026-11-22.jsonl")), "a") as f:  # another writer's spacing: the slow reader
+        f.write(json.dumps(refused[-1].to_dict()) + "\n")
+    rep = report("--ledger", str(ledger), cwd=tmp_path)
+    assert rep["requests"] == {"total": 15, "ok": 10, "failed": 5, "partial": 1, "refused": 4}
+    assert rep["tokens"]["total"] == sum(r.total_tokens for r in RECORDS)
+    assert rep["cost"]["total_usd"] == pytest.approx(EXPECTED_COST, rel=1e-9)
+    assert rep["cost"]["unpriced_requests"] == 2  # the two house-llm requests, not the refusals
+    assert all(s["malformed"] == 0 for s in rep["sources"])
+    assert by_key(rep["by_client"])["team-a"]["failed"] == 2  # its 500 and its 429
+    text = run("--ledger", str(ledger), cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "Failed: 5" in text.stdout and "refused by the gateway (no or bad key, over a limit): 4" in text.stdout
+
+
 def test_ledger_totals_equal_an_independent_genai_prices_recomputation(ledger, tmp_path):
     rep = report("--ledger", str(ledger), cwd=tmp_path)
-    assert rep["requests"] == {"total": 11, "ok": 10, "failed": 1, "partial": 1}
+    assert rep["requests"] == {"total": 11, "ok": 10, "failed": 1, "partial": 1, "refused": 0}
     assert rep["tokens"] == {
         "prompt": sum(r.prompt_tokens for r in RECORDS), "completion": sum(r.completion_tokens for r in RECORDS),
         "cached": sum(r.cached_tokens for r in RECORDS), "reasoning": sum(r.reasoning_tokens for r in RECORDS),
@@ -390,7 +425,7 @@ def test_evaluate_gateway_results_file(tmp_path):
         jsonschema.validate(item, {"$ref": "#/$defs/request", "$defs": SCHEMA["$defs"]})
     (tmp_path / "gateway_results.json").write_text(json.dumps({"schema_version": 1, "requests": requests}))
     rep = report("--response-file", "gateway_results.json", cwd=tmp_path)
-    assert rep["requests"] == {"total": 4, "ok": 3, "failed": 1, "partial": 0}
+    assert rep["requests"] == {"total": 4, "ok": 3, "failed": 1, "partial": 0, "refused": 0}
     expected = sum(genai_usd("gpt-4o-mini", "openai", 100 * (n + 1), 10 * (n + 1)) for n in range(3))
     assert rep["cost"]["total_usd"] == pytest.approx(expected, rel=1e-9)
     assert [row["case"] for row in rep["requests_detail"]] == ["case-0", "case-1", "case-2", "case-3"]

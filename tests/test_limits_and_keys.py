@@ -27,7 +27,7 @@ import yaml
 from conftest import REPO, clean_env, free_port, start_replica, stop_group
 
 KEYS = REPO / "scripts" / "gateway_keys.sh"
-CLIENTS = ["alice", "bob", "erin", "frank", "gina", "tpm", "spender", "hammer", "after", "direct"]
+CLIENTS = ["alice", "bob", "erin", "frank", "gina", "tpm", "spender", "hammer", "after", "direct", "refused", "mixed"]
 EXACT = 25  # completions: every client together, per minute
 
 
@@ -48,6 +48,8 @@ def limited_config(path: Path) -> Path:
             "spender": {"usd_per_day": 0.00002},
             "hammer": {"calls": 5},
             "after": {"calls": 5},
+            "refused": {"calls": 2},
+            "mixed": {"calls": 2},
         },
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -271,7 +273,8 @@ def test_redis_down_with_the_closed_policy_refuses_with_503(tmp_path, fake_upstr
     key = add_key(keys_file, "direct")
     port = free_port()
     log = tmp_path / "gateway.log"
-    proc = start_replica(tmp_path, port, log=log, GATEWAY_LEDGER_DIR="off", GATEWAY_DEMO_UPSTREAM=fake_upstream,
+    ledger = tmp_path / "ledger"
+    proc = start_replica(tmp_path, port, log=log, GATEWAY_LEDGER_DIR=str(ledger), GATEWAY_DEMO_UPSTREAM=fake_upstream,
                          GATEWAY_CONFIG=str(limited_config(tmp_path / "c.yaml")), GATEWAY_AUTH="on",
                          GATEWAY_KEYS_FILE=str(keys_file), GATEWAY_LIMITS_ON_REDIS_DOWN="closed",
                          GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
@@ -289,6 +292,10 @@ def test_redis_down_with_the_closed_policy_refuses_with_503(tmp_path, fake_upstr
     assert answers[0].headers["Retry-After"] == "5"
     assert upstream == 0
     assert "requests are refused with 503" in log.read_text()
+    records = [json.loads(line) for path in ledger.glob("usage-*.jsonl") for line in path.read_text().splitlines()]
+    assert sorted(r["request_id"] for r in records) == sorted(r.headers["X-Request-ID"] for r in answers)
+    assert {(r["status"], r["error"], r["client"], r["endpoint"], r["cost_usd"]) for r in records} == {
+        (503, "refused:limits_unavailable", "direct", "chat", 0.0)}
 
 
 # ------------------------------------------------------------------------------------------ client keys
@@ -367,6 +374,74 @@ def test_added_and_revoked_keys_take_effect_on_every_replica_within_seconds(stac
     while (seen := statuses()) != [401] * 6 and time.monotonic() < deadline:
         time.sleep(0.3)
     assert seen == [401] * 6
+
+
+# ------------------------------------------------------------------------------------------ usage records
+def ledger_records(stack, request_ids: set[str], timeout: float = 15) -> list[dict]:
+    """The ledger's records of these requests, once there is one for each (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for path in (stack.state_dir / "ledger").glob("usage-*.jsonl"):
+            found += [r for r in map(json.loads, path.read_text().splitlines()) if r["request_id"] in request_ids]
+        if {r["request_id"] for r in found} >= request_ids or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_each_refused_request_leaves_one_usage_record_saying_why(stack, limited):
+    no_key = chat(stack, None)
+    bad_key = chat(stack, "gwk_not-a-key-anyone-was-given", route="v1")
+    # 5 calls at 2 a minute: some are over, even if a minute ends in between
+    over = next(r for r in [chat(stack, limited["refused"], route="v1") for _ in range(5)] if r.status_code == 429)
+    assert (no_key.status_code, bad_key.status_code) == (401, 401)
+    found = ledger_records(stack, {r.headers["X-Request-ID"] for r in (no_key, bad_key, over)})
+    assert len(found) == 3  # one each
+    records = {rec["request_id"]: rec for rec in found}
+    expected = {  # request: (endpoint, client, error)
+        no_key: ("chat", None, "refused:gateway_key_required"),
+        bad_key: (None, None, "refused:invalid_gateway_key"),  # its /v1 body is not read: no key, no parsing
+        over: ("chat", "refused", "refused:rate_limit_exceeded:client_calls"),
+    }
+    for r, (endpoint, client, error) in expected.items():
+        rec = records[r.headers["X-Request-ID"]]
+        assert (rec["status"], rec["endpoint"], rec["client"], rec["error"]) == (r.status_code, endpoint, client, error)
+        assert (rec["prompt_tokens"], rec["completion_tokens"], rec["total_tokens"], rec["cost_usd"]) == (0, 0, 0, 0.0)
+        assert rec["replica"] == r.headers["X-Gateway-Replica"] and rec["provider"] is None
+    assert "gwk_not-a-key" not in json.dumps(list(records.values()))
+
+
+@pytest.mark.integration
+@pytest.mark.stack
+def test_the_ledger_has_one_record_for_every_request_in_nginxs_access_log(stack, limited):
+    key = limited["mixed"]
+    sent = [
+        chat(stack, limited["gina"], "fine"),
+        chat(stack, limited["gina"], "fine too", route="v1"),
+        chat(stack, None),
+        chat(stack, None, route="v1"),
+        chat(stack, "gwk_unknown", endpoint="anthropic-chat"),
+        chat(stack, limited["gina"], endpoint="no-such-endpoint"),
+        chat(stack, limited["gina"], "[[fault:500]]"),
+        requests.post(f"{stack.url}/gateway/chat/invocations", data=b"{not json", headers=bearer(limited["gina"]),
+                      timeout=30),
+        *(chat(stack, key, f"over {i}") for i in range(5)),  # some of these are over its 2 per minute
+    ]
+    ids = {r.headers["X-Request-ID"] for r in sent}
+    assert len(ids) == len(sent)
+    assert {401, 404, 429, 200}.issubset({r.status_code for r in sent})
+    deadline = time.monotonic() + 15
+    while True:
+        logged = [json.loads(line) for line in stack.log("nginx").splitlines()
+                  if line.startswith("{") and json.loads(line)["request_id"] in ids]
+        if len(logged) >= len(sent) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    records = ledger_records(stack, ids)
+    assert sorted(r["request_id"] for r in records) == sorted(entry["request_id"] for entry in logged)
+    assert {r["request_id"]: r["status"] for r in records} == {e["request_id"]: e["status"] for e in logged}
 
 
 # ------------------------------------------------------------------------------------------ no stack

@@ -78,7 +78,8 @@ def test_stream_chunks_arrive_as_they_are_produced(stack):
         for line in r.iter_lines():
             if line.startswith(b"data:"):
                 arrivals.append((time.monotonic(), line))
-    assert json.loads(arrivals[-1][1][5:])["usage"]["completion_tokens"] > 0  # MLflow ends with usage, no [DONE]
+    assert arrivals[-1][1] == b"data: [DONE]"
+    assert json.loads(arrivals[-2][1][5:])["usage"]["completion_tokens"] > 0  # then MLflow's usage chunk
     # With 300 ms between chunks, a buffered stream would deliver every chunk at the end at once.
     assert arrivals[-1][0] - arrivals[0][0] > 1.0
 
@@ -178,10 +179,11 @@ def test_sigterm_lets_an_in_flight_stream_finish(stack):
         os.kill(pid, signal.SIGTERM)
         rest = [line for line in lines if line.startswith(b"data:")]
     try:
-        chunks = [json.loads(line[5:]) for line in [first, *rest]]
+        assert rest[-1] == b"data: [DONE]"  # the stream's end arrived
+        chunks = [json.loads(line[5:]) for line in [first, *rest[:-1]]]
         text = "".join(c["choices"][0]["delta"]["content"] or "" for c in chunks if c["choices"])
         assert text.endswith("a b c d e f g h")
-        assert chunks[-1]["usage"]["completion_tokens"] > 0  # the stream's last chunk arrived
+        assert chunks[-1]["usage"]["completion_tokens"] > 0
         assert gone(pid, 20), f"{name} still running 20 s after SIGTERM"
         # The others keep serving; the stopped one is skipped.
         statuses = {chat(stack, "still there?").status_code for _ in range(10)}

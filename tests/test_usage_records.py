@@ -69,7 +69,9 @@ def test_v1_routes_are_recorded_under_the_endpoint_named_by_model(stack):
 @pytest.mark.stack
 def test_a_stream_leaves_one_record_with_its_final_usage(stack):
     request_id, r = post(stack, "[[chunk_delay:50]] stream this please", endpoint="anthropic-chat", stream=True)
-    chunks = [json.loads(line[5:]) for line in r.iter_lines() if line.startswith(b"data:")]
+    events = [line for line in r.iter_lines() if line.startswith(b"data:")]
+    assert events[-1] == b"data: [DONE]"
+    chunks = [json.loads(line[5:]) for line in events[:-1]]
     (record,) = records_of(stack, request_id)
     assert record["stream"] is True and record["partial"] is False and record["error"] is None
     assert record["completion_tokens"] == chunks[-1]["usage"]["completion_tokens"] > 0
