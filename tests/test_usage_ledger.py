@@ -14,25 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway_kit.usage import (
-    Ledger,
-    UsageRecord,
-    emit,
-    ledger_file_name,
-    utc_now_iso,
-)
+from gateway_kit.usage import Ledger, emit, ledger_file_name
+from unit.test_usage_parser import DAY1, record  # one record maker for the format and the ledger tests
 
 REPO = Path(__file__).resolve().parents[1]
-DAY1 = 1795341600.0  # 2026-11-22T10:00:00Z
-DAY = "2026-11-22"
-
-
-def record(n: int = 0, **fields) -> UsageRecord:
-    base = dict(ts=utc_now_iso(DAY1 + n), request_id=f"req-{n}", route="/gateway/chat/invocations", endpoint="chat",
-                provider="openai", model="gpt-4o-mini", status=200, latency_ms=12.5, prompt_tokens=10,
-                completion_tokens=5, total_tokens=15, replica="r1")
-    base.update(fields)
-    return UsageRecord(**base)
+DAY = "2026-11-22"  # DAY1's UTC day
 
 
 class Clock:
