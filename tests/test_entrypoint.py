@@ -98,7 +98,7 @@ def test_invalid_endpoint_is_reported_with_its_name_field_and_line(tmp_path):
     config = write_config(tmp_path, text)
     result = entrypoint("--check", GATEWAY_CONFIG=str(config), OPENAI_API_KEY=REAL_LOOKING_KEY)
     assert result.returncode == 78
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "llm/v1/embed" in l)
+    line = next(i for i, text_line in enumerate(text.splitlines(), 1) if "llm/v1/embed" in text_line)
     assert f"{config}:{line}: endpoint 'embeddings'" in result.stderr, result.stderr
     assert "llm/v1/embed" in result.stderr and "Traceback" not in result.stderr
 
