@@ -148,9 +148,11 @@ class Stack:
     fake_url: str = "http://127.0.0.1:9000"
     env: dict[str, str] = field(default_factory=dict)  # settings for the replicas (GATEWAY_...)
     redis_url: str = "redis://127.0.0.1:6379/0"
-    replica_count: int = 2  # what `up` started and reset() restores
+    replica_count: int = 2  # what the last `up` started, and reset() restores
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        if args[:1] == ("up",):  # what reset() puts back: the replicas this `up` starts (local_stack.sh: 2)
+            self.replica_count = int(args[args.index("--replicas") + 1]) if "--replicas" in args else 2
         result = subprocess.run(
             [str(REPO / "scripts/local_stack.sh"), *args, "--state-dir", str(self.state_dir)],
             env=clean_env(**self.env), capture_output=True, text=True, timeout=180,
