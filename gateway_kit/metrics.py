@@ -350,12 +350,15 @@ class Metrics:
 
 
 def _mlflow_version() -> str:
+    """The MLflow release serving: the full package, or MLflow's slim one (the image's default)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        return version("mlflow")
-    except PackageNotFoundError:
-        return UNKNOWN
+    for distribution in ("mlflow", "mlflow-skinny"):
+        try:
+            return version(distribution)
+        except PackageNotFoundError:
+            pass
+    return UNKNOWN
 
 
 # -- for the rest of the kit ---------------------------------------------------------------------------------
