@@ -180,8 +180,8 @@ class Stack:
 
     def reset(self) -> None:
         """Forget what earlier tests left in this stack's shared state, so no test depends on their order:
-        circuit breakers and limit counters (in Redis, shared by every worker) and a replica count changed
-        and not put back. Costs a Redis SCAN when there is nothing to forget."""
+        circuit breakers and limit counters (in Redis, shared by every worker) and a replica count other than
+        the last `up`'s. Costs a Redis SCAN when there is nothing to forget."""
         import redis
 
         if not (self.state_dir / "pids" / "nginx.pid").exists():
