@@ -46,7 +46,6 @@ from gateway_kit.secrets import redact
 
 log = logging.getLogger("gateway_kit.resilience")
 
-ENDPOINT_KEYS = frozenset({"timeouts", "retries", "fallback"})  # config.yaml, per endpoint (kit-only)
 TIMEOUT_KINDS = ("connect", "first_byte", "total")
 FALLBACK_KEYS = ("to", "after_s", "race")
 MAX_RETRIES = 10
@@ -959,7 +958,7 @@ def add_error_handlers(app) -> None:
 
 __all__ = [
     "CIRCUIT_HOOKS", "CIRCUIT_PREFIX", "CURRENT", "SHARED_READ_S", "Attempt", "Breaker", "Circuit", "CircuitName",
-    "CircuitOpenError", "ENDPOINT_KEYS", "FALLBACK_HOOKS", "Fallback", "FallbackEvent", "Policy", "Settings",
+    "CircuitOpenError", "FALLBACK_HOOKS", "Fallback", "FallbackEvent", "Policy", "Settings",
     "UpstreamTimeout", "circuit_for", "circuit_name", "config_problems", "error_for", "outcome", "policies",
     "retry_wait", "settings", "wrap",
 ]
