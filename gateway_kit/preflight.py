@@ -427,12 +427,13 @@ def with_dummy_keys(config: dict) -> dict:
     return copy
 
 
-def check(path: Path) -> dict:
-    """The active configuration for `path`; raises ConfigError, or SystemExit(EX_CONFIG)."""
+def check(path: Path, need_keys: bool = True) -> dict:
+    """The active configuration for `path`; raises ConfigError, or SystemExit(EX_CONFIG).
+    need_keys=False checks the file alone: every endpoint is kept, whether its key is set or not."""
     raw, node = load_yaml(path)
     config = expand(raw, dict(os.environ))
     validate(with_dummy_keys(config), node, path)
-    if drop_unusable(config):
+    if not need_keys or drop_unusable(config):
         return config
     url = demo_upstream()
     if not url:
@@ -450,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, metavar="OUT", help="write the active config here")
     parser.add_argument("--variables", action="store_true", help="only list the variables the config reads, "
                         "one `NAME key` or `NAME value` line each (what scripts/local_stack.sh remembers)")
+    parser.add_argument("--no-keys", action="store_true", help="check config.yaml, pricing.yaml and the GATEWAY_* "
+                        "settings only, whether provider keys are set or not (scripts/deploy.sh, before it starts "
+                        "replicas)")
     args = parser.parse_args(argv)
     if args.variables:
         try:
@@ -461,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             print(name, "key" if is_key else "value")
         return 0
     try:
-        config = check(args.config)
+        config = check(args.config, need_keys=not args.no_keys)
     except ConfigError as e:
         log("error", f"{e} — fix config.yaml and start again")
         return EX_CONFIG
@@ -476,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         log("error", problem)
         return EX_CONFIG
     names = ", ".join(e["name"] for e in config["endpoints"])
-    log("info", f"endpoints ready: {names}")
+    log("info", f"config valid, endpoints: {names}" if args.no_keys else f"endpoints ready: {names}")
     if args.write:
         args.write.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.write.with_suffix(".tmp")

@@ -153,6 +153,20 @@ provider_key_report() {
     done
 }
 
+# Files in secrets/ the gateway (uid 10001 in the container) cannot read: compose mounts a file secret with its
+# owner and mode. One "secrets/NAME" line per such file.
+unreadable_secret_files() {
+    local file
+    for file in "$KIT_ROOT"/secrets/*; do
+        [ -f "$file" ] || continue
+        case "$(stat -c '%u %a' "$file")" in
+            "10001 "[4-7]??) ;;
+            *[4-7]) ;;
+            *) printf 'secrets/%s\n' "$(basename "$file")" ;;
+        esac
+    done
+}
+
 # Container ids of one compose service, every replica, running or not. Found by the labels compose puts on
 # containers, so this works whichever compose file started them. $1 = service.
 service_containers() {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,23 @@ def test_an_unknown_key_fails_the_check_naming_file_line_key_and_the_nearest_val
     assert result.returncode == 78, result.stderr
     assert f"{config}:{line}: {message}" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_config_alone_is_checked_without_any_key_as_deploy_sh_does(tmp_path):
+    """`preflight --no-keys` (scripts/deploy.sh, in the image before any replica starts): a valid config passes with
+    no provider key set, every endpoint kept; a typo fails as it does when a replica starts."""
+    def no_keys(config: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "gateway_kit.preflight", "--no-keys", str(config)],
+                              env=clean_env(), capture_output=True, text=True, timeout=60)
+
+    valid = no_keys(REPO / "config.yaml")
+    assert valid.returncode == 0, valid.stderr
+    assert "config valid, endpoints: chat, completions, embeddings" in valid.stderr
+    text = (REPO / "config.yaml").read_text()
+    broken = no_keys(write_config(tmp_path, text.replace("endpoint_type: llm/v1/chat", "endpoint_typ: llm/v1/chat", 1)))
+    assert broken.returncode == 78
+    assert "unknown key `endpoint_typ` (did you mean `endpoint_type`?)" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
 
 def test_a_gateway_with_an_unknown_key_in_its_config_does_not_start(tmp_path, fake_upstream):

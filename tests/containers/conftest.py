@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +33,11 @@ FIGURES: dict[str, str] = {}
 # Files the compose files use from the project directory (each test runs them from a copy: nothing is written
 # into the repository, e.g. the ./keys folder docker creates for the bind mount).
 PROJECT_FILES = ["docker-compose.yml", "docker-compose.prod.yml", "nginx.conf", "check_gateway.sh", "scripts",
-                 "monitoring", "config.yaml", "pricing.yaml", "analyze_costs.py", "gateway_kit"]
+                 "monitoring", "config.yaml", "pricing.yaml", "analyze_costs.py", "gateway_kit", "env.template",
+                 # the build context, for `docker compose build` and scripts/deploy.sh
+                 "Dockerfile", ".dockerignore", "requirements.lock", "requirements-slim.lock", "entrypoint.sh"]
+REPLICAS = 3  # the shared prod stack's size, restored before every test that uses it
+GATEWAY = "http://127.0.0.1:5000"  # nginx, published in the engine's namespace
 
 
 def figure(name: str, value: str) -> None:
@@ -60,6 +65,11 @@ class Engine:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         return subprocess.run([*prefix, *args], env={**self.env, **(extra_env or {})}, cwd=cwd,
                               capture_output=True, text=True, timeout=timeout)
+
+    def popen_in_net(self, *args: str, cwd: Path | None = None) -> subprocess.Popen:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        return subprocess.Popen([*prefix, *args], env=self.env, cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
     def net_json(self, *args: str, timeout: float = 300):
         result = self.run_in_net(sys.executable, str(NETCLIENT), *args, timeout=timeout)
@@ -156,6 +166,91 @@ class Project:
     def down(self) -> None:
         self.compose("--profile", "demo", "--profile", "monitoring", "down", "-v", "--remove-orphans",
                      "--timeout", "10", check=False)
+
+    def up(self, *files: str, replicas: int = REPLICAS, extra_env: dict[str, str] | None = None) -> float:
+        """`up -d --wait` of the demo stack with `replicas` gateways (and the compose files `files` over the
+        project's file); returns the seconds it took. Recreates only what differs."""
+        start = time.monotonic()
+        args = [arg for f in files for arg in ("-f", f)]
+        self.engine.docker("compose", "-f", self.file, *args, "--profile", "demo", "up", "-d", "--no-build",
+                           "--remove-orphans", "--scale", f"mlflow-gateway={replicas}", "--wait", "--wait-timeout",
+                           "600", cwd=self.root, timeout=700, extra_env=extra_env)
+        return time.monotonic() - start
+
+    def hostnames(self) -> set[str]:
+        """The running replicas' hostnames: what they put in X-Gateway-Replica and their ledger file names."""
+        return {self.inspect(c)["Config"]["Hostname"] for c in self.containers("mlflow-gateway")}
+
+
+def ledger_records(engine: Engine) -> list[dict]:
+    """Every usage record in the gateway-ledger volume, read by a throwaway container of the kit image."""
+    out = engine.docker("run", "--rm", "--entrypoint", "sh", "-v", "mlflow-gateway_gateway-ledger:/ledger:ro",
+                        "mlflow-gateway:local", "-c", "find /ledger -type f -exec cat {} +").stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@dataclass
+class Load:
+    """evaluate_gateway.py's open-loop load mode (--rate, --duration), run where the published ports are."""
+
+    proc: subprocess.Popen
+    output: Path
+
+    def result(self, timeout: float = 300) -> dict:
+        out, err = self.proc.communicate(timeout=timeout)
+        if not self.output.is_file():
+            pytest.fail(f"evaluate_gateway.py exited {self.proc.returncode} without a results file:\n{out}\n{err}")
+        return json.loads(self.output.read_text())
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+
+def start_load(engine: Engine, tmp: Path, cases: list[dict], rate: float, duration: float) -> Load:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "cases.json").write_text(json.dumps({"cases": cases}))
+    output = tmp / "load.json"
+    proc = engine.popen_in_net(sys.executable, str(REPO / "evaluate_gateway.py"), "--url", GATEWAY, "--test-file",
+                               str(tmp / "cases.json"), "--rate", str(rate), "--duration", str(duration),
+                               "--timeout", "60", "--no-progress", "--output", str(output), cwd=tmp)
+    return Load(proc, output)
+
+
+def start_time(request: dict) -> float:
+    """A request's start (unix time) in evaluate_gateway.py's results."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(request["started_at"]).timestamp()
+
+
+def in_flight(request: dict, at: float) -> bool:
+    """Whether a request of evaluate_gateway.py's results was in flight at unix time `at` (to the millisecond its
+    start time is written with)."""
+    start = start_time(request)
+    return start - 0.001 <= at <= start + request["latency_ms"] / 1000 + 0.001
+
+
+@pytest.fixture(scope="session")
+def prod_stack(engine: Engine, tmp_path_factory) -> Iterator[Project]:
+    """The prod file's demo stack, shared by the tests that use `prod` (one `up` for all of them)."""
+    project = make_project(engine, tmp_path_factory.mktemp("prod"), "docker-compose.prod.yml")
+    try:
+        took = project.up()
+        figure(f"prod file: up -d --scale mlflow-gateway={REPLICAS} --wait (demo)", f"{took:.0f} s")
+        starts = [seconds_to_healthy(project.inspect(c)) for c in project.containers("mlflow-gateway")]
+        figure("replica start to healthy (docker inspect), median of "
+               f"{len(starts)}", f"{statistics.median(s for s in starts if s is not None):.1f} s")
+        yield project
+    finally:
+        project.down()
+
+
+@pytest.fixture
+def prod(prod_stack: Project) -> Project:
+    """The shared prod stack as every test expects it: the prod file alone, REPLICAS healthy replicas, Redis and
+    fake-llm healthy. Whatever an earlier test changed (scale, an override file, a killed replica) is put back."""
+    prod_stack.up()
+    return prod_stack
 
 
 def make_project(engine: Engine, tmp: Path, file: str) -> Project:

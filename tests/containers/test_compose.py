@@ -6,21 +6,15 @@ and taken down (volumes included) by the fixture, on failure too. Figures go to 
 
 from __future__ import annotations
 
-import json
-import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Engine, Project, figure, make_project, seconds_to_healthy
+from .conftest import GATEWAY, REPLICAS, Engine, Project, figure, ledger_records, make_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
-
-REPLICAS = 3
-GATEWAY = "http://127.0.0.1:5000"
-
 
 def wait_healthy(project: Project, service: str, count: int, timeout: float = 300) -> float:
     """Seconds until `count` containers of `service` are healthy (bounded; fails with their states)."""
@@ -34,13 +28,6 @@ def wait_healthy(project: Project, service: str, count: int, timeout: float = 30
     logs = [project.engine.docker("logs", "--tail", "30", c, check=False) for c in project.containers(service)]
     pytest.fail(f"{service}: {states} after {timeout:.0f}s, wanted {count} healthy; their last log lines:\n"
                 + "\n".join(log.stdout + log.stderr for log in logs))
-
-
-def ledger_records(engine: Engine) -> list[dict]:
-    """Every usage record in the gateway-ledger volume, read by a throwaway container of the kit image."""
-    out = engine.docker("run", "--rm", "--entrypoint", "sh", "-v", "mlflow-gateway_gateway-ledger:/ledger:ro",
-                        "mlflow-gateway:local", "-c", "find /ledger -type f -exec cat {} +").stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------------------------------------ dev file
@@ -66,42 +53,26 @@ def test_dev_file_starts_one_healthy_replica_that_answers_health_and_a_chat(dev_
 
 
 # ----------------------------------------------------------------------------------------------- prod file
-@pytest.fixture(scope="module")
-def prod_stack(engine: Engine, tmp_path_factory) -> Iterator[Project]:
-    project = make_project(engine, tmp_path_factory.mktemp("prod"), "docker-compose.prod.yml")
-    try:
-        start = time.monotonic()
-        project.compose("--profile", "demo", "up", "-d", "--no-build", "--scale", f"mlflow-gateway={REPLICAS}",
-                        "--wait", "--wait-timeout", "600", timeout=700)
-        figure(f"prod file: up -d --scale mlflow-gateway={REPLICAS} --wait (demo)", f"{time.monotonic() - start:.0f} s")
-        starts = [seconds_to_healthy(project.inspect(c)) for c in project.containers("mlflow-gateway")]
-        figure("replica start to healthy (docker inspect), median of "
-               f"{len(starts)}", f"{statistics.median(s for s in starts if s is not None):.1f} s")
-        yield project
-    finally:
-        project.down()
-
-
-def test_prod_stack_passes_check_gateway_with_its_container_checks(prod_stack):
-    result = prod_stack.script("./check_gateway.sh")
+def test_prod_passes_check_gateway_with_its_container_checks(prod):
+    result = prod.script("./check_gateway.sh")
     assert result.returncode == 0, result.stdout + result.stderr
     # The container check saw every replica (one line each), not the "engine not reachable" skip.
     assert result.stdout.count("mlflow-gateway-mlflow-gateway-") >= REPLICAS, result.stdout
     assert "docker engine not reachable" not in result.stdout + result.stderr
 
 
-def test_the_official_openai_client_answers_through_nginx_and_traffic_reaches_every_replica(prod_stack):
-    answers = prod_stack.engine.net_json("openai-chats", GATEWAY, "30")
+def test_the_official_openai_client_answers_through_nginx_and_traffic_reaches_every_replica(prod):
+    answers = prod.engine.net_json("openai-chats", GATEWAY, "30")
     assert all(a["content"] for a in answers)
     replicas = Counter(a["replica"] for a in answers)
     figure("30 chats through nginx :5000, per replica", ", ".join(f"{n}" for n in sorted(replicas.values())))
-    hostnames = {prod_stack.inspect(c)["Config"]["Hostname"] for c in prod_stack.containers("mlflow-gateway")}
+    hostnames = {prod.inspect(c)["Config"]["Hostname"] for c in prod.containers("mlflow-gateway")}
     assert set(replicas) == hostnames, (replicas, hostnames)
 
 
-def test_replicas_run_hardened(prod_stack):
-    for container in prod_stack.containers("mlflow-gateway"):
-        info = prod_stack.inspect(container)
+def test_replicas_run_hardened(prod):
+    for container in prod.containers("mlflow-gateway"):
+        info = prod.inspect(container)
         host = info["HostConfig"]
         assert host["ReadonlyRootfs"] is True
         assert info["Config"]["User"] == "10001:10001"
@@ -109,7 +80,7 @@ def test_replicas_run_hardened(prod_stack):
         assert "no-new-privileges:true" in host["SecurityOpt"]
         assert host["Memory"] == 1024**3 and host["NanoCpus"] == 10**9
         # What the process really has: uid 10001, no effective capability, and / is read-only.
-        probe = prod_stack.engine.docker(
+        probe = prod.engine.docker(
             "exec", container, "sh", "-c",
             "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; touch /probe", check=False)
         uid, cap_eff, no_new_privs = probe.stdout.split("\n")[:3]
@@ -117,28 +88,27 @@ def test_replicas_run_hardened(prod_stack):
         assert cap_eff.split()[1] == "0000000000000000"
         assert no_new_privs.split()[1] == "1"
         assert probe.returncode != 0 and "Read-only file system" in probe.stderr
-    redis = prod_stack.inspect(prod_stack.containers("redis")[0])["HostConfig"]
+    redis = prod.inspect(prod.containers("redis")[0])["HostConfig"]
     assert redis["ReadonlyRootfs"] is True and redis["Memory"] == 256 * 1024**2
 
 
-def test_every_service_logs_to_rotated_json_files(prod_stack):
+def test_every_service_logs_to_rotated_json_files(prod):
     for service in ("mlflow-gateway", "nginx", "redis", "fake-llm"):
-        for container in prod_stack.containers(service):
-            log_config = prod_stack.inspect(container)["HostConfig"]["LogConfig"]
+        for container in prod.containers(service):
+            log_config = prod.inspect(container)["HostConfig"]["LogConfig"]
             assert log_config == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "5"}}, service
 
 
-def test_usage_records_survive_down_and_up(prod_stack):
-    """Last in this module: it takes the stack down (without -v) and up again."""
-    prod_stack.engine.net_json("openai-chats", GATEWAY, "6")
-    before = ledger_records(prod_stack.engine)
+def test_usage_records_survive_down_and_up(prod):
+    """The stack down (without -v) and up again: the ledger volume keeps every record."""
+    prod.engine.net_json("openai-chats", GATEWAY, "6")
+    before = ledger_records(prod.engine)
     assert len(before) >= 6
-    prod_stack.compose("--profile", "demo", "down", "--timeout", "30")
-    assert not prod_stack.containers("mlflow-gateway")
-    prod_stack.compose("--profile", "demo", "up", "-d", "--no-build", "--scale", f"mlflow-gateway={REPLICAS}",
-                       "--wait", "--wait-timeout", "600", timeout=700)
-    prod_stack.engine.net_json("openai-chats", GATEWAY, "2")
-    after = ledger_records(prod_stack.engine)
+    prod.compose("--profile", "demo", "down", "--timeout", "30")
+    assert not prod.containers("mlflow-gateway")
+    prod.up()
+    prod.engine.net_json("openai-chats", GATEWAY, "2")
+    after = ledger_records(prod.engine)
     ids = [r.get("request_id") for r in after]
     assert all(r in after for r in before), "a usage record written before `down` is gone after `up`"
     assert len(after) >= len(before) + 2 and len(set(ids)) == len(ids)
