@@ -478,24 +478,13 @@ def test_gateway_api_key_is_sent_as_bearer_but_never_printed_or_stored(gateway, 
 
 
 @pytest.mark.integration
-def test_without_the_kit_pricing_it_records_tokens_and_leaves_cost_null(gateway, tmp_path):
-    alone = tmp_path / "elsewhere"
-    alone.mkdir()
-    (alone / CLI.name).write_text(CLI.read_text())  # the script copied away from gateway_kit/
-    proc = subprocess.run(
-        [PYTHON, CLI.name, "--url", gateway.url, "--output", "out.json"],
-        cwd=alone,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = Run(proc.returncode, proc.stdout, proc.stderr, alone / "out.json")
+def test_with_a_broken_pricing_file_it_records_tokens_and_leaves_cost_null(gateway, tmp_path):
+    broken = write(tmp_path, "pricing.yaml", "models: [not, a, mapping\n")
+    run = run_cli(tmp_path, "--url", gateway.url, env={"GATEWAY_PRICING_FILE": broken})
+    assert run.code == 0, run.stdout + run.stderr
     record = run.record("simple-question")
     assert record["completion_tokens"] > 0 and record["model"] and record["provider"]
-    assert record["cost_usd"] is None and "gateway_kit.pricing unavailable" in record["price_source"]
+    assert record["cost_usd"] is None and "gateway_kit.pricing unavailable (PricingFileError" in record["price_source"]
     assert run.doc["summary"]["cost"]["usd"] is None and "unknown" in run.stdout
 
 

@@ -57,8 +57,9 @@ def test_the_shared_api_keeps_its_shape():
         Cost(1.0, "x").usd = 2.0  # type: ignore[misc]
 
 
-def test_importing_pricing_and_usage_never_imports_mlflow():
-    code = "import sys, gateway_kit.pricing, gateway_kit.usage; print('mlflow' in sys.modules)"
+def test_importing_pricing_usage_and_the_clis_never_imports_mlflow():
+    code = ("import sys, gateway_kit.pricing, gateway_kit.usage, gateway_kit.cli.costs, gateway_kit.cli.evaluate, "
+            "gateway_kit.keys; print('mlflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
