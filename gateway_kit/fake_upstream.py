@@ -64,6 +64,8 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway_kit.exit_status import ExitStatus
+
 FAULTS = ("429", "quota", "500", "400", "401", "drop", "malformed", "slow", "truncate")
 SLOW_FAULT_SECONDS = 30.0
 SHUTDOWN_GRACE_SECONDS = 1.0
@@ -570,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"fake_upstream: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}"
               " — pick another --port or stop what holds it", file=sys.stderr)
-        return 1
-    return 0
+        return ExitStatus.FAILED
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway_kit import launcher
+from gateway_kit.exit_status import ExitStatus
 
 log = logging.getLogger("gateway_kit.keys")
 
@@ -315,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prog}: this is the only time it is shown; give it to the client "
                   "(OpenAI clients: api_key=..., others: 'Authorization: Bearer <key>'):", file=sys.stderr)
             print(key)
-            return 0
+            return ExitStatus.OK
         if args.command == "list":
             entries = read_entries(path)
             shown = [{"client": e["client"], "created": e.get("created"), "prefix": e.get("prefix", "?") + "..."}
@@ -329,19 +330,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'client':<{width}}  {'created':<20}  key")
                 for e in shown:
                     print(f"{e['client']:<{width}}  {e['created'] or '?':<20}  {e['prefix']}")
-            return 0
+            return ExitStatus.OK
         removed = revoke(path, args.client, args.prefix)
         if not removed:
             what = f"key {args.prefix}... of client" if args.prefix else "key for client"
             print(f"{prog}: error: no {what} {args.client!r} in {path} — see: scripts/gateway_keys.sh list",
                   file=sys.stderr)
-            return 1
+            return ExitStatus.FAILED
         print(f"{prog}: revoked {removed} key(s) of client {args.client!r}; every replica refuses them within "
               "about a second", file=sys.stderr)
-        return 0
+        return ExitStatus.OK
     except (KeysFileError, OSError) as e:
         print(f"{prog}: error: {e} — check the path (--file) and its permissions", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 
 from gateway_kit import launcher
+from gateway_kit.exit_status import ExitStatus
 from gateway_kit.secrets import lookup_key, secrets_dir
 
-EX_CONFIG = 78  # sysexits.h: configuration error
 _EXPAND = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEMO_KEY = "demo-fake-upstream-key"
 # What each provider's base URL becomes in demo mode.
@@ -428,7 +428,7 @@ def with_dummy_keys(config: dict) -> dict:
 
 
 def check(path: Path) -> dict:
-    """The active configuration for `path`; raises ConfigError, or SystemExit(EX_CONFIG)."""
+    """The active configuration for `path`; raises ConfigError, or SystemExit(ExitStatus.CONFIG)."""
     raw, node = load_yaml(path)
     config = expand(raw, dict(os.environ))
     validate(with_dummy_keys(config), node, path)
@@ -437,7 +437,7 @@ def check(path: Path) -> dict:
     url = demo_upstream()
     if not url:
         log("error", no_endpoint_message(raw, path))
-        raise SystemExit(EX_CONFIG)
+        raise SystemExit(ExitStatus.CONFIG)
     config = expand(raw, dict(os.environ))
     point_at_demo(config, url)
     log("warning", f"DEMO MODE: no provider key is set; every endpoint answers from the fake upstream {url}")
@@ -456,25 +456,25 @@ def main(argv: list[str] | None = None) -> int:
             raw, _ = load_yaml(args.config)
         except ConfigError as e:
             log("error", f"{e} — fix config.yaml and start again")
-            return EX_CONFIG
+            return ExitStatus.CONFIG
         for name, is_key in variables(raw).items():
             print(name, "key" if is_key else "value")
-        return 0
+        return ExitStatus.OK
     try:
         config = check(args.config)
     except ConfigError as e:
         log("error", f"{e} — fix config.yaml and start again")
-        return EX_CONFIG
+        return ExitStatus.CONFIG
     try:
         from gateway_kit.pricing import PricingFileError, Pricer
 
         Pricer()
     except PricingFileError as e:
         log("error", f"{e} — fix pricing.yaml and start again")
-        return EX_CONFIG
+        return ExitStatus.CONFIG
     if problem := settings_problem(config):
         log("error", problem)
-        return EX_CONFIG
+        return ExitStatus.CONFIG
     names = ", ".join(e["name"] for e in config["endpoints"])
     log("info", f"endpoints ready: {names}")
     if args.write:
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.write.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         os.replace(tmp, args.write)
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

@@ -51,13 +51,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from gateway_kit.exit_status import ExitStatus
 from gateway_kit.pricing import Pricer, PricingFileError
 from gateway_kit.usage import RECORD_FIELDS, REFUSED
 
 PROG = "analyze_costs.py"
-EXIT_OK, EXIT_BUDGET, EXIT_USAGE = 0, 1, 2
 KIT_DIR = Path(__file__).resolve().parents[2]  # the kit's checkout: its pricing.yaml when run from elsewhere
-
 SEED_RESULTS_FILE = Path("gateway_results.json")
 DEFAULT_COMPOSE_FILES = ("docker-compose.prod.yml",)
 DEFAULT_SERVICE = "mlflow-gateway"
@@ -1480,8 +1479,8 @@ def run(args: argparse.Namespace) -> int:
             f"for {_short(report['period']['first'])} → {_short(report['period']['last'])}",
             file=sys.stderr,
         )
-        return EXIT_BUDGET
-    return EXIT_OK
+        return ExitStatus.FAILED
+    return ExitStatus.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1494,18 +1493,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     except BrokenPipeError:  # `... | head`: the reader has what it wanted
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
+        return ExitStatus.OK
     except KeyboardInterrupt:
-        return 130
+        return ExitStatus.INTERRUPTED
     except Exception as e:  # noqa: BLE001 - a bad file or a bug: one line, the traceback only with --debug
         if args.debug:
             raise
         print(f"{PROG}: error: {type(e).__name__}: {e} — run again with --debug for the traceback", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitStatus.USAGE
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ import requests
 import yaml
 from dotenv import dotenv_values, find_dotenv
 
+from gateway_kit.exit_status import ExitStatus
+
 PROG = "evaluate_gateway.py"
 TOOL_VERSION = "2.0.0"
 SCHEMA_VERSION = 1
@@ -73,7 +75,6 @@ SCHEMA_PATH = "schemas/gateway_results.schema.json"
 DEFAULT_URL = "http://localhost:5000"
 DEFAULT_OUTPUT = "gateway_results.json"
 NEXT_COMMAND = "scripts/check_gateway.sh"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 KINDS = ("chat", "completions", "embeddings")
 V1_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
@@ -1766,13 +1767,13 @@ def main(argv: list[str] | None = None) -> int:
         cases = load_cases(args.test_file)
     except UsageError as e:
         fail(str(e))
-        return EXIT_USAGE
+        return ExitStatus.USAGE
     if args.validate:
         print(table([[c.name, c.kind, c.path, "yes" if c.stream else "no"] for c in cases],
                     ["CASE", "KIND", "PATH", "STREAM"]))
         source = args.test_file or "built-in cases"
         print(f"{len(cases)} valid case{'s' if len(cases) != 1 else ''} in {source}")
-        return EXIT_OK
+        return ExitStatus.OK
 
     api_key = env.get("GATEWAY_API_KEY")
     headers = {"User-Agent": f"evaluate_gateway/{TOOL_VERSION}"}
@@ -1784,10 +1785,10 @@ def main(argv: list[str] | None = None) -> int:
         health = check_health(args.url, args.wait, headers)
     except GatewayUnreachable as e:
         fail(str(e))
-        return EXIT_UNREACHABLE
+        return ExitStatus.UNREACHABLE
     except KeyboardInterrupt:
         fail("interrupted during the health check; nothing was sent")
-        return EXIT_INTERRUPTED
+        return ExitStatus.INTERRUPTED
     endpoints = fetch_endpoints(args.url, headers)
     if endpoints:
         for case in cases:
@@ -1829,7 +1830,10 @@ def main(argv: list[str] | None = None) -> int:
     gen = GeneratorStats(cpu_s=cpu_s, wall_s=wall_s, workers=workers, target_rate=args.rate,
                          send_starts=runner.send_starts, queued=runner.queued)
     summary = summarize(records, gaps, wall_s, gen, costs.problem, args.max_error_rate, args.max_p95_ms)
-    exit_code = EXIT_INTERRUPTED if interrupted else (EXIT_OK if summary["passed_all"] else EXIT_FAILED)
+    if interrupted:
+        exit_code = ExitStatus.INTERRUPTED
+    else:
+        exit_code = ExitStatus.OK if summary["passed_all"] else ExitStatus.FAILED
     summary["exit_code"] = exit_code
     document = build_document(args, mode, cases, health, started, finished, interrupted, records, summary,
                               run_id, bool(api_key))
@@ -1850,7 +1854,7 @@ def main(argv: list[str] | None = None) -> int:
     if interrupted:
         fail(f"interrupted: saved the {len(records)} requests that finished"
              + (f" to {written}" if written else ""))
-    return exit_code if written else EXIT_FAILED
+    return exit_code if written else ExitStatus.FAILED
 
 
 def entry() -> int:
@@ -1859,12 +1863,12 @@ def entry() -> int:
         return main()
     except KeyboardInterrupt:
         fail("interrupted")
-        return EXIT_INTERRUPTED
+        return ExitStatus.INTERRUPTED
     except Exception as e:  # anything unexpected: one line, unless --debug
         if debug:
             raise
         fail(f"unexpected {type(e).__name__}: {e} — re-run with --debug for the traceback")
-        return EXIT_FAILED
+        return ExitStatus.FAILED
 
 
 if __name__ == "__main__":
