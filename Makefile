@@ -82,8 +82,8 @@ bench: venv
 	$(PYTHON) bench/streams.py
 	$(PYTHON) bench/bench_evaluate.py
 	$(PYTHON) bench/bench_refusals.py
-	PYTHONPATH=. $(PYTHON) bench/bench_resilience.py
-	PYTHONPATH=. $(PYTHON) bench/bench_stream_done.py
+	$(PYTHON) bench/bench_resilience.py
+	$(PYTHON) bench/bench_stream_done.py
 
 # 20 minutes of steady mixed traffic with every worker's memory sampled; not part of CI.
 soak: venv

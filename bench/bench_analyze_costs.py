@@ -23,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gateway_kit.pricing import Pricer
+from gateway_kit.usage import UsageRecord, ledger_file_name, utc_now_iso
 
-from gateway_kit.pricing import Pricer  # noqa: E402
-from gateway_kit.usage import UsageRecord, ledger_file_name, utc_now_iso  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ENDPOINTS = [  # (endpoint, route, provider, model as answered, weight)
     ("chat", "/gateway/chat/invocations", "openai", "gpt-4o-mini-2024-07-18", 50),

@@ -29,11 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gateway_kit import keys as current_keys
+from gateway_kit import limits as current_limits
 
-from gateway_kit import keys as current_keys  # noqa: E402
-from gateway_kit import limits as current_limits  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 from gateway_kit.limits import Rule  # noqa: E402
 from gateway_kit.recording import Refusals  # noqa: E402
 from gateway_kit.usage import Ledger, emit  # noqa: E402

@@ -1,7 +1,7 @@
 """What resilience costs on the healthy path, side by side in one run.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_resilience.py              # all three parts
-    PYTHONPATH=. .venv/bin/python bench/bench_resilience.py --no-wrk     # the in-process parts only
+    .venv/bin/python bench/bench_resilience.py              # all three parts
+    .venv/bin/python bench/bench_resilience.py --no-wrk     # the in-process parts only
 
 1. The Fallback middleware in isolation: a trivial ASGI app bare and wrapped (microseconds per request).
 2. The circuit breaker in isolation, per successful provider call (before_call + record): the per-worker

@@ -2,8 +2,8 @@
 """What ending every stream with `data: [DONE]` costs per chunk: MLflow's make_streaming_response as MLflow
 ships it against the kit's wrapper (gateway_kit.app.end_streams_with_done), side by side in one process.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_stream_done.py        # 200-chunk streams, 300 per round, 9 rounds
-    PYTHONPATH=. .venv/bin/python bench/bench_stream_done.py --chunks 50 --streams 1000 --rounds 15
+    .venv/bin/python bench/bench_stream_done.py        # 200-chunk streams, 300 per round, 9 rounds
+    .venv/bin/python bench/bench_stream_done.py --chunks 50 --streams 1000 --rounds 15
 
 Each stream is MLflow's own: an async generator of StreamResponsePayload chunks (pydantic models, as a provider
 adapter yields them) turned into SSE by make_streaming_response, and read to the end as Starlette would.

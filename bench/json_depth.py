@@ -16,13 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import timeit
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway_kit.recording import parse_json  # noqa: E402
-from lib import markdown_table  # noqa: E402
+from gateway_kit.recording import parse_json
+from lib import markdown_table
 
 TOOL = {"type": "function", "function": {"name": "weather", "description": "Weather for a city", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},

@@ -29,7 +29,7 @@ PROVIDER_VARS = [
 def clean_env(**extra: str) -> dict[str, str]:
     """No provider key or URL and no GATEWAY_* setting leaks in from the caller's shell."""
     env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
-    env.update({"PYTHON": sys.executable, "PYTHONPATH": str(REPO), **extra})
+    env.update({"PYTHON": sys.executable, **extra})
     return env
 
 

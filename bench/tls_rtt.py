@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lib import REPO, Servers, chat_body, clean_env, free_port, markdown_table, median_run, wait_http, wrk, wrk_script
+from lib import Servers, chat_body, clean_env, free_port, markdown_table, median_run, wait_http, wrk, wrk_script
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -178,5 +178,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     raise SystemExit(main())

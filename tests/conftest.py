@@ -73,7 +73,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any provider key or URL, so nothing can reach a real provider."""
     env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
     env["PYTHON"] = sys.executable
-    env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env
 

@@ -66,8 +66,7 @@ def fake_command(port: int, *args: str) -> list[str]:
             *args]
 
 
-FAKE_ENV = {**os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+FAKE_ENV = dict(os.environ)
 
 
 def start_fake(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, str]:
