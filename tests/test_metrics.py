@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, clean_env, free_port, gone, start_replica, stop_group, wait_http
+import gateway_kit
 from gateway_kit import metrics
 from gateway_kit.usage import Ledger, UsageRecord
 from metrics_helpers import as_promql, dashboard_exprs
@@ -338,7 +339,7 @@ def test_prometheus_sums_requests_tokens_and_cost_over_replicas_and_workers_as_s
     assert scraped_cost == pytest.approx(cost, rel=1e-9)
     for s in scraped:
         assert total(s, "gateway_upstream_requests_total", upstream="127.0.0.1:9000", status="500") >= 1
-        assert total(s, "gateway_build_info", version="0.1.0", mlflow_version="3.17.2") == 1
+        assert total(s, "gateway_build_info", version=gateway_kit.__version__, mlflow_version="3.17.2") == 1
 
 
 @pytest.mark.integration
