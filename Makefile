@@ -52,6 +52,8 @@ lock-file:
 
 # The same commands tests/test_static.py runs (and the nginx -t test).
 lint:
+	$(BIN)ruff check .
+	$(BIN)ruff format --check .
 	$(BIN)hadolint Dockerfile
 	$(BIN)shellcheck -x $(SHELL_SCRIPTS)
 	$(BIN)check-jsonschema --builtin-schema vendor.compose-spec $(COMPOSE_FILES)

@@ -1,4 +1,4 @@
-"""Static checks of the deployment files: no Docker engine needed.
+"""Static checks of the deployment files and the Python code: no Docker engine needed.
 
 What a user relies on when they run `docker compose ...`, `docker build` or a script, checked by reading the
 files and by the same linters `make lint` runs (from this interpreter's bin directory, requirements-dev.txt):
@@ -302,6 +302,18 @@ def test_build_context_leaves_secrets_out():
                 if line.strip() and not line.startswith("#")]
     assert patterns[0] == "*", ".dockerignore should be an allowlist"
     assert not any(p.lstrip("!").startswith((".env", "secrets")) for p in patterns if p.startswith("!"))
+
+
+# ----------------------------------------------------------------------------------------------------- Python
+# ruff with pyproject.toml's [tool.ruff]; --no-cache: a test writes nothing into the checkout.
+def test_python_passes_ruff_check():
+    result = run(tool("ruff"), "check", "--no-cache", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_python_is_formatted_as_ruff_format_writes_it():
+    result = run(tool("ruff"), "format", "--check", "--no-cache", ".")
+    assert result.returncode == 0, f"run: .venv/bin/ruff format .\n{result.stdout}{result.stderr}"
 
 
 # ------------------------------------------------------------------------------------------------------ shell
