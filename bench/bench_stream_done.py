@@ -23,8 +23,12 @@ def chunk_maker():
     from mlflow.gateway.schemas.chat import StreamChoice, StreamDelta, StreamResponsePayload
 
     def make(i: int) -> StreamResponsePayload:
-        return StreamResponsePayload(id="chatcmpl-1", created=1, model="gpt-4o-mini",
-                                     choices=[StreamChoice(index=0, delta=StreamDelta(content=f"word{i} "))])
+        return StreamResponsePayload(
+            id="chatcmpl-1",
+            created=1,
+            model="gpt-4o-mini",
+            choices=[StreamChoice(index=0, delta=StreamDelta(content=f"word{i} "))],
+        )
 
     return make
 
@@ -33,6 +37,7 @@ async def read_streams(make_response, make_chunk, chunks: int, streams: int) -> 
     """Build and read `streams` streams of `chunks` chunks; returns the bytes read (so nothing is optimised away)."""
     total = 0
     for _ in range(streams):
+
         async def events():
             for i in range(chunks):
                 yield make_chunk(i)

@@ -33,27 +33,50 @@ def test_pip_install_gives_the_commands_and_the_version(tmp_path):
     target = tmp_path / "venv"
     venv.create(target, with_pip=False)
     python = target / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     here = sysconfig.get_paths()["purelib"]
     (Path(site) / "kit-test-parent.pth").write_text(f"import site; site.addsitedir({here!r})\n")
 
     install = subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-         "--no-build-isolation", "--no-index", str(source)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(source),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert install.returncode == 0, ("pip could not build the kit (`make venv` installs the setuptools that "
-                                     f"requirements-dev.txt pins):\n{install.stdout}{install.stderr}")
+    assert install.returncode == 0, (
+        "pip could not build the kit (`make venv` installs the setuptools that "
+        f"requirements-dev.txt pins):\n{install.stdout}{install.stderr}"
+    )
 
     for command, usage in COMMANDS.items():
-        result = subprocess.run([target / "bin" / command, "--help"], cwd=tmp_path, capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [target / "bin" / command, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0 and result.stdout.startswith(usage), (command, result.stdout + result.stderr)
-    probe = ("import gateway_kit, importlib.metadata as m; "
-             "print(m.version('mlflow-gateway-kit')); print(gateway_kit.__file__)")
-    version, module = subprocess.run([python, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
-                                     check=True).stdout.split()
+    probe = (
+        "import gateway_kit, importlib.metadata as m; "
+        "print(m.version('mlflow-gateway-kit')); print(gateway_kit.__file__)"
+    )
+    version, module = subprocess.run(
+        [python, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert version == gateway_kit.__version__
     assert Path(module).is_relative_to(target), "the commands ran the checkout, not what pip installed"
 

@@ -66,8 +66,16 @@ PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than 
 # Fields of an aggregate row, by index (plain lists are the fastest thing to add into).
 REQ, FAILED, PROMPT, COMPL, CACHED, REASON, TOTAL, COST, UNPRICED, UNPRICED_TOK = range(10)
 ROW_FIELDS = (
-    "requests", "failed", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens", "total_tokens",
-    "cost_usd", "unpriced_requests", "unpriced_tokens",
+    "requests",
+    "failed",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_usd",
+    "unpriced_requests",
+    "unpriced_tokens",
 )
 
 
@@ -211,8 +219,10 @@ def add_compose(got: Collected, compose_file: str | None, service: str) -> None:
     if compose_file is None:
         compose_file = next((f for f in DEFAULT_COMPOSE_FILES if Path(f).is_file()), None)
     elif not Path(compose_file).is_file():
-        raise UsageError(f"compose file {compose_file} does not exist — pass the file you deployed with, "
-                         "e.g. --compose-file docker-compose.prod.yml")
+        raise UsageError(
+            f"compose file {compose_file} does not exist — pass the file you deployed with, "
+            "e.g. --compose-file docker-compose.prod.yml"
+        )
     file_args = ["-f", compose_file] if compose_file else []
     tail = [*file_args, "logs", "--no-color", "--timestamps", service]
     label = f"compose {service}" + (f" ({compose_file})" if compose_file else "")
@@ -250,7 +260,11 @@ def run_docker(command: list[str], out_path: Path, err_path: Path, label: str, c
         err.seek(max(0, err_path.stat().st_size - 4096))
         text = " ".join(err.read().decode("utf-8", "replace").split())
     low = text.lower()
-    if "cannot connect to the docker daemon" in low or "is the docker daemon running" in low or "error during connect" in low:
+    if (
+        "cannot connect to the docker daemon" in low
+        or "is the docker daemon running" in low
+        or "error during connect" in low
+    ):
         raise UsageError(f"cannot reach the Docker engine ({_tail(text)}) — start Docker, or {_DOCKER_HINT}")
     if "no such container" in low:
         raise UsageError(
@@ -294,8 +308,8 @@ def add_response_file(got: Collected, path: Path) -> None:
     records = records_from_results(doc, fallback_ts)
     if records is None:
         raise UsageError(
-            f"{path} is JSON but not a results file (expected evaluate_gateway.py's {{\"requests\": [...]}} or "
-            "a list of results with a \"response\") — for usage records use --log-file or --ledger"
+            f'{path} is JSON but not a results file (expected evaluate_gateway.py\'s {{"requests": [...]}} or '
+            'a list of results with a "response") — for usage records use --log-file or --ledger'
         )
     target = got.spool(label)
     with open(target, "w", encoding="utf-8") as out:
@@ -434,8 +448,13 @@ def parse_when(text: str, *, end_of_day: bool = False, now: datetime | None = No
     t = text.strip().lower()
     if m := _RELATIVE.fullmatch(t):
         n, unit = int(m.group(1)), m.group(2)
-        delta = {"m": timedelta(minutes=n), "min": timedelta(minutes=n), "h": timedelta(hours=n),
-                 "d": timedelta(days=n), "w": timedelta(weeks=n)}[unit]
+        delta = {
+            "m": timedelta(minutes=n),
+            "min": timedelta(minutes=n),
+            "h": timedelta(hours=n),
+            "d": timedelta(days=n),
+            "w": timedelta(weeks=n),
+        }[unit]
         return (now - delta).strftime("%Y-%m-%dT%H:%M:%S")
     if t in ("today", "yesterday"):
         day = now.date() - timedelta(days=1 if t == "yesterday" else 0)
@@ -536,16 +555,51 @@ class Scan:
 # tuples into plain lists without further checks; the few requests shown one by one are read from the JSON.
 
 V1_FIELDS = (
-    "ts", "request_id", "route", "endpoint", "provider", "model", "status", "latency_ms", "ttft_ms", "stream",
-    "partial", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "client",
-    "replica", "cost_usd", "price_source", "served_by", "fallback_reason", "error",
+    "ts",
+    "request_id",
+    "route",
+    "endpoint",
+    "provider",
+    "model",
+    "status",
+    "latency_ms",
+    "ttft_ms",
+    "stream",
+    "partial",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "client",
+    "replica",
+    "cost_usd",
+    "price_source",
+    "served_by",
+    "fallback_reason",
+    "error",
 )
 if RECORD_FIELDS != V1_FIELDS:  # the fast pattern follows this order
     raise ImportError("gateway_kit.usage.RECORD_FIELDS changed: update V1_FIELDS and scan() in analyze_costs.py")
-CAPTURED = ("ts", "request_id", "endpoint", "provider", "model", "status", "partial", "prompt_tokens",
-            "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens", "client", "cost_usd")
-_INT_FIELDS = frozenset({"status", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens",
-                         "reasoning_tokens"})
+CAPTURED = (
+    "ts",
+    "request_id",
+    "endpoint",
+    "provider",
+    "model",
+    "status",
+    "partial",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "client",
+    "cost_usd",
+)
+_INT_FIELDS = frozenset(
+    {"status", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"}
+)
 _FLOAT_FIELDS = frozenset({"latency_ms", "ttft_ms", "cost_usd"})
 _BOOL_FIELDS = frozenset({"stream", "partial"})
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
@@ -981,8 +1035,9 @@ def _row_numbers(a: list[Any]) -> dict[str, Any]:
     return row
 
 
-def build_report(result: Scan, opts: Options, args: argparse.Namespace, pricer: Pricer,
-                 sources: list[str]) -> dict[str, Any]:
+def build_report(
+    result: Scan, opts: Options, args: argparse.Namespace, pricer: Pricer, sources: list[str]
+) -> dict[str, Any]:
     totals = [0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0]
     for g in result.groups.values():
         for i in range(len(g)):
@@ -991,8 +1046,10 @@ def build_report(result: Scan, opts: Options, args: argparse.Namespace, pricer: 
     unknown = {}
     for (_, model, _, _, provider), g in result.groups.items():
         if g[UNPRICED]:
-            u = unknown.setdefault((model, provider), {"model": model or "(none)", "provider": provider or None,
-                                                      "requests": 0, "tokens": 0})
+            u = unknown.setdefault(
+                (model, provider),
+                {"model": model or "(none)", "provider": provider or None, "requests": 0, "tokens": 0},
+            )
             u["requests"] += g[UNPRICED]
             u["tokens"] += g[UNPRICED_TOK]
     bucket_name = "hour" if opts.by_hour else "day"
@@ -1008,11 +1065,19 @@ def build_report(result: Scan, opts: Options, args: argparse.Namespace, pricer: 
             for name in sources
         ],
         "period": {"first": result.first, "last": result.last, "since": opts.since, "until": opts.until},
-        "requests": {"total": totals[REQ], "ok": ok, "failed": totals[REQ] - ok, "partial": result.partial,
-                     "refused": result.refused},
+        "requests": {
+            "total": totals[REQ],
+            "ok": ok,
+            "failed": totals[REQ] - ok,
+            "partial": result.partial,
+            "refused": result.refused,
+        },
         "tokens": {
-            "prompt": totals[PROMPT], "completion": totals[COMPL], "cached": totals[CACHED],
-            "reasoning": totals[REASON], "total": totals[TOTAL],
+            "prompt": totals[PROMPT],
+            "completion": totals[COMPL],
+            "cached": totals[CACHED],
+            "reasoning": totals[REASON],
+            "total": totals[TOTAL],
         },
         "cost": {
             "total_usd": round(totals[COST], 10),
@@ -1026,15 +1091,15 @@ def build_report(result: Scan, opts: Options, args: argparse.Namespace, pricer: 
         "by_endpoint": sorted(_rollup(result.groups, 2), key=by_cost),
         "by_client": sorted(_rollup(result.groups, 3), key=by_cost),
         f"by_{bucket_name}": by_time,
-        "top_requests": [
-            _round_row(r) for _, _, r in sorted(result.top, key=lambda t: (-t[0], t[1]))
-        ],
+        "top_requests": [_round_row(r) for _, _, r in sorted(result.top, key=lambda t: (-t[0], t[1]))],
         "unknown_prices": sorted(unknown.values(), key=lambda u: (-u["tokens"], u["model"])),
         "pricing_file": str(pricer.overrides_path) if pricer.overrides_path else None,
     }
     show_rows = opts.details or (result.rows_complete and totals[REQ] <= DETAILS_AUTO_MAX)
     if show_rows:
-        report["requests_detail"] = [_round_row(r) for r in sorted(result.rows, key=lambda r: (r["ts"], str(r["request_id"])))]
+        report["requests_detail"] = [
+            _round_row(r) for r in sorted(result.rows, key=lambda r: (r["ts"], str(r["request_id"])))
+        ]
     if args.budget is not None:
         report["budget"] = {"limit_usd": args.budget, "exceeded": totals[COST] > args.budget}
     return report
@@ -1068,7 +1133,9 @@ def table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[st
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     return [fmt(headers), fmt(["-" * w for w in widths]), *(fmt(r) for r in rows)]
 
@@ -1121,14 +1188,26 @@ def render_table(report: dict[str, Any], limit_rows: int = 30) -> str:
         total_cost = cost["total_usd"] or 0.0
         shown = rows[:limit_rows]
         body = [
-            [r["key"], _n(r["requests"]), _n(r["failed"]), _n(r["prompt_tokens"]), _n(r["completion_tokens"]),
-             _n(r["total_tokens"]), _cost_cell(r),
-             f"{100 * r['cost_usd'] / total_cost:.1f}%" if total_cost and r["cost_usd"] else "-"]
+            [
+                r["key"],
+                _n(r["requests"]),
+                _n(r["failed"]),
+                _n(r["prompt_tokens"]),
+                _n(r["completion_tokens"]),
+                _n(r["total_tokens"]),
+                _cost_cell(r),
+                f"{100 * r['cost_usd'] / total_cost:.1f}%" if total_cost and r["cost_usd"] else "-",
+            ]
             for r in shown
         ]
         out.extend(["", title])
-        out.extend(table([key_name, "requests", "failed", "prompt", "completion", "tokens", "cost", "share"],
-                         body, right={1, 2, 3, 4, 5, 6, 7}))
+        out.extend(
+            table(
+                [key_name, "requests", "failed", "prompt", "completion", "tokens", "cost", "share"],
+                body,
+                right={1, 2, 3, 4, 5, 6, 7},
+            )
+        )
         if len(rows) > len(shown):
             out.append(f"... and {len(rows) - len(shown)} more (--json or --csv lists them all)")
 
@@ -1177,20 +1256,57 @@ def _short(ts: str | None) -> str:
 
 def _request_table(rows: list[dict[str, Any]]) -> list[str]:
     body = [
-        [_short(r["ts"]), str(r.get("request_id") or "-")[:36], str(r.get("case") or r.get("endpoint") or "-"),
-         str(r.get("model") or "-"), str(r.get("status") if r.get("status") is not None else "-"),
-         _n(r["prompt_tokens"]), _n(r["completion_tokens"]), usd(r["cost_usd"])]
+        [
+            _short(r["ts"]),
+            str(r.get("request_id") or "-")[:36],
+            str(r.get("case") or r.get("endpoint") or "-"),
+            str(r.get("model") or "-"),
+            str(r.get("status") if r.get("status") is not None else "-"),
+            _n(r["prompt_tokens"]),
+            _n(r["completion_tokens"]),
+            usd(r["cost_usd"]),
+        ]
         for r in rows
     ]
-    return table(["time", "request id", "endpoint", "model", "status", "prompt", "completion", "cost"],
-                 body, right={4, 5, 6, 7})
+    return table(
+        ["time", "request id", "endpoint", "model", "status", "prompt", "completion", "cost"], body, right={4, 5, 6, 7}
+    )
 
 
-CSV_GROUP_FIELDS = ["group", "key", "requests", "ok", "failed", "prompt_tokens", "completion_tokens",
-                    "cached_tokens", "reasoning_tokens", "total_tokens", "cost_usd", "unpriced_requests"]
-CSV_REQUEST_FIELDS = ["ts", "request_id", "endpoint", "provider", "model", "client", "replica", "status", "stream",
-                      "partial", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
-                      "cost_usd", "latency_ms", "case", "error"]
+CSV_GROUP_FIELDS = [
+    "group",
+    "key",
+    "requests",
+    "ok",
+    "failed",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "total_tokens",
+    "cost_usd",
+    "unpriced_requests",
+]
+CSV_REQUEST_FIELDS = [
+    "ts",
+    "request_id",
+    "endpoint",
+    "provider",
+    "model",
+    "client",
+    "replica",
+    "status",
+    "stream",
+    "partial",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "latency_ms",
+    "case",
+    "error",
+]
 
 
 def render_csv(report: dict[str, Any], details: bool) -> str:
@@ -1205,12 +1321,22 @@ def render_csv(report: dict[str, Any], details: bool) -> str:
     w = csv.DictWriter(buf, fieldnames=CSV_GROUP_FIELDS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     req, tok, cost = report["requests"], report["tokens"], report["cost"]
-    w.writerow({
-        "group": "total", "key": "all", "requests": req["total"], "ok": req["ok"], "failed": req["failed"],
-        "prompt_tokens": tok["prompt"], "completion_tokens": tok["completion"], "cached_tokens": tok["cached"],
-        "reasoning_tokens": tok["reasoning"], "total_tokens": tok["total"], "cost_usd": cost["total_usd"],
-        "unpriced_requests": cost["unpriced_requests"],
-    })
+    w.writerow(
+        {
+            "group": "total",
+            "key": "all",
+            "requests": req["total"],
+            "ok": req["ok"],
+            "failed": req["failed"],
+            "prompt_tokens": tok["prompt"],
+            "completion_tokens": tok["completion"],
+            "cached_tokens": tok["cached"],
+            "reasoning_tokens": tok["reasoning"],
+            "total_tokens": tok["total"],
+            "cost_usd": cost["total_usd"],
+            "unpriced_requests": cost["unpriced_requests"],
+        }
+    )
     for group in ("model", "endpoint", "client", report["by"]):
         for r in report[f"by_{group}"]:
             w.writerow({"group": group, **r})
@@ -1269,56 +1395,110 @@ def write_plot(result: Scan, report: dict[str, Any], path: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("sources (any mix; a request in several counts once)")
-    src.add_argument("paths", nargs="*", metavar="PATH",
-                     help="a ledger directory, a log file, or - for stdin")
-    src.add_argument("--ledger", action="append", default=[], metavar="DIR",
-                     help="ledger directory (usage-<replica>-<day>.jsonl[.gz]); default $GATEWAY_LEDGER_DIR "
-                     "when no source is given")
-    src.add_argument("--container", action="append", default=[], metavar="NAME",
-                     help="`docker logs NAME` of one container, e.g. mlflow-gateway")
-    src.add_argument("--compose", action="store_true",
-                     help="`docker compose logs` of every replica of the gateway service")
-    src.add_argument("--compose-file", metavar="FILE",
-                     help="compose file for --compose (default: docker-compose.prod.yml if present)")
-    src.add_argument("--service", default=DEFAULT_SERVICE,
-                     help=f"compose service for --compose (default: {DEFAULT_SERVICE})")
-    src.add_argument("--log-file", action="append", default=[], metavar="FILE",
-                     help="saved logs: JSON lines, `docker logs --timestamps` or `docker compose logs` output; - is stdin")
-    src.add_argument("--response-file", action="append", default=[], metavar="FILE",
-                     help="evaluate_gateway.py results, e.g. gateway_results.json")
+    src.add_argument("paths", nargs="*", metavar="PATH", help="a ledger directory, a log file, or - for stdin")
+    src.add_argument(
+        "--ledger",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="ledger directory (usage-<replica>-<day>.jsonl[.gz]); default $GATEWAY_LEDGER_DIR when no source is given",
+    )
+    src.add_argument(
+        "--container",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="`docker logs NAME` of one container, e.g. mlflow-gateway",
+    )
+    src.add_argument(
+        "--compose", action="store_true", help="`docker compose logs` of every replica of the gateway service"
+    )
+    src.add_argument(
+        "--compose-file",
+        metavar="FILE",
+        help="compose file for --compose (default: docker-compose.prod.yml if present)",
+    )
+    src.add_argument(
+        "--service", default=DEFAULT_SERVICE, help=f"compose service for --compose (default: {DEFAULT_SERVICE})"
+    )
+    src.add_argument(
+        "--log-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="saved logs: JSON lines, `docker logs --timestamps` or `docker compose logs` output; - is stdin",
+    )
+    src.add_argument(
+        "--response-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="evaluate_gateway.py results, e.g. gateway_results.json",
+    )
 
     flt = p.add_argument_group("filters")
-    flt.add_argument("--since", type=parse_when, metavar="WHEN",
-                     help="from this time on (UTC): 2026-11-22, 2026-11-22T10:00, today, or an age: 24h, 7d")
-    flt.add_argument("--until", type=lambda s: parse_when(s, end_of_day=True), metavar="WHEN",
-                     help="before this time (a date alone includes that whole day)")
-    flt.add_argument("--only-model", action="append", default=[], metavar="NAME",
-                     help="only requests answered by this model (repeatable); --model is the what-if")
-    flt.add_argument("--endpoint", action="append", default=[], metavar="NAME",
-                     help="only this endpoint or route, e.g. chat (repeatable)")
-    flt.add_argument("--client", action="append", default=[], metavar="NAME",
-                     help="only this client (repeatable)")
+    flt.add_argument(
+        "--since",
+        type=parse_when,
+        metavar="WHEN",
+        help="from this time on (UTC): 2026-11-22, 2026-11-22T10:00, today, or an age: 24h, 7d",
+    )
+    flt.add_argument(
+        "--until",
+        type=lambda s: parse_when(s, end_of_day=True),
+        metavar="WHEN",
+        help="before this time (a date alone includes that whole day)",
+    )
+    flt.add_argument(
+        "--only-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only requests answered by this model (repeatable); --model is the what-if",
+    )
+    flt.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this endpoint or route, e.g. chat (repeatable)",
+    )
+    flt.add_argument("--client", action="append", default=[], metavar="NAME", help="only this client (repeatable)")
 
     rep = p.add_argument_group("report")
     rep.add_argument("--by", choices=("day", "hour"), default="day", help="time buckets (default: day)")
     fmt = rep.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="the report as JSON (sorted keys, indented)")
-    fmt.add_argument("--csv", action="store_true",
-                     help="CSV: one row per group, or one per request with --details")
-    rep.add_argument("--details", action="store_true",
-                     help="list every request (shown anyway when there are at most 20)")
-    rep.add_argument("--top", type=_non_negative_int, default=5, metavar="N",
-                     help="how many of the most expensive requests to list (default: 5)")
+    fmt.add_argument("--csv", action="store_true", help="CSV: one row per group, or one per request with --details")
+    rep.add_argument(
+        "--details", action="store_true", help="list every request (shown anyway when there are at most 20)"
+    )
+    rep.add_argument(
+        "--top",
+        type=_non_negative_int,
+        default=5,
+        metavar="N",
+        help="how many of the most expensive requests to list (default: 5)",
+    )
     rep.add_argument("--plot", metavar="FILE.png", help="draw cost over time by model (needs matplotlib)")
-    rep.add_argument("--model", metavar="NAME",
-                     help="what-if: price every request as this model, e.g. gpt-4")
-    rep.add_argument("--budget", type=_non_negative_float, metavar="USD",
-                     help="exit 1 when the total cost of the period is above this (for a cron alert)")
-    rep.add_argument("--pricing", metavar="FILE",
-                     help="pricing.yaml with custom prices (default: $GATEWAY_PRICING_FILE, ./pricing.yaml, "
-                     "or the kit's own)")
-    rep.add_argument("--workers", type=_non_negative_int, metavar="N",
-                     help="processes reading large inputs (default: automatic; 1 for one process)")
+    rep.add_argument("--model", metavar="NAME", help="what-if: price every request as this model, e.g. gpt-4")
+    rep.add_argument(
+        "--budget",
+        type=_non_negative_float,
+        metavar="USD",
+        help="exit 1 when the total cost of the period is above this (for a cron alert)",
+    )
+    rep.add_argument(
+        "--pricing",
+        metavar="FILE",
+        help="pricing.yaml with custom prices (default: $GATEWAY_PRICING_FILE, ./pricing.yaml, or the kit's own)",
+    )
+    rep.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        metavar="N",
+        help="processes reading large inputs (default: automatic; 1 for one process)",
+    )
     rep.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -1403,7 +1583,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         pricer = Pricer(pricing_file)
     except PricingFileError as e:
-        raise UsageError(str(e) if " — " in str(e) else f"{e} — fix it, or choose another file with --pricing") from None
+        raise UsageError(
+            str(e) if " — " in str(e) else f"{e} — fix it, or choose another file with --pricing"
+        ) from None
     if args.model and not pricer.knows(args.model):
         raise UsageError(
             f"--model {args.model}: no price known for this model — check the name (e.g. gpt-4o-mini, gpt-4, "
@@ -1458,8 +1640,10 @@ def run(args: argparse.Namespace) -> int:
             )
     if report["unknown_prices"]:
         names = ", ".join(u["model"] for u in report["unknown_prices"][:5])
-        warn(f"no price for {names}: {report['cost']['unpriced_requests']:,} request(s) not in the total — "
-             "add them to pricing.yaml (the report says how)")
+        warn(
+            f"no price for {names}: {report['cost']['unpriced_requests']:,} request(s) not in the total — "
+            "add them to pricing.yaml (the report says how)"
+        )
 
     if args.plot:
         write_plot(result, report, args.plot)

@@ -78,17 +78,32 @@ NEXT_COMMAND = "scripts/check_gateway.sh"
 
 KINDS = ("chat", "completions", "embeddings")
 V1_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions", "embeddings": "/v1/embeddings"}
-ERROR_CLASSES = ("quota", "rate_limited", "auth", "bad_request", "upstream_5xx", "gateway_5xx",
-                 "timeout", "connection_error", "stream_interrupted")
+ERROR_CLASSES = (
+    "quota",
+    "rate_limited",
+    "auth",
+    "bad_request",
+    "upstream_5xx",
+    "gateway_5xx",
+    "timeout",
+    "connection_error",
+    "stream_interrupted",
+)
 # Words a provider uses when the account, not the request rate, is the problem (OpenAI's
 # insufficient_quota 429, Anthropic's "credit balance is too low" 400, billing 402/403s).
-QUOTA_MARKERS = ("insufficient_quota", "exceeded your current quota", "billing", "credit balance",
-                 "insufficient credit", "insufficient_credit")
+QUOTA_MARKERS = (
+    "insufficient_quota",
+    "exceeded your current quota",
+    "billing",
+    "credit balance",
+    "insufficient credit",
+    "insufficient_credit",
+)
 # MLflow's own 5xx details that are not a provider's message passed through.
 GATEWAY_OWN_DETAILS = ("gateway upstream connection blocked", "invalid gateway upstream url")
 HEALTH_ATTEMPT_TIMEOUT_S = 5.0
-SLOW_START_MS = 10.0          # open-loop start lag under this is scheduler noise, never a bottleneck
-CPU_SATURATED_CORES = 0.85    # one Python process tops out near one core (the GIL)
+SLOW_START_MS = 10.0  # open-loop start lag under this is scheduler noise, never a bottleneck
+CPU_SATURATED_CORES = 0.85  # one Python process tops out near one core (the GIL)
 MAX_OPEN_LOOP_WORKERS = 512
 PROGRESS_AFTER_S = 1.0
 MAX_SHOWN_ERRORS = 20
@@ -104,9 +119,10 @@ class GatewayUnreachable(Exception):
 
 # ---------------------------------------------------------------- test cases
 
+
 @dataclass(frozen=True)
 class Expect:
-    status: tuple[int, ...] | None = None   # None: any 2xx
+    status: tuple[int, ...] | None = None  # None: any 2xx
     contains: tuple[str, ...] = ()
     not_contains: tuple[str, ...] = ()
     regex: str | None = None
@@ -123,10 +139,10 @@ class Expect:
 @dataclass(frozen=True)
 class Case:
     name: str
-    kind: str                 # chat | completions | embeddings
-    target: str               # endpoint name, or the model name sent to /v1
-    via_model: bool           # True: OpenAI-compatible /v1 route with "model": target
-    body: dict[str, Any]      # the request body, without "model"
+    kind: str  # chat | completions | embeddings
+    target: str  # endpoint name, or the model name sent to /v1
+    via_model: bool  # True: OpenAI-compatible /v1 route with "model": target
+    body: dict[str, Any]  # the request body, without "model"
     expect: Expect = field(default_factory=Expect)
 
     @property
@@ -146,38 +162,73 @@ class Case:
 
 
 BUILTIN_CASES: list[dict[str, Any]] = [
-    {"name": "simple-question", "endpoint": "chat",
-     "messages": [{"role": "user", "content": "Connectivity check: reply with the single word pong."}],
-     "params": {"temperature": 0, "max_tokens": 20},
-     "expect": {"status": 200, "contains": "pong", "min_completion_tokens": 1}},
-    {"name": "multi-turn-context", "endpoint": "chat",
-     "messages": [
-         {"role": "user", "content": "My favourite colour is teal. Please remember it."},
-         {"role": "assistant", "content": "Noted: your favourite colour is teal."},
-         {"role": "user", "content": "What is my favourite colour? Reply with the colour only."}],
-     "params": {"temperature": 0, "max_tokens": 64},
-     "expect": {"status": 200, "contains": "teal"}},
-    {"name": "embeddings", "endpoint": "embeddings",
-     "input": "The MLflow AI Gateway routes requests to LLM providers.",
-     "expect": {"status": 200}},
+    {
+        "name": "simple-question",
+        "endpoint": "chat",
+        "messages": [{"role": "user", "content": "Connectivity check: reply with the single word pong."}],
+        "params": {"temperature": 0, "max_tokens": 20},
+        "expect": {"status": 200, "contains": "pong", "min_completion_tokens": 1},
+    },
+    {
+        "name": "multi-turn-context",
+        "endpoint": "chat",
+        "messages": [
+            {"role": "user", "content": "My favourite colour is teal. Please remember it."},
+            {"role": "assistant", "content": "Noted: your favourite colour is teal."},
+            {"role": "user", "content": "What is my favourite colour? Reply with the colour only."},
+        ],
+        "params": {"temperature": 0, "max_tokens": 64},
+        "expect": {"status": 200, "contains": "teal"},
+    },
+    {
+        "name": "embeddings",
+        "endpoint": "embeddings",
+        "input": "The MLflow AI Gateway routes requests to LLM providers.",
+        "expect": {"status": 200},
+    },
 ]
 
-CASE_FIELDS = ("name", "description", "endpoint", "model", "kind", "messages", "prompt", "input", "payload",
-               "params", "expect")
+CASE_FIELDS = (
+    "name",
+    "description",
+    "endpoint",
+    "model",
+    "kind",
+    "messages",
+    "prompt",
+    "input",
+    "payload",
+    "params",
+    "expect",
+)
 # Without endpoint: or model:, a case goes to the kit's endpoint of its kind (config.yaml's names).
 DEFAULT_ENDPOINTS = {"chat": "chat", "completions": "completions", "embeddings": "embeddings"}
 CONTENT_FIELDS = {"messages": "chat", "prompt": "completions", "input": "embeddings"}
-EXPECT_FIELDS = ("status", "contains", "not_contains", "regex", "json", "max_latency_ms",
-                 "min_completion_tokens", "max_completion_tokens")
-TEXT_EXPECTATIONS = ("contains", "not_contains", "regex", "json", "min_completion_tokens",
-                     "max_completion_tokens")
+EXPECT_FIELDS = (
+    "status",
+    "contains",
+    "not_contains",
+    "regex",
+    "json",
+    "max_latency_ms",
+    "min_completion_tokens",
+    "max_completion_tokens",
+)
+TEXT_EXPECTATIONS = ("contains", "not_contains", "regex", "json", "min_completion_tokens", "max_completion_tokens")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]+$")
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
 
 
 def _shown(value: Any) -> str:
@@ -253,18 +304,19 @@ def parse_case_file(path: Path) -> tuple[Any, dict[FieldPath, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(f"test file {path} does not exist — check the path;"
-                         " examples/test_cases.yaml shows the format")
+        raise UsageError(f"test file {path} does not exist — check the path; examples/test_cases.yaml shows the format")
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read test file {path}: {e}")
     is_json = path.suffix.lower() == ".json" or (
-        path.suffix.lower() not in (".yaml", ".yml") and text.lstrip()[:1] in ("{", "["))
+        path.suffix.lower() not in (".yaml", ".yml") and text.lstrip()[:1] in ("{", "[")
+    )
     if is_json:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{e.lineno}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
-                             " — nothing was sent")
+            raise UsageError(
+                f"{path}:{e.lineno}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg} — nothing was sent"
+            )
         return data, yaml_lines(text)
     loader = yaml.SafeLoader(text)
     try:
@@ -272,8 +324,11 @@ def parse_case_file(path: Path) -> tuple[Any, dict[FieldPath, int]]:
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        where = f"{path}:{mark.line + 1}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}" \
-            if mark else f"{path}: invalid YAML"
+        where = (
+            f"{path}:{mark.line + 1}: invalid YAML at line {mark.line + 1}, column {mark.column + 1}"
+            if mark
+            else f"{path}: invalid YAML"
+        )
         raise UsageError(f"{where}: {e.problem or e.context} — nothing was sent")
     except yaml.YAMLError as e:
         raise UsageError(f"{path}: invalid YAML: {e} — nothing was sent")
@@ -314,8 +369,9 @@ def validate_cases(data: Any, lines: dict[FieldPath, int], source: str) -> list[
             errors.add(path + ("name",), f"expected a non-empty string, got {_type_name(name)}", label)
             name = f"case-{index + 1}"
         elif name in seen:
-            errors.add(path + ("name",), f"duplicate name (also cases[{seen[name]}]); names must be unique",
-                       label, len(path))
+            errors.add(
+                path + ("name",), f"duplicate name (also cases[{seen[name]}]); names must be unique", label, len(path)
+            )
         seen.setdefault(name, index)
         case = _validate_case(raw, name, path, label, errors)
         if case is not None:
@@ -342,8 +398,7 @@ def _error_report(errors: CaseFileErrors) -> str:
     return "\n".join(lines)
 
 
-def _validate_case(raw: dict[str, Any], name: str, path: FieldPath, label: str,
-                   errors: CaseFileErrors) -> Case | None:
+def _validate_case(raw: dict[str, Any], name: str, path: FieldPath, label: str, errors: CaseFileErrors) -> Case | None:
     ok = True
 
     def bad(field_path: FieldPath, problem: str) -> None:
@@ -372,9 +427,11 @@ def _validate_case(raw: dict[str, Any], name: str, path: FieldPath, label: str,
         kind = None
     body: dict[str, Any] = {}
     if len(present) != 1:
-        bad((present[1],) if len(present) > 1 else (),
+        bad(
+            (present[1],) if len(present) > 1 else (),
             "needs exactly one of messages (chat), prompt (completions), input (embeddings) or payload"
-            + (f"; found {', '.join(present)}" if present else ""))
+            + (f"; found {', '.join(present)}" if present else ""),
+        )
     else:
         key = present[0]
         value = raw[key]
@@ -403,8 +460,7 @@ def _validate_case(raw: dict[str, Any], name: str, path: FieldPath, label: str,
     # parameters
     params = raw.get("params", {})
     if not isinstance(params, dict):
-        bad(("params",), "expected a mapping (temperature, max_tokens, stream, ...),"
-                         f" got {_type_name(params)}")
+        bad(("params",), f"expected a mapping (temperature, max_tokens, stream, ...), got {_type_name(params)}")
         params = {}
     for key, value in params.items():
         problem = _check_param(key, value)
@@ -420,8 +476,7 @@ def _validate_case(raw: dict[str, Any], name: str, path: FieldPath, label: str,
         target = DEFAULT_ENDPOINTS[kind]  # as the earlier kit: everything went to /gateway/chat/...
     if not ok or kind is None or not isinstance(target, str):
         return None
-    return Case(name=name, kind=kind, target=target, via_model=target_key == "model", body=body,
-                expect=expect)
+    return Case(name=name, kind=kind, target=target, via_model=target_key == "model", body=body, expect=expect)
 
 
 def _check_content(key: str, value: Any, path: FieldPath, errors: CaseFileErrors, label: str) -> str | None:
@@ -439,16 +494,20 @@ def _check_content(key: str, value: Any, path: FieldPath, errors: CaseFileErrors
         return f"expected a non-empty list of {{role, content}} messages, got {_type_name(value)}"
     for i, message in enumerate(value):
         if not isinstance(message, dict):
-            errors.add(path + (i,), f"expected a mapping with role and content, got {_type_name(message)}",
-                       label, len(path) - 1)
+            errors.add(
+                path + (i,),
+                f"expected a mapping with role and content, got {_type_name(message)}",
+                label,
+                len(path) - 1,
+            )
             continue
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            errors.add(path + (i, "role"), f"expected one of {', '.join(ROLES)}, got {_shown(role)}", label,
-                       len(path) - 1)
+            errors.add(
+                path + (i, "role"), f"expected one of {', '.join(ROLES)}, got {_shown(role)}", label, len(path) - 1
+            )
         if not isinstance(content, (str, list)):
-            errors.add(path + (i, "content"), f"expected a string, got {_type_name(content)}", label,
-                       len(path) - 1)
+            errors.add(path + (i, "content"), f"expected a string, got {_type_name(content)}", label, len(path) - 1)
     return None
 
 
@@ -482,8 +541,7 @@ def _validate_expect(raw: Any, kind: str | None, bad: Callable[[FieldPath, str],
     for key, value in raw.items():
         where = ("expect", key)
         if key not in EXPECT_FIELDS:
-            bad(where, f"unknown expectation{_suggest(key, EXPECT_FIELDS)}"
-                       f" (known: {', '.join(EXPECT_FIELDS)})")
+            bad(where, f"unknown expectation{_suggest(key, EXPECT_FIELDS)} (known: {', '.join(EXPECT_FIELDS)})")
             continue
         if kind == "embeddings" and key in TEXT_EXPECTATIONS:
             bad(where, "an embeddings answer is a vector, not text; only status and max_latency_ms apply")
@@ -497,8 +555,7 @@ def _validate_expect(raw: Any, kind: str | None, bad: Callable[[FieldPath, str],
         elif key in ("contains", "not_contains"):
             items = value if isinstance(value, list) else [value]
             if not items or not all(isinstance(s, str) and s for s in items):
-                bad(where, "expected a non-empty string or a list of them,"
-                           f" got {_type_name(value)} {_shown(value)}")
+                bad(where, f"expected a non-empty string or a list of them, got {_type_name(value)} {_shown(value)}")
                 continue
             values[key] = tuple(items)
         elif key == "regex":
@@ -542,6 +599,7 @@ def load_cases(test_file: str | None) -> list[Case]:
 
 # ---------------------------------------------------------------- one request
 
+
 @dataclass(frozen=True)
 class Settings:
     url: str
@@ -549,13 +607,13 @@ class Settings:
     headers: dict[str, str]
     run_id: str
     store_content: bool
-    endpoints: dict[str, dict[str, str]]   # name -> {"model", "provider"} from GET /api/2.0/endpoints/
+    endpoints: dict[str, dict[str, str]]  # name -> {"model", "provider"} from GET /api/2.0/endpoints/
 
 
 @dataclass(frozen=True)
 class ErrorInfo:
     cls: str
-    side: str      # provider | gateway | client | network | unknown
+    side: str  # provider | gateway | client | network | unknown
     message: str
 
 
@@ -574,12 +632,12 @@ class Record:
     case: str
     kind: str
     endpoint: str
-    route: str                     # the path: /gateway/<endpoint>/invocations or /v1/...
+    route: str  # the path: /gateway/<endpoint>/invocations or /v1/...
     stream: bool
     started_at: str
     latency_ms: float
     status: int | None
-    outcome: str                   # pass | fail | error
+    outcome: str  # pass | fail | error
     error_class: str | None = None
     error_side: str | None = None
     error: str | None = None
@@ -591,7 +649,7 @@ class Record:
     ttft_ms: float | None = None
     chunks: int | None = None
     inter_chunk_ms: dict[str, float] | None = None
-    partial: bool = False          # a stream that broke after it began
+    partial: bool = False  # a stream that broke after it began
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
@@ -631,7 +689,7 @@ class Reply:
     status: int | None = None
     headers: Any = None
     body: bytes = b""
-    text: str | None = None            # the answer text (chat / completions)
+    text: str | None = None  # the answer text (chat / completions)
     usage: dict[str, int | None] | None = None
     model: str | None = None
     provider: str | None = None
@@ -642,8 +700,9 @@ class Reply:
     parse_problem: str | None = None
 
 
-def send_case(session: requests.Session, case: Case, seq: int, settings: Settings,
-              scheduled: float | None = None) -> tuple[Record, list[float]]:
+def send_case(
+    session: requests.Session, case: Case, seq: int, settings: Settings, scheduled: float | None = None
+) -> tuple[Record, list[float]]:
     """Send one request and judge it; returns the record and the stream's inter-chunk gaps."""
     request_id = f"eval-{settings.run_id}-{seq}"
     headers = {**settings.headers, "X-Request-ID": request_id}
@@ -655,9 +714,14 @@ def send_case(session: requests.Session, case: Case, seq: int, settings: Setting
     reply, error = Reply(), None
     response = None
     try:
-        response = session.post(settings.url + case.path, json=case.request_body(), headers=headers,
-                                timeout=(min(10.0, settings.timeout), settings.timeout), stream=case.stream,
-                                allow_redirects=False)
+        response = session.post(
+            settings.url + case.path,
+            json=case.request_body(),
+            headers=headers,
+            timeout=(min(10.0, settings.timeout), settings.timeout),
+            stream=case.stream,
+            allow_redirects=False,
+        )
         reply.status, reply.headers = response.status_code, response.headers
         content_type = response.headers.get("Content-Type", "")
         if case.stream and response.status_code == 200 and "text/event-stream" in content_type:
@@ -781,11 +845,17 @@ def read_usage(raw: Any) -> dict[str, int | None] | None:
     reasoning = count(completion_details.get("reasoning_tokens"))
     if prompt is None and completion is None and total is None:
         return None
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total,
-            "cached_tokens": cached, "reasoning_tokens": reasoning}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "cached_tokens": cached,
+        "reasoning_tokens": reasoning,
+    }
 
 
 # ---------------------------------------------------------------- error classes
+
 
 def _json_or_none(body: bytes) -> Any:
     try:
@@ -839,8 +909,7 @@ def classify_response(status: int, headers: Any, body: bytes) -> ErrorInfo | Non
     mlflow_detail = isinstance(_json_or_none(body), dict) and "detail" in _json_or_none(body)
     if 300 <= status < 400:
         where = (headers or {}).get("Location", "?")
-        return ErrorInfo("bad_request", "client",
-                         f"HTTP {status} redirect to {where}: check --url (http or https?)")
+        return ErrorInfo("bad_request", "client", f"HTTP {status} redirect to {where}: check --url (http or https?)")
     if 400 <= status < 500:
         if any(marker in lowered for marker in QUOTA_MARKERS):
             return ErrorInfo("quota", "provider", message)
@@ -865,8 +934,14 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
             continue
         seen.add(id(e))
         chain.append(e)
-        todo.extend([e.__cause__, e.__context__, getattr(e, "reason", None),
-                     *(a for a in e.args if isinstance(a, BaseException))])
+        todo.extend(
+            [
+                e.__cause__,
+                e.__context__,
+                getattr(e, "reason", None),
+                *(a for a in e.args if isinstance(a, BaseException)),
+            ]
+        )
     return chain
 
 
@@ -875,8 +950,9 @@ def describe_connection_problem(exc: BaseException) -> str:
     chain = _exception_chain(exc)
     names = {type(e).__name__ for e in chain}
     if any(isinstance(e, socket.gaierror) for e in chain) or "NameResolutionError" in names:
-        host = next((getattr(e, "conn", None).host for e in chain
-                     if getattr(getattr(e, "conn", None), "host", None)), None)
+        host = next(
+            (getattr(e, "conn", None).host for e in chain if getattr(getattr(e, "conn", None), "host", None)), None
+        )
         return f"DNS lookup failed{f' for {host}' if host else ''} (no such host?)"
     if any(isinstance(e, ConnectionRefusedError) for e in chain):
         return "connection refused (nothing listens on that host and port)"
@@ -896,12 +972,16 @@ def describe_connection_problem(exc: BaseException) -> str:
 def classify_exception(exc: BaseException, reply: Reply) -> ErrorInfo:
     names = {type(e).__name__ for e in _exception_chain(exc)}
     message = describe_connection_problem(exc)
-    if isinstance(exc, (requests.Timeout, StreamDeadline)) or "ReadTimeoutError" in names \
-            or "ConnectTimeoutError" in names:
+    if (
+        isinstance(exc, (requests.Timeout, StreamDeadline))
+        or "ReadTimeoutError" in names
+        or "ConnectTimeoutError" in names
+    ):
         return ErrorInfo("timeout", "unknown", message)
     if reply.status == 200 and reply.chunks is not None:
-        return ErrorInfo("stream_interrupted", "unknown",
-                         f"the stream broke after HTTP 200 and {reply.chunks} event(s): {message}")
+        return ErrorInfo(
+            "stream_interrupted", "unknown", f"the stream broke after HTTP 200 and {reply.chunks} event(s): {message}"
+        )
     if reply.status == 200 and (reply.headers or {}).get("Content-Type", "").startswith("text/event-stream"):
         return ErrorInfo("stream_interrupted", "unknown", f"the stream broke after HTTP 200: {message}")
     return ErrorInfo("connection_error", "network" if reply.status is None else "gateway", message)
@@ -909,13 +989,13 @@ def classify_exception(exc: BaseException, reply: Reply) -> ErrorInfo:
 
 # ---------------------------------------------------------------- expectations
 
+
 def strip_code_fence(text: str) -> str:
     match = re.fullmatch(r"\s*```[A-Za-z]*\s*\n(.*?)\n?```\s*", text, re.DOTALL)
     return match.group(1) if match else text
 
 
-def check_expectations(case: Case, reply: Reply, error: ErrorInfo | None,
-                       latency_ms: float) -> tuple[list[str], bool]:
+def check_expectations(case: Case, reply: Reply, error: ErrorInfo | None, latency_ms: float) -> tuple[list[str], bool]:
     """Failed expectations in words, and whether the status was one the case expected."""
     e = case.expect
     failures: list[str] = []
@@ -925,8 +1005,9 @@ def check_expectations(case: Case, reply: Reply, error: ErrorInfo | None,
         if not status_ok:
             wanted = " or ".join(map(str, e.status))
             got = status if status is not None else "no response"
-            failures.append(f"status: expected {wanted}, got {got}"
-                            + (f" ({error.cls}: {error.message})" if error else ""))
+            failures.append(
+                f"status: expected {wanted}, got {got}" + (f" ({error.cls}: {error.message})" if error else "")
+            )
     else:
         status_ok = error is None
         if error is not None:
@@ -944,16 +1025,17 @@ def check_expectations(case: Case, reply: Reply, error: ErrorInfo | None,
     elif text is not None:
         lowered = text.lower()
         failures += [f"contains {s!r}: not in the answer" for s in e.contains if s.lower() not in lowered]
-        failures += [f"not_contains {s!r}: found in the answer"
-                     for s in e.not_contains if s.lower() in lowered]
+        failures += [f"not_contains {s!r}: found in the answer" for s in e.not_contains if s.lower() in lowered]
         if e.regex is not None and re.search(e.regex, text) is None:
             failures.append(f"regex /{e.regex}/: no match in the answer")
         if e.json:
             try:
                 json.loads(strip_code_fence(text))
             except ValueError as err:
-                failures.append(f"json: the answer is not valid JSON ({getattr(err, 'msg', err)}"
-                                f"{f' at character {err.pos}' if hasattr(err, 'pos') else ''})")
+                failures.append(
+                    f"json: the answer is not valid JSON ({getattr(err, 'msg', err)}"
+                    f"{f' at character {err.pos}' if hasattr(err, 'pos') else ''})"
+                )
     if e.max_latency_ms is not None and latency_ms > e.max_latency_ms:
         failures.append(f"max_latency_ms {e.max_latency_ms:g}: took {latency_ms:.0f} ms")
     if e.min_completion_tokens is not None or e.max_completion_tokens is not None:
@@ -970,8 +1052,17 @@ def check_expectations(case: Case, reply: Reply, error: ErrorInfo | None,
     return failures, True
 
 
-def judge(case: Case, seq: int, settings: Settings, reply: Reply, error: ErrorInfo | None, started_at: str,
-          latency_ms: float, queue_ms: float | None, request_id: str) -> Record:
+def judge(
+    case: Case,
+    seq: int,
+    settings: Settings,
+    reply: Reply,
+    error: ErrorInfo | None,
+    started_at: str,
+    latency_ms: float,
+    queue_ms: float | None,
+    request_id: str,
+) -> Record:
     failures, status_expected = check_expectations(case, reply, error, latency_ms)
     if error is not None and not (status_expected and case.expect.status is not None):
         outcome = "error"
@@ -981,20 +1072,41 @@ def judge(case: Case, seq: int, settings: Settings, reply: Reply, error: ErrorIn
     configured = settings.endpoints.get(case.target, {})
     gaps = reply.gaps_ms
     return Record(
-        seq=seq, case=case.name, kind=case.kind, endpoint=case.target, route=case.path,
-        stream=case.stream, started_at=started_at, latency_ms=round(latency_ms, 3),
-        status=reply.status, outcome=outcome,
-        error_class=error.cls if error else None, error_side=error.side if error else None,
-        error=error.message if error else None, retry_after=headers.get("Retry-After"),
-        failures=tuple(failures), model=reply.model or configured.get("model"),
-        provider=reply.provider or configured.get("provider"), queue_ms=queue_ms,
-        ttft_ms=reply.ttft_ms, chunks=reply.chunks if case.stream else None,
-        inter_chunk_ms=({"count": len(gaps), "mean": round(sum(gaps) / len(gaps), 3),
-                         "p50": round(percentile(sorted(gaps), 50), 3), "max": max(gaps)} if gaps else None),
+        seq=seq,
+        case=case.name,
+        kind=case.kind,
+        endpoint=case.target,
+        route=case.path,
+        stream=case.stream,
+        started_at=started_at,
+        latency_ms=round(latency_ms, 3),
+        status=reply.status,
+        outcome=outcome,
+        error_class=error.cls if error else None,
+        error_side=error.side if error else None,
+        error=error.message if error else None,
+        retry_after=headers.get("Retry-After"),
+        failures=tuple(failures),
+        model=reply.model or configured.get("model"),
+        provider=reply.provider or configured.get("provider"),
+        queue_ms=queue_ms,
+        ttft_ms=reply.ttft_ms,
+        chunks=reply.chunks if case.stream else None,
+        inter_chunk_ms=(
+            {
+                "count": len(gaps),
+                "mean": round(sum(gaps) / len(gaps), 3),
+                "p50": round(percentile(sorted(gaps), 50), 3),
+                "max": max(gaps),
+            }
+            if gaps
+            else None
+        ),
         partial=bool(error and error.cls == "stream_interrupted" and reply.chunks),
         **{name: (reply.usage or {}).get(name) for name in TOKEN_FIELDS},
         replica=headers.get("X-Gateway-Replica"),
-        upstream_addr=headers.get("X-Upstream-Addr"), request_id=headers.get("X-Request-ID") or request_id,
+        upstream_addr=headers.get("X-Upstream-Addr"),
+        request_id=headers.get("X-Request-ID") or request_id,
         embedding_dims=reply.dims,
         prompt=case.content() if settings.store_content else None,
         answer=reply.text if settings.store_content else None,
@@ -1002,6 +1114,7 @@ def judge(case: Case, seq: int, settings: Settings, reply: Reply, error: ErrorIn
 
 
 # ---------------------------------------------------------------- cost
+
 
 class CostBook:
     """Prices usage with the kit's shared pricing (gateway_kit.pricing), imported when the run ends.
@@ -1015,6 +1128,7 @@ class CostBook:
         self._cache: dict[tuple[Any, ...], tuple[float | None, str]] = {}
         try:
             from gateway_kit.pricing import Pricer, Usage
+
             self._pricer, self._usage = Pricer(), Usage
         except Exception as e:  # noqa: BLE001 - missing module or its data: degrade to tokens only
             self._pricer = self._usage = None
@@ -1025,13 +1139,26 @@ class CostBook:
             return record
         if self._pricer is None:
             return replace(record, cost_usd=None, price_source=self.problem)
-        key = (record.model, record.provider, record.prompt_tokens, record.completion_tokens,
-               record.cached_tokens, record.reasoning_tokens)
+        key = (
+            record.model,
+            record.provider,
+            record.prompt_tokens,
+            record.completion_tokens,
+            record.cached_tokens,
+            record.reasoning_tokens,
+        )
         if key not in self._cache:
             try:
-                cost = self._pricer.cost(record.model, record.provider, self._usage(
-                    prompt_tokens=record.prompt_tokens or 0, completion_tokens=record.completion_tokens or 0,
-                    cached_tokens=record.cached_tokens or 0, reasoning_tokens=record.reasoning_tokens or 0))
+                cost = self._pricer.cost(
+                    record.model,
+                    record.provider,
+                    self._usage(
+                        prompt_tokens=record.prompt_tokens or 0,
+                        completion_tokens=record.completion_tokens or 0,
+                        cached_tokens=record.cached_tokens or 0,
+                        reasoning_tokens=record.reasoning_tokens or 0,
+                    ),
+                )
                 usd = getattr(cost, "usd", None)
                 self._cache[key] = (float(usd) if _is_number(usd) else None, str(getattr(cost, "source", "")))
             except Exception as e:  # noqa: BLE001 - one bad price must not lose the run's results
@@ -1041,6 +1168,7 @@ class CostBook:
 
 
 # ---------------------------------------------------------------- running
+
 
 class Progress:
     """A one-line progress bar on stderr, only on a terminal and only once a run lasts a while."""
@@ -1095,7 +1223,7 @@ class Runner:
         self.workers_started = 0
         self.send_starts: list[float] = []
         self.crashes: list[BaseException] = []
-        self.queued = 0   # open-loop arrivals that found every worker busy
+        self.queued = 0  # open-loop arrivals that found every worker busy
 
     def snapshot(self) -> tuple[list[Record], list[float]]:
         with self.lock:
@@ -1232,6 +1360,7 @@ class Runner:
 
 # ---------------------------------------------------------------- summary
 
+
 def percentile(sorted_values: list[float], p: float) -> float:
     """Linear interpolation between closest ranks (numpy's default)."""
     if not sorted_values:
@@ -1246,8 +1375,12 @@ def distribution(values: Iterable[float]) -> dict[str, float] | None:
     if not ordered:
         return None
     stats = {f"p{p}": round(percentile(ordered, p), 3) for p in (50, 90, 95, 99)}
-    stats.update(min=round(ordered[0], 3), max=round(ordered[-1], 3),
-                 mean=round(sum(ordered) / len(ordered), 3), count=len(ordered))
+    stats.update(
+        min=round(ordered[0], 3),
+        max=round(ordered[-1], 3),
+        mean=round(sum(ordered) / len(ordered), 3),
+        count=len(ordered),
+    )
     return stats
 
 
@@ -1286,22 +1419,34 @@ def generator_summary(g: GeneratorStats, records: list[Record], throughput: floa
         reasons.append(f"throughput {throughput:.0f} req/s is near its CPU ceiling of ~{ceiling:.0f} req/s")
     bound = bool(reasons)
     if bound:
-        note = "generator-bound: " + "; ".join(reasons) + ". The gateway may do better than these figures" \
-               " show: spread the load over several generator processes or machines."
+        note = (
+            "generator-bound: " + "; ".join(reasons) + ". The gateway may do better than these figures"
+            " show: spread the load over several generator processes or machines."
+        )
     else:
         note = "the generator kept up; the figures describe the gateway."
-    return {"cpu_s": round(g.cpu_s, 3),
-            "cpu_per_request_ms": round(cpu_per_request_ms, 3) if cpu_per_request_ms else None,
-            "cpu_utilization": round(utilization, 3),
-            "ceiling_rps": round(ceiling, 1) if ceiling else None, "target_rate": g.target_rate,
-            "achieved_rate": round(achieved, 2) if achieved else None, "workers": g.workers,
-            "queued": g.queued, "start_lag_ms": distribution(lags),
-            "bound": bound, "note": note}
+    return {
+        "cpu_s": round(g.cpu_s, 3),
+        "cpu_per_request_ms": round(cpu_per_request_ms, 3) if cpu_per_request_ms else None,
+        "cpu_utilization": round(utilization, 3),
+        "ceiling_rps": round(ceiling, 1) if ceiling else None,
+        "target_rate": g.target_rate,
+        "achieved_rate": round(achieved, 2) if achieved else None,
+        "workers": g.workers,
+        "queued": g.queued,
+        "start_lag_ms": distribution(lags),
+        "bound": bound,
+        "note": note,
+    }
 
 
-SIDE_TEXT = {"provider": "the provider refused", "gateway": "the gateway failed",
-             "client": "the gateway rejected the request as invalid",
-             "network": "could not talk to the gateway", "unknown": "no complete answer"}
+SIDE_TEXT = {
+    "provider": "the provider refused",
+    "gateway": "the gateway failed",
+    "client": "the gateway rejected the request as invalid",
+    "network": "could not talk to the gateway",
+    "unknown": "no complete answer",
+}
 
 
 def verdict(records: list[Record]) -> tuple[str, str, list[str]]:
@@ -1317,8 +1462,7 @@ def verdict(records: list[Record]) -> tuple[str, str, list[str]]:
     if not errors:
         text = f"the gateway works: all {len(records)} requests answered as expected"
         if failed:
-            text = (f"the gateway works; {failed} of {len(records)} answers missed an expectation"
-                    " (see failures)")
+            text = f"the gateway works; {failed} of {len(records)} answers missed an expectation (see failures)"
         return "none", text, []
     by_side: dict[str, Counter[str]] = {}
     for r in errors:
@@ -1336,21 +1480,32 @@ def verdict(records: list[Record]) -> tuple[str, str, list[str]]:
         text = "; ".join(parts)
     hints = []
     if any(r.error_class == "gateway_5xx" and r.error == "Internal Server Error" for r in errors):
-        hints.append("a bare 'Internal Server Error' is stock MLflow's answer to its own failures and also"
-                     " to a provider that dropped the connection, timed out or sent garbage: the gateway log"
-                     " tells which (gateway_kit.app answers those with 502/504 upstream_* instead)")
+        hints.append(
+            "a bare 'Internal Server Error' is stock MLflow's answer to its own failures and also"
+            " to a provider that dropped the connection, timed out or sent garbage: the gateway log"
+            " tells which (gateway_kit.app answers those with 502/504 upstream_* instead)"
+        )
     if any(r.error_class == "stream_interrupted" for r in errors):
-        hints.append("MLflow 3.17.2 sends HTTP 200 before a stream's first chunk, so a provider error in a"
-                     " stream shows only as a cut stream: run the case without stream to see the provider's"
-                     " status")
+        hints.append(
+            "MLflow 3.17.2 sends HTTP 200 before a stream's first chunk, so a provider error in a"
+            " stream shows only as a cut stream: run the case without stream to see the provider's"
+            " status"
+        )
     if any(r.error_class == "rate_limited" and r.retry_after for r in errors):
         waits = sorted({r.retry_after for r in errors if r.retry_after})
         hints.append(f"Retry-After: {', '.join(waits[:3])}")
     return main, text, hints
 
 
-def summarize(records: list[Record], gaps_ms: list[float], wall_s: float, gen: GeneratorStats,
-              cost_problem: str | None, max_error_rate: float, max_p95_ms: float | None) -> dict[str, Any]:
+def summarize(
+    records: list[Record],
+    gaps_ms: list[float],
+    wall_s: float,
+    gen: GeneratorStats,
+    cost_problem: str | None,
+    max_error_rate: float,
+    max_p95_ms: float | None,
+) -> dict[str, Any]:
     n = len(records)
     errors = [r for r in records if r.outcome == "error"]
     latency = distribution(r.latency_ms for r in records)
@@ -1367,12 +1522,19 @@ def summarize(records: list[Record], gaps_ms: list[float], wall_s: float, gen: G
         replica_source = "X-Upstream-Addr" if replicas else None
     side, verdict_text, hints = verdict(records)
     error_rate = len(errors) / n if n else 0.0
-    gates = [{"name": "max_error_rate", "limit": max_error_rate, "value": round(error_rate, 6),
-              "passed": error_rate <= max_error_rate}]
+    gates = [
+        {
+            "name": "max_error_rate",
+            "limit": max_error_rate,
+            "value": round(error_rate, 6),
+            "passed": error_rate <= max_error_rate,
+        }
+    ]
     if max_p95_ms is not None:
         p95 = latency["p95"] if latency else None
-        gates.append({"name": "max_p95_ms", "limit": max_p95_ms, "value": p95,
-                      "passed": p95 is not None and p95 <= max_p95_ms})
+        gates.append(
+            {"name": "max_p95_ms", "limit": max_p95_ms, "value": p95, "passed": p95 is not None and p95 <= max_p95_ms}
+        )
     failed = sum(r.outcome == "fail" for r in records)
     gates.append({"name": "expectations", "limit": 0, "value": failed, "passed": failed == 0})
     gates.append({"name": "finished_requests", "limit": 1, "value": n, "passed": n > 0})
@@ -1380,25 +1542,43 @@ def summarize(records: list[Record], gaps_ms: list[float], wall_s: float, gen: G
     for name in dict.fromkeys(r.case for r in records):
         mine = [r for r in records if r.case == name]
         dist = distribution(r.latency_ms for r in mine) or {}
-        by_case.append({"case": name, "requests": len(mine), "passed": sum(r.outcome == "pass" for r in mine),
-                        "failed": sum(r.outcome == "fail" for r in mine),
-                        "errors": sum(r.outcome == "error" for r in mine),
-                        "p50_ms": dist.get("p50"), "p95_ms": dist.get("p95"),
-                        "ttft_p50_ms": (distribution(r.ttft_ms for r in mine) or {}).get("p50")})
+        by_case.append(
+            {
+                "case": name,
+                "requests": len(mine),
+                "passed": sum(r.outcome == "pass" for r in mine),
+                "failed": sum(r.outcome == "fail" for r in mine),
+                "errors": sum(r.outcome == "error" for r in mine),
+                "p50_ms": dist.get("p50"),
+                "p95_ms": dist.get("p95"),
+                "ttft_p50_ms": (distribution(r.ttft_ms for r in mine) or {}).get("p50"),
+            }
+        )
     return {
-        "requests": n, "passed": sum(r.outcome == "pass" for r in records), "failed": failed,
-        "errors": len(errors), "error_rate": round(error_rate, 6),
-        "duration_s": round(wall_s, 3), "throughput_rps": round(throughput, 3),
-        "latency_ms": latency, "ttft_ms": distribution(r.ttft_ms for r in records),
+        "requests": n,
+        "passed": sum(r.outcome == "pass" for r in records),
+        "failed": failed,
+        "errors": len(errors),
+        "error_rate": round(error_rate, 6),
+        "duration_s": round(wall_s, 3),
+        "throughput_rps": round(throughput, 3),
+        "latency_ms": latency,
+        "ttft_ms": distribution(r.ttft_ms for r in records),
         "inter_chunk_ms": distribution(gaps_ms),
         "errors_by_class": dict(Counter(r.error_class for r in errors).most_common()),
-        "failing_side": side, "verdict": verdict_text, "hints": hints,
-        "replicas": dict(replicas.most_common()), "replica_source": replica_source,
+        "failing_side": side,
+        "verdict": verdict_text,
+        "hints": hints,
+        "replicas": dict(replicas.most_common()),
+        "replica_source": replica_source,
         "usage": usage_totals,
-        "cost": {"usd": round(sum(r.cost_usd for r in priced), 8) if priced else None,
-                 "priced_requests": len(priced),
-                 "unpriced_requests": sum(1 for r in records if r.has_usage and r.cost_usd is None),
-                 "sources": dict(sources), "problem": cost_problem},
+        "cost": {
+            "usd": round(sum(r.cost_usd for r in priced), 8) if priced else None,
+            "priced_requests": len(priced),
+            "unpriced_requests": sum(1 for r in records if r.has_usage and r.cost_usd is None),
+            "sources": dict(sources),
+            "problem": cost_problem,
+        },
         "by_case": by_case,
         "generator": generator_summary(gen, records, throughput),
         "gates": gates,
@@ -1407,6 +1587,7 @@ def summarize(records: list[Record], gaps_ms: list[float], wall_s: float, gen: G
 
 
 # ---------------------------------------------------------------- output
+
 
 def atomic_write_json(path: Path, document: dict[str, Any]) -> None:
     """Write to a temporary file beside the target, then rename: readers never see half a file."""
@@ -1462,12 +1643,22 @@ def render_functional(records: list[Record], paint: Paint) -> str:
     results = {"pass": paint("PASS", "green"), "fail": paint("FAIL", "red"), "error": paint("ERROR", "red")}
     for r in records:
         result = results[r.outcome] + (f" {r.error_class}" if r.error_class else "")
-        rows.append([r.case, str(r.seq + 1), str(r.status or "-"), fmt_ms(r.latency_ms), fmt_ms(r.ttft_ms),
-                     fmt_tokens(r), fmt_usd(r.cost_usd), r.replica or r.upstream_addr or "-", result])
+        rows.append(
+            [
+                r.case,
+                str(r.seq + 1),
+                str(r.status or "-"),
+                fmt_ms(r.latency_ms),
+                fmt_ms(r.ttft_ms),
+                fmt_tokens(r),
+                fmt_usd(r.cost_usd),
+                r.replica or r.upstream_addr or "-",
+                result,
+            ]
+        )
         for failure in r.failures:
             notes.append(f"  {r.case} #{r.seq + 1}: {failure}")
-    text = table(rows, ["CASE", "#", "STATUS", "LATENCY", "TTFT", "TOKENS in/out", "COST", "REPLICA",
-                        "RESULT"])
+    text = table(rows, ["CASE", "#", "STATUS", "LATENCY", "TTFT", "TOKENS in/out", "COST", "REPLICA", "RESULT"])
     if notes:
         text += "\n\nWhy they failed:\n" + "\n".join(notes)
     return text
@@ -1478,54 +1669,89 @@ def render_summary(doc: dict[str, Any], output: str | None, paint: Paint) -> str
     lines = []
     if run["mode"] == "load":
         lat = s["latency_ms"] or {}
-        lines.append(table([[
-            str(s["requests"]), f"{s['throughput_rps']:.1f}", fmt_ms(lat.get("p50")), fmt_ms(lat.get("p90")),
-            fmt_ms(lat.get("p95")), fmt_ms(lat.get("p99")), fmt_ms(lat.get("max")), str(s["errors"])]],
-            ["REQUESTS", "REQ/S", "P50", "P90", "P95", "P99", "MAX", "ERRORS"]))
+        lines.append(
+            table(
+                [
+                    [
+                        str(s["requests"]),
+                        f"{s['throughput_rps']:.1f}",
+                        fmt_ms(lat.get("p50")),
+                        fmt_ms(lat.get("p90")),
+                        fmt_ms(lat.get("p95")),
+                        fmt_ms(lat.get("p99")),
+                        fmt_ms(lat.get("max")),
+                        str(s["errors"]),
+                    ]
+                ],
+                ["REQUESTS", "REQ/S", "P50", "P90", "P95", "P99", "MAX", "ERRORS"],
+            )
+        )
         if s["by_case"] and len(s["by_case"]) > 1:
             lines.append("")
-            lines.append(table([[c["case"], str(c["requests"]), str(c["passed"]), str(c["errors"]),
-                                 fmt_ms(c["p50_ms"]), fmt_ms(c["p95_ms"]), fmt_ms(c["ttft_p50_ms"])]
-                                for c in s["by_case"]],
-                               ["CASE", "REQUESTS", "PASSED", "ERRORS", "P50", "P95", "TTFT P50"]))
+            lines.append(
+                table(
+                    [
+                        [
+                            c["case"],
+                            str(c["requests"]),
+                            str(c["passed"]),
+                            str(c["errors"]),
+                            fmt_ms(c["p50_ms"]),
+                            fmt_ms(c["p95_ms"]),
+                            fmt_ms(c["ttft_p50_ms"]),
+                        ]
+                        for c in s["by_case"]
+                    ],
+                    ["CASE", "REQUESTS", "PASSED", "ERRORS", "P50", "P95", "TTFT P50"],
+                )
+            )
         lines.append("")
     verdict_colour = "green" if s["failing_side"] == "none" and s["passed_all"] else "red"
-    lines.append(f"Result:    {s['passed']} passed, {s['failed']} failed, {s['errors']} errors"
-                 f" of {s['requests']} requests in {s['duration_s']:.1f} s against {run['url']}")
+    lines.append(
+        f"Result:    {s['passed']} passed, {s['failed']} failed, {s['errors']} errors"
+        f" of {s['requests']} requests in {s['duration_s']:.1f} s against {run['url']}"
+    )
     lines.append("Verdict:   " + paint(s["verdict"], verdict_colour))
     lines += [f"Hint:      {hint}" for hint in s["hints"]]
     if s["latency_ms"]:
         lat = s["latency_ms"]
-        lines.append(f"Latency:   p50 {fmt_ms(lat['p50'])}, p90 {fmt_ms(lat['p90'])},"
-                     f" p95 {fmt_ms(lat['p95'])}, p99 {fmt_ms(lat['p99'])}, max {fmt_ms(lat['max'])}")
+        lines.append(
+            f"Latency:   p50 {fmt_ms(lat['p50'])}, p90 {fmt_ms(lat['p90'])},"
+            f" p95 {fmt_ms(lat['p95'])}, p99 {fmt_ms(lat['p99'])}, max {fmt_ms(lat['max'])}"
+        )
     if s["ttft_ms"]:
         t = s["ttft_ms"]
-        lines.append(f"TTFT:      p50 {fmt_ms(t['p50'])}, p95 {fmt_ms(t['p95'])}, max {fmt_ms(t['max'])}"
-                     f" ({t['count']} streams)")
+        lines.append(
+            f"TTFT:      p50 {fmt_ms(t['p50'])}, p95 {fmt_ms(t['p95'])}, max {fmt_ms(t['max'])} ({t['count']} streams)"
+        )
     if s["inter_chunk_ms"]:
         g = s["inter_chunk_ms"]
         lines.append(f"Chunk gap: p50 {fmt_ms(g['p50'])}, p95 {fmt_ms(g['p95'])}, max {fmt_ms(g['max'])}")
     if s["errors_by_class"]:
         lines.append("Errors:    " + ", ".join(f"{k} {v}" for k, v in s["errors_by_class"].items()))
     if s["replicas"]:
-        lines.append("Replicas:  " + ", ".join(f"{k} {v}" for k, v in s["replicas"].items())
-                     + f" (from {s['replica_source']})")
+        lines.append(
+            "Replicas:  " + ", ".join(f"{k} {v}" for k, v in s["replicas"].items()) + f" (from {s['replica_source']})"
+        )
     u, c = s["usage"], s["cost"]
     cost_text = fmt_usd(c["usd"]) if c["usd"] is not None else "unknown"
     if c["problem"]:
         cost_text += f" ({c['problem']})"
     elif c["unpriced_requests"]:
         cost_text += f" ({c['unpriced_requests']} requests unpriced)"
-    lines.append(f"Usage:     {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens;"
-                 f" cost {cost_text}")
+    lines.append(
+        f"Usage:     {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens; cost {cost_text}"
+    )
     g = s["generator"]
     if run["mode"] == "load":
         rate = f", sent {g['achieved_rate']} of {g['target_rate']:g} req/s" if g["target_rate"] else ""
         if g["start_lag_ms"]:
             rate += f", start lag p95 {fmt_ms(g['start_lag_ms']['p95'])}"
         ceiling = f", ceiling ~{g['ceiling_rps']:.0f} req/s" if g["ceiling_rps"] else ""
-        lines.append(f"Generator: {g['cpu_per_request_ms'] or 0:.2f} ms CPU/request{ceiling},"
-                     f" {g['cpu_utilization']:.2f} cores, {g['workers']} workers{rate}")
+        lines.append(
+            f"Generator: {g['cpu_per_request_ms'] or 0:.2f} ms CPU/request{ceiling},"
+            f" {g['cpu_utilization']:.2f} cores, {g['workers']} workers{rate}"
+        )
         lines.append("           " + paint(g["note"], "yellow" if g["bound"] else "green"))
     failed_gates = [gate for gate in s["gates"] if not gate["passed"]]
     for gate in failed_gates:
@@ -1539,6 +1765,7 @@ def render_summary(doc: dict[str, Any], output: str | None, paint: Paint) -> str
 
 # ---------------------------------------------------------------- gateway
 
+
 def check_health(url: str, wait: float, headers: dict[str, str]) -> dict[str, Any]:
     """GET /health until it answers 200 or `wait` seconds pass, showing progress; else GatewayUnreachable."""
     start = time.monotonic()
@@ -1550,11 +1777,20 @@ def check_health(url: str, wait: float, headers: dict[str, str]) -> dict[str, An
         remaining = deadline - time.monotonic()
         t0 = time.perf_counter()
         try:
-            response = session.get(url + "/health", headers=headers, allow_redirects=False,
-                                   timeout=max(1.0, min(HEALTH_ATTEMPT_TIMEOUT_S, remaining)))
+            response = session.get(
+                url + "/health",
+                headers=headers,
+                allow_redirects=False,
+                timeout=max(1.0, min(HEALTH_ATTEMPT_TIMEOUT_S, remaining)),
+            )
             if response.status_code == 200:
-                return {"ok": True, "status": 200, "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
-                        "waited_s": round(time.monotonic() - start, 3), "attempts": attempt}
+                return {
+                    "ok": True,
+                    "status": 200,
+                    "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
+                    "waited_s": round(time.monotonic() - start, 3),
+                    "attempts": attempt,
+                }
             body = error_message(response.content)[:120]
             problem = f"GET /health answered HTTP {response.status_code}: {body}"
         except requests.RequestException as e:
@@ -1566,7 +1802,8 @@ def check_health(url: str, wait: float, headers: dict[str, str]) -> dict[str, An
             tried = f"after {attempt} attempts in {waited:.0f}s" if wait else "one attempt"
             raise GatewayUnreachable(
                 f"cannot reach the gateway at {url}: {problem} (GET /health, {tried}) — is it running?"
-                f" Next: {NEXT_COMMAND}" + ("" if wait else " (or add --wait 60 right after a deploy)"))
+                f" Next: {NEXT_COMMAND}" + ("" if wait else " (or add --wait 60 right after a deploy)")
+            )
         message = f"waiting for the gateway at {url} ({waited:.0f}s / {wait:g}s): {problem}"
         if sys.stderr.isatty():
             sys.stderr.write("\r" + message[:150].ljust(150))
@@ -1587,12 +1824,16 @@ def fetch_endpoints(url: str, headers: dict[str, str]) -> dict[str, dict[str, st
     for item in items if isinstance(items, list) else []:
         if isinstance(item, dict) and isinstance(item.get("name"), str):
             model = item.get("model") if isinstance(item.get("model"), dict) else {}
-            found[item["name"]] = {"model": model.get("name"), "provider": model.get("provider"),
-                                   "type": item.get("endpoint_type")}
+            found[item["name"]] = {
+                "model": model.get("name"),
+                "provider": model.get("provider"),
+                "type": item.get("endpoint_type"),
+            }
     return found
 
 
 # ---------------------------------------------------------------- command line
+
 
 def number(kind: type = float, *, above: bool = False) -> Callable[[str], float]:
     """An argparse type: a finite `kind` (int or float), 0 or more (more than 0 with above=True)."""
@@ -1621,8 +1862,7 @@ def fraction(text: str) -> float:
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction like 0.01 or a percentage like 1%,"
-                                         f" got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a fraction like 0.01 or a percentage like 1%, got {text!r}")
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (or 0%..100%), got {text!r}")
     return value
@@ -1631,57 +1871,109 @@ def fraction(text: str) -> float:
 def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     doc_head, _, doc_rest = __doc__.partition("\n\n")
     description, _, examples = doc_rest.partition("\nexamples:")
-    parser = argparse.ArgumentParser(prog=PROG, description=doc_head + "\n\n" + description,
-                                     epilog="examples:" + examples,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=doc_head + "\n\n" + description,
+        epilog="examples:" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     target = parser.add_argument_group("gateway")
-    target.add_argument("--url", default=env.get("GATEWAY_URL") or DEFAULT_URL,
-                        help="gateway base URL (default: GATEWAY_URL from the environment or .env,"
-                             f" else {DEFAULT_URL})")
-    target.add_argument("--wait", type=non_negative_float, default=0.0, metavar="SECONDS",
-                        help="keep retrying GET /health this long before giving up with exit 3"
-                             " (default 0: try once)")
-    target.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
-                        help="give up on a request after this many seconds without an answer; for a stream,"
-                             " after this long in all (default 60)")
+    target.add_argument(
+        "--url",
+        default=env.get("GATEWAY_URL") or DEFAULT_URL,
+        help=f"gateway base URL (default: GATEWAY_URL from the environment or .env, else {DEFAULT_URL})",
+    )
+    target.add_argument(
+        "--wait",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep retrying GET /health this long before giving up with exit 3 (default 0: try once)",
+    )
+    target.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up on a request after this many seconds without an answer; for a stream,"
+        " after this long in all (default 60)",
+    )
     cases = parser.add_argument_group("test cases")
-    cases.add_argument("--test-file", metavar="PATH",
-                       help="JSON or YAML test cases (default: the built-in simple question, multi-turn"
-                            " conversation and embeddings request); see examples/test_cases.yaml")
-    cases.add_argument("--validate", action="store_true",
-                       help="check the test cases, print them and exit without sending anything"
-                            " (0 valid, 2 not)")
+    cases.add_argument(
+        "--test-file",
+        metavar="PATH",
+        help="JSON or YAML test cases (default: the built-in simple question, multi-turn"
+        " conversation and embeddings request); see examples/test_cases.yaml",
+    )
+    cases.add_argument(
+        "--validate",
+        action="store_true",
+        help="check the test cases, print them and exit without sending anything (0 valid, 2 not)",
+    )
     modes = parser.add_argument_group("functional mode (default)")
-    modes.add_argument("--repeat", type=positive_int, default=1, metavar="N",
-                       help="send every case N times, one request at a time (default 1)")
+    modes.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="send every case N times, one request at a time (default 1)",
+    )
     load = parser.add_argument_group("load mode (any of --requests, --duration, --rate)")
-    load.add_argument("--requests", type=positive_int, metavar="N",
-                      help="send N requests in all, cycling through the cases")
-    load.add_argument("--duration", type=positive_float, metavar="SECONDS",
-                      help="send for this many seconds (with --requests: whichever ends first); requests"
-                           " in flight then finish and are counted")
-    load.add_argument("--concurrency", type=positive_int, metavar="C",
-                      help="closed loop: C requests in flight, each sent when the previous answers"
-                           " (default 1); with --rate: the most requests in flight (default: rate x timeout,"
-                           f" at most {MAX_OPEN_LOOP_WORKERS})")
-    load.add_argument("--rate", type=positive_float, metavar="R",
-                      help="open loop: R arrivals per second by the clock, whether or not earlier"
-                           " requests answered, so overload shows as latency and errors rather than as a"
-                           " slower generator")
+    load.add_argument(
+        "--requests", type=positive_int, metavar="N", help="send N requests in all, cycling through the cases"
+    )
+    load.add_argument(
+        "--duration",
+        type=positive_float,
+        metavar="SECONDS",
+        help="send for this many seconds (with --requests: whichever ends first); requests"
+        " in flight then finish and are counted",
+    )
+    load.add_argument(
+        "--concurrency",
+        type=positive_int,
+        metavar="C",
+        help="closed loop: C requests in flight, each sent when the previous answers"
+        " (default 1); with --rate: the most requests in flight (default: rate x timeout,"
+        f" at most {MAX_OPEN_LOOP_WORKERS})",
+    )
+    load.add_argument(
+        "--rate",
+        type=positive_float,
+        metavar="R",
+        help="open loop: R arrivals per second by the clock, whether or not earlier"
+        " requests answered, so overload shows as latency and errors rather than as a"
+        " slower generator",
+    )
     gates = parser.add_argument_group("pass/fail gates (exit 1 when crossed)")
-    gates.add_argument("--max-error-rate", type=fraction, default=0.0, metavar="RATE",
-                       help="largest share of requests that may end in an error, as 0.01 or 1%% (default 0)")
-    gates.add_argument("--max-p95-ms", type=positive_float, metavar="MS",
-                       help="largest allowed 95th percentile latency over all requests, in milliseconds")
+    gates.add_argument(
+        "--max-error-rate",
+        type=fraction,
+        default=0.0,
+        metavar="RATE",
+        help="largest share of requests that may end in an error, as 0.01 or 1%% (default 0)",
+    )
+    gates.add_argument(
+        "--max-p95-ms",
+        type=positive_float,
+        metavar="MS",
+        help="largest allowed 95th percentile latency over all requests, in milliseconds",
+    )
     output = parser.add_argument_group("output")
-    output.add_argument("--output", default=DEFAULT_OUTPUT, metavar="PATH",
-                        help=f"results file, written atomically (default {DEFAULT_OUTPUT};"
-                             f" schema: {SCHEMA_PATH})")
-    output.add_argument("--json", action="store_true",
-                        help="print the results document to stdout (the human summary goes to stderr)")
-    output.add_argument("--store-content", action="store_true",
-                        help="keep prompts and answers in the results file"
-                             " (off: only sizes, tokens and timings)")
+    output.add_argument(
+        "--output",
+        default=DEFAULT_OUTPUT,
+        metavar="PATH",
+        help=f"results file, written atomically (default {DEFAULT_OUTPUT}; schema: {SCHEMA_PATH})",
+    )
+    output.add_argument(
+        "--json", action="store_true", help="print the results document to stdout (the human summary goes to stderr)"
+    )
+    output.add_argument(
+        "--store-content",
+        action="store_true",
+        help="keep prompts and answers in the results file (off: only sizes, tokens and timings)",
+    )
     output.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     output.add_argument("--debug", action="store_true", help="show tracebacks for unexpected errors")
     parser.add_argument("--version", action="version", version=f"%(prog)s {TOOL_VERSION}")
@@ -1726,26 +2018,52 @@ def dotenv_settings() -> dict[str, str]:
     return {n: v for n, v in found.items() if v}
 
 
-def build_document(args: argparse.Namespace, mode: str, cases: list[Case], health: dict[str, Any],
-                   started: datetime, finished: datetime, interrupted: bool, records: list[Record],
-                   summary: dict[str, Any], run_id: str, authenticated: bool) -> dict[str, Any]:
-    options = {"repeat": args.repeat, "requests": args.requests, "duration_s": args.duration,
-               "concurrency": args.concurrency, "rate": args.rate, "timeout_s": args.timeout,
-               "wait_s": args.wait, "max_error_rate": args.max_error_rate, "max_p95_ms": args.max_p95_ms,
-               "store_content": args.store_content, "test_file": args.test_file, "output": args.output,
-               "auth": "bearer" if authenticated else "none"}
+def build_document(
+    args: argparse.Namespace,
+    mode: str,
+    cases: list[Case],
+    health: dict[str, Any],
+    started: datetime,
+    finished: datetime,
+    interrupted: bool,
+    records: list[Record],
+    summary: dict[str, Any],
+    run_id: str,
+    authenticated: bool,
+) -> dict[str, Any]:
+    options = {
+        "repeat": args.repeat,
+        "requests": args.requests,
+        "duration_s": args.duration,
+        "concurrency": args.concurrency,
+        "rate": args.rate,
+        "timeout_s": args.timeout,
+        "wait_s": args.wait,
+        "max_error_rate": args.max_error_rate,
+        "max_p95_ms": args.max_p95_ms,
+        "store_content": args.store_content,
+        "test_file": args.test_file,
+        "output": args.output,
+        "auth": "bearer" if authenticated else "none",
+    }
     return {
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": PROG, "version": TOOL_VERSION},
-        "run": {"id": run_id, "url": args.url, "mode": mode,
-                "started_at": started.isoformat(timespec="milliseconds"),
-                "finished_at": finished.isoformat(timespec="milliseconds"),
-                "duration_s": round((finished - started).total_seconds(), 3), "interrupted": interrupted,
-                "options": options,
-                "cases": [{"name": c.name, "kind": c.kind, "endpoint": c.target,
-                           "route": c.path, "stream": c.stream}
-                          for c in cases],
-                "host": {"hostname": socket.gethostname(), "python": sys.version.split()[0]}},
+        "run": {
+            "id": run_id,
+            "url": args.url,
+            "mode": mode,
+            "started_at": started.isoformat(timespec="milliseconds"),
+            "finished_at": finished.isoformat(timespec="milliseconds"),
+            "duration_s": round((finished - started).total_seconds(), 3),
+            "interrupted": interrupted,
+            "options": options,
+            "cases": [
+                {"name": c.name, "kind": c.kind, "endpoint": c.target, "route": c.path, "stream": c.stream}
+                for c in cases
+            ],
+            "host": {"hostname": socket.gethostname(), "python": sys.version.split()[0]},
+        },
         "health": health,
         "requests": [r.as_json() for r in records],
         "summary": summary,
@@ -1769,8 +2087,12 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
         return ExitStatus.USAGE
     if args.validate:
-        print(table([[c.name, c.kind, c.path, "yes" if c.stream else "no"] for c in cases],
-                    ["CASE", "KIND", "PATH", "STREAM"]))
+        print(
+            table(
+                [[c.name, c.kind, c.path, "yes" if c.stream else "no"] for c in cases],
+                ["CASE", "KIND", "PATH", "STREAM"],
+            )
+        )
         source = args.test_file or "built-in cases"
         print(f"{len(cases)} valid case{'s' if len(cases) != 1 else ''} in {source}")
         return ExitStatus.OK
@@ -1793,17 +2115,28 @@ def main(argv: list[str] | None = None) -> int:
     if endpoints:
         for case in cases:
             if not case.via_model and case.target not in endpoints:
-                sys.stderr.write(f"{PROG}: warning: case {case.name!r}: the gateway has no endpoint"
-                                 f" {case.target!r} (it has: {', '.join(sorted(endpoints))})\n")
+                sys.stderr.write(
+                    f"{PROG}: warning: case {case.name!r}: the gateway has no endpoint"
+                    f" {case.target!r} (it has: {', '.join(sorted(endpoints))})\n"
+                )
 
     run_id = uuid.uuid4().hex[:8]
-    settings = Settings(url=args.url, timeout=args.timeout, headers=headers, run_id=run_id,
-                        store_content=args.store_content, endpoints=endpoints)
+    settings = Settings(
+        url=args.url,
+        timeout=args.timeout,
+        headers=headers,
+        run_id=run_id,
+        store_content=args.store_content,
+        endpoints=endpoints,
+    )
     total = args.requests if mode == "load" else len(cases) * args.repeat
     progress = Progress(sys.stderr.isatty() and not args.no_progress, total, args.duration)
     runner = Runner(cases, settings, progress)
-    workers = (args.concurrency or 1) if args.rate is None else (
-        args.concurrency or max(1, min(MAX_OPEN_LOOP_WORKERS, math.ceil(args.rate * args.timeout))))
+    workers = (
+        (args.concurrency or 1)
+        if args.rate is None
+        else (args.concurrency or max(1, min(MAX_OPEN_LOOP_WORKERS, math.ceil(args.rate * args.timeout))))
+    )
     started = datetime.now(UTC)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     # Ctrl-C, or SIGTERM (CI cancelling the job), ends the run; the requests that finished are saved.
@@ -1827,16 +2160,23 @@ def main(argv: list[str] | None = None) -> int:
 
     costs = CostBook()
     records = [costs.price(r) for r in records]
-    gen = GeneratorStats(cpu_s=cpu_s, wall_s=wall_s, workers=workers, target_rate=args.rate,
-                         send_starts=runner.send_starts, queued=runner.queued)
+    gen = GeneratorStats(
+        cpu_s=cpu_s,
+        wall_s=wall_s,
+        workers=workers,
+        target_rate=args.rate,
+        send_starts=runner.send_starts,
+        queued=runner.queued,
+    )
     summary = summarize(records, gaps, wall_s, gen, costs.problem, args.max_error_rate, args.max_p95_ms)
     if interrupted:
         exit_code = ExitStatus.INTERRUPTED
     else:
         exit_code = ExitStatus.OK if summary["passed_all"] else ExitStatus.FAILED
     summary["exit_code"] = exit_code
-    document = build_document(args, mode, cases, health, started, finished, interrupted, records, summary,
-                              run_id, bool(api_key))
+    document = build_document(
+        args, mode, cases, health, started, finished, interrupted, records, summary, run_id, bool(api_key)
+    )
     try:
         atomic_write_json(Path(args.output), document)
         written = args.output
@@ -1852,8 +2192,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
         sys.stdout.flush()
     if interrupted:
-        fail(f"interrupted: saved the {len(records)} requests that finished"
-             + (f" to {written}" if written else ""))
+        fail(f"interrupted: saved the {len(records)} requests that finished" + (f" to {written}" if written else ""))
     return exit_code if written else ExitStatus.FAILED
 
 

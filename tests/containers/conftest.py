@@ -31,8 +31,18 @@ PROJECT = "mlflow-gateway"  # `name:` of both compose files
 FIGURES: dict[str, str] = {}
 # Files the compose files use from the project directory (each test runs them from a copy: nothing is written
 # into the repository, e.g. the ./keys folder docker creates for the bind mount).
-PROJECT_FILES = ["docker-compose.yml", "docker-compose.prod.yml", "nginx.conf", "check_gateway.sh", "scripts",
-                 "monitoring", "config.yaml", "pricing.yaml", "analyze_costs.py", "gateway_kit"]
+PROJECT_FILES = [
+    "docker-compose.yml",
+    "docker-compose.prod.yml",
+    "nginx.conf",
+    "check_gateway.sh",
+    "scripts",
+    "monitoring",
+    "config.yaml",
+    "pricing.yaml",
+    "analyze_costs.py",
+    "gateway_kit",
+]
 
 
 def figure(name: str, value: str) -> None:
@@ -42,24 +52,43 @@ def figure(name: str, value: str) -> None:
 @dataclass
 class Engine:
     env: dict[str, str]
-    netns: str | None          # the provisioned engine's namespace; None for the machine's own engine
+    netns: str | None  # the provisioned engine's namespace; None for the machine's own engine
     standins: list[str] = field(default_factory=list)
     host_before: dict[str, str] = field(default_factory=dict)  # host_network() before the engine came up
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 300, cwd: Path | None = None,
-               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(["docker", *args], env={**self.env, **(extra_env or {})}, cwd=cwd,
-                                capture_output=True, text=True, timeout=timeout)
+    def docker(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 300,
+        cwd: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["docker", *args],
+            env={**self.env, **(extra_env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
             pytest.fail(f"docker {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def run_in_net(self, *args: str, timeout: float = 300, cwd: Path | None = None,
-                   extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run_in_net(
+        self, *args: str, timeout: float = 300, cwd: Path | None = None, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """A command where the published ports are: inside the engine's namespace when it has one."""
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return subprocess.run([*prefix, *args], env={**self.env, **(extra_env or {})}, cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [*prefix, *args],
+            env={**self.env, **(extra_env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def net_json(self, *args: str, timeout: float = 300):
         result = self.run_in_net(sys.executable, str(NETCLIENT), *args, timeout=timeout)
@@ -70,6 +99,7 @@ class Engine:
 
 def host_network() -> dict[str, str]:
     """What a provisioned engine must leave alone on the host: interfaces, routes, firewall rules, ip_forward."""
+
     def out(*cmd: str) -> str:
         result = subprocess.run(cmd, capture_output=True, text=True)
         return "\n".join(line for line in result.stdout.splitlines() if not line.startswith(("#", ":")))
@@ -101,7 +131,9 @@ def engine() -> Iterator[Engine]:
     up = subprocess.run([str(ENGINE_SCRIPT), "up"], capture_output=True, text=True, timeout=1500)
     if up.returncode != 0:
         pytest.fail(f"scripts/docker_engine.sh up exited {up.returncode}:\n{up.stdout}\n{up.stderr}")
-    figure("engine up (scripts/docker_engine.sh up, image build included when needed)", f"{time.monotonic() - start:.0f} s")
+    figure(
+        "engine up (scripts/docker_engine.sh up, image build included when needed)", f"{time.monotonic() - start:.0f} s"
+    )
     env_lines = subprocess.run([str(ENGINE_SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
     env = _engine_env(env_lines)
     status = subprocess.run([str(ENGINE_SCRIPT), "status"], capture_output=True, text=True, env=env).stdout
@@ -110,8 +142,13 @@ def engine() -> Iterator[Engine]:
         if line.startswith("stand-in base images:") and "none" not in line:
             standins = line.split(":", 1)[1].split()
     figure("engine", status.splitlines()[0] if status else "?")
-    figure("base images", "STAND-INS (Debian bookworm trees tagged with the official names; they prove the kit's "
-           f"files, not the official images): {' '.join(standins)}" if standins else "the official images")
+    figure(
+        "base images",
+        "STAND-INS (Debian bookworm trees tagged with the official names; they prove the kit's "
+        f"files, not the official images): {' '.join(standins)}"
+        if standins
+        else "the official images",
+    )
     eng = Engine(env=env, netns=env.get("KIT_DOCKER_NETNS"), standins=standins, host_before=host_before)
     size = eng.docker("image", "inspect", "--format", "{{.Size}}", "mlflow-gateway:local").stdout.strip()
     figure("image mlflow-gateway:local", f"{int(size) / 1e6:.0f} MB")
@@ -120,8 +157,23 @@ def engine() -> Iterator[Engine]:
     finally:
         # Whatever a test left (a failed test's stack): the project's containers and volumes go.
         for file in ("docker-compose.prod.yml", "docker-compose.yml"):
-            eng.docker("compose", "-f", str(REPO / file), "--profile", "demo", "--profile", "monitoring", "down",
-                       "-v", "--remove-orphans", "--timeout", "5", check=False, cwd=REPO, timeout=300)
+            eng.docker(
+                "compose",
+                "-f",
+                str(REPO / file),
+                "--profile",
+                "demo",
+                "--profile",
+                "monitoring",
+                "down",
+                "-v",
+                "--remove-orphans",
+                "--timeout",
+                "5",
+                check=False,
+                cwd=REPO,
+                timeout=300,
+            )
         if not was_running and env.get("KIT_DOCKER_NETNS"):
             stop = subprocess.run([str(ENGINE_SCRIPT), "stop"], capture_output=True, text=True, timeout=300)
             assert stop.returncode == 0, stop.stdout + stop.stderr
@@ -146,16 +198,32 @@ class Project:
         return self.engine.run_in_net(*args, timeout=timeout, cwd=self.root)
 
     def containers(self, service: str) -> list[str]:
-        out = self.engine.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
-                                 "--filter", f"label=com.docker.compose.service={service}").stdout
+        out = self.engine.docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={PROJECT}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+        ).stdout
         return out.split()
 
     def inspect(self, container: str) -> dict:
         return json.loads(self.engine.docker("inspect", container).stdout)[0]
 
     def down(self) -> None:
-        self.compose("--profile", "demo", "--profile", "monitoring", "down", "-v", "--remove-orphans",
-                     "--timeout", "10", check=False)
+        self.compose(
+            "--profile",
+            "demo",
+            "--profile",
+            "monitoring",
+            "down",
+            "-v",
+            "--remove-orphans",
+            "--timeout",
+            "10",
+            check=False,
+        )
 
 
 def make_project(engine: Engine, tmp: Path, file: str) -> Project:
@@ -179,8 +247,9 @@ def seconds_to_healthy(info: dict) -> float | None:
         return datetime.fromisoformat(ts[:26].rstrip("Z") + "+00:00" if "." in ts else ts.replace("Z", "+00:00"))
 
     started = parse(info["State"]["StartedAt"])
-    passed = [parse(entry["End"]) for entry in (info["State"].get("Health") or {}).get("Log", [])
-              if entry["ExitCode"] == 0]
+    passed = [
+        parse(entry["End"]) for entry in (info["State"].get("Health") or {}).get("Log", []) if entry["ExitCode"] == 0
+    ]
     return (min(passed) - started).total_seconds() if passed else None
 
 

@@ -25,11 +25,16 @@ def main(argv: list[str]) -> int:
         answers = []
         for i in range(int(argv[2])):
             raw = client.chat.completions.with_raw_response.create(
-                model="chat", messages=[{"role": "user", "content": f"hello {i}"}])
+                model="chat", messages=[{"role": "user", "content": f"hello {i}"}]
+            )
             completion = raw.parse()
-            answers.append({"replica": raw.headers.get("x-gateway-replica"),
-                            "content": completion.choices[0].message.content,
-                            "total_tokens": completion.usage.total_tokens if completion.usage else None})
+            answers.append(
+                {
+                    "replica": raw.headers.get("x-gateway-replica"),
+                    "content": completion.choices[0].message.content,
+                    "total_tokens": completion.usage.total_tokens if completion.usage else None,
+                }
+            )
         print(json.dumps(answers))
         return 0
     print(f"unknown command {argv[0]}", file=sys.stderr)

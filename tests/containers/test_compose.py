@@ -32,14 +32,25 @@ def wait_healthy(project: Project, service: str, count: int, timeout: float = 30
             return time.monotonic() - start
         time.sleep(2)
     logs = [project.engine.docker("logs", "--tail", "30", c, check=False) for c in project.containers(service)]
-    pytest.fail(f"{service}: {states} after {timeout:.0f}s, wanted {count} healthy; their last log lines:\n"
-                + "\n".join(log.stdout + log.stderr for log in logs))
+    pytest.fail(
+        f"{service}: {states} after {timeout:.0f}s, wanted {count} healthy; their last log lines:\n"
+        + "\n".join(log.stdout + log.stderr for log in logs)
+    )
 
 
 def ledger_records(engine: Engine) -> list[dict]:
     """Every usage record in the gateway-ledger volume, read by a throwaway container of the kit image."""
-    out = engine.docker("run", "--rm", "--entrypoint", "sh", "-v", "mlflow-gateway_gateway-ledger:/ledger:ro",
-                        "mlflow-gateway:local", "-c", "find /ledger -type f -exec cat {} +").stdout
+    out = engine.docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        "-v",
+        "mlflow-gateway_gateway-ledger:/ledger:ro",
+        "mlflow-gateway:local",
+        "-c",
+        "find /ledger -type f -exec cat {} +",
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -71,12 +82,25 @@ def prod_stack(engine: Engine, tmp_path_factory) -> Iterator[Project]:
     project = make_project(engine, tmp_path_factory.mktemp("prod"), "docker-compose.prod.yml")
     try:
         start = time.monotonic()
-        project.compose("--profile", "demo", "up", "-d", "--no-build", "--scale", f"mlflow-gateway={REPLICAS}",
-                        "--wait", "--wait-timeout", "600", timeout=700)
+        project.compose(
+            "--profile",
+            "demo",
+            "up",
+            "-d",
+            "--no-build",
+            "--scale",
+            f"mlflow-gateway={REPLICAS}",
+            "--wait",
+            "--wait-timeout",
+            "600",
+            timeout=700,
+        )
         figure(f"prod file: up -d --scale mlflow-gateway={REPLICAS} --wait (demo)", f"{time.monotonic() - start:.0f} s")
         starts = [seconds_to_healthy(project.inspect(c)) for c in project.containers("mlflow-gateway")]
-        figure("replica start to healthy (docker inspect), median of "
-               f"{len(starts)}", f"{statistics.median(s for s in starts if s is not None):.1f} s")
+        figure(
+            f"replica start to healthy (docker inspect), median of {len(starts)}",
+            f"{statistics.median(s for s in starts if s is not None):.1f} s",
+        )
         yield project
     finally:
         project.down()
@@ -110,8 +134,13 @@ def test_replicas_run_hardened(prod_stack):
         assert host["Memory"] == 1024**3 and host["NanoCpus"] == 10**9
         # What the process really has: uid 10001, no effective capability, and / is read-only.
         probe = prod_stack.engine.docker(
-            "exec", container, "sh", "-c",
-            "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; touch /probe", check=False)
+            "exec",
+            container,
+            "sh",
+            "-c",
+            "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; touch /probe",
+            check=False,
+        )
         uid, cap_eff, no_new_privs = probe.stdout.split("\n")[:3]
         assert uid == "10001"
         assert cap_eff.split()[1] == "0000000000000000"
@@ -135,8 +164,19 @@ def test_usage_records_survive_down_and_up(prod_stack):
     assert len(before) >= 6
     prod_stack.compose("--profile", "demo", "down", "--timeout", "30")
     assert not prod_stack.containers("mlflow-gateway")
-    prod_stack.compose("--profile", "demo", "up", "-d", "--no-build", "--scale", f"mlflow-gateway={REPLICAS}",
-                       "--wait", "--wait-timeout", "600", timeout=700)
+    prod_stack.compose(
+        "--profile",
+        "demo",
+        "up",
+        "-d",
+        "--no-build",
+        "--scale",
+        f"mlflow-gateway={REPLICAS}",
+        "--wait",
+        "--wait-timeout",
+        "600",
+        timeout=700,
+    )
     prod_stack.engine.net_json("openai-chats", GATEWAY, "2")
     after = ledger_records(prod_stack.engine)
     ids = [r.get("request_id") for r in after]

@@ -11,7 +11,12 @@ from gateway_kit.exit_status import ExitStatus
 
 def test_the_numbers_are_the_ones_the_commands_always_used():
     assert {s.name: int(s) for s in ExitStatus} == {
-        "OK": 0, "FAILED": 1, "USAGE": 2, "UNREACHABLE": 3, "CONFIG": 78, "INTERRUPTED": 130,
+        "OK": 0,
+        "FAILED": 1,
+        "USAGE": 2,
+        "UNREACHABLE": 3,
+        "CONFIG": 78,
+        "INTERRUPTED": 130,
     }
 
 
