@@ -52,6 +52,8 @@ lock-file:
 
 # The same commands tests/test_static.py runs (and the nginx -t test).
 lint:
+	$(BIN)ruff check .
+	$(BIN)ruff format --check .
 	$(BIN)hadolint Dockerfile
 	$(BIN)shellcheck -x $(SHELL_SCRIPTS)
 	$(BIN)check-jsonschema --builtin-schema vendor.compose-spec $(COMPOSE_FILES)
@@ -82,8 +84,8 @@ bench: venv
 	$(PYTHON) bench/streams.py
 	$(PYTHON) bench/bench_evaluate.py
 	$(PYTHON) bench/bench_refusals.py
-	PYTHONPATH=. $(PYTHON) bench/bench_resilience.py
-	PYTHONPATH=. $(PYTHON) bench/bench_stream_done.py
+	$(PYTHON) bench/bench_resilience.py
+	$(PYTHON) bench/bench_stream_done.py
 
 # 20 minutes of steady mixed traffic with every worker's memory sampled; not part of CI.
 soak: venv

@@ -30,6 +30,8 @@ for arg in "$@"; do
 done
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The gateway_kit beside this script: the image does not install the package (its code is /app), and a local
+# replica runs its own checkout, whichever checkout the venv's editable install points at.
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
 python="${PYTHON:-python}"
 config="${GATEWAY_CONFIG:-$here/config.yaml}"

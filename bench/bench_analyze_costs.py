@@ -23,11 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gateway_kit.pricing import Pricer
+from gateway_kit.usage import UsageRecord, ledger_file_name, utc_now_iso
 
-from gateway_kit.pricing import Pricer  # noqa: E402
-from gateway_kit.usage import UsageRecord, ledger_file_name, utc_now_iso  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ENDPOINTS = [  # (endpoint, route, provider, model as answered, weight)
     ("chat", "/gateway/chat/invocations", "openai", "gpt-4o-mini-2024-07-18", 50),
@@ -136,10 +135,14 @@ def main(argv: list[str] | None = None) -> int:
             size = generate(directory, args.records)
             marker.touch()
             os.sync()  # write the new files out now, not while the analyzer is being timed
-            print(f"generated {args.records:,} records ({size / 1e6:,.0f} MB, "
-                  f"{len(list(directory.glob('usage-*.jsonl')))} files) in {time.perf_counter() - t0:.1f} s")
-        print(f"machine: {os.cpu_count()} CPU(s), Python {sys.version.split()[0]}. Figures depend on what else runs "
-              "(the load average before each run is shown); the best of the runs is the figure.")
+            print(
+                f"generated {args.records:,} records ({size / 1e6:,.0f} MB, "
+                f"{len(list(directory.glob('usage-*.jsonl')))} files) in {time.perf_counter() - t0:.1f} s"
+            )
+        print(
+            f"machine: {os.cpu_count()} CPU(s), Python {sys.version.split()[0]}. Figures depend on what else runs "
+            "(the load average before each run is shown); the best of the runs is the figure."
+        )
         runs = [args.workers] if args.workers is not None else [None, 1]
         for workers in runs:
             label = "automatic workers" if workers is None else f"--workers {workers}"
@@ -153,9 +156,11 @@ def main(argv: list[str] | None = None) -> int:
                 timings.append(elapsed)
                 print(f"  {label}: {elapsed:.2f} s, {cpu:.2f} CPU s, load average before {load:.2f}")
             best = min(timings)
-            print(f"analyze_costs.py --ledger ({label}): {args.records:,} records in {best:.2f} s = "
-                  f"{args.records / best:,.0f} records/s (best of {len(timings)}; total "
-                  f"${report['cost']['total_usd']:,.2f})")
+            print(
+                f"analyze_costs.py --ledger ({label}): {args.records:,} records in {best:.2f} s = "
+                f"{args.records / best:,.0f} records/s (best of {len(timings)}; total "
+                f"${report['cost']['total_usd']:,.2f})"
+            )
     return 0
 
 

@@ -90,13 +90,9 @@ def evaluate(args: list[str], workdir: Path) -> tuple[dict, str]:
         "--output",
         str(workdir / "results.json"),
     ]
-    proc = subprocess.run(
-        command, cwd=REPO, env=clean_env(), capture_output=True, check=False, text=True, timeout=900
-    )
+    proc = subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, check=False, text=True, timeout=900)
     if proc.returncode not in (0, 1):
-        raise SystemExit(
-            f"bench: error: evaluate_gateway.py exited {proc.returncode}:\n{proc.stderr[-2000:]}"
-        )
+        raise SystemExit(f"bench: error: evaluate_gateway.py exited {proc.returncode}:\n{proc.stderr[-2000:]}")
     shown = "python3 evaluate_gateway.py " + " ".join(shlex.quote(a) for a in args)
     return json.loads(proc.stdout), shown
 
@@ -131,19 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    parser.add_argument(
-        "--requests", type=int, default=2000, help="requests per closed-loop run (default 2000)"
-    )
+    parser.add_argument("--requests", type=int, default=2000, help="requests per closed-loop run (default 2000)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
     parser.add_argument("--replicas", type=int, default=2, help="gateway replicas behind nginx (default 2)")
-    parser.add_argument(
-        "--open-seconds", type=float, default=10, help="length of the open-loop run (default 10)"
-    )
+    parser.add_argument("--open-seconds", type=float, default=10, help="length of the open-loop run (default 10)")
     args = parser.parse_args(argv)
     if not STACK.exists():
-        raise SystemExit(
-            f"bench: error: {STACK.relative_to(REPO)} is missing; it starts nginx and the replicas"
-        )
+        raise SystemExit(f"bench: error: {STACK.relative_to(REPO)} is missing; it starts nginx and the replicas")
 
     rows, commands = [], []
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
@@ -180,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 work,
             )
             fake_cores = (cpu_seconds(fake.pid) - fake_cpu0) / max(doc["summary"]["duration_s"], 1e-9)
-            rows.append(
-                row("ceiling: fake upstream direct", doc, f"fake upstream used {fake_cores:.2f} cores")
-            )
+            rows.append(row("ceiling: fake upstream direct", doc, f"fake upstream used {fake_cores:.2f} cores"))
             commands.append(cmd)
         finally:
             fake.terminate()
@@ -200,8 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             commands.append(" ".join(["scripts/local_stack.sh", "up", "--replicas", str(args.replicas)]))
             gateway_cases = work / "gateway.yaml"
             gateway_cases.write_text(
-                "- {name: chat, endpoint: chat, messages: [{role: user, content: hi}],"
-                " params: {max_tokens: 16}}\n"
+                "- {name: chat, endpoint: chat, messages: [{role: user, content: hi}], params: {max_tokens: 16}}\n"
             )
             evaluate(
                 [

@@ -29,11 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gateway_kit import keys as current_keys
+from gateway_kit import limits as current_limits
 
-from gateway_kit import keys as current_keys  # noqa: E402
-from gateway_kit import limits as current_limits  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 from gateway_kit.limits import Rule  # noqa: E402
 from gateway_kit.recording import Refusals  # noqa: E402
 from gateway_kit.usage import Ledger, emit  # noqa: E402
@@ -65,19 +64,25 @@ class Limiter:
 
 def before_refusals() -> str:
     """The commit before the one that added recording.Refusals (found by content, so rebases keep it)."""
-    found = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%H", "-S", "class Refusals", "--",
-                            "gateway_kit/recording.py"], capture_output=True, text=True)
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "log", "--format=%H", "-S", "class Refusals", "--", "gateway_kit/recording.py"],
+        capture_output=True,
+        text=True,
+    )
     commits = found.stdout.split()
     if found.returncode != 0 or not commits:
-        raise SystemExit("bench_refusals.py: error: cannot find the commit that added recording.Refusals in git "
-                         "history — name a baseline revision with --baseline REV")
+        raise SystemExit(
+            "bench_refusals.py: error: cannot find the commit that added recording.Refusals in git "
+            "history — name a baseline revision with --baseline REV"
+        )
     return f"{commits[-1]}^"
 
 
 def baseline_module(name: str, rev: str):
     """gateway_kit/<name>.py as it was at `rev`, imported under another name."""
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:gateway_kit/{name}.py"], check=True,
-                            capture_output=True, text=True).stdout
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:gateway_kit/{name}.py"], check=True, capture_output=True, text=True
+    ).stdout
     spec = importlib.util.spec_from_loader(f"baseline_{name}", loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -101,8 +106,10 @@ async def send(message):
 def stacks(keys_module, limits_module, store, refused):
     """{kind of request: the middleware that serves it}, for one version of keys.py and limits.py."""
     extra = (refused,) if refused is not None else ()
-    return {over: keys_module.ClientKeys(limits_module.Limits(app, Limiter(over), *extra), store, *extra)
-            for over in (False, True)}
+    return {
+        over: keys_module.ClientKeys(limits_module.Limits(app, Limiter(over), *extra), store, *extra)
+        for over in (False, True)
+    }
 
 
 async def time_round(target, headers, n: int) -> float:
@@ -115,14 +122,20 @@ async def time_round(target, headers, n: int) -> float:
 
 async def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", help="git revision to compare with (default: the commit before the "
-                        "one that added refusal records)")
+    parser.add_argument(
+        "--baseline",
+        help="git revision to compare with (default: the commit before the one that added refusal records)",
+    )
     parser.add_argument("--requests", type=int, default=20_000, help="requests per round and kind")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per version (alternating)")
     args = parser.parse_args(argv)
     rev = args.baseline or before_refusals()
-    args.baseline = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True,
-                                   text=True).stdout.strip() or rev
+    args.baseline = (
+        subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True
+        ).stdout.strip()
+        or rev
+    )
 
     with tempfile.TemporaryDirectory() as work, open(os.devnull, "w") as devnull:
         keys_file = Path(work) / "keys.json"
@@ -131,8 +144,9 @@ async def main(argv: list[str] | None = None) -> int:
         ledger = Ledger(Path(work) / "ledger", "bench")
         refused = Refusals("bench", [lambda record: emit(record, ledger=ledger)])
         versions = {
-            f"baseline {args.baseline}": stacks(baseline_module("keys", args.baseline),
-                                                baseline_module("limits", args.baseline), store, None),
+            f"baseline {args.baseline}": stacks(
+                baseline_module("keys", args.baseline), baseline_module("limits", args.baseline), store, None
+            ),
             "current": stacks(current_keys, current_limits, store, refused),
             "current, no Refusals": stacks(current_keys, current_limits, store, None),  # the noise floor
         }

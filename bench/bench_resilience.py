@@ -1,7 +1,7 @@
 """What resilience costs on the healthy path, side by side in one run.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_resilience.py              # all three parts
-    PYTHONPATH=. .venv/bin/python bench/bench_resilience.py --no-wrk     # the in-process parts only
+    .venv/bin/python bench/bench_resilience.py              # all three parts
+    .venv/bin/python bench/bench_resilience.py --no-wrk     # the in-process parts only
 
 1. The Fallback middleware in isolation: a trivial ASGI app bare and wrapped (microseconds per request).
 2. The circuit breaker in isolation, per successful provider call (before_call + record): the per-worker
@@ -61,8 +61,10 @@ async def breaker_calls(redis_url: str, seconds: float, rounds: int) -> dict[str
     """Successful calls through each breaker for `seconds`, `rounds` times interleaved: median us per call.
     Timed by wall clock, so the shared breaker's one Redis read per second is in the figure."""
     name = CircuitName("http://127.0.0.1:9/v1", "gpt-4o-mini")
-    breakers = {"per-worker": Breaker(name, 5, 60.0, None),
-                "shared (Redis)": Breaker(name, 5, 60.0, RedisLink(redis_url))}
+    breakers = {
+        "per-worker": Breaker(name, 5, 60.0, None),
+        "shared (Redis)": Breaker(name, 5, 60.0, RedisLink(redis_url)),
+    }
     await breakers["shared (Redis)"].before_call()  # connect once
     results: dict[str, list[float]] = {label: [] for label in breakers}
     for _ in range(rounds):
@@ -90,24 +92,31 @@ def wait_port(port: int, timeout: float = 10) -> None:
 
 def end_to_end(servers: Servers, work: Path, redis_url: str, args) -> dict[str, dict]:
     fake = servers.fake(free_port())
-    targets = {"per-worker breaker": servers.kit(free_port(), fake, args.workers),
-               "shared breaker (Redis)": servers.kit(free_port(), fake, args.workers, GATEWAY_REDIS_URL=redis_url)}
+    targets = {
+        "per-worker breaker": servers.kit(free_port(), fake, args.workers),
+        "shared breaker (Redis)": servers.kit(free_port(), fake, args.workers, GATEWAY_REDIS_URL=redis_url),
+    }
     script = wrk_script(work / "chat.lua", chat_body("How fast is the breaker?", model="chat"))
     for url in targets.values():
         wrk(f"{url}/v1/chat/completions", 2, 8, script)  # warm up
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for label, url in targets.items():
-            runs.setdefault(label, []).append(wrk(f"{url}/v1/chat/completions", args.duration, args.connections,
-                                                  script))
+            runs.setdefault(label, []).append(
+                wrk(f"{url}/v1/chat/completions", args.duration, args.connections, script)
+            )
     return {label: median_run(rs) for label, rs in runs.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=50_000, help="requests per Fallback measurement (50000)")
-    parser.add_argument("--breaker-seconds", type=float, default=3.0,
-                        help="seconds per breaker measurement, at least 1 for the shared breaker's read (3)")
+    parser.add_argument(
+        "--breaker-seconds",
+        type=float,
+        default=3.0,
+        help="seconds per breaker measurement, at least 1 for the shared breaker's read (3)",
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk measurement (10)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--workers", type=int, default=2, help="workers per kit replica (2)")
@@ -126,24 +135,48 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-resilience-"))
     with Servers(work) as servers:
         port = free_port()
-        servers.start("redis", ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                                "--appendonly", "no"], clean_env())
+        servers.start(
+            "redis",
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+            clean_env(),
+        )
         redis_url = f"redis://127.0.0.1:{port}/0"
         wait_port(port)
-        print("\n2. Circuit breaker per successful provider call, in isolation (median of "
-              f"{args.rounds} interleaved rounds of {args.breaker_seconds:g} s)\n")
+        print(
+            "\n2. Circuit breaker per successful provider call, in isolation (median of "
+            f"{args.rounds} interleaved rounds of {args.breaker_seconds:g} s)\n"
+        )
         calls = asyncio.run(breaker_calls(redis_url, args.breaker_seconds, args.rounds))
         base = calls["per-worker"]
-        print(markdown_table(["breaker", "us per call", "vs per-worker"],
-                             [[label, f"{us:.2f}", f"{us / base:.2f}x"] for label, us in calls.items()]))
+        print(
+            markdown_table(
+                ["breaker", "us per call", "vs per-worker"],
+                [[label, f"{us:.2f}", f"{us / base:.2f}x"] for label, us in calls.items()],
+            )
+        )
         if not args.no_wrk:
             results = end_to_end(servers, work, redis_url, args)
-            print(f"\n3. End to end: POST /v1/chat/completions, {args.workers} workers per replica, "
-                  f"c={args.connections}, {args.duration} s x {args.rounds} rounds (median)\n")
+            print(
+                f"\n3. End to end: POST /v1/chat/completions, {args.workers} workers per replica, "
+                f"c={args.connections}, {args.duration} s x {args.rounds} rounds (median)\n"
+            )
             base_rps = results["per-worker breaker"]["rps"]
-            print(markdown_table(["target", "requests/s", "vs per-worker", "p50 ms", "p99 ms", "errors"], [
-                [label, f"{r['rps']:.0f}", f"{r['rps'] / base_rps:.3f}x", f"{r['p50_ms']:.1f}",
-                 f"{r['p99_ms']:.1f}", r["errors"]] for label, r in results.items()]))
+            print(
+                markdown_table(
+                    ["target", "requests/s", "vs per-worker", "p50 ms", "p99 ms", "errors"],
+                    [
+                        [
+                            label,
+                            f"{r['rps']:.0f}",
+                            f"{r['rps'] / base_rps:.3f}x",
+                            f"{r['p50_ms']:.1f}",
+                            f"{r['p99_ms']:.1f}",
+                            r["errors"],
+                        ]
+                        for label, r in results.items()
+                    ],
+                )
+            )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -2,8 +2,8 @@
 """What ending every stream with `data: [DONE]` costs per chunk: MLflow's make_streaming_response as MLflow
 ships it against the kit's wrapper (gateway_kit.app.end_streams_with_done), side by side in one process.
 
-    PYTHONPATH=. .venv/bin/python bench/bench_stream_done.py        # 200-chunk streams, 300 per round, 9 rounds
-    PYTHONPATH=. .venv/bin/python bench/bench_stream_done.py --chunks 50 --streams 1000 --rounds 15
+    .venv/bin/python bench/bench_stream_done.py        # 200-chunk streams, 300 per round, 9 rounds
+    .venv/bin/python bench/bench_stream_done.py --chunks 50 --streams 1000 --rounds 15
 
 Each stream is MLflow's own: an async generator of StreamResponsePayload chunks (pydantic models, as a provider
 adapter yields them) turned into SSE by make_streaming_response, and read to the end as Starlette would.
@@ -23,8 +23,12 @@ def chunk_maker():
     from mlflow.gateway.schemas.chat import StreamChoice, StreamDelta, StreamResponsePayload
 
     def make(i: int) -> StreamResponsePayload:
-        return StreamResponsePayload(id="chatcmpl-1", created=1, model="gpt-4o-mini",
-                                     choices=[StreamChoice(index=0, delta=StreamDelta(content=f"word{i} "))])
+        return StreamResponsePayload(
+            id="chatcmpl-1",
+            created=1,
+            model="gpt-4o-mini",
+            choices=[StreamChoice(index=0, delta=StreamDelta(content=f"word{i} "))],
+        )
 
     return make
 
@@ -33,6 +37,7 @@ async def read_streams(make_response, make_chunk, chunks: int, streams: int) -> 
     """Build and read `streams` streams of `chunks` chunks; returns the bytes read (so nothing is optimised away)."""
     total = 0
     for _ in range(streams):
+
         async def events():
             for i in range(chunks):
                 yield make_chunk(i)

@@ -16,23 +16,40 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import timeit
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gateway_kit.recording import parse_json  # noqa: E402
-from lib import markdown_table  # noqa: E402
+from gateway_kit.recording import parse_json
+from lib import markdown_table
 
-TOOL = {"type": "function", "function": {"name": "weather", "description": "Weather for a city", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"},
-                                     "units": {"type": "string", "enum": ["C", "F"]}}, "required": ["city"]}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "days": {"type": "integer"},
+                "units": {"type": "string", "enum": ["C", "F"]},
+            },
+            "required": ["city"],
+        },
+    },
+}
 BODIES = {
     "chat, 1 message": {"model": "chat", "messages": [{"role": "user", "content": "Hello there"}]},
-    "conversation, 200 messages": {"model": "chat", "messages": [
-        {"role": "user" if i % 2 else "assistant", "content": f"message number {i} " * 10} for i in range(200)]},
-    "chat with 20 tools": {"model": "chat", "messages": [{"role": "user", "content": "Weather?"}],
-                           "tools": [TOOL] * 20},
+    "conversation, 200 messages": {
+        "model": "chat",
+        "messages": [
+            {"role": "user" if i % 2 else "assistant", "content": f"message number {i} " * 10} for i in range(200)
+        ],
+    },
+    "chat with 20 tools": {
+        "model": "chat",
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [TOOL] * 20,
+    },
     "embeddings, 500 texts": {"model": "embeddings", "input": [f"sentence {i} " * 20 for i in range(500)]},
     "embeddings, 20 x 500 token ids": {"model": "embeddings", "input": [list(range(500)) for _ in range(20)]},
 }

@@ -29,7 +29,7 @@ PROVIDER_VARS = [
 def clean_env(**extra: str) -> dict[str, str]:
     """No provider key or URL and no GATEWAY_* setting leaks in from the caller's shell."""
     env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
-    env.update({"PYTHON": sys.executable, "PYTHONPATH": str(REPO), **extra})
+    env.update({"PYTHON": sys.executable, **extra})
     return env
 
 
@@ -84,8 +84,9 @@ class Servers:
 
     # ------------------------------------------------------------------ the targets
     def fake(self, port: int, *args: str) -> str:
-        self.start(f"fake-{port}", [sys.executable, "-m", "gateway_kit.fake_upstream", "--port", str(port), *args],
-                   clean_env())
+        self.start(
+            f"fake-{port}", [sys.executable, "-m", "gateway_kit.fake_upstream", "--port", str(port), *args], clean_env()
+        )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health")
         return url
@@ -93,20 +94,42 @@ class Servers:
     def kit(self, port: int, upstream: str, workers: int, **settings: str) -> str:
         """One kit replica, started by entrypoint.sh in demo mode against `upstream`."""
         runtime = self.work / f"kit-{port}"
-        self.start(f"kit-{port}", [str(REPO / "entrypoint.sh")], clean_env(
-            GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port), GATEWAY_WORKERS=str(workers),
-            GATEWAY_DEMO_UPSTREAM=upstream, GATEWAY_RUNTIME_DIR=str(runtime),
-            GATEWAY_LEDGER_DIR=str(self.work / "ledger"), GATEWAY_REPLICA_ID=f"bench-{port}", **settings))
+        self.start(
+            f"kit-{port}",
+            [str(REPO / "entrypoint.sh")],
+            clean_env(
+                GATEWAY_HOST="127.0.0.1",
+                GATEWAY_PORT=str(port),
+                GATEWAY_WORKERS=str(workers),
+                GATEWAY_DEMO_UPSTREAM=upstream,
+                GATEWAY_RUNTIME_DIR=str(runtime),
+                GATEWAY_LEDGER_DIR=str(self.work / "ledger"),
+                GATEWAY_REPLICA_ID=f"bench-{port}",
+                **settings,
+            ),
+        )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health")
         return url
 
     def stock(self, port: int, config: Path, workers: int, **env: str) -> str:
         """Stock MLflow: `gunicorn mlflow.gateway.app:create_app_from_env()` with the same worker class."""
-        self.start(f"stock-{port}", [
-            sys.executable, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", str(workers),
-            "-b", f"127.0.0.1:{port}", "mlflow.gateway.app:create_app_from_env()",
-        ], clean_env(MLFLOW_GATEWAY_CONFIG=str(config), **env))
+        self.start(
+            f"stock-{port}",
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-k",
+                "uvicorn_worker.UvicornWorker",
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "mlflow.gateway.app:create_app_from_env()",
+            ],
+            clean_env(MLFLOW_GATEWAY_CONFIG=str(config), **env),
+        )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health")
         return url
@@ -118,10 +141,15 @@ def local_stack(work: Path, replicas: int, workers: int):
     cmd = [str(STACK), "--state-dir", str(work / "stack")]
     env = clean_env()
     try:
-        subprocess.run([cmd[0], "up", "--replicas", str(replicas), "--workers", str(workers), *cmd[1:]], env=env,
-                       check=True, stdout=subprocess.DEVNULL)
-        yield lambda n: subprocess.run([cmd[0], "scale", str(n), *cmd[1:]], env=env, check=True,
-                                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [cmd[0], "up", "--replicas", str(replicas), "--workers", str(workers), *cmd[1:]],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        yield lambda n: subprocess.run(
+            [cmd[0], "scale", str(n), *cmd[1:]], env=env, check=True, stdout=subprocess.DEVNULL
+        )
     finally:
         subprocess.run([cmd[0], "down", *cmd[1:]], env=env, capture_output=True)
 
@@ -137,9 +165,21 @@ def wrk_script(path: Path, body: str, headers: dict[str, str] | None = None) -> 
 def wrk(url: str, duration: int, connections: int, script: Path, threads: int = 2) -> dict:
     """requests/s, p50 and p99 in ms, and errors (non-2xx answers and socket errors) of one wrk run."""
     out = subprocess.run(
-        ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
-         "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{min(threads, connections)}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
     def latency_ms(label: str) -> float:

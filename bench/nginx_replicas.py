@@ -70,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         scale(max(args.replicas))
         time.sleep(SCALE_SETTLE_S)
         body = chat_body("Stream me a short answer.", model="chat", stream=True)
-        connections = {"nginx": http.client.HTTPConnection(*NGINX, timeout=30),
-                       "direct": http.client.HTTPConnection(*REPLICA_1, timeout=30)}
+        connections = {
+            "nginx": http.client.HTTPConnection(*NGINX, timeout=30),
+            "direct": http.client.HTTPConnection(*REPLICA_1, timeout=30),
+        }
         for name, conn in connections.items():  # warm up
             first_token_ms(conn, body)
         for _ in range(args.streams):
@@ -84,19 +86,44 @@ def main(argv: list[str] | None = None) -> int:
     ttft_p50 = {name: statistics.median(values) for name, values in ttft.items()}
     ttft_p90 = {name: statistics.quantiles(values, n=10)[-1] for name, values in ttft.items()}
     if args.json:
-        print(json.dumps({"options": vars(args), "throughput": results, "ttft_p50_ms": ttft_p50,
-                          "ttft_p90_ms": ttft_p90}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {"options": vars(args), "throughput": results, "ttft_p50_ms": ttft_p50, "ttft_p90_ms": ttft_p90},
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return 0
-    print(f"\nthrough nginx, c={args.connections}, {args.workers} workers per replica, {args.duration}s x "
-          f"{args.rounds} rounds (median), fake upstream 0 ms, {os.cpu_count()} cores\n")
-    print(markdown_table(["replicas", "requests/s", f"vs {args.replicas[0]}", "p50 ms", "p99 ms", "errors"], [
-        [n, f"{r['rps']:.0f}", f"{r['rps'] / base:.2f}x", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", r["errors"]]
-        for n, r in results.items()]))
+    print(
+        f"\nthrough nginx, c={args.connections}, {args.workers} workers per replica, {args.duration}s x "
+        f"{args.rounds} rounds (median), fake upstream 0 ms, {os.cpu_count()} cores\n"
+    )
+    print(
+        markdown_table(
+            ["replicas", "requests/s", f"vs {args.replicas[0]}", "p50 ms", "p99 ms", "errors"],
+            [
+                [
+                    n,
+                    f"{r['rps']:.0f}",
+                    f"{r['rps'] / base:.2f}x",
+                    f"{r['p50_ms']:.1f}",
+                    f"{r['p99_ms']:.1f}",
+                    r["errors"],
+                ]
+                for n, r in results.items()
+            ],
+        )
+    )
     print(f"\ntime to first token, {args.streams} streamed requests each, interleaved:\n")
-    print(markdown_table(["path", "p50 ms", "p90 ms"], [
-        [name, f"{ttft_p50[name]:.2f}", f"{ttft_p90[name]:.2f}"] for name in ttft]))
-    print(f"\nnginx adds {ttft_p50['nginx'] - ttft_p50['direct']:.2f} ms to the median time to first token "
-          f"(goal: within 5 ms)")
+    print(
+        markdown_table(
+            ["path", "p50 ms", "p90 ms"], [[name, f"{ttft_p50[name]:.2f}", f"{ttft_p90[name]:.2f}"] for name in ttft]
+        )
+    )
+    print(
+        f"\nnginx adds {ttft_p50['nginx'] - ttft_p50['direct']:.2f} ms to the median time to first token "
+        f"(goal: within 5 ms)"
+    )
     return 0
 
 

@@ -50,10 +50,23 @@ def start_litellm(servers: Servers, port: int, upstream: str, workers: int) -> t
     config = servers.work / "litellm.yaml"
     config.write_text(LITELLM_CONFIG.format(upstream=upstream))
     master_key = f"sk-{secrets.token_hex(16)}"  # it refuses well-known keys
-    servers.start("litellm", [str(LITELLM), "--config", str(config), "--host", "127.0.0.1",
-                              "--port", str(port), "--num_workers", str(workers)],
-                  clean_env(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_MASTER_KEY=master_key,
-                            LITELLM_LOG="ERROR", PYTHONPATH=""))
+    servers.start(
+        "litellm",
+        [
+            str(LITELLM),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            str(workers),
+        ],
+        clean_env(
+            LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_MASTER_KEY=master_key, LITELLM_LOG="ERROR", PYTHONPATH=""
+        ),
+    )
     headers = {"Authorization": f"Bearer {master_key}"}
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/health/liveliness", timeout=180, headers=headers)
@@ -63,10 +76,16 @@ def start_litellm(servers: Servers, port: int, upstream: str, workers: int) -> t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
-    parser.add_argument("--connections", type=int, nargs="+", default=[8, 32, 128],
-                        help="concurrent connections to try (default 8 32 128)")
-    parser.add_argument("--latency", type=int, nargs="+", default=[0, 50],
-                        help="fake upstream latency in ms to try (default 0 50)")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        default=[8, 32, 128],
+        help="concurrent connections to try (default 8 32 128)",
+    )
+    parser.add_argument(
+        "--latency", type=int, nargs="+", default=[0, 50], help="fake upstream latency in ms to try (default 0 50)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="workers per gateway (default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median counts (default 2)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
@@ -77,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     litellm = not args.no_litellm and LITELLM.exists()
     if not args.no_litellm and not litellm:
-        print(f"bench: LiteLLM left out: {LITELLM} is missing — make it with bench/litellm_venv.sh",
-              file=sys.stderr)
+        print(f"bench: LiteLLM left out: {LITELLM} is missing — make it with bench/litellm_venv.sh", file=sys.stderr)
 
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
     with Servers(work) as servers:
@@ -99,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         scripts = {}
         for latency in args.latency:
             for name, (_, headers) in targets.items():
-                body = chat_body(f"[[latency:{latency}]] How fast is this gateway?",
-                                 model="gpt-4o-mini" if name == "fake" else "chat")
+                body = chat_body(
+                    f"[[latency:{latency}]] How fast is this gateway?",
+                    model="gpt-4o-mini" if name == "fake" else "chat",
+                )
                 scripts[latency, name] = wrk_script(work / f"{name}-{latency}.lua", body, headers)
         for name, (url, _) in targets.items():  # warm every path up once
             wrk(url, 2, 8, scripts[args.latency[0], name])
@@ -109,23 +129,46 @@ def main(argv: list[str] | None = None) -> int:
             for latency in args.latency:
                 for c in args.connections:
                     for name, (url, _) in targets.items():
-                        runs.setdefault((latency, c, name), []).append(wrk(url, args.duration, c,
-                                                                            scripts[latency, name]))
+                        runs.setdefault((latency, c, name), []).append(
+                            wrk(url, args.duration, c, scripts[latency, name])
+                        )
     shutil.rmtree(work, ignore_errors=True)
 
     results = {key: median_run(rs) for key, rs in runs.items()}
     if args.json:
-        print(json.dumps({"options": vars(args), "results": [
-            {"latency_ms": lat, "connections": c, "target": name, **r} for (lat, c, name), r in results.items()
-        ]}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "options": vars(args),
+                    "results": [
+                        {"latency_ms": lat, "connections": c, "target": name, **r}
+                        for (lat, c, name), r in results.items()
+                    ],
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return 0
-    print(f"\n{args.workers} workers per gateway, {args.duration}s x {args.rounds} rounds (median), "
-          f"{os.cpu_count()} cores, POST /v1/chat/completions\n")
+    print(
+        f"\n{args.workers} workers per gateway, {args.duration}s x {args.rounds} rounds (median), "
+        f"{os.cpu_count()} cores, POST /v1/chat/completions\n"
+    )
     rows = []
     for (latency, c, name), r in results.items():
         stock = results[latency, c, "stock"]["rps"]
-        rows.append([f"{latency} ms", c, name, f"{r['rps']:.0f}", f"{r['rps'] / stock:.2f}x", f"{r['p50_ms']:.1f}",
-                     f"{r['p99_ms']:.1f}", r["errors"]])
+        rows.append(
+            [
+                f"{latency} ms",
+                c,
+                name,
+                f"{r['rps']:.0f}",
+                f"{r['rps'] / stock:.2f}x",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                r["errors"],
+            ]
+        )
     print(markdown_table(["upstream", "c", "target", "requests/s", "vs stock", "p50 ms", "p99 ms", "errors"], rows))
     print()
     cells = sorted({(lat, c) for lat, c, _ in results})
@@ -133,11 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     # gateway, sets its pace: no gateway could do better there, so such cells say nothing about the goals.
     bound = [(lat, c) for lat, c in cells if lat and results[lat, c, "kit"]["rps"] >= 0.8 * c * 1000 / lat]
     for other, goal in (("stock", 1.5), ("litellm", 8)):
-        ratios = [results[lat, c, "kit"]["rps"] / results[lat, c, other]["rps"] for lat, c in cells
-                  if (lat, c) not in bound and (lat, c, other) in results]
+        ratios = [
+            results[lat, c, "kit"]["rps"] / results[lat, c, other]["rps"]
+            for lat, c in cells
+            if (lat, c) not in bound and (lat, c, other) in results
+        ]
         if ratios:
-            print(f"kit / {other} requests/s where the gateway is the limit: min {min(ratios):.2f}x, median "
-                  f"{statistics.median(ratios):.2f}x (goal >= {goal}x)")
+            print(
+                f"kit / {other} requests/s where the gateway is the limit: min {min(ratios):.2f}x, median "
+                f"{statistics.median(ratios):.2f}x (goal >= {goal}x)"
+            )
     if bound:
         print(f"left out, the kit bound by connections / latency: {', '.join(f'{lat} ms c={c}' for lat, c in bound)}")
     return 0

@@ -123,12 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         if not after:
             continue
         base = after[0]
-        rows.append({"worker": name, "rss_at_warmup_mb": round(base, 1), "rss_end_mb": round(after[-1], 1),
-                     "min_mb": round(min(after), 1), "max_mb": round(max(after), 1),
-                     "max_drift_pct": round(max(abs(mb - base) for mb in after) / base * 100, 1)})
+        rows.append(
+            {
+                "worker": name,
+                "rss_at_warmup_mb": round(base, 1),
+                "rss_end_mb": round(after[-1], 1),
+                "min_mb": round(min(after), 1),
+                "max_mb": round(max(after), 1),
+                "max_drift_pct": round(max(abs(mb - base) for mb in after) / base * 100, 1),
+            }
+        )
     latencies = sorted(stats["latency_ms"])
     summary = {
-        "minutes": args.minutes, "rate": args.rate, "sent": stats["sent"], "errors": len(stats["errors"]),
+        "minutes": args.minutes,
+        "rate": args.rate,
+        "sent": stats["sent"],
+        "errors": len(stats["errors"]),
         "first_errors": stats["errors"][:5],
         "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
         "p99_ms": round(latencies[int(len(latencies) * 0.99) - 1], 1) if latencies else None,
@@ -138,14 +148,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
-        print(f"\nsoak: {args.minutes:g} min at {args.rate:g} requests/s (half streamed) through nginx to 2 replicas "
-              f"x 2 workers: {summary['sent']} sent, {summary['errors']} failed, p50 {summary['p50_ms']} ms, "
-              f"p99 {summary['p99_ms']} ms\n")
+        print(
+            f"\nsoak: {args.minutes:g} min at {args.rate:g} requests/s (half streamed) through nginx to 2 replicas "
+            f"x 2 workers: {summary['sent']} sent, {summary['errors']} failed, p50 {summary['p50_ms']} ms, "
+            f"p99 {summary['p99_ms']} ms\n"
+        )
         print("| worker | RSS after warm-up MB | RSS at end MB | min MB | max MB | max drift |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
-            print(f"| {r['worker']} | {r['rss_at_warmup_mb']} | {r['rss_end_mb']} | {r['min_mb']} | {r['max_mb']} "
-                  f"| {r['max_drift_pct']}% |")
+            print(
+                f"| {r['worker']} | {r['rss_at_warmup_mb']} | {r['rss_end_mb']} | {r['min_mb']} | {r['max_mb']} "
+                f"| {r['max_drift_pct']}% |"
+            )
         for error in summary["first_errors"]:
             print(f"error: {error}", file=sys.stderr)
     return 0 if flat and not stats["errors"] else 1

@@ -41,8 +41,11 @@ def workers_rss_mb(master: int) -> float:
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, ttfts: list[float]) -> bool:
-    body = {"model": "chat", "stream": True,
-            "messages": [{"role": "user", "content": f"[[chunk_delay:250]] [[reply:{REPLY}]] stream please"}]}
+    body = {
+        "model": "chat",
+        "stream": True,
+        "messages": [{"role": "user", "content": f"[[chunk_delay:250]] [[reply:{REPLY}]] stream please"}],
+    }
     started = time.perf_counter()
     try:
         async with session.post(url, json=body) as response:
@@ -72,8 +75,13 @@ async def hold(url: str, n: int, master: int) -> dict:
             await asyncio.wait(tasks, timeout=0.5)
         ok = sum(t.result() for t in tasks)
     ttfts.sort()
-    return {"streams": n, "completed": ok, "ttft_p50_ms": statistics.median(ttfts) if ttfts else None,
-            "ttft_p99_ms": ttfts[max(0, int(len(ttfts) * 0.99) - 1)] if ttfts else None, "peak_rss_mb": peak}
+    return {
+        "streams": n,
+        "completed": ok,
+        "ttft_p50_ms": statistics.median(ttfts) if ttfts else None,
+        "ttft_p99_ms": ttfts[max(0, int(len(ttfts) * 0.99) - 1)] if ttfts else None,
+        "peak_rss_mb": peak,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,12 +103,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"idle_rss_mb": idle, "results": results}, indent=2, sort_keys=True))
         return 0
-    print(f"\none replica, {args.workers} workers; each stream 40 chunks 250 ms apart (about 10 s); "
-          f"workers' RSS idle: {idle:.0f} MB\n")
-    print(markdown_table(["concurrent streams", "completed", "TTFT p50 ms", "TTFT p99 ms", "peak RSS MB",
-                          "MB per 100 streams"], [
-        [r["streams"], r["completed"], f"{r['ttft_p50_ms']:.0f}", f"{r['ttft_p99_ms']:.0f}", f"{r['peak_rss_mb']:.0f}",
-         f"{(r['peak_rss_mb'] - idle) / r['streams'] * 100:.1f}"] for r in results]))
+    print(
+        f"\none replica, {args.workers} workers; each stream 40 chunks 250 ms apart (about 10 s); "
+        f"workers' RSS idle: {idle:.0f} MB\n"
+    )
+    print(
+        markdown_table(
+            ["concurrent streams", "completed", "TTFT p50 ms", "TTFT p99 ms", "peak RSS MB", "MB per 100 streams"],
+            [
+                [
+                    r["streams"],
+                    r["completed"],
+                    f"{r['ttft_p50_ms']:.0f}",
+                    f"{r['ttft_p99_ms']:.0f}",
+                    f"{r['peak_rss_mb']:.0f}",
+                    f"{(r['peak_rss_mb'] - idle) / r['streams'] * 100:.1f}",
+                ]
+                for r in results
+            ],
+        )
+    )
     return 0
 
 

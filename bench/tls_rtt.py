@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lib import REPO, Servers, chat_body, clean_env, free_port, markdown_table, median_run, wait_http, wrk, wrk_script
+from lib import Servers, chat_body, clean_env, free_port, markdown_table, median_run, wait_http, wrk, wrk_script
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -39,28 +39,41 @@ def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway-kit bench CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return paths
 
 
@@ -111,8 +124,11 @@ async def serve_delay_proxy(port: int, target_port: int, rtt_ms: float) -> None:
             client_writer.close()
             return
         # The client's first bytes wait one round trip more: the handshake a real connection would need.
-        await asyncio.gather(pipe(client_reader, upstream_writer, accepted + 2 * half),
-                             pipe(upstream_reader, client_writer, 0.0), return_exceptions=True)
+        await asyncio.gather(
+            pipe(client_reader, upstream_writer, accepted + 2 * half),
+            pipe(upstream_reader, client_writer, 0.0),
+            return_exceptions=True,
+        )
 
     server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
     async with server:
@@ -132,8 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.serve:
         kind, *rest = args.serve
-        coro = serve_tls_fake(int(rest[0]), rest[1], rest[2]) if kind == "tls-fake" else \
-            serve_delay_proxy(int(rest[0]), int(rest[1]), float(rest[2]))
+        coro = (
+            serve_tls_fake(int(rest[0]), rest[1], rest[2])
+            if kind == "tls-fake"
+            else serve_delay_proxy(int(rest[0]), int(rest[1]), float(rest[2]))
+        )
         asyncio.run(coro)
         return 0
 
@@ -164,19 +183,38 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: median_run(rs) for name, rs in runs.items()}
     saved_ms = results["stock"]["p50_ms"] - results["kit"]["p50_ms"]
     if args.json:
-        print(json.dumps({"options": vars(args), "results": results, "p50_saved_ms": saved_ms,
-                          "p50_saved_rtts": saved_ms / args.rtt}, indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {
+                    "options": vars(args),
+                    "results": results,
+                    "p50_saved_ms": saved_ms,
+                    "p50_saved_rtts": saved_ms / args.rtt,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return 0
-    print(f"\nTLS upstream, RTT {args.rtt:.0f} ms injected, c={args.connections}, {args.workers} workers, "
-          f"{args.duration}s x {args.rounds} rounds (median)\n")
-    print(markdown_table(["target", "p50 ms", "p99 ms", "requests/s", "errors"], [
-        [name, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['rps']:.0f}", r["errors"]]
-        for name, r in results.items()]))
-    print(f"\nthe kit saves {saved_ms:.1f} ms at p50 per request: {saved_ms / args.rtt:.1f} round trips "
-          f"(goal: at least 1)")
+    print(
+        f"\nTLS upstream, RTT {args.rtt:.0f} ms injected, c={args.connections}, {args.workers} workers, "
+        f"{args.duration}s x {args.rounds} rounds (median)\n"
+    )
+    print(
+        markdown_table(
+            ["target", "p50 ms", "p99 ms", "requests/s", "errors"],
+            [
+                [name, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['rps']:.0f}", r["errors"]]
+                for name, r in results.items()
+            ],
+        )
+    )
+    print(
+        f"\nthe kit saves {saved_ms:.1f} ms at p50 per request: {saved_ms / args.rtt:.1f} round trips "
+        f"(goal: at least 1)"
+    )
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
     raise SystemExit(main())

@@ -111,7 +111,9 @@ def end_streams_with_done() -> bool:
 
     original = getattr(gateway_app, "make_streaming_response", None)
     if original is None:
-        logging.getLogger("gateway_kit").warning("mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]")
+        logging.getLogger("gateway_kit").warning(
+            "mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]"
+        )
         return False
     if getattr(original, "__gateway_kit__", False):
         return True

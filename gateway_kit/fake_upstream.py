@@ -64,11 +64,17 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway_kit.exit_status import ExitStatus
+
 FAULTS = ("429", "quota", "500", "400", "401", "drop", "malformed", "slow", "truncate")
 SLOW_FAULT_SECONDS = 30.0
 SHUTDOWN_GRACE_SECONDS = 1.0
-DEFAULT_MODELS = {"chat": "gpt-4o-mini", "completions": "gpt-3.5-turbo-instruct",
-                  "embeddings": "text-embedding-3-small", "messages": "claude-3-5-haiku-latest"}
+DEFAULT_MODELS = {
+    "chat": "gpt-4o-mini",
+    "completions": "gpt-3.5-turbo-instruct",
+    "embeddings": "text-embedding-3-small",
+    "messages": "claude-3-5-haiku-latest",
+}
 AUTH_HEADERS = ("authorization", "x-api-key", "api-key")
 _MARKER = re.compile(r"\[\[(fault|latency|ttft|chunk_delay|reply)(?:@([^:\]]+))?:(.*?)\]\]", re.DOTALL)
 _WORD = re.compile(r"\S+\s*")
@@ -76,16 +82,35 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode  # compact, and built on
 
 # fault -> (status, OpenAI error type, OpenAI error code, Anthropic error type, message)
 _ERRORS = {
-    "429": (429, "requests", "rate_limit_exceeded", "rate_limit_error",
-            "Rate limit reached for requests. Please try again in 1s."),
-    "quota": (429, "insufficient_quota", "insufficient_quota", "rate_limit_error",
-              "You exceeded your current quota, please check your plan and billing details."),
-    "500": (500, "server_error", None, "api_error",
-            "The server had an error while processing your request. Sorry about that!"),
-    "400": (400, "invalid_request_error", "context_length_exceeded", "invalid_request_error",
-            "This model's maximum context length is 128000 tokens. Please reduce the length of the messages."),
-    "401": (401, "invalid_request_error", "invalid_api_key", "authentication_error",
-            "Incorrect API key provided."),
+    "429": (
+        429,
+        "requests",
+        "rate_limit_exceeded",
+        "rate_limit_error",
+        "Rate limit reached for requests. Please try again in 1s.",
+    ),
+    "quota": (
+        429,
+        "insufficient_quota",
+        "insufficient_quota",
+        "rate_limit_error",
+        "You exceeded your current quota, please check your plan and billing details.",
+    ),
+    "500": (
+        500,
+        "server_error",
+        None,
+        "api_error",
+        "The server had an error while processing your request. Sorry about that!",
+    ),
+    "400": (
+        400,
+        "invalid_request_error",
+        "context_length_exceeded",
+        "invalid_request_error",
+        "This model's maximum context length is 128000 tokens. Please reduce the length of the messages.",
+    ),
+    "401": (401, "invalid_request_error", "invalid_api_key", "authentication_error", "Incorrect API key provided."),
 }
 
 
@@ -145,9 +170,16 @@ class Stats:
         self.keys.update(key_fingerprint(received_key(request.headers, name)) for name in present)
 
     def as_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "by_path": dict(self.by_path), "by_host": dict(self.by_host),
-                "by_fault": dict(self.by_fault), "auth_headers": dict(self.auth), "key_fingerprints": dict(self.keys),
-                "connections": len(self.peers), "cancelled": self.cancelled}
+        return {
+            "requests": self.requests,
+            "by_path": dict(self.by_path),
+            "by_host": dict(self.by_host),
+            "by_fault": dict(self.by_fault),
+            "auth_headers": dict(self.auth),
+            "key_fingerprints": dict(self.keys),
+            "connections": len(self.peers),
+            "cancelled": self.cancelled,
+        }
 
 
 def received_key(headers: Any, name: str) -> str:
@@ -162,13 +194,15 @@ def key_fingerprint(key: str) -> str:
 
 # ------------------------------------------------------------------------------------- reading requests
 
+
 def content_text(content: Any) -> str:
     """The text of an OpenAI or Anthropic content value: a string or a list of parts / blocks."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(content_text(p.get("text", p.get("content"))) if isinstance(p, dict) else str(p)
-                         for p in content)
+        return "\n".join(
+            content_text(p.get("text", p.get("content"))) if isinstance(p, dict) else str(p) for p in content
+        )
     return "" if content is None else str(content)
 
 
@@ -177,8 +211,11 @@ def read_messages(kind: str, body: dict[str, Any]) -> list[tuple[str, str]]:
     if kind == "completions":
         prompt = body.get("prompt", "")
         return [("user", "\n".join(map(str, prompt)) if isinstance(prompt, list) else str(prompt))]
-    messages = [(str(m.get("role", "user")), content_text(m.get("content")))
-                for m in body.get("messages", []) if isinstance(m, dict)]
+    messages = [
+        (str(m.get("role", "user")), content_text(m.get("content")))
+        for m in body.get("messages", [])
+        if isinstance(m, dict)
+    ]
     if kind == "messages" and body.get("system"):
         messages.insert(0, ("system", content_text(body["system"])))
     return messages
@@ -191,8 +228,9 @@ def embedding_inputs(body: dict[str, Any]) -> list[str]:
     return [value if isinstance(value, str) else json.dumps(value)]
 
 
-def read_directives(texts: list[str], settings: Settings, rng: random.Random,
-                    targets: frozenset[str] = frozenset()) -> Directives:
+def read_directives(
+    texts: list[str], settings: Settings, rng: random.Random, targets: frozenset[str] = frozenset()
+) -> Directives:
     """The markers of a request; one scoped `@WHO` counts only when WHO is in `targets` (model, host)."""
     found: dict[str, str] = {}
     for text in texts:
@@ -203,9 +241,13 @@ def read_directives(texts: list[str], settings: Settings, rng: random.Random,
     fault = found.get("fault")
     if fault is None and settings.fault_rate > 0 and rng.random() < settings.fault_rate:
         fault = settings.fault
-    return Directives(fault, _ms(found.get("latency"), settings.latency_ms),
-                      _ms(found.get("ttft"), settings.ttft_ms),
-                      _ms(found.get("chunk_delay"), settings.chunk_delay_ms), found.get("reply"))
+    return Directives(
+        fault,
+        _ms(found.get("latency"), settings.latency_ms),
+        _ms(found.get("ttft"), settings.ttft_ms),
+        _ms(found.get("chunk_delay"), settings.chunk_delay_ms),
+        found.get("reply"),
+    )
 
 
 def _ms(value: str | None, default: float) -> float:
@@ -216,6 +258,7 @@ def _ms(value: str | None, default: float) -> float:
 
 
 # ------------------------------------------------------------------------------------- answers
+
 
 def count_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
@@ -250,32 +293,59 @@ def embed(text: str, dims: int) -> list[float]:
 
 
 def openai_usage(a: Answer) -> dict[str, Any]:
-    return {"prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens,
-            "total_tokens": a.prompt_tokens + a.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                          "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
+    return {
+        "prompt_tokens": a.prompt_tokens,
+        "completion_tokens": a.completion_tokens,
+        "total_tokens": a.prompt_tokens + a.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
 
 
 def chat_body(a: Answer) -> dict[str, Any]:
     message = {"role": "assistant", "content": a.text, "refusal": None, "annotations": []}
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": a.finish}
-    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": a.model, "choices": [choice], "usage": openai_usage(a), "service_tier": "default",
-            "system_fingerprint": "fp_fake"}
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": a.model,
+        "choices": [choice],
+        "usage": openai_usage(a),
+        "service_tier": "default",
+        "system_fingerprint": "fp_fake",
+    }
 
 
 def completion_body(a: Answer) -> dict[str, Any]:
     choice = {"text": a.text, "index": 0, "logprobs": None, "finish_reason": a.finish}
-    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": a.model, "choices": [choice], "usage": openai_usage(a), "system_fingerprint": "fp_fake"}
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": a.model,
+        "choices": [choice],
+        "usage": openai_usage(a),
+        "system_fingerprint": "fp_fake",
+    }
 
 
 def anthropic_body(a: Answer) -> dict[str, Any]:
-    return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": a.model,
-            "content": [{"type": "text", "text": a.text}], "stop_reason": _anthropic_stop(a),
-            "stop_sequence": None,
-            "usage": {"input_tokens": a.prompt_tokens, "output_tokens": a.completion_tokens}}
+    return {
+        "id": f"msg_{uuid.uuid4().hex[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": a.model,
+        "content": [{"type": "text", "text": a.text}],
+        "stop_reason": _anthropic_stop(a),
+        "stop_sequence": None,
+        "usage": {"input_tokens": a.prompt_tokens, "output_tokens": a.completion_tokens},
+    }
 
 
 def _anthropic_stop(a: Answer) -> str:
@@ -293,9 +363,15 @@ def _sse(data: dict[str, Any], event: str | None = None) -> bytes:
 
 
 def openai_stream(kind: str, a: Answer, include_usage: bool) -> Iterator[Frame]:
-    head = _dumps({"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
-                   "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                   "created": int(time.time()), "model": a.model, "system_fingerprint": "fp_fake"})[:-1]
+    head = _dumps(
+        {
+            "id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": a.model,
+            "system_fingerprint": "fp_fake",
+        }
+    )[:-1]
 
     def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         # The fields every chunk shares are serialised once; as OpenAI, usage is null but on the last.
@@ -319,8 +395,12 @@ def openai_stream(kind: str, a: Answer, include_usage: bool) -> Iterator[Frame]:
 
 
 def anthropic_stream(a: Answer) -> Iterator[Frame]:
-    message = {**anthropic_body(a), "content": [], "stop_reason": None,
-               "usage": {"input_tokens": a.prompt_tokens, "output_tokens": 1}}
+    message = {
+        **anthropic_body(a),
+        "content": [],
+        "stop_reason": None,
+        "usage": {"input_tokens": a.prompt_tokens, "output_tokens": 1},
+    }
     yield _sse({"type": "message_start", "message": message}, "message_start"), False
     block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
     yield _sse(block, "content_block_start"), False
@@ -328,16 +408,26 @@ def anthropic_stream(a: Answer) -> Iterator[Frame]:
         delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}
         yield _sse(delta, "content_block_delta"), True
     yield _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"), False
-    end = {"type": "message_delta", "delta": {"stop_reason": _anthropic_stop(a), "stop_sequence": None},
-           "usage": {"output_tokens": a.completion_tokens}}
+    end = {
+        "type": "message_delta",
+        "delta": {"stop_reason": _anthropic_stop(a), "stop_sequence": None},
+        "usage": {"output_tokens": a.completion_tokens},
+    }
     yield _sse(end, "message_delta"), False
     yield _sse({"type": "message_stop"}, "message_stop"), False
 
 
 # ------------------------------------------------------------------------------------- responses
 
-def error_response(status: int, message: str, anthropic: bool, openai_type: str = "invalid_request_error",
-                   code: str | None = None, anthropic_type: str = "invalid_request_error") -> web.Response:
+
+def error_response(
+    status: int,
+    message: str,
+    anthropic: bool,
+    openai_type: str = "invalid_request_error",
+    code: str | None = None,
+    anthropic_type: str = "invalid_request_error",
+) -> web.Response:
     if anthropic:
         body: dict[str, Any] = {"type": "error", "error": {"type": anthropic_type, "message": message}}
     else:
@@ -349,8 +439,10 @@ def error_response(status: int, message: str, anthropic: bool, openai_type: str 
 def fault_response(fault: str, anthropic: bool, key: str = "") -> web.Response:
     status, openai_type, code, anthropic_type, message = _ERRORS[fault]
     if fault == "401" and key:
-        message = (f"Incorrect API key provided: {key}. "
-                   "You can find your API key at https://platform.openai.com/account/api-keys.")
+        message = (
+            f"Incorrect API key provided: {key}. "
+            "You can find your API key at https://platform.openai.com/account/api-keys."
+        )
     return error_response(status, message, anthropic, openai_type, code, anthropic_type)
 
 
@@ -361,12 +453,14 @@ def drop_connection(request: web.Request) -> web.Response:
     return web.Response()
 
 
-async def send_stream(request: web.Request, frames: Iterator[Frame], d: Directives,
-                      truncate: bool) -> web.StreamResponse:
+async def send_stream(
+    request: web.Request, frames: Iterator[Frame], d: Directives, truncate: bool
+) -> web.StreamResponse:
     frames_list = list(frames)
     cut_after = min(2, sum(has_text for _, has_text in frames_list)) if truncate else -1
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
-                                           "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
     delay, sent = d.ttft_ms, 0
     for frame, has_text in frames_list:
@@ -394,6 +488,7 @@ async def send_json(request: web.Request, body: dict[str, Any], truncate: bool) 
 
 # ------------------------------------------------------------------------------------- the server
 
+
 class FakeUpstream:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -403,8 +498,12 @@ class FakeUpstream:
 
     def app(self) -> web.Application:
         app = web.Application()
-        for route, kind in (("chat/completions", "chat"), ("completions", "completions"),
-                            ("embeddings", "embeddings"), ("messages", "messages")):
+        for route, kind in (
+            ("chat/completions", "chat"),
+            ("completions", "completions"),
+            ("embeddings", "embeddings"),
+            ("messages", "messages"),
+        ):
             app.router.add_post(f"/v1/{route}", self._handler(kind))
             if kind != "messages":
                 app.router.add_post(f"/openai/deployments/{{deployment}}/{route}", self._handler(kind))
@@ -425,6 +524,7 @@ class FakeUpstream:
                 raise
             finally:
                 self.inflight.discard(task)
+
         return handler
 
     async def health(self, request: web.Request) -> web.Response:
@@ -442,8 +542,9 @@ class FakeUpstream:
         anthropic = kind == "messages"
         deployment = request.match_info.get("deployment")
         if deployment and "api-version" not in request.query:
-            return error_response(404, "Resource not found: the api-version query parameter is missing.",
-                                  anthropic, code="404")
+            return error_response(
+                404, "Resource not found: the api-version query parameter is missing.", anthropic, code="404"
+            )
         try:
             body = await request.json()
         except ValueError as e:
@@ -497,41 +598,69 @@ def embeddings_body(body: dict[str, Any], model: str, texts: list[str]) -> dict[
             vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": i, "embedding": vector})
     tokens = sum(count_tokens(t) for t in texts)
-    return {"object": "list", "data": data, "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 # ------------------------------------------------------------------------------------- command line
 
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(prog="fake_upstream", description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default=env("FAKE_LLM_HOST", "127.0.0.1"),
-                   help="bind address, or several comma-separated (FAKE_LLM_HOST)")
-    p.add_argument("--port", type=int, default=int(env("FAKE_LLM_PORT", "9000")),
-                   help="port; 0 picks a free one (FAKE_LLM_PORT)")
-    p.add_argument("--latency-ms", type=float, default=float(env("FAKE_LLM_LATENCY_MS", "0")),
-                   help="delay before every response (FAKE_LLM_LATENCY_MS)")
-    p.add_argument("--ttft-ms", type=float, default=float(env("FAKE_LLM_TTFT_MS", "0")),
-                   help="further delay before the first reply text (FAKE_LLM_TTFT_MS)")
-    p.add_argument("--chunk-delay-ms", type=float, default=float(env("FAKE_LLM_CHUNK_DELAY_MS", "0")),
-                   help="delay between streamed text chunks (FAKE_LLM_CHUNK_DELAY_MS)")
-    p.add_argument("--fault-rate", type=float, default=float(env("FAKE_LLM_FAULT_RATE", "0")),
-                   help="share of requests, 0..1, that get --fault at random (FAKE_LLM_FAULT_RATE)")
-    p.add_argument("--fault", choices=FAULTS, default=env("FAKE_LLM_FAULT", "500"),
-                   help="the fault that --fault-rate injects (FAKE_LLM_FAULT)")
-    p.add_argument("--seed", type=int, default=int(env("FAKE_LLM_SEED", "0")),
-                   help="random seed for --fault-rate (FAKE_LLM_SEED)")
+    p.add_argument(
+        "--host",
+        default=env("FAKE_LLM_HOST", "127.0.0.1"),
+        help="bind address, or several comma-separated (FAKE_LLM_HOST)",
+    )
+    p.add_argument(
+        "--port", type=int, default=int(env("FAKE_LLM_PORT", "9000")), help="port; 0 picks a free one (FAKE_LLM_PORT)"
+    )
+    p.add_argument(
+        "--latency-ms",
+        type=float,
+        default=float(env("FAKE_LLM_LATENCY_MS", "0")),
+        help="delay before every response (FAKE_LLM_LATENCY_MS)",
+    )
+    p.add_argument(
+        "--ttft-ms",
+        type=float,
+        default=float(env("FAKE_LLM_TTFT_MS", "0")),
+        help="further delay before the first reply text (FAKE_LLM_TTFT_MS)",
+    )
+    p.add_argument(
+        "--chunk-delay-ms",
+        type=float,
+        default=float(env("FAKE_LLM_CHUNK_DELAY_MS", "0")),
+        help="delay between streamed text chunks (FAKE_LLM_CHUNK_DELAY_MS)",
+    )
+    p.add_argument(
+        "--fault-rate",
+        type=float,
+        default=float(env("FAKE_LLM_FAULT_RATE", "0")),
+        help="share of requests, 0..1, that get --fault at random (FAKE_LLM_FAULT_RATE)",
+    )
+    p.add_argument(
+        "--fault",
+        choices=FAULTS,
+        default=env("FAKE_LLM_FAULT", "500"),
+        help="the fault that --fault-rate injects (FAKE_LLM_FAULT)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=int(env("FAKE_LLM_SEED", "0")), help="random seed for --fault-rate (FAKE_LLM_SEED)"
+    )
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     return p.parse_args(argv)
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings = Settings(args.latency_ms, args.ttft_ms, args.chunk_delay_ms, args.fault_rate, args.fault,
-                        args.seed)
+    settings = Settings(args.latency_ms, args.ttft_ms, args.chunk_delay_ms, args.fault_rate, args.fault, args.seed)
     upstream = FakeUpstream(settings)
-    runner = web.AppRunner(upstream.app(), handler_cancellation=True, shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
-                           **({} if args.access_log else {"access_log": None}))
+    runner = web.AppRunner(
+        upstream.app(),
+        handler_cancellation=True,
+        shutdown_timeout=SHUTDOWN_GRACE_SECONDS,
+        **({} if args.access_log else {"access_log": None}),
+    )
     await runner.setup()
     try:
         for host in args.host.split(","):
@@ -568,10 +697,13 @@ def main(argv: list[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             runner.run(serve(args))
     except OSError as e:
-        print(f"fake_upstream: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}"
-              " — pick another --port or stop what holds it", file=sys.stderr)
-        return 1
-    return 0
+        print(
+            f"fake_upstream: error: cannot listen on {args.host}:{args.port}: {e.strerror or e}"
+            " — pick another --port or stop what holds it",
+            file=sys.stderr,
+        )
+        return ExitStatus.FAILED
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

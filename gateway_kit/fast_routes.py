@@ -60,13 +60,21 @@ class FastRoute:
             d.request_param_name is not None
             and len(d.body_params) == 1
             and not (d.path_params or d.query_params or d.header_params or d.cookie_params or d.dependencies)
-            and not (d.websocket_param_name or d.http_connection_param_name or d.response_param_name
-                     or d.background_tasks_param_name or d.security_scopes_param_name)
+            and not (
+                d.websocket_param_name
+                or d.http_connection_param_name
+                or d.response_param_name
+                or d.background_tasks_param_name
+                or d.security_scopes_param_name
+            )
             and getattr(route, "_embed_body_fields", True) is False
             and isinstance(route.response_class, DefaultPlaceholder)
-            and route.response_model_include is None and route.response_model_exclude is None
-            and route.response_model_by_alias and not route.response_model_exclude_unset
-            and not route.response_model_exclude_defaults and not route.response_model_exclude_none
+            and route.response_model_include is None
+            and route.response_model_exclude is None
+            and route.response_model_by_alias
+            and not route.response_model_exclude_unset
+            and not route.response_model_exclude_defaults
+            and not route.response_model_exclude_none
             and getattr(route, "stream_item_field", None) is None
             and inspect.iscoroutinefunction(d.call)
         )
@@ -102,8 +110,12 @@ class FastRoutes:
 
     async def __call__(self, scope, receive, send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if (route is None or scope["method"] != "POST" or scope.get("fastapi.telemetry") is not None
-                or not _json_content(scope["headers"])):
+        if (
+            route is None
+            or scope["method"] != "POST"
+            or scope.get("fastapi.telemetry") is not None
+            or not _json_content(scope["headers"])
+        ):
             return await self.router_app(scope, receive, send)
         body = await read_body(receive)
         if body is None:  # the client went away mid-body: the router meets the same disconnect
@@ -162,8 +174,11 @@ _EXCLUDE_NONE = {"exclude_none": True}
 
 def _without_none(value):
     if isinstance(value, dict):
-        return {k: _without_none(v) for k, v in value.items()
-                if v is not None and not (isinstance(k, str) and k.startswith("_sa"))}
+        return {
+            k: _without_none(v)
+            for k, v in value.items()
+            if v is not None and not (isinstance(k, str) and k.startswith("_sa"))
+        }
     if isinstance(value, list):
         return [_without_none(v) for v in value]
     return value

@@ -1,6 +1,6 @@
 """gunicorn settings, all from the environment (defaults in docs/architecture.md).
 
-    gunicorn -c python:gateway_kit.gunicorn_conf     # what entrypoint.sh runs
+gunicorn -c python:gateway_kit.gunicorn_conf     # what entrypoint.sh runs
 """
 
 import os

@@ -41,6 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway_kit import launcher
+from gateway_kit.exit_status import ExitStatus
 
 log = logging.getLogger("gateway_kit.keys")
 
@@ -76,12 +77,15 @@ def read_entries(path: Path) -> list[dict]:
     try:
         data = json.loads(text) if text.strip() else {"keys": []}
         entries = data["keys"]
-        if not isinstance(entries, list) or not all(isinstance(e, dict) and "sha256" in e and "client" in e
-                                                    for e in entries):
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict) and "sha256" in e and "client" in e for e in entries
+        ):
             raise ValueError
     except (ValueError, KeyError, TypeError):
-        raise KeysFileError(f"{path}: not a gateway keys file (JSON with a `keys` list); "
-                            "restore it from a backup or remove it and add the keys again") from None
+        raise KeysFileError(
+            f"{path}: not a gateway keys file (JSON with a `keys` list); "
+            "restore it from a backup or remove it and add the keys again"
+        ) from None
     return entries
 
 
@@ -108,8 +112,12 @@ class KeyStore:
         except FileNotFoundError:
             stamp = None
         except OSError as e:
-            log.error("keys: cannot read %s (%s) — keeping the %d key(s) loaded before", self.path, e.strerror,
-                      len(self.clients))
+            log.error(
+                "keys: cannot read %s (%s) — keeping the %d key(s) loaded before",
+                self.path,
+                e.strerror,
+                len(self.clients),
+            )
             return
         if stamp == self._stamp and not force:
             return
@@ -121,11 +129,18 @@ class KeyStore:
         self._stamp = stamp
         self.clients = {e["sha256"]: e["client"] for e in entries}
         if stamp is None:
-            log.warning("keys: %s does not exist: every request is refused with 401 until a key is added "
-                        "(scripts/gateway_keys.sh add <client>)", self.path)
+            log.warning(
+                "keys: %s does not exist: every request is refused with 401 until a key is added "
+                "(scripts/gateway_keys.sh add <client>)",
+                self.path,
+            )
         else:
-            log.info("keys: %d key(s) for %d client(s) loaded from %s", len(self.clients),
-                     len(set(self.clients.values())), self.path)
+            log.info(
+                "keys: %d key(s) for %d client(s) loaded from %s",
+                len(self.clients),
+                len(set(self.clients.values())),
+                self.path,
+            )
 
     def client_of(self, key: str) -> str | None:
         self.refresh()
@@ -191,18 +206,34 @@ class ClientKeys:
 
 async def _unauthorized(send, key_sent: bool) -> None:
     if key_sent:
-        kind, message = "invalid_gateway_key", (
-            "this gateway key is not known or was revoked — ask the gateway's operators for a key "
-            "(scripts/gateway_keys.sh add <client>) and send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
+        kind, message = (
+            "invalid_gateway_key",
+            (
+                "this gateway key is not known or was revoked — ask the gateway's operators for a key "
+                "(scripts/gateway_keys.sh add <client>) and send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
+            ),
+        )
     else:
-        kind, message = "gateway_key_required", (
-            "this gateway needs a client key: send 'Authorization: Bearer <key>' (the OpenAI client's api_key) "
-            "or 'x-api-key: <key>'; operators create keys with scripts/gateway_keys.sh add <client>. "
-            "Provider keys (sk-...) are not accepted here")
+        kind, message = (
+            "gateway_key_required",
+            (
+                "this gateway needs a client key: send 'Authorization: Bearer <key>' (the OpenAI client's api_key) "
+                "or 'x-api-key: <key>'; operators create keys with scripts/gateway_keys.sh add <client>. "
+                "Provider keys (sk-...) are not accepted here"
+            ),
+        )
     payload = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    await send({"type": "http.response.start", "status": 401, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-        (b"www-authenticate", b'Bearer realm="gateway"')]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"www-authenticate", b'Bearer realm="gateway"'),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -232,9 +263,11 @@ def auth_problem(config: dict, demo_key: str) -> str | None:
     except ValueError as e:
         return f"{e} — leave it unset (auto) or set on"
     if mode == "off" and not demo_only(config, demo_key):
-        return ("GATEWAY_AUTH=off is only allowed in demo mode (every endpoint on the fake upstream), and this "
-                "replica has real provider keys — create client keys with scripts/gateway_keys.sh add <client> "
-                f"and remove GATEWAY_AUTH from {launcher.current().settings_at}")
+        return (
+            "GATEWAY_AUTH=off is only allowed in demo mode (every endpoint on the fake upstream), and this "
+            "replica has real provider keys — create client keys with scripts/gateway_keys.sh add <client> "
+            f"and remove GATEWAY_AUTH from {launcher.current().settings_at}"
+        )
     return None
 
 
@@ -278,8 +311,11 @@ def add(path: Path, client: str) -> str:
 def revoke(path: Path, client: str, prefix: str | None = None) -> int:
     with _locked(path):
         entries = read_entries(path)
-        kept = [e for e in entries
-                if not (e["client"] == client and (prefix is None or e.get("prefix", "").startswith(prefix)))]
+        kept = [
+            e
+            for e in entries
+            if not (e["client"] == client and (prefix is None or e.get("prefix", "").startswith(prefix)))
+        ]
         if len(kept) != len(entries):
             _write(path, kept)
     return len(entries) - len(kept)
@@ -289,14 +325,19 @@ def client_name(value: str) -> str:
     if not VALID_CLIENT.match(value):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a client name: 1 to 64 of letters, digits, '.', '_' and '-', starting with a letter "
-            "or digit (it appears in usage records and limits)")
+            "or digit (it appears in usage records and limits)"
+        )
     return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/gateway_keys.sh", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--file", type=Path, default=None,
-                        help="the keys file (default: $GATEWAY_KEYS_FILE, else keys/keys.json in the kit)")
+    parser.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help="the keys file (default: $GATEWAY_KEYS_FILE, else keys/keys.json in the kit)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="add|list|revoke")
     p_add = commands.add_parser("add", help="create a key for a client and print it once")
     p_add.add_argument("client", type=client_name, help="the client's name (team-search, ci-bot ...)")
@@ -312,14 +353,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "add":
             key = add(path, args.client)
             print(f"{prog}: added a key for client {args.client!r} to {path}", file=sys.stderr)
-            print(f"{prog}: this is the only time it is shown; give it to the client "
-                  "(OpenAI clients: api_key=..., others: 'Authorization: Bearer <key>'):", file=sys.stderr)
+            print(
+                f"{prog}: this is the only time it is shown; give it to the client "
+                "(OpenAI clients: api_key=..., others: 'Authorization: Bearer <key>'):",
+                file=sys.stderr,
+            )
             print(key)
-            return 0
+            return ExitStatus.OK
         if args.command == "list":
             entries = read_entries(path)
-            shown = [{"client": e["client"], "created": e.get("created"), "prefix": e.get("prefix", "?") + "..."}
-                     for e in entries]
+            shown = [
+                {"client": e["client"], "created": e.get("created"), "prefix": e.get("prefix", "?") + "..."}
+                for e in entries
+            ]
             if args.json:
                 print(json.dumps(shown, indent=2, sort_keys=True))
             elif not shown:
@@ -329,19 +375,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'client':<{width}}  {'created':<20}  key")
                 for e in shown:
                     print(f"{e['client']:<{width}}  {e['created'] or '?':<20}  {e['prefix']}")
-            return 0
+            return ExitStatus.OK
         removed = revoke(path, args.client, args.prefix)
         if not removed:
             what = f"key {args.prefix}... of client" if args.prefix else "key for client"
-            print(f"{prog}: error: no {what} {args.client!r} in {path} — see: scripts/gateway_keys.sh list",
-                  file=sys.stderr)
-            return 1
-        print(f"{prog}: revoked {removed} key(s) of client {args.client!r}; every replica refuses them within "
-              "about a second", file=sys.stderr)
-        return 0
+            print(
+                f"{prog}: error: no {what} {args.client!r} in {path} — see: scripts/gateway_keys.sh list",
+                file=sys.stderr,
+            )
+            return ExitStatus.FAILED
+        print(
+            f"{prog}: revoked {removed} key(s) of client {args.client!r}; every replica refuses them within "
+            "about a second",
+            file=sys.stderr,
+        )
+        return ExitStatus.OK
     except (KeysFileError, OSError) as e:
         print(f"{prog}: error: {e} — check the path (--file) and its permissions", file=sys.stderr)
-        return 2
+        return ExitStatus.USAGE
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ BY_HAND = Launcher(
     keys_at="the environment entrypoint.sh runs in, or NAME_FILE=<file holding the key>",
     restart="entrypoint.sh",
     demo="GATEWAY_DEMO_UPSTREAM=<URL of python -m gateway_kit.fake_upstream> entrypoint.sh",
-    redis_check="redis-cli -u \"$GATEWAY_REDIS_URL\" ping",
+    redis_check='redis-cli -u "$GATEWAY_REDIS_URL" ping',
 )
 _BY_NAME = {launcher.name: launcher for launcher in (DOCKER, LOCAL_STACK)}
 

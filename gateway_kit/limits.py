@@ -133,8 +133,9 @@ class LimitsConfig:
 
     @property
     def empty(self) -> bool:
-        return not (self.endpoints or self.client != ClientLimit() or any(
-            c != ClientLimit() for c in self.clients.values()))
+        return not (
+            self.endpoints or self.client != ClientLimit() or any(c != ClientLimit() for c in self.clients.values())
+        )
 
     def for_client(self, client: str) -> ClientLimit:
         return self.clients.get(client, self.client)
@@ -150,8 +151,11 @@ def parse_window(block: Any, where: tuple) -> Window:
     try:
         seconds = parse(f"{calls}/{period}").get_expiry()
     except (ValueError, TypeError):
-        raise LimitsConfigError((*where, "renewal_period"), f"renewal_period {period!r} is not a period: "
-                                "use second, minute, hour or day, optionally with a count (10 minutes)") from None
+        raise LimitsConfigError(
+            (*where, "renewal_period"),
+            f"renewal_period {period!r} is not a period: "
+            "use second, minute, hour or day, optionally with a count (10 minutes)",
+        ) from None
     return Window(calls, int(seconds), str(period))
 
 
@@ -160,8 +164,11 @@ def _endpoint_limit(block: Any, where: tuple) -> EndpointLimit:
         raise LimitsConfigError(where, "must be a mapping: {calls: N, renewal_period: minute, key: client}")
     key = block.get("key")
     if key not in (None, "endpoint", "client", "user"):
-        raise LimitsConfigError((*where, "key"), f"key {key!r} is not supported: use `client` (each client counted "
-                                "on its own) or leave it out (every client together)")
+        raise LimitsConfigError(
+            (*where, "key"),
+            f"key {key!r} is not supported: use `client` (each client counted "
+            "on its own) or leave it out (every client together)",
+        )
     return EndpointLimit(parse_window(block, where), per_client=key in ("client", "user"))
 
 
@@ -186,14 +193,17 @@ def _client_limit(block: Any, where: tuple, base: ClientLimit | None = None) -> 
     if "tokens_per_minute" in block:
         tpm = block["tokens_per_minute"]
         if tpm is not None and (isinstance(tpm, bool) or not isinstance(tpm, int) or tpm < 1):
-            raise LimitsConfigError((*where, "tokens_per_minute"),
-                                    f"tokens_per_minute must be a whole number of at least 1 (or null), got {tpm!r}")
+            raise LimitsConfigError(
+                (*where, "tokens_per_minute"),
+                f"tokens_per_minute must be a whole number of at least 1 (or null), got {tpm!r}",
+            )
     usd = base.usd_per_day
     if "usd_per_day" in block:
         usd = block["usd_per_day"]
         if usd is not None and (isinstance(usd, bool) or not isinstance(usd, (int, float)) or usd <= 0):
-            raise LimitsConfigError((*where, "usd_per_day"),
-                                    f"usd_per_day must be a number above 0 (or null), got {usd!r}")
+            raise LimitsConfigError(
+                (*where, "usd_per_day"), f"usd_per_day must be a number above 0 (or null), got {usd!r}"
+            )
         usd = None if usd is None else float(usd)
     return ClientLimit(calls, tpm, usd)
 
@@ -213,8 +223,10 @@ def read_config(config: dict) -> LimitsConfig:
     clients_block = top.get("clients") or {}
     if not isinstance(clients_block, dict):
         raise LimitsConfigError(("limits", "clients"), "clients must map client names to their limits")
-    clients = {str(name): _client_limit(block, ("limits", "clients", name), base=client)
-               for name, block in clients_block.items()}
+    clients = {
+        str(name): _client_limit(block, ("limits", "clients", name), base=client)
+        for name, block in clients_block.items()
+    }
     endpoints: dict[str, EndpointLimit] = {}
     for section in ("endpoints", "routes"):
         for index, item in enumerate(config.get(section) or []):
@@ -257,22 +269,77 @@ def rules_for(config: LimitsConfig, endpoint: str | None, client: str) -> list[R
     if own:
         w = own.window
         if own.per_client:
-            rules.append(Rule("endpoint_per_client", f"{_PREFIX}calls:endpoint:{endpoint}:client:{client}:{w.seconds}",
-                              "c", w.calls, w.seconds, w.period, "requests", endpoint, client))
+            rules.append(
+                Rule(
+                    "endpoint_per_client",
+                    f"{_PREFIX}calls:endpoint:{endpoint}:client:{client}:{w.seconds}",
+                    "c",
+                    w.calls,
+                    w.seconds,
+                    w.period,
+                    "requests",
+                    endpoint,
+                    client,
+                )
+            )
         else:
-            rules.append(Rule("endpoint", f"{_PREFIX}calls:endpoint:{endpoint}:{w.seconds}",
-                              "c", w.calls, w.seconds, w.period, "requests", endpoint, None))
+            rules.append(
+                Rule(
+                    "endpoint",
+                    f"{_PREFIX}calls:endpoint:{endpoint}:{w.seconds}",
+                    "c",
+                    w.calls,
+                    w.seconds,
+                    w.period,
+                    "requests",
+                    endpoint,
+                    None,
+                )
+            )
     mine = config.for_client(client)
     if mine.calls:
         w = mine.calls
-        rules.append(Rule("client_calls", f"{_PREFIX}calls:client:{client}:{w.seconds}",
-                          "c", w.calls, w.seconds, w.period, "requests", None, client))
+        rules.append(
+            Rule(
+                "client_calls",
+                f"{_PREFIX}calls:client:{client}:{w.seconds}",
+                "c",
+                w.calls,
+                w.seconds,
+                w.period,
+                "requests",
+                None,
+                client,
+            )
+        )
     if mine.tokens_per_minute:
-        rules.append(Rule("client_tokens_per_minute", tokens_key(client), "q", mine.tokens_per_minute, 60,
-                          "minute", "tokens", None, client))
+        rules.append(
+            Rule(
+                "client_tokens_per_minute",
+                tokens_key(client),
+                "q",
+                mine.tokens_per_minute,
+                60,
+                "minute",
+                "tokens",
+                None,
+                client,
+            )
+        )
     if mine.usd_per_day:
-        rules.append(Rule("client_usd_per_day", f"{_PREFIX}usd:client:{client}:", "q", mine.usd_per_day, _DAY,
-                          "day (UTC)", "USD", None, client))
+        rules.append(
+            Rule(
+                "client_usd_per_day",
+                f"{_PREFIX}usd:client:{client}:",
+                "q",
+                mine.usd_per_day,
+                _DAY,
+                "day (UTC)",
+                "USD",
+                None,
+                client,
+            )
+        )
     return rules
 
 
@@ -308,13 +375,29 @@ def refusal(rule: Rule, used: float, remaining_ms: int, now: float) -> tuple[int
     who = f"client {rule.client!r}" if rule.client else "all clients together"
     where = f" on endpoint {rule.endpoint!r}" if rule.endpoint else ""
     value = f"{rule.limit:g} USD" if rule.unit == "USD" else f"{int(rule.limit)} {rule.unit}"
-    message = (f"{who} reached the limit of {value} per {rule.period}{where} ({rule.name}); "
-               f"it resets at {iso(resets)}, retry after {retry} s")
+    message = (
+        f"{who} reached the limit of {value} per {rule.period}{where} ({rule.name}); "
+        f"it resets at {iso(resets)}, retry after {retry} s"
+    )
     used_value = round(used, 9) if rule.unit == "USD" else int(used)
-    body = {"error": {"type": kind, "message": message, "limit": {
-        "name": rule.name, "endpoint": rule.endpoint, "client": rule.client, "value": rule.limit,
-        "unit": rule.unit, "window": rule.period, "window_seconds": rule.seconds, "used": used_value,
-        "resets_at": iso(resets), "retry_after_seconds": retry}}}
+    body = {
+        "error": {
+            "type": kind,
+            "message": message,
+            "limit": {
+                "name": rule.name,
+                "endpoint": rule.endpoint,
+                "client": rule.client,
+                "value": rule.limit,
+                "unit": rule.unit,
+                "window": rule.period,
+                "window_seconds": rule.seconds,
+                "used": used_value,
+                "resets_at": iso(resets),
+                "retry_after_seconds": retry,
+            },
+        }
+    }
     return retry, body
 
 
@@ -360,11 +443,17 @@ class Limiter:
         now = time.monotonic()
         if now - self._last_log >= _DOWN_LOG_EVERY:
             why = error if isinstance(error, str) else type(error).__name__ if error else "unreachable"
-            effect = ("requests are served WITHOUT limits" if self.policy == "open"
-                      else "requests are refused with 503")
-            log.error("limits: Redis at %s does not answer (%s) — %s (GATEWAY_LIMITS_ON_REDIS_DOWN=%s); "
-                      "%d request(s) unchecked since the last such line; check Redis: %s",
-                      self.where, why, effect, self.policy, self._unenforced_since_log, self.redis_check)
+            effect = "requests are served WITHOUT limits" if self.policy == "open" else "requests are refused with 503"
+            log.error(
+                "limits: Redis at %s does not answer (%s) — %s (GATEWAY_LIMITS_ON_REDIS_DOWN=%s); "
+                "%d request(s) unchecked since the last such line; check Redis: %s",
+                self.where,
+                why,
+                effect,
+                self.policy,
+                self._unenforced_since_log,
+                self.redis_check,
+            )
             self._last_log = now
             self._unenforced_since_log = 0
 
@@ -403,8 +492,10 @@ class Limiter:
         try:
             record = self.redis.script(RECORD_SCRIPT)
             async with asyncio.timeout(self.timeout * 3):
-                await record(keys=[tokens_key(client), usd_key(client, now)],
-                             args=[int(tokens), 60000, f"{usd:.12f}", int(next_utc_midnight(now)) + _DAY])
+                await record(
+                    keys=[tokens_key(client), usd_key(client, now)],
+                    args=[int(tokens), 60000, f"{usd:.12f}", int(next_utc_midnight(now)) + _DAY],
+                )
         except Exception as e:  # noqa: BLE001 - any Redis trouble is the documented policy, never the request's
             self.failed(e)
 
@@ -418,8 +509,11 @@ def _counter():
     existing = REGISTRY._names_to_collectors.get("gateway_limits_unenforced_total")  # a second app in one process
     if existing is not None:
         return existing
-    return Counter("gateway_limits_unenforced", "Requests whose limits could not be checked because Redis did "
-                   "not answer", ["policy"])
+    return Counter(
+        "gateway_limits_unenforced",
+        "Requests whose limits could not be checked because Redis did not answer",
+        ["policy"],
+    )
 
 
 # ---------------------------------------------------------------------------------------------- middleware
@@ -462,21 +556,37 @@ class Limits:
                 count = metrics.budget_rejected if rule.unit == "USD" else metrics.rate_limited
                 count(rule.name, endpoint, client)
                 retry, body = refusal(rule, used, remaining, now)
-                return await self._refuse(scope, send, 429, body, [(b"retry-after", str(retry).encode())],
-                                          f"{body['error']['type']}:{rule.name}", now, client)
+                return await self._refuse(
+                    scope,
+                    send,
+                    429,
+                    body,
+                    [(b"retry-after", str(retry).encode())],
+                    f"{body['error']['type']}:{rule.name}",
+                    now,
+                    client,
+                )
         else:
             self.limiter.note_unenforced("down" if self.limiter.redis_url else "GATEWAY_REDIS_URL is not set")
         if self.limiter.policy == "closed":
-            body = {"error": {"type": "limits_unavailable", "message": (
-                f"the gateway cannot check its limits: Redis at {self.limiter.where} does not answer, and "
-                "GATEWAY_LIMITS_ON_REDIS_DOWN=closed refuses requests until it does — retry shortly; "
-                f"operators: check Redis ({self.limiter.redis_check})")}}
-            return await self._refuse(scope, send, 503, body, [(b"retry-after", b"5")], "limits_unavailable",
-                                      now, client)
+            body = {
+                "error": {
+                    "type": "limits_unavailable",
+                    "message": (
+                        f"the gateway cannot check its limits: Redis at {self.limiter.where} does not answer, and "
+                        "GATEWAY_LIMITS_ON_REDIS_DOWN=closed refuses requests until it does — retry shortly; "
+                        f"operators: check Redis ({self.limiter.redis_check})"
+                    ),
+                }
+            }
+            return await self._refuse(
+                scope, send, 503, body, [(b"retry-after", b"5")], "limits_unavailable", now, client
+            )
         await self.app(scope, receive, _with_header(send, (b"x-gateway-limits", b"unenforced")))
 
-    async def _refuse(self, scope, send, status: int, body: dict, headers: list, reason: str, started: float,
-                      client: str) -> None:
+    async def _refuse(
+        self, scope, send, status: int, body: dict, headers: list, reason: str, started: float, client: str
+    ) -> None:
         try:
             await _json(send, status, body, headers)
         finally:
@@ -495,8 +605,17 @@ def _with_header(send, header: tuple[bytes, bytes]):
 
 async def _json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]]) -> None:
     payload = json.dumps(body).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -517,6 +636,9 @@ def limiter_from(config: dict) -> Limiter | None:
         return None
     limiter = Limiter(limits, link_from_env(), policy_from_env())
     if limiter.redis is None:
-        log.error("limits: config.yaml sets limits but GATEWAY_REDIS_URL is not set — limits are not enforced "
-                  "(GATEWAY_LIMITS_ON_REDIS_DOWN=%s); set it to the Redis every replica shares", limiter.policy)
+        log.error(
+            "limits: config.yaml sets limits but GATEWAY_REDIS_URL is not set — limits are not enforced "
+            "(GATEWAY_LIMITS_ON_REDIS_DOWN=%s); set it to the Redis every replica shares",
+            limiter.policy,
+        )
     return limiter

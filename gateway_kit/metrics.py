@@ -56,8 +56,10 @@ UNKNOWN = "unknown"  # an endpoint name that is not in config.yaml (or none at a
 OTHER = "other"  # a route the gateway does not serve; a value past a label's bound
 ANONYMOUS = "anonymous"  # a request without X-Gateway-Client
 V1_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-INVOCATION_ROUTES = (("/gateway/", "/gateway/{endpoint}/invocations"),
-                     ("/endpoints/", "/endpoints/{endpoint}/invocations"))
+INVOCATION_ROUTES = (
+    ("/gateway/", "/gateway/{endpoint}/invocations"),
+    ("/endpoints/", "/endpoints/{endpoint}/invocations"),
+)
 BREAKER_STATES = ("closed", "open", "half_open")
 TOKEN_KINDS = ("prompt", "completion", "cached", "reasoning")
 # LLM calls take from 100 ms (embeddings) to minutes (long answers): buckets up to the 300 s worker timeout.
@@ -95,8 +97,16 @@ class Bounded:
     distinct values matching `pattern` pass (per process) and the rest become `fallback`; a missing value
     becomes `missing`."""
 
-    def __init__(self, name: str, *, allowed: Iterable[str] | None = None, limit: int = 100,
-                 pattern: re.Pattern = _FREE_VALUE, fallback: str = OTHER, missing: str = UNKNOWN) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        allowed: Iterable[str] | None = None,
+        limit: int = 100,
+        pattern: re.Pattern = _FREE_VALUE,
+        fallback: str = OTHER,
+        missing: str = UNKNOWN,
+    ) -> None:
         self.name = name
         self.fixed = allowed is not None
         self.seen: set[str] = set(allowed or ())
@@ -113,8 +123,12 @@ class Bounded:
         if len(self.seen) >= self.limit:
             if not self.warned:
                 self.warned = True
-                log.warning("metrics: more than %d distinct %s values in this worker; the rest are counted "
-                            "as %r", self.limit, self.name, self.fallback)
+                log.warning(
+                    "metrics: more than %d distinct %s values in this worker; the rest are counted as %r",
+                    self.limit,
+                    self.name,
+                    self.fallback,
+                )
             return self.fallback
         self.seen.add(value)
         return value
@@ -233,8 +247,9 @@ def _version() -> str:
 class Metrics:
     """Every metric of one gateway process, and the usage-record sink that feeds most of them."""
 
-    def __init__(self, config: dict, replica: str, registry=None, ledgers: Iterable = (),
-                 flush_seconds: float = 1.0) -> None:
+    def __init__(
+        self, config: dict, replica: str, registry=None, ledgers: Iterable = (), flush_seconds: float = 1.0
+    ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -264,48 +279,72 @@ class Metrics:
             return Children(metric) if labels else metric
 
         self.requests = counter(
-            "gateway_requests", "Requests that reached the gateway's endpoints.",
-            ["endpoint", "route", "status_class", "client"])
+            "gateway_requests",
+            "Requests that reached the gateway's endpoints.",
+            ["endpoint", "route", "status_class", "client"],
+        )
         self.duration = histogram(
-            "gateway_request_duration_seconds", "Request arrival to last byte sent (streams: whole stream).",
-            ["endpoint", "stream"], DURATION_BUCKETS)
+            "gateway_request_duration_seconds",
+            "Request arrival to last byte sent (streams: whole stream).",
+            ["endpoint", "stream"],
+            DURATION_BUCKETS,
+        )
         self.ttft = histogram(
-            "gateway_time_to_first_token_seconds", "Streams: request arrival to first byte sent.",
-            ["endpoint"], TTFT_BUCKETS)
+            "gateway_time_to_first_token_seconds",
+            "Streams: request arrival to first byte sent.",
+            ["endpoint"],
+            TTFT_BUCKETS,
+        )
         self.tokens = counter(
-            "gateway_tokens", "Tokens as the provider reported them; cached is part of prompt, reasoning of "
-            "completion.", ["endpoint", "model", "client", "kind"])
+            "gateway_tokens",
+            "Tokens as the provider reported them; cached is part of prompt, reasoning of completion.",
+            ["endpoint", "model", "client", "kind"],
+        )
         self.cost = counter(
-            "gateway_cost_usd", "Cost in US dollars (genai-prices or pricing.yaml).",
-            ["endpoint", "model", "client"])
+            "gateway_cost_usd", "Cost in US dollars (genai-prices or pricing.yaml).", ["endpoint", "model", "client"]
+        )
         self.unpriced = counter(
-            "gateway_unpriced_requests", "Requests with tokens but no known price.", ["endpoint", "model"])
-        self.ledger_failures = counter(
-            "gateway_ledger_write_failures", "Usage records not written to the ledger.")
-        self.in_flight = gauge(
-            "gateway_requests_in_flight", "Requests being served now.", (), "livesum")
+            "gateway_unpriced_requests", "Requests with tokens but no known price.", ["endpoint", "model"]
+        )
+        self.ledger_failures = counter("gateway_ledger_write_failures", "Usage records not written to the ledger.")
+        self.in_flight = gauge("gateway_requests_in_flight", "Requests being served now.", (), "livesum")
         self.upstream_requests = counter(
-            "gateway_upstream_requests", "Calls to providers, by HTTP status (error: no answer).",
-            ["upstream", "status"])
+            "gateway_upstream_requests",
+            "Calls to providers, by HTTP status (error: no answer).",
+            ["upstream", "status"],
+        )
         self.upstream_duration = histogram(
-            "gateway_upstream_duration_seconds", "Provider call: request sent to answer read in full "
-            "(streams: the whole stream).", ["upstream"], DURATION_BUCKETS)
+            "gateway_upstream_duration_seconds",
+            "Provider call: request sent to answer read in full (streams: the whole stream).",
+            ["upstream"],
+            DURATION_BUCKETS,
+        )
         self.rate_limit_rejections = counter(
-            "gateway_rate_limit_rejections", "Requests refused by a rate limit.",
-            ["limit", "endpoint", "client"])
+            "gateway_rate_limit_rejections", "Requests refused by a rate limit.", ["limit", "endpoint", "client"]
+        )
         self.budget_rejections = counter(
-            "gateway_budget_rejections", "Requests refused: a budget is spent.",
-            ["limit", "endpoint", "client"])
+            "gateway_budget_rejections", "Requests refused: a budget is spent.", ["limit", "endpoint", "client"]
+        )
         self.fallbacks = counter(
-            "gateway_fallbacks", "Requests served by a fallback endpoint.", ["endpoint", "to", "reason"])
+            "gateway_fallbacks", "Requests served by a fallback endpoint.", ["endpoint", "to", "reason"]
+        )
         self.breaker_transitions = counter(
-            "gateway_circuit_breaker_transitions", "Circuit breaker changes, as each worker sees them.",
-            ["upstream", "model", "state"])
+            "gateway_circuit_breaker_transitions",
+            "Circuit breaker changes, as each worker sees them.",
+            ["upstream", "model", "state"],
+        )
         self.breaker_open = gauge(
-            "gateway_circuit_breaker_open", "1 while a worker sees the circuit breaker of the upstream's model "
-            "open.", ["upstream", "model"], "livemax")
-        build = gauge("gateway_build_info", "Always 1; the labels say what runs.",
-                      ["version", "mlflow_version", "python_version", "replica"], "livemax")
+            "gateway_circuit_breaker_open",
+            "1 while a worker sees the circuit breaker of the upstream's model open.",
+            ["upstream", "model"],
+            "livemax",
+        )
+        build = gauge(
+            "gateway_build_info",
+            "Always 1; the labels say what runs.",
+            ["version", "mlflow_version", "python_version", "replica"],
+            "livemax",
+        )
         build[_version(), _mlflow_version(), platform.python_version(), replica].set(1)
         self.batch = Batch(flush_seconds, self.in_flight, self.count_ledger_failures if self.ledgers else None)
 
@@ -320,8 +359,10 @@ class Metrics:
             batch.observe(self.ttft[endpoint,], record.ttft_ms / 1000)
         if record.prompt_tokens or record.completion_tokens:
             model = self.model(record.model)
-            for kind, count in zip(TOKEN_KINDS, (record.prompt_tokens, record.completion_tokens,
-                                                 record.cached_tokens, record.reasoning_tokens)):
+            for kind, count in zip(
+                TOKEN_KINDS,
+                (record.prompt_tokens, record.completion_tokens, record.cached_tokens, record.reasoning_tokens),
+            ):
                 if count:
                     batch.inc(self.tokens[endpoint, model, client, kind], count)
             if record.cost_usd is None:
@@ -479,8 +520,7 @@ def time_provider_calls(m: Metrics) -> bool:
 
     original: Callable | None = getattr(utils, "_aiohttp_post", None)
     if original is None:
-        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are "
-                    "not timed")
+        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
         return False
     if getattr(original, "__gateway_metrics__", False):
         return True

@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 
 from gateway_kit import launcher
+from gateway_kit.exit_status import ExitStatus
 from gateway_kit.secrets import lookup_key, secrets_dir
 
-EX_CONFIG = 78  # sysexits.h: configuration error
 _EXPAND = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEMO_KEY = "demo-fake-upstream-key"
 # What each provider's base URL becomes in demo mode.
@@ -285,8 +285,14 @@ def unknown_keys(config: dict) -> list[tuple[tuple, str]]:
     `limt:` would leave an endpoint without its limit and no word said. The valid keys of each block come
     from the one place that reads it: MLflow's pydantic models (the endpoint, route, model and provider
     config, `limit:`) and the kit's lists (KIT_*_KEYS, gateway_kit.limits, gateway_kit.resilience)."""
-    from mlflow.gateway.config import (EndpointConfig, GatewayConfig, Limit, Model, RouteDestinationConfig,
-                                       TrafficRouteConfig)
+    from mlflow.gateway.config import (
+        EndpointConfig,
+        GatewayConfig,
+        Limit,
+        Model,
+        RouteDestinationConfig,
+        TrafficRouteConfig,
+    )
 
     from gateway_kit.limits import CLIENT_FIELDS, LIMITS_KEYS
     from gateway_kit.resilience import FALLBACK_KEYS, TIMEOUT_KINDS
@@ -363,7 +369,7 @@ def provider_config_type(provider: Any):
 
 
 def unknown_key(key: str, valid: list[str]) -> str:
-    """"unknown key `limt` (did you mean `limit`?); keys here: ..." """
+    """ "unknown key `limt` (did you mean `limit`?); keys here: ..." """
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" (did you mean `{close[0]}`?)" if close else ""
     allowed = f"keys here: {', '.join(valid)}" if valid else "this block takes no keys"
@@ -403,8 +409,11 @@ def settings_problem(config: dict) -> str | None:
     except ValueError as e:
         return f"{e} — set how often each worker writes its metrics, 1 (the default) for once a second"
     if not read_config(config).empty and not os.environ.get("GATEWAY_REDIS_URL"):
-        log("warning", "config.yaml sets limits but GATEWAY_REDIS_URL is not set: they are not enforced "
-            "(docker-compose.prod.yml sets it; see docs/limits-and-keys.md)")
+        log(
+            "warning",
+            "config.yaml sets limits but GATEWAY_REDIS_URL is not set: they are not enforced "
+            "(docker-compose.prod.yml sets it; see docs/limits-and-keys.md)",
+        )
     return None
 
 
@@ -412,7 +421,12 @@ def settings_problem(config: dict) -> str | None:
 # shown to MLflow (see app.mlflow_view).
 KIT_KEYS: tuple[str, ...] = ("limits",)  # top level (gateway_kit.limits)
 # `limit` is MLflow's own block, but MLflow counts it per worker by IP: the kit enforces it (gateway_kit.limits).
-KIT_ENDPOINT_KEYS: tuple[str, ...] = ("limit", "timeouts", "retries", "fallback")  # per endpoint (and gateway_kit.resilience)
+KIT_ENDPOINT_KEYS: tuple[str, ...] = (
+    "limit",
+    "timeouts",
+    "retries",
+    "fallback",
+)  # per endpoint (and gateway_kit.resilience)
 # A traffic route's `limit` (gateway_kit.limits): MLflow's route model has none.
 KIT_ROUTE_KEYS: tuple[str, ...] = ("limit",)
 
@@ -428,7 +442,7 @@ def with_dummy_keys(config: dict) -> dict:
 
 
 def check(path: Path, need_keys: bool = True) -> dict:
-    """The active configuration for `path`; raises ConfigError, or SystemExit(EX_CONFIG).
+    """The active configuration for `path`; raises ConfigError, or SystemExit(ExitStatus.CONFIG).
     need_keys=False checks the file alone: every endpoint is kept, whether its key is set or not."""
     raw, node = load_yaml(path)
     config = expand(raw, dict(os.environ))
@@ -438,7 +452,7 @@ def check(path: Path, need_keys: bool = True) -> dict:
     url = demo_upstream()
     if not url:
         log("error", no_endpoint_message(raw, path))
-        raise SystemExit(EX_CONFIG)
+        raise SystemExit(ExitStatus.CONFIG)
     config = expand(raw, dict(os.environ))
     point_at_demo(config, url)
     log("warning", f"DEMO MODE: no provider key is set; every endpoint answers from the fake upstream {url}")
@@ -449,36 +463,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway_kit.preflight", description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, help="the gateway config (config.yaml)")
     parser.add_argument("--write", type=Path, metavar="OUT", help="write the active config here")
-    parser.add_argument("--variables", action="store_true", help="only list the variables the config reads, "
-                        "one `NAME key` or `NAME value` line each (what scripts/local_stack.sh remembers)")
-    parser.add_argument("--no-keys", action="store_true", help="check config.yaml, pricing.yaml and the GATEWAY_* "
-                        "settings only, whether provider keys are set or not (scripts/deploy.sh, before it starts "
-                        "replicas)")
+    parser.add_argument(
+        "--variables",
+        action="store_true",
+        help="only list the variables the config reads, "
+        "one `NAME key` or `NAME value` line each (what scripts/local_stack.sh remembers)",
+    )
+    parser.add_argument(
+        "--no-keys",
+        action="store_true",
+        help="check config.yaml, pricing.yaml and the GATEWAY_* "
+        "settings only, whether provider keys are set or not (scripts/deploy.sh, before it starts "
+        "replicas)",
+    )
     args = parser.parse_args(argv)
     if args.variables:
         try:
             raw, _ = load_yaml(args.config)
         except ConfigError as e:
             log("error", f"{e} — fix config.yaml and start again")
-            return EX_CONFIG
+            return ExitStatus.CONFIG
         for name, is_key in variables(raw).items():
             print(name, "key" if is_key else "value")
-        return 0
+        return ExitStatus.OK
     try:
         config = check(args.config, need_keys=not args.no_keys)
     except ConfigError as e:
         log("error", f"{e} — fix config.yaml and start again")
-        return EX_CONFIG
+        return ExitStatus.CONFIG
     try:
         from gateway_kit.pricing import PricingFileError, Pricer
 
         Pricer()
     except PricingFileError as e:
         log("error", f"{e} — fix pricing.yaml and start again")
-        return EX_CONFIG
+        return ExitStatus.CONFIG
     if problem := settings_problem(config):
         log("error", problem)
-        return EX_CONFIG
+        return ExitStatus.CONFIG
     names = ", ".join(e["name"] for e in config["endpoints"])
     log("info", f"config valid, endpoints: {names}" if args.no_keys else f"endpoints ready: {names}")
     if args.write:
@@ -486,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.write.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
         os.replace(tmp, args.write)
-    return 0
+    return ExitStatus.OK
 
 
 if __name__ == "__main__":

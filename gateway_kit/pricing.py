@@ -267,7 +267,9 @@ class Pricer:
             if entry is not None:
                 log.warning(
                     "pricing.yaml: %s adjusts the genai-prices price of %r, but genai-prices does not know it; "
-                    "give input_mtok and output_mtok", entry.get("_where", name), model,
+                    "give input_mtok and output_mtok",
+                    entry.get("_where", name),
+                    model,
                 )
             return None
         price, gp_model_id = found
@@ -306,7 +308,8 @@ class Pricer:
                 return _Exact(base.provider, base.model, base.multiplier * multiplier, _via_yaml(base.source))
             log.warning(
                 "pricing.yaml: %s: %s has tiered prices; per-token overrides apply to its base tier",
-                entry.get("_where"), base.model.id,
+                entry.get("_where"),
+                base.model.id,
             )
             base = self._probe(base.provider, base.model, base.source)
             if base is None:
@@ -341,7 +344,9 @@ class Pricer:
                 import genai_prices
                 from genai_prices import data_snapshot
             except ImportError:
-                log.warning("genai-prices is not installed: only pricing.yaml prices are known (pip install genai-prices)")
+                log.warning(
+                    "genai-prices is not installed: only pricing.yaml prices are known (pip install genai-prices)"
+                )
                 self._genai = False
             else:
                 self._genai = data_snapshot
@@ -507,7 +512,12 @@ def _check_section(path: Path, doc: dict[str, Any], section: str) -> dict[str, d
         for key in (*PRICE_KEYS, "multiplier"):
             if key in entry:
                 value = entry[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or not math.isfinite(value)
+                    or value < 0
+                ):
                     raise PricingFileError(f"{where}.{key}: expected a number ≥ 0 (USD per 1M tokens), got {value!r}")
         if "model" in entry and (not isinstance(entry["model"], str) or not entry["model"].strip()):
             raise PricingFileError(f"{where}.model: expected a model name")

@@ -86,15 +86,23 @@ def install(app) -> None:
     add_check("config", endpoints_loaded(app))
     if os.environ.get("GATEWAY_READY_REDIS", "off").strip().lower() not in _OFF:
         url = os.environ.get("GATEWAY_REDIS_URL", "")
-        add_check("redis", redis_ping(url) if url else lambda: (
-            "GATEWAY_READY_REDIS=on but GATEWAY_REDIS_URL is not set — set it, or GATEWAY_READY_REDIS=off"))
+        add_check(
+            "redis",
+            redis_ping(url)
+            if url
+            else lambda: (
+                "GATEWAY_READY_REDIS=on but GATEWAY_REDIS_URL is not set — set it, or GATEWAY_READY_REDIS=off"
+            ),
+        )
 
     def ready():  # a plain def: FastAPI runs it in a thread, so a slow check never blocks requests
         ok, results = run_checks()
         if ok:
             return JSONResponse({"status": "ready", "checks": results})
         message = "; ".join(f"{name}: {what}" for name, what in results.items() if what != "ok")
-        return JSONResponse({"status": "not ready", "checks": results,
-                             "error": {"type": "not_ready", "message": message}}, status_code=503)
+        return JSONResponse(
+            {"status": "not ready", "checks": results, "error": {"type": "not_ready", "message": message}},
+            status_code=503,
+        )
 
     app.add_api_route("/ready", ready, methods=["GET"], include_in_schema=False)

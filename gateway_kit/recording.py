@@ -60,7 +60,7 @@ def value_after(body: bytes, key: bytes, last: bool = False):
     if at < 0:
         return None
     try:
-        return _DECODER.raw_decode(body[at + len(key):].lstrip().decode("utf-8", "replace"))[0]
+        return _DECODER.raw_decode(body[at + len(key) :].lstrip().decode("utf-8", "replace"))[0]
     except ValueError:
         return None
 
@@ -174,11 +174,18 @@ def _deeper_than(value, limit: int) -> bool:
     recursion. A long list without containers (token ids, floats) is passed over at C speed (map(type, ...))."""
     level = [value]
     for _ in range(limit):
-        level = [child for container in level
-                 for child in (container.values() if type(container) is dict
-                               else container if len(container) < 16 or not _CONTAINERS.isdisjoint(map(type, container))
-                               else ())
-                 if type(child) is dict or type(child) is list]
+        level = [
+            child
+            for container in level
+            for child in (
+                container.values()
+                if type(container) is dict
+                else container
+                if len(container) < 16 or not _CONTAINERS.isdisjoint(map(type, container))
+                else ()
+            )
+            if type(child) is dict or type(child) is list
+        ]
         if not level:
             return False
     return True
@@ -220,8 +227,14 @@ def recorded(path: str) -> bool:
 class UsageRecorder:
     """Makes one UsageRecord per request and hands it to each sink (stdout and ledger, metrics, budgets)."""
 
-    def __init__(self, app, endpoints: dict[str, EndpointInfo], replica: str, pricer: Pricer,
-                 sinks: list[Callable[[UsageRecord], None]]) -> None:
+    def __init__(
+        self,
+        app,
+        endpoints: dict[str, EndpointInfo],
+        replica: str,
+        pricer: Pricer,
+        sinks: list[Callable[[UsageRecord], None]],
+    ) -> None:
         self.app = app
         self.endpoints = endpoints
         self.replica = replica
@@ -276,8 +289,9 @@ class UsageRecorder:
             raise
         finally:
             try:
-                self.record(scope, path, bytes(request_body), state, bytes(response), stream_usage, error,
-                            wall, started)
+                self.record(
+                    scope, path, bytes(request_body), state, bytes(response), stream_usage, error, wall, started
+                )
             except Exception:  # accounting must never turn into the request's failure
                 log.exception("usage record for %s could not be made", path)
 

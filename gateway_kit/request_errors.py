@@ -42,8 +42,11 @@ _EXAMPLES = {
     "llm/v1/completions": '{"prompt": "Hello"}',
     "llm/v1/embeddings": '{"input": "Hello"}',
 }
-_V1_TYPES = {"/v1/chat/completions": "llm/v1/chat", "/v1/completions": "llm/v1/completions",
-             "/v1/embeddings": "llm/v1/embeddings"}
+_V1_TYPES = {
+    "/v1/chat/completions": "llm/v1/chat",
+    "/v1/completions": "llm/v1/completions",
+    "/v1/embeddings": "llm/v1/embeddings",
+}
 _INVOCATIONS = re.compile(r"^/(?:gateway|endpoints)/([^/]+)/invocations$")
 _UNION_MEMBER = re.compile(r"\[|^(str|int|float|bool|dict|list|none)$")
 _UNKNOWN_NAME = re.compile(r"Invalid endpoint / route name: '(.*)'$")
@@ -57,8 +60,9 @@ def max_body_bytes() -> int:
     try:
         megabytes = float(value) if value else DEFAULT_MAX_BODY_MB
     except ValueError:
-        raise SystemExit(f"gateway: error: GATEWAY_MAX_BODY_MB={value!r} is not a number — "
-                         f"{fix_setting('GATEWAY_MAX_BODY_MB')}") from None
+        raise SystemExit(
+            f"gateway: error: GATEWAY_MAX_BODY_MB={value!r} is not a number — {fix_setting('GATEWAY_MAX_BODY_MB')}"
+        ) from None
     return int(megabytes * 1024 * 1024)
 
 
@@ -79,8 +83,10 @@ class BodyLimit:
     def __init__(self, app, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.message = (f"request body over the {max_bytes / 1048576:g} MB limit (GATEWAY_MAX_BODY_MB) — "
-                        "send a smaller body, or raise GATEWAY_MAX_BODY_MB and nginx's client_max_body_size together")
+        self.message = (
+            f"request body over the {max_bytes / 1048576:g} MB limit (GATEWAY_MAX_BODY_MB) — "
+            "send a smaller body, or raise GATEWAY_MAX_BODY_MB and nginx's client_max_body_size together"
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -142,15 +148,21 @@ def add_request_error_handlers(app) -> None:
         first = errors[0] if errors else {}
         if first.get("type") == "json_invalid":
             reason = (first.get("ctx") or {}).get("error", "invalid JSON")
-            return error_response(400, "invalid_json", f"the request body is not valid JSON ({reason} at "
-                                  f"character {first['loc'][-1]}) — {what_to_send}")
+            return error_response(
+                400,
+                "invalid_json",
+                f"the request body is not valid JSON ({reason} at character {first['loc'][-1]}) — {what_to_send}",
+            )
         if first.get("loc") == ("body",) and first.get("type") == "missing":
             return error_response(400, "empty_body", f"the request has no body — {what_to_send}")
         content_type = request.headers.get("content-type", "")
         if first.get("loc") == ("body",) and "json" not in content_type.lower():
-            return error_response(415, "unsupported_media_type",
-                                  f"the body must be JSON sent with Content-Type: application/json (got "
-                                  f"{content_type[:60] or 'no Content-Type'}) — {what_to_send}")
+            return error_response(
+                415,
+                "unsupported_media_type",
+                f"the body must be JSON sent with Content-Type: application/json (got "
+                f"{content_type[:60] or 'no Content-Type'}) — {what_to_send}",
+            )
         return error_response(422, "invalid_request", f"{describe_fields(errors)} — {what_to_send}")
 
     async def http_error(request, exc: HTTPException):
@@ -158,18 +170,30 @@ def add_request_error_handlers(app) -> None:
             return error_response(404, "not_found", not_found_message(request.url.path, endpoint_names()))
         if exc.status_code == 405 and exc.detail == "Method Not Allowed":
             allowed = (exc.headers or {}).get("Allow", "POST")
-            return error_response(405, "method_not_allowed", f"{request.method} is not allowed on "
-                                  f"{request.url.path} — use {allowed}", exc.headers)
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed on {request.url.path} — use {allowed}",
+                exc.headers,
+            )
         if exc.status_code == 413:
             return error_response(413, "request_too_large", str(exc.detail))
         if exc.status_code == 400 and exc.detail == _FASTAPI_UNREADABLE_BODY:
             if isinstance(exc.__cause__, RecursionError):  # FastAPI's own parse, on a route the kit does not know
                 return await too_deep(request, exc)
-            return error_response(400, "invalid_json", "the request body could not be read as JSON (is it "
-                                  "UTF-8?) — send a UTF-8 JSON object with Content-Type: application/json")
+            return error_response(
+                400,
+                "invalid_json",
+                "the request body could not be read as JSON (is it "
+                "UTF-8?) — send a UTF-8 JSON object with Content-Type: application/json",
+            )
         if exc.status_code == 400 and _WRONG_KIND.match(str(exc.detail)):
-            return error_response(400, "invalid_request", f"{str(exc.detail).rstrip('.')} — 'model' must name an "
-                                  f"endpoint of the kind {request.url.path} serves (endpoints: {endpoint_names()})")
+            return error_response(
+                400,
+                "invalid_request",
+                f"{str(exc.detail).rstrip('.')} — 'model' must name an "
+                f"endpoint of the kind {request.url.path} serves (endpoints: {endpoint_names()})",
+            )
         if isinstance(exc.__context__, AIGatewayException):  # raised by MLflow's translate_http_exception
             return await mlflow_refusal(request, exc.__context__)
         # Providers' errors passed on by MLflow: MLflow's shape, minus any key.
@@ -182,19 +206,30 @@ def add_request_error_handlers(app) -> None:
         return detail_response(exc.status_code, detail)
 
     async def too_deep(request, exc: Exception):
-        return error_response(400, "invalid_json", f"the request body is nested too deeply: the gateway reads JSON "
-                              f"objects and arrays nested at most {MAX_JSON_DEPTH} levels — send a flatter body")
+        return error_response(
+            400,
+            "invalid_json",
+            f"the request body is nested too deeply: the gateway reads JSON "
+            f"objects and arrays nested at most {MAX_JSON_DEPTH} levels — send a flatter body",
+        )
 
     async def mlflow_error(request, exc: MlflowException):
         status = exc.get_http_status_code()
         unknown = _UNKNOWN_NAME.search(exc.message)
         if unknown and unknown.group(1) == "None":
             example = example_for(request.url.path) or '{"model": "<endpoint>", ...}'
-            return error_response(400, "invalid_request", f"'model' is required on {request.url.path}: it names "
-                                  f"the gateway endpoint (one of: {endpoint_names()}) — send e.g. {example}")
+            return error_response(
+                400,
+                "invalid_request",
+                f"'model' is required on {request.url.path}: it names "
+                f"the gateway endpoint (one of: {endpoint_names()}) — send e.g. {example}",
+            )
         if unknown:
-            return error_response(404, "not_found", f"no endpoint named '{unknown.group(1)[:100]}' — 'model' "
-                                  f"must be one of: {endpoint_names()}")
+            return error_response(
+                404,
+                "not_found",
+                f"no endpoint named '{unknown.group(1)[:100]}' — 'model' must be one of: {endpoint_names()}",
+            )
         if status >= 500:
             return await gateway_error(request, exc)
         return error_response(status, "invalid_request", redact(exc.message))
@@ -206,21 +241,33 @@ def add_request_error_handlers(app) -> None:
         are not JSON, an unpaired surrogate in a string): 400. After, from the provider's answer: 502.
         """
         if "surrogates not allowed" in str(exc):  # the client's string, even when the provider echoed it
-            return error_response(400, "invalid_json", "a string in the body holds an unpaired UTF-16 surrogate "
-                                  "(like \\ud800) — send valid Unicode text")
+            return error_response(
+                400,
+                "invalid_json",
+                "a string in the body holds an unpaired UTF-16 surrogate (like \\ud800) — send valid Unicode text",
+            )
         if provider_was_called():
-            return error_response(502, "upstream_bad_response",
-                                  f"the provider's answer could not be read ({type(exc).__name__})")
+            return error_response(
+                502, "upstream_bad_response", f"the provider's answer could not be read ({type(exc).__name__})"
+            )
         where = innermost_frame(exc)
         log.warning("bad request %s %s: %s at %s", request.method, request.url.path, type(exc).__name__, where)
-        return error_response(400, "invalid_request", f"the request could not be turned into a provider request "
-                              f"({type(exc).__name__}: {redact(str(exc))[:200]}) — check nested fields such as "
-                              "tool_calls (arguments must be a JSON string, each call needs an id) and content parts")
+        return error_response(
+            400,
+            "invalid_request",
+            f"the request could not be turned into a provider request "
+            f"({type(exc).__name__}: {redact(str(exc))[:200]}) — check nested fields such as "
+            "tool_calls (arguments must be a JSON string, each call needs an id) and content parts",
+        )
 
     async def gateway_error(request, exc: Exception):
         request_id = (request.scope.get("state") or {}).get("request_id", "")
-        return error_response(500, "gateway_error", f"the gateway failed on this request (request id "
-                              f"{request_id}) — the replica's log has the details; retry, and report it if it stays")
+        return error_response(
+            500,
+            "gateway_error",
+            f"the gateway failed on this request (request id "
+            f"{request_id}) — the replica's log has the details; retry, and report it if it stays",
+        )
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
@@ -259,11 +306,15 @@ def describe_fields(errors: list[dict]) -> str:
 def not_found_message(path: str, names: str) -> str:
     match = _INVOCATIONS.match(path)
     if match:
-        return (f"no endpoint named '{match.group(1)[:100]}' (or it was disabled: its provider key is missing) — "
-                f"endpoints here: {names}")
-    return (f"no such path {path[:200]} — the gateway serves POST /gateway/<endpoint>/invocations, "
-            "/endpoints/<endpoint>/invocations, /v1/chat/completions, /v1/completions, /v1/embeddings "
-            f"(endpoints: {names}) and GET /health")
+        return (
+            f"no endpoint named '{match.group(1)[:100]}' (or it was disabled: its provider key is missing) — "
+            f"endpoints here: {names}"
+        )
+    return (
+        f"no such path {path[:200]} — the gateway serves POST /gateway/<endpoint>/invocations, "
+        "/endpoints/<endpoint>/invocations, /v1/chat/completions, /v1/completions, /v1/embeddings "
+        f"(endpoints: {names}) and GET /health"
+    )
 
 
 def detail_response(status: int, detail, headers: dict | None = None):

@@ -96,8 +96,7 @@ class Settings:
             retries=int(_env_number(env, "GATEWAY_UPSTREAM_RETRIES", d.retries, whole=True)),
             backoff=_env_number(env, "GATEWAY_UPSTREAM_BACKOFF", d.backoff),
             max_wait=_env_number(env, "GATEWAY_UPSTREAM_RETRY_MAX_WAIT", d.max_wait),
-            circuit_failures=int(_env_number(env, "GATEWAY_CIRCUIT_FAILURES", d.circuit_failures,
-                                             whole=True)),
+            circuit_failures=int(_env_number(env, "GATEWAY_CIRCUIT_FAILURES", d.circuit_failures, whole=True)),
             circuit_reset=_env_number(env, "GATEWAY_CIRCUIT_RESET", d.circuit_reset),
         )
 
@@ -136,8 +135,12 @@ def policies(config: Mapping[str, Any], settings: Settings) -> dict[str, Policy]
         chain = [chain] if isinstance(chain, str) else list(chain)
         missing = [n for n in chain if n not in names]
         if missing:
-            log.warning("endpoint %r: fallback %s not served (disabled at start); using %s", endpoint["name"],
-                        ", ".join(map(repr, missing)), ", ".join(n for n in chain if n in names) or "none")
+            log.warning(
+                "endpoint %r: fallback %s not served (disabled at start); using %s",
+                endpoint["name"],
+                ", ".join(map(repr, missing)),
+                ", ".join(n for n in chain if n in names) or "none",
+            )
         out[endpoint["name"]] = replace(
             default,
             connect=float(timeouts.get("connect", default.connect)),
@@ -171,22 +174,32 @@ def config_problems(config: Mapping[str, Any]) -> list[tuple[tuple, str]]:
         timeouts = endpoint.get("timeouts")
         if timeouts is not None:
             if not isinstance(timeouts, dict):
-                problems.append(((*at, "timeouts"), "timeouts must be a mapping of seconds, for example "
-                                 "{connect: 5, first_byte: 60, total: 300}"))
+                problems.append(
+                    (
+                        (*at, "timeouts"),
+                        "timeouts must be a mapping of seconds, for example {connect: 5, first_byte: 60, total: 300}",
+                    )
+                )
             else:
                 for kind, value in timeouts.items():
                     if kind in TIMEOUT_KINDS and not _is_seconds(value):  # other keys: preflight.unknown_keys
-                        problems.append(((*at, "timeouts", kind), f"timeouts.{kind}: {value!r} is not a "
-                                         "number of seconds above 0"))
+                        problems.append(
+                            ((*at, "timeouts", kind), f"timeouts.{kind}: {value!r} is not a number of seconds above 0")
+                        )
                 first, total = timeouts.get("first_byte"), timeouts.get("total")
                 if _is_seconds(first) and _is_seconds(total) and first > total:
-                    problems.append(((*at, "timeouts", "first_byte"), f"timeouts.first_byte ({first}) is "
-                                     f"longer than timeouts.total ({total}); it can never apply"))
+                    problems.append(
+                        (
+                            (*at, "timeouts", "first_byte"),
+                            f"timeouts.first_byte ({first}) is "
+                            f"longer than timeouts.total ({total}); it can never apply",
+                        )
+                    )
         retries = endpoint.get("retries")
-        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
-                                    or not 0 <= retries <= MAX_RETRIES):
-            problems.append(((*at, "retries"), f"retries: {retries!r} is not a whole number from 0 to "
-                             f"{MAX_RETRIES}"))
+        if retries is not None and (
+            isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
+        ):
+            problems.append(((*at, "retries"), f"retries: {retries!r} is not a whole number from 0 to {MAX_RETRIES}"))
         fallback = endpoint.get("fallback")
         if fallback is not None:
             problems.extend(_fallback_problems(fallback, (*at, "fallback"), name, endpoint, types))
@@ -201,8 +214,12 @@ def _fallback_problems(fallback: Any, at: tuple, name: Any, endpoint: dict, type
     targets = fallback.get("to")
     targets = [targets] if isinstance(targets, str) else targets
     if not isinstance(targets, list) or not targets:
-        problems.append(((*at, "to") if "to" in fallback else at,
-                         f"fallback.to must name one endpoint or a list of them, {example}"))
+        problems.append(
+            (
+                (*at, "to") if "to" in fallback else at,
+                f"fallback.to must name one endpoint or a list of them, {example}",
+            )
+        )
         targets = []
     for i, target in enumerate(targets):
         where = (*at, "to", i) if isinstance(fallback.get("to"), list) else (*at, "to")
@@ -212,8 +229,13 @@ def _fallback_problems(fallback: Any, at: tuple, name: Any, endpoint: dict, type
             known = ", ".join(str(n) for n in types if n != name)
             problems.append((where, f"fallback.to: no endpoint named {target!r} (endpoints: {known})"))
         elif types[target] != endpoint.get("endpoint_type"):
-            problems.append((where, f"fallback.to: {target!r} is {types[target]}, not "
-                             f"{endpoint.get('endpoint_type')} like this endpoint"))
+            problems.append(
+                (
+                    where,
+                    f"fallback.to: {target!r} is {types[target]}, not "
+                    f"{endpoint.get('endpoint_type')} like this endpoint",
+                )
+            )
         elif targets.index(target) != i:
             problems.append((where, f"fallback.to: {target!r} is listed twice"))
     after = fallback.get("after_s")
@@ -223,8 +245,12 @@ def _fallback_problems(fallback: Any, at: tuple, name: Any, endpoint: dict, type
     if race is not None and not isinstance(race, bool):
         problems.append(((*at, "race"), f"fallback.race: {race!r} is not true or false"))
     elif race and after is None:
-        problems.append(((*at, "race"), "fallback.race needs fallback.after_s: how long the primary runs "
-                         "alone before the fallback starts too"))
+        problems.append(
+            (
+                (*at, "race"),
+                "fallback.race needs fallback.after_s: how long the primary runs alone before the fallback starts too",
+            )
+        )
     return problems
 
 
@@ -236,8 +262,11 @@ class UpstreamTimeout(asyncio.TimeoutError):
 
     def __init__(self, kind: str, seconds: float, endpoint: str | None) -> None:
         self.kind, self.seconds, self.endpoint = kind, seconds, endpoint
-        what = {"connect": "could not be connected to", "first_byte": "sent nothing",
-                "total": "did not finish its answer"}[kind]
+        what = {
+            "connect": "could not be connected to",
+            "first_byte": "sent nothing",
+            "total": "did not finish its answer",
+        }[kind]
         where = f"endpoint {endpoint!r}: " if endpoint else ""
         super().__init__(f"{where}the provider {what} within {seconds:g} s (timeouts.{kind})")
 
@@ -250,7 +279,8 @@ class CircuitOpenError(Exception):
         model = f" for model {name.model}" if name.model else ""
         super().__init__(
             f"the provider {name.url} failed {failures} times in a row{model}; the gateway stops calling it "
-            f"and tries again in {math.ceil(self.retry_in)} s (circuit breaker)")
+            f"and tries again in {math.ceil(self.retry_in)} s (circuit breaker)"
+        )
 
 
 # ---------------------------------------------------------------- circuit breaker
@@ -318,8 +348,9 @@ class Circuit:
 
     __slots__ = ("name", "threshold", "reset_s", "state", "failures", "opened_at", "probing", "clock")
 
-    def __init__(self, name: CircuitName, threshold: int, reset_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, name: CircuitName, threshold: int, reset_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.name, self.threshold, self.reset_s, self.clock = name, threshold, reset_s, clock
         self.state, self.failures, self.opened_at, self.probing = CLOSED, 0, 0.0, False
 
@@ -364,8 +395,12 @@ class Circuit:
     def _move(self, state: str) -> None:
         old, self.state = self.state, state
         if state == OPEN:
-            log.warning("provider %s: circuit open after %d failure(s) in a row (this worker); calls fail fast "
-                        "for %g s", self.name, self.failures, self.reset_s)
+            log.warning(
+                "provider %s: circuit open after %d failure(s) in a row (this worker); calls fail fast for %g s",
+                self.name,
+                self.failures,
+                self.reset_s,
+            )
         elif state == CLOSED:
             log.info("provider %s: circuit closed (this worker)", self.name)
         _call_hooks(CIRCUIT_HOOKS, self.name, old, state)
@@ -408,11 +443,25 @@ class Breaker:
     Without Redis, and while Redis does not answer, this worker's own Circuit decides; its state is dropped as
     soon as Redis answers again."""
 
-    __slots__ = ("name", "threshold", "reset_s", "redis", "clock", "local", "keys", "state", "failures",
-                 "open_until", "read_at", "probe_busy", "reading")
+    __slots__ = (
+        "name",
+        "threshold",
+        "reset_s",
+        "redis",
+        "clock",
+        "local",
+        "keys",
+        "state",
+        "failures",
+        "open_until",
+        "read_at",
+        "probe_busy",
+        "reading",
+    )
 
-    def __init__(self, name: CircuitName, threshold: int, reset_s: float, redis=None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, name: CircuitName, threshold: int, reset_s: float, redis=None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.name, self.threshold, self.reset_s, self.redis, self.clock = name, threshold, reset_s, redis, clock
         self.local = Circuit(name, threshold, reset_s, clock)
         self.keys = (name.key + "open", name.key + "failures", name.key + "probe")
@@ -433,8 +482,7 @@ class Breaker:
         if self.state == OPEN and now < self.open_until:
             raise CircuitOpenError(self.name, self.open_until - now, self.failures)
         if not self.probe_busy:  # half-open: one call in the whole deployment is the probe
-            took = await self._redis(lambda r: r.client().set(self.keys[2], b"1", px=self._ms(self.reset_s),
-                                                              nx=True))
+            took = await self._redis(lambda r: r.client().set(self.keys[2], b"1", px=self._ms(self.reset_s), nx=True))
             if took is _FAILED:
                 return LOCAL_PROBE if self.local.before_call() else LOCAL
             self._see(HALF_OPEN)
@@ -474,8 +522,12 @@ class Breaker:
             return
         failures, remaining, opened = (int(v) for v in found)
         if opened:
-            log.warning("provider %s: circuit open for every worker after %d failure(s) in a row; calls fail fast "
-                        "for %g s", self.name, failures, self.reset_s)
+            log.warning(
+                "provider %s: circuit open for every worker after %d failure(s) in a row; calls fail fast for %g s",
+                self.name,
+                failures,
+                self.reset_s,
+            )
         self._learn(now, failures, remaining)
 
     # ---- Redis
@@ -511,9 +563,13 @@ class Breaker:
             global _last_down_log
             if self.clock() - _last_down_log >= 10:
                 _last_down_log = self.clock()
-                log.error("circuit breakers: Redis at %s does not answer (%s) — each worker decides with its own "
-                          "breakers until it does; check Redis: %s", redis.where, type(e).__name__,
-                          launcher.current().redis_check)
+                log.error(
+                    "circuit breakers: Redis at %s does not answer (%s) — each worker decides with its own "
+                    "breakers until it does; check Redis: %s",
+                    redis.where,
+                    type(e).__name__,
+                    launcher.current().redis_check,
+                )
             return _FAILED
 
     def _learn(self, now: float, failures: int, remaining_ms: int) -> None:
@@ -567,9 +623,17 @@ def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None) -> Brea
 # ---------------------------------------------------------------- retries
 
 
-def retry_wait(status: int, headers: Mapping[str, str], body: bytes, retry: int, policy: Policy,
-               remaining: float, *, clock: Callable[[], float] = time.time,
-               uniform: Callable[[float, float], float] = random.uniform) -> float | None:
+def retry_wait(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    retry: int,
+    policy: Policy,
+    remaining: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    uniform: Callable[[float, float], float] = random.uniform,
+) -> float | None:
     """Seconds to wait before retrying an answer with this status, or None: do not retry.
 
     Retry-After (seconds or an HTTP date) or retry-after-ms is honoured when it is at most policy.max_wait;
@@ -665,21 +729,27 @@ def error_for(exc: BaseException) -> tuple[str, tuple[int, list, bytes]]:
             return f"timeout_{exc.kind}", _error(504, "upstream_timeout", str(exc))
         if isinstance(exc, HTTPException):
             detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-            return f"http_{exc.status_code}", _error(exc.status_code, "upstream_error",
-                                                     f"the provider answered {exc.status_code}: {detail}")
+            return f"http_{exc.status_code}", _error(
+                exc.status_code, "upstream_error", f"the provider answered {exc.status_code}: {detail}"
+            )
         if isinstance(exc, asyncio.TimeoutError):
             return "timeout", _error(504, "upstream_timeout", "the provider did not answer in time")
         if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError, ValueError)):
-            return "bad_response", _error(502, "upstream_bad_response",
-                                          f"the provider's answer could not be read ({type(exc).__name__})")
+            return "bad_response", _error(
+                502, "upstream_bad_response", f"the provider's answer could not be read ({type(exc).__name__})"
+            )
         if isinstance(exc, aiohttp.ClientConnectionError):
-            return "unreachable", _error(502, "upstream_unreachable", "the provider could not be reached or "
-                                         f"closed the connection ({type(exc).__name__})")
+            return "unreachable", _error(
+                502,
+                "upstream_unreachable",
+                f"the provider could not be reached or closed the connection ({type(exc).__name__})",
+            )
         if exc.__cause__ is None:
             break
         exc, seen = exc.__cause__, seen + 1
-    return f"error_{type(exc).__name__}", _error(502, "upstream_error",
-                                                 f"the provider call failed ({type(exc).__name__})")
+    return f"error_{type(exc).__name__}", _error(
+        502, "upstream_error", f"the provider call failed ({type(exc).__name__})"
+    )
 
 
 def _retryable(status: int) -> bool:
@@ -729,8 +799,9 @@ class _Try:
         if not body and more:
             return
         if not body and self._is_stream():  # a stream that ended before its first event
-            self.fail("empty_stream", _error(502, "upstream_bad_response",
-                                             "the provider's stream ended before any answer"))
+            self.fail(
+                "empty_stream", _error(502, "upstream_bad_response", "the provider's stream ended before any answer")
+            )
             return
         if not self.gate(self):
             raise asyncio.CancelledError  # another try has answered first
@@ -740,8 +811,10 @@ class _Try:
         await self.client_send(message)
 
     def _is_stream(self) -> bool:
-        return any(k == b"content-type" and v.startswith(b"text/event-stream")
-                   for k, v in (self.start or {}).get("headers", ()))
+        return any(
+            k == b"content-type" and v.startswith(b"text/event-stream")
+            for k, v in (self.start or {}).get("headers", ())
+        )
 
     async def run(self, app) -> None:
         """Run the app for this try (its own task when several may run); raises only CancelledError."""
@@ -767,12 +840,16 @@ class _Try:
         if not self._is_stream():
             raise exc
         reason, (_, _, body) = error_for(exc)
-        log.warning("endpoint %r: the provider's stream broke after it started (%s); "
-                    "ended with an error event", self.name, reason)
+        log.warning(
+            "endpoint %r: the provider's stream broke after it started (%s); ended with an error event",
+            self.name,
+            reason,
+        )
         self.scope.setdefault("state", {})["stream_error"] = reason
         try:
-            await self.client_send({"type": "http.response.body", "body": b"data: " + body + b"\n\n",
-                                    "more_body": False})
+            await self.client_send(
+                {"type": "http.response.body", "body": b"data: " + body + b"\n\n", "more_body": False}
+            )
         except Exception:  # noqa: BLE001 - the client may be gone too
             pass
 
@@ -806,8 +883,9 @@ class Fallback:
                 return await self.app(scope, receive, send)
         policy = self.policies.get(name) or self.default
         if not policy.fallback:
-            one = _Try(name, policy, scope, replay_body(body, receive) if body is not None else receive, send,
-                       lambda t: True)
+            one = _Try(
+                name, policy, scope, replay_body(body, receive) if body is not None else receive, send, lambda t: True
+            )
             await one.run(self.app)
             if one.state == "failed":
                 await one.answer_failure()
@@ -835,9 +913,14 @@ class Fallback:
             return True
 
         def start(endpoint: str) -> _Try:
-            t = _Try(endpoint, self.policies.get(endpoint) or self.default,
-                     _scope_for(scope, name, endpoint, body),
-                     disconnect.receiver(_body_for(scope, name, endpoint, body)), send, gate)
+            t = _Try(
+                endpoint,
+                self.policies.get(endpoint) or self.default,
+                _scope_for(scope, name, endpoint, body),
+                disconnect.receiver(_body_for(scope, name, endpoint, body)),
+                send,
+                gate,
+            )
             t.task = asyncio.create_task(t.run(self.app))
             tries.append(t)
             return t
@@ -880,9 +963,16 @@ class Fallback:
                 state["served_by"] = last.name if last.name != name else None
                 state["fallback_reason"] = reasons[0] if reasons else None
                 served = last.name if winner and last.state == "committed" else None
-                _call_hooks(FALLBACK_HOOKS, FallbackEvent(state.get("request_id"), name, served,
-                                                          reasons[0] if reasons else "failed",
-                                                          tuple(t.name for t in tries)))
+                _call_hooks(
+                    FALLBACK_HOOKS,
+                    FallbackEvent(
+                        state.get("request_id"),
+                        name,
+                        served,
+                        reasons[0] if reasons else "failed",
+                        tuple(t.name for t in tries),
+                    ),
+                )
             if winner and winner[0].state == "committed":
                 await winner[0].task
             else:
@@ -946,8 +1036,11 @@ def add_error_handlers(app) -> None:
     from fastapi.responses import JSONResponse
 
     async def circuit_open(request, exc: CircuitOpenError):
-        return JSONResponse({"error": {"type": "upstream_circuit_open", "message": str(exc)}},
-                            status_code=503, headers={"Retry-After": str(math.ceil(exc.retry_in))})
+        return JSONResponse(
+            {"error": {"type": "upstream_circuit_open", "message": str(exc)}},
+            status_code=503,
+            headers={"Retry-After": str(math.ceil(exc.retry_in))},
+        )
 
     async def timeout(request, exc: UpstreamTimeout):
         return JSONResponse({"error": {"type": "upstream_timeout", "message": str(exc)}}, status_code=504)
@@ -957,8 +1050,28 @@ def add_error_handlers(app) -> None:
 
 
 __all__ = [
-    "CIRCUIT_HOOKS", "CIRCUIT_PREFIX", "CURRENT", "SHARED_READ_S", "Attempt", "Breaker", "Circuit", "CircuitName",
-    "CircuitOpenError", "FALLBACK_HOOKS", "Fallback", "FallbackEvent", "Policy", "Settings",
-    "UpstreamTimeout", "circuit_for", "circuit_name", "config_problems", "error_for", "outcome", "policies",
-    "retry_wait", "settings", "wrap",
+    "CIRCUIT_HOOKS",
+    "CIRCUIT_PREFIX",
+    "CURRENT",
+    "SHARED_READ_S",
+    "Attempt",
+    "Breaker",
+    "Circuit",
+    "CircuitName",
+    "CircuitOpenError",
+    "FALLBACK_HOOKS",
+    "Fallback",
+    "FallbackEvent",
+    "Policy",
+    "Settings",
+    "UpstreamTimeout",
+    "circuit_for",
+    "circuit_name",
+    "config_problems",
+    "error_for",
+    "outcome",
+    "policies",
+    "retry_wait",
+    "settings",
+    "wrap",
 ]

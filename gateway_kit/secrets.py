@@ -134,8 +134,9 @@ def redact_logs() -> None:
     """Put RedactingFilter on every log handler this process has (gunicorn's, uvicorn's, the kit's, root's)."""
     import logging
 
-    loggers = [logging.getLogger()] + [v for v in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(v, logging.Logger)]
+    loggers = [logging.getLogger()] + [
+        v for v in logging.Logger.manager.loggerDict.values() if isinstance(v, logging.Logger)
+    ]
     for logger in loggers:
         for handler in logger.handlers:
             if not any(isinstance(f, RedactingFilter) for f in handler.filters):

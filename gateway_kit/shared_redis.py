@@ -47,9 +47,13 @@ class RedisLink:
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
-            self._redis = Redis.from_url(self.url, socket_timeout=self.timeout,
-                                         socket_connect_timeout=self.timeout, retry=Retry(NoBackoff(), 1),
-                                         health_check_interval=0)
+            self._redis = Redis.from_url(
+                self.url,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry=Retry(NoBackoff(), 1),
+                health_check_interval=0,
+            )
             self._loop, self._scripts = loop, {}
         return self._redis
 

@@ -83,7 +83,9 @@ def install() -> bool:
     if parameters != EXPECTED_PARAMETERS or not helpers:
         log.warning(
             "mlflow.gateway.providers.utils._aiohttp_post is missing or changed (parameters: %s); "
-            "upstream connections are not shared, each provider call opens its own", parameters)
+            "upstream connections are not shared, each provider call opens its own",
+            parameters,
+        )
         return False
     if getattr(original, "__gateway_kit__", False):
         return True
@@ -93,8 +95,9 @@ def install() -> bool:
 
     stripped, accept_encoding = utils._STRIPPED_HEADERS, utils.SUPPORTED_ACCEPT_ENCODING
 
-    def shared_post(headers: dict[str, str], base_url: str, path: str, payload: dict[str, Any], *,
-                    ssrf_protect: bool = True):
+    def shared_post(
+        headers: dict[str, str], base_url: str, path: str, payload: dict[str, Any], *, ssrf_protect: bool = True
+    ):
         """MLflow's function's contract: an async context manager for the provider's response."""
         if ssrf_protect and upstream_protection_enabled():
             # MLflow's SSRF guard needs its own resolver per call: keep its function (and its errors) for those.
@@ -143,19 +146,20 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
             timeout = aiohttp.ClientTimeout(total=remaining, sock_connect=policy.connect)
             try:
                 async with asyncio.timeout(first_byte):
-                    response = await session.post(url, json=payload, headers=headers, timeout=timeout,
-                                                  allow_redirects=False)
+                    response = await session.post(
+                        url, json=payload, headers=headers, timeout=timeout, allow_redirects=False
+                    )
             except aiohttp.ConnectionTimeoutError as e:
                 raise resilience.UpstreamTimeout("connect", policy.connect, endpoint) from e
             except asyncio.TimeoutError as e:
                 kind = "first_byte" if policy.first_byte <= remaining else "total"
-                raise resilience.UpstreamTimeout(kind, first_byte if kind == "first_byte" else policy.total,
-                                                 endpoint) from e
+                raise resilience.UpstreamTimeout(
+                    kind, first_byte if kind == "first_byte" else policy.total, endpoint
+                ) from e
             if response.status not in resilience.RETRYABLE_STATUSES or retry >= policy.retries:
                 break
             body = await response.read()  # small error body; kept, so MLflow can still read it
-            wait = resilience.retry_wait(response.status, response.headers, body, retry, policy,
-                                         deadline - loop.time())
+            wait = resilience.retry_wait(response.status, response.headers, body, retry, policy, deadline - loop.time())
             if wait is None:
                 break
             response.release()
@@ -163,8 +167,9 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
             await asyncio.sleep(wait)
         if response.content_type == "text/event-stream":
             # The first event too must come within first_byte of sending the request.
-            response.content = _FirstEvent(response.content, max(first_byte_at - loop.time(), 0.001),
-                                           first_byte, endpoint)
+            response.content = _FirstEvent(
+                response.content, max(first_byte_at - loop.time(), 0.001), first_byte, endpoint
+            )
         answered = response
         async with response:
             yield response

@@ -490,7 +490,8 @@ class Ledger:
             if self._last_error:
                 log.warning(
                     "usage ledger: writing to %s again after %d record(s) could not be written",
-                    self._path, self.failures,
+                    self._path,
+                    self.failures,
                 )
                 self._last_error = ""
                 self._unreported = 0
@@ -540,7 +541,10 @@ class Ledger:
                 "usage ledger: cannot write to %s: %s — %d record(s) not written since the last report (%d in all). "
                 "Requests are still served and records still go to stdout (docker logs); "
                 "fix the ledger volume (free space, permissions, mount).",
-                where, self._last_error, self._unreported, self.failures,
+                where,
+                self._last_error,
+                self._unreported,
+                self.failures,
             )
             self._unreported = 0
 

@@ -44,5 +44,6 @@ done
 
 python="${PYTHON:-}"
 [ -n "$python" ] || { [ -x "$repo/.venv/bin/python" ] && python="$repo/.venv/bin/python" || python=python3; }
-# gateway_kit.keys needs only the standard library: any python3 on the host will do.
+# gateway_kit.keys needs only the standard library: any python3 on the host will do, so the kit may not be
+# installed in it (PYTHONPATH: this checkout's gateway_kit).
 PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m gateway_kit.keys "${args[@]}"

@@ -176,7 +176,7 @@ remember_environment() {
     while read -r name kind; do
       names+=("$name")
       if [ "$kind" = key ]; then names+=("${name}_FILE"); fi
-    done < <(env PYTHONPATH="$repo" "$python" -m gateway_kit.preflight "$config" --variables)
+    done < <("$python" -m gateway_kit.preflight "$config" --variables)
     printf '%s\n' "${names[@]}" >"$state/variables"
     rm -f "$state/replica.env"
     for name in "${names[@]}" $(compgen -e | grep '^GATEWAY_' | grep -vx 'GATEWAY_API_KEY\|GATEWAY_URL'); do
@@ -259,7 +259,7 @@ EOF_PORTS
     --listen-address="$dns_ip" --bind-interfaces --port=53 --local-ttl=1 --user="$(id -un)" \
     --pid-file="$state/dnsmasq.pid" --log-facility=-
   if [ -n "$fake" ]; then
-    start fake-upstream env PYTHONPATH="$repo" "$python" -m gateway_kit.fake_upstream --host 127.0.0.1 --port "$fake_port"
+    start fake-upstream "$python" -m gateway_kit.fake_upstream --host 127.0.0.1 --port "$fake_port"
     wait_http fake-upstream "http://127.0.0.1:$fake_port/health"
   fi
   scale_to "$replicas"

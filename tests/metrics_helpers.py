@@ -23,11 +23,22 @@ def exported_sample_names() -> set[str]:
     previous = metrics._active
     try:
         m = metrics.setup(config, "replica-x", registry=CollectorRegistry())
-        request = {"ts": "", "request_id": None, "route": "/v1/chat/completions", "endpoint": "chat",
-                   "status": 200}
-        m(UsageRecord(**request, model="gpt-4o-mini", latency_ms=12.0, ttft_ms=3.0, stream=True,
-                      prompt_tokens=3, completion_tokens=4, cached_tokens=1, reasoning_tokens=1,
-                      client="team-a", cost_usd=0.01))
+        request = {"ts": "", "request_id": None, "route": "/v1/chat/completions", "endpoint": "chat", "status": 200}
+        m(
+            UsageRecord(
+                **request,
+                model="gpt-4o-mini",
+                latency_ms=12.0,
+                ttft_ms=3.0,
+                stream=True,
+                prompt_tokens=3,
+                completion_tokens=4,
+                cached_tokens=1,
+                reasoning_tokens=1,
+                client="team-a",
+                cost_usd=0.01,
+            )
+        )
         m(UsageRecord(**request, model="new-model", prompt_tokens=3, completion_tokens=4, cost_usd=None))
         m.upstream_requests["api.openai.com", "200"].inc()
         m.upstream_duration["api.openai.com",].observe(0.1)
@@ -59,5 +70,9 @@ def dashboard_exprs(dashboard: dict) -> list[tuple[str, str]]:
 
 def as_promql(expr: str) -> str:
     """A dashboard expression with Grafana's variables replaced, as Grafana sends it."""
-    return (expr.replace("$__rate_interval", "1m").replace("$__range", "5m")
-            .replace('"$endpoint"', '".*"').replace('"$client"', '".*"'))
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$__range", "5m")
+        .replace('"$endpoint"', '".*"')
+        .replace('"$client"', '".*"')
+    )

@@ -47,6 +47,7 @@ def find_in_tree(root: Path, secrets: dict[str, str], skip: set[Path] = frozense
                 continue
             for name, needle in needles.items():
                 if needle in data:
-                    found += [Finding(str(path), n, name)
-                              for n, line in enumerate(data.splitlines(), 1) if needle in line]
+                    found += [
+                        Finding(str(path), n, name) for n, line in enumerate(data.splitlines(), 1) if needle in line
+                    ]
     return found

@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import conftest
 import genai_prices
 import pytest
 
+from gateway_kit.cli import costs
 from gateway_kit.usage import UsageRecord, ledger_file_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,11 +33,13 @@ CLI = REPO / "analyze_costs.py"
 SCHEMA = json.loads((REPO / "schemas" / "gateway_results.schema.json").read_text())
 
 
-def genai_usd(model: str, provider: str | None, prompt: int, completion: int, cached: int = 0,
-              reasoning: int = 0) -> float:
+def genai_usd(
+    model: str, provider: str | None, prompt: int, completion: int, cached: int = 0, reasoning: int = 0
+) -> float:
     """The independent price: genai-prices' calc_price, no kit code."""
-    usage = genai_prices.Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion,
-                               output_reasoning_tokens=reasoning)
+    usage = genai_prices.Usage(
+        input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion, output_reasoning_tokens=reasoning
+    )
     return float(genai_prices.calc_price(usage, model, provider_id=provider).total_price)
 
 
@@ -46,15 +48,106 @@ def make_records() -> list[UsageRecord]:
     Half the records carry their cost (as the gateway writes it), half do not (analyze_costs prices them)."""
     specs = [
         # (ts, endpoint, provider, model, status, prompt, completion, cached, reasoning, client, stream, partial)
-        ("2026-11-21T09:15:00.000Z", "chat", "openai", "gpt-4o-mini-2024-07-18", 200, 1200, 300, 1024, 0, "team-a", False, False),
-        ("2026-11-21T09:45:10.250Z", "chat", "openai", "gpt-4o-mini-2024-07-18", 200, 800, 150, 0, 0, "team-b", True, False),
-        ("2026-11-21T10:05:00.000Z", "anthropic-chat", "anthropic", "claude-3-5-haiku-latest", 200, 3000, 500, 2000, 0, "team-a", False, False),
+        (
+            "2026-11-21T09:15:00.000Z",
+            "chat",
+            "openai",
+            "gpt-4o-mini-2024-07-18",
+            200,
+            1200,
+            300,
+            1024,
+            0,
+            "team-a",
+            False,
+            False,
+        ),
+        (
+            "2026-11-21T09:45:10.250Z",
+            "chat",
+            "openai",
+            "gpt-4o-mini-2024-07-18",
+            200,
+            800,
+            150,
+            0,
+            0,
+            "team-b",
+            True,
+            False,
+        ),
+        (
+            "2026-11-21T10:05:00.000Z",
+            "anthropic-chat",
+            "anthropic",
+            "claude-3-5-haiku-latest",
+            200,
+            3000,
+            500,
+            2000,
+            0,
+            "team-a",
+            False,
+            False,
+        ),
         ("2026-11-21T10:30:00.000Z", "azure-chat", "azure", "gpt-4o-mini", 200, 640, 64, 0, 0, None, False, False),
-        ("2026-11-21T23:59:59.999Z", "embeddings", "openai", "text-embedding-3-small", 200, 9000, 0, 0, 0, "search", False, False),
-        ("2026-11-22T00:00:00.000Z", "completions", "openai", "gpt-3.5-turbo-instruct", 200, 400, 120, 0, 0, "team-b", False, False),
+        (
+            "2026-11-21T23:59:59.999Z",
+            "embeddings",
+            "openai",
+            "text-embedding-3-small",
+            200,
+            9000,
+            0,
+            0,
+            0,
+            "search",
+            False,
+            False,
+        ),
+        (
+            "2026-11-22T00:00:00.000Z",
+            "completions",
+            "openai",
+            "gpt-3.5-turbo-instruct",
+            200,
+            400,
+            120,
+            0,
+            0,
+            "team-b",
+            False,
+            False,
+        ),
         ("2026-11-22T08:00:00.000Z", "chat", "openai", "o3-mini", 200, 2000, 3000, 0, 2500, "team-a", False, False),
-        ("2026-11-22T08:30:00.000Z", "chat", "openai", "gpt-4o-mini-2024-07-18", 500, 0, 0, 0, 0, "team-a", False, False),
-        ("2026-11-22T09:00:00.000Z", "chat", "openai", "gpt-4o-mini-2024-07-18", 200, 900, 40, 0, 0, "team-b", True, True),
+        (
+            "2026-11-22T08:30:00.000Z",
+            "chat",
+            "openai",
+            "gpt-4o-mini-2024-07-18",
+            500,
+            0,
+            0,
+            0,
+            0,
+            "team-a",
+            False,
+            False,
+        ),
+        (
+            "2026-11-22T09:00:00.000Z",
+            "chat",
+            "openai",
+            "gpt-4o-mini-2024-07-18",
+            200,
+            900,
+            40,
+            0,
+            0,
+            "team-b",
+            True,
+            True,
+        ),
         ("2026-11-22T09:30:00.000Z", "local", "ollama", "house-llm", 200, 5000, 1000, 0, 0, "team-a", False, False),
         ("2026-11-22T10:00:00.000Z", "local", "ollama", "house-llm", 200, 100, 100, 0, 0, "team-b", False, False),
     ]
@@ -62,21 +155,40 @@ def make_records() -> list[UsageRecord]:
     for n, (ts, endpoint, provider, model, status, p, c, cached, r, client, stream, partial) in enumerate(specs):
         known = model != "house-llm"
         cost = genai_usd(model, provider, p, c, cached, r) if known and n % 2 == 0 else None
-        records.append(UsageRecord(
-            ts=ts, request_id=f"req-{n:03d}", route=f"/gateway/{endpoint}/invocations", endpoint=endpoint,
-            provider=provider, model=model, status=status, latency_ms=100.0 + n, ttft_ms=50.0 if stream else None,
-            stream=stream, partial=partial, prompt_tokens=p, completion_tokens=c, total_tokens=p + c,
-            cached_tokens=cached, reasoning_tokens=r, client=client, replica=f"mlflow-gateway-{1 + n % 2}",
-            cost_usd=cost, price_source="genai-prices 0.2.3" if cost is not None else "unknown",
-            error="upstream_5xx" if status >= 400 else ("client_disconnected" if partial else None),
-        ))
+        records.append(
+            UsageRecord(
+                ts=ts,
+                request_id=f"req-{n:03d}",
+                route=f"/gateway/{endpoint}/invocations",
+                endpoint=endpoint,
+                provider=provider,
+                model=model,
+                status=status,
+                latency_ms=100.0 + n,
+                ttft_ms=50.0 if stream else None,
+                stream=stream,
+                partial=partial,
+                prompt_tokens=p,
+                completion_tokens=c,
+                total_tokens=p + c,
+                cached_tokens=cached,
+                reasoning_tokens=r,
+                client=client,
+                replica=f"mlflow-gateway-{1 + n % 2}",
+                cost_usd=cost,
+                price_source="genai-prices 0.2.3" if cost is not None else "unknown",
+                error="upstream_5xx" if status >= 400 else ("client_disconnected" if partial else None),
+            )
+        )
     return records
 
 
 RECORDS = make_records()
 PRICED = [r for r in RECORDS if r.model != "house-llm"]
-EXPECTED_COST = sum(genai_usd(r.model, r.provider, r.prompt_tokens, r.completion_tokens, r.cached_tokens,
-                              r.reasoning_tokens) for r in PRICED)
+EXPECTED_COST = sum(
+    genai_usd(r.model, r.provider, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.reasoning_tokens)
+    for r in PRICED
+)
 FOREIGN_LINES = [
     "[2026-11-22 10:00:00 +0000] [7] [INFO] Booting worker with pid: 7",
     'INFO:     127.0.0.1:52110 - "POST /gateway/chat/invocations HTTP/1.1" 200 OK',
@@ -118,10 +230,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return conftest.clean_env(**{"GATEWAY_PRICING_FILE": os.devnull, **extra})
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
-        ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(CLI), *args], cwd=cwd, env=env or clean_env(), input=stdin,
-                          capture_output=True, text=True, timeout=120)
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(CLI), *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def report(*args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None) -> dict:
@@ -154,10 +274,20 @@ def refusal_records() -> list[UsageRecord]:
     at = datetime(2026, 11, 22, 11, tzinfo=UTC).timestamp()
     refuse({"path": "/gateway/chat/invocations", "state": {"request_id": "no-key"}}, 401, "gateway_key_required", at)
     refuse({"path": "/v1/chat/completions", "state": {"request_id": "bad-key"}}, 401, "invalid_gateway_key", at)
-    refuse({"path": "/v1/chat/completions", "state": {"request_id": "over", "kit_endpoint": "chat"}}, 429,
-           "rate_limit_exceeded:client_calls", at, client="team-a")
-    refuse({"path": "/gateway/chat/invocations", "state": {"request_id": "no-redis"}}, 503, "limits_unavailable",
-           at, client="team-b")
+    refuse(
+        {"path": "/v1/chat/completions", "state": {"request_id": "over", "kit_endpoint": "chat"}},
+        429,
+        "rate_limit_exceeded:client_calls",
+        at,
+        client="team-a",
+    )
+    refuse(
+        {"path": "/gateway/chat/invocations", "state": {"request_id": "no-redis"}},
+        503,
+        "limits_unavailable",
+        at,
+        client="team-b",
+    )
     return written
 
 
@@ -182,8 +312,10 @@ def test_ledger_totals_equal_an_independent_genai_prices_recomputation(ledger, t
     rep = report("--ledger", str(ledger), cwd=tmp_path)
     assert rep["requests"] == {"total": 11, "ok": 10, "failed": 1, "partial": 1, "refused": 0}
     assert rep["tokens"] == {
-        "prompt": sum(r.prompt_tokens for r in RECORDS), "completion": sum(r.completion_tokens for r in RECORDS),
-        "cached": sum(r.cached_tokens for r in RECORDS), "reasoning": sum(r.reasoning_tokens for r in RECORDS),
+        "prompt": sum(r.prompt_tokens for r in RECORDS),
+        "completion": sum(r.completion_tokens for r in RECORDS),
+        "cached": sum(r.cached_tokens for r in RECORDS),
+        "reasoning": sum(r.reasoning_tokens for r in RECORDS),
         "total": sum(r.total_tokens for r in RECORDS),
     }
     assert rep["cost"]["total_usd"] == pytest.approx(EXPECTED_COST, rel=1e-9)
@@ -205,9 +337,21 @@ def test_the_table_keeps_the_earlier_kits_labels_and_lists_unknown_models_with_h
     result = run("--ledger", str(ledger), cwd=tmp_path)
     assert result.returncode == 0
     out = result.stdout
-    for label in ("Total Requests: 11", "Successful: 10", "Failed: 1", "Total Prompt Tokens:", "Total Cost: $",
-                  "Average Cost per Request: $", "By model", "By endpoint", "By client", "By day",
-                  "Most expensive requests", "Requests", "Unknown prices"):
+    for label in (
+        "Total Requests: 11",
+        "Successful: 10",
+        "Failed: 1",
+        "Total Prompt Tokens:",
+        "Total Cost: $",
+        "Average Cost per Request: $",
+        "By model",
+        "By endpoint",
+        "By client",
+        "By day",
+        "Most expensive requests",
+        "Requests",
+        "Unknown prices",
+    ):
         assert label in out
     assert "house-llm (provider ollama): 2 request(s), 6,200 tokens" in out
     assert "input_mtok:" in out and "output_mtok:" in out
@@ -254,8 +398,10 @@ def test_filters_keep_only_the_requests_asked_for(ledger, tmp_path, flags, expec
 
 def test_what_if_prices_every_request_as_another_model(ledger, tmp_path):
     rep = report("--ledger", str(ledger), "--model", "gpt-4", cwd=tmp_path)
-    expected = sum(genai_usd("gpt-4", None, r.prompt_tokens, r.completion_tokens, r.cached_tokens,
-                             r.reasoning_tokens) for r in RECORDS)
+    expected = sum(
+        genai_usd("gpt-4", None, r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.reasoning_tokens)
+        for r in RECORDS
+    )
     assert rep["cost"]["total_usd"] == pytest.approx(expected, rel=1e-9)
     assert rep["cost"]["priced_as"] == "gpt-4" and rep["unknown_prices"] == []
 
@@ -324,8 +470,10 @@ def test_docker_logs_with_timestamps_and_gateway_log_lines(tmp_path):
     assert rep["cost"]["total_usd"] == pytest.approx(EXPECTED_COST, rel=1e-9)
     assert rep["sources"][0]["foreign"] == 11 and rep["sources"][0]["malformed"] == 0
     assert "malformed" not in result.stderr
-    assert (f"note: log-file {log}: skipped 11 line(s) that are not usage records (other log output): "
-            f"{log}:1, {log}:3, {log}:5, {log}:7, {log}:9 ...") in result.stderr
+    assert (
+        f"note: log-file {log}: skipped 11 line(s) that are not usage records (other log output): "
+        f"{log}:1, {log}:3, {log}:5, {log}:7, {log}:9 ..."
+    ) in result.stderr
 
 
 @pytest.mark.parametrize("timestamps", [True, False])
@@ -360,14 +508,26 @@ def test_malformed_lines_are_skipped_and_reported_with_their_line_numbers(tmp_pa
     ledger.mkdir()
     good = [r.to_json() for r in RECORDS[:3]]
     path = ledger / "usage-r1-2026-11-21.jsonl"
-    path.write_text("\n".join([good[0], good[1][:57], "garbage \x00 line", good[2],
-                               '{"type":"usage","v":1,"ts":"2026-11-21T10:00:00Z","request_id":"bad","prompt_tokens":"many"}',
-                               ""]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                good[0],
+                good[1][:57],
+                "garbage \x00 line",
+                good[2],
+                '{"type":"usage","v":1,"ts":"2026-11-21T10:00:00Z","request_id":"bad","prompt_tokens":"many"}',
+                "",
+            ]
+        )
+        + "\n"
+    )
     result = run("--ledger", str(ledger), cwd=tmp_path)
     assert result.returncode == 0
     assert "Traceback" not in result.stderr
-    assert f"analyze_costs.py: warning: ledger {ledger}: skipped 3 malformed line(s): {path}:2, {path}:3, {path}:5" \
+    assert (
+        f"analyze_costs.py: warning: ledger {ledger}: skipped 3 malformed line(s): {path}:2, {path}:3, {path}:5"
         in result.stderr
+    )
     assert "Total Requests: 2" in result.stdout
 
 
@@ -396,14 +556,39 @@ def test_no_usage_data_says_so_and_how_to_produce_some(tmp_path):
 def results_request(n: int, **fields) -> dict:
     """One request as evaluate_gateway.py writes it (checked against schemas/gateway_results.schema.json)."""
     item = {
-        "seq": n, "case": f"case-{n}", "kind": "chat", "endpoint": "chat", "route": "/gateway/chat/invocations",
-        "path": "/gateway/chat/invocations", "stream": False, "started_at": f"2026-11-22T10:00:0{n}.000Z",
-        "latency_ms": 120.0, "status": 200, "outcome": "pass", "error_class": None, "error_side": None,
-        "error": None, "retry_after": None, "failures": [], "model": "gpt-4o-mini-2024-07-18", "provider": "openai",
-        "queue_ms": None, "ttft_ms": None, "chunks": None, "inter_chunk_ms": None, "partial": False,
-        "prompt_tokens": 100 * (n + 1), "completion_tokens": 10 * (n + 1), "total_tokens": 110 * (n + 1),
-        "cached_tokens": 0, "reasoning_tokens": 0, "cost_usd": None, "price_source": None,
-        "replica": "mlflow-gateway-1", "upstream_addr": "172.18.0.3:8000", "request_id": f"eval-run1-{n}",
+        "seq": n,
+        "case": f"case-{n}",
+        "kind": "chat",
+        "endpoint": "chat",
+        "route": "/gateway/chat/invocations",
+        "path": "/gateway/chat/invocations",
+        "stream": False,
+        "started_at": f"2026-11-22T10:00:0{n}.000Z",
+        "latency_ms": 120.0,
+        "status": 200,
+        "outcome": "pass",
+        "error_class": None,
+        "error_side": None,
+        "error": None,
+        "retry_after": None,
+        "failures": [],
+        "model": "gpt-4o-mini-2024-07-18",
+        "provider": "openai",
+        "queue_ms": None,
+        "ttft_ms": None,
+        "chunks": None,
+        "inter_chunk_ms": None,
+        "partial": False,
+        "prompt_tokens": 100 * (n + 1),
+        "completion_tokens": 10 * (n + 1),
+        "total_tokens": 110 * (n + 1),
+        "cached_tokens": 0,
+        "reasoning_tokens": 0,
+        "cost_usd": None,
+        "price_source": None,
+        "replica": "mlflow-gateway-1",
+        "upstream_addr": "172.18.0.3:8000",
+        "request_id": f"eval-run1-{n}",
         "embedding_dims": None,
     }
     item.update(fields)
@@ -417,10 +602,23 @@ def test_evaluate_gateway_results_file(tmp_path):
     import jsonschema
 
     requests = [results_request(n) for n in range(3)]
-    requests.append(results_request(3, status=None, outcome="error", error_class="connection_error",
-                                    error_side="network", error="refused", prompt_tokens=None,
-                                    completion_tokens=None, total_tokens=None, cached_tokens=None,
-                                    reasoning_tokens=None, replica=None, upstream_addr=None))
+    requests.append(
+        results_request(
+            3,
+            status=None,
+            outcome="error",
+            error_class="connection_error",
+            error_side="network",
+            error="refused",
+            prompt_tokens=None,
+            completion_tokens=None,
+            total_tokens=None,
+            cached_tokens=None,
+            reasoning_tokens=None,
+            replica=None,
+            upstream_addr=None,
+        )
+    )
     for item in requests:
         jsonschema.validate(item, {"$ref": "#/$defs/request", "$defs": SCHEMA["$defs"]})
     (tmp_path / "gateway_results.json").write_text(json.dumps({"schema_version": 1, "requests": requests}))
@@ -432,12 +630,27 @@ def test_evaluate_gateway_results_file(tmp_path):
 
 
 SEED_RESULTS = [  # the earlier kit's gateway_results.json: a list of results with the provider's response
-    {"test_name": "Simple Question", "success": True, "timestamp": "2026-11-20T08:00:00",
-     "response": {"model": "gpt-4o-mini-2024-07-18", "choices": [],
-                  "usage": {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52}}, "cost": 0.0001},
-    {"test_name": "Multi-turn Conversation", "success": True, "timestamp": "2026-11-20T08:00:05",
-     "response": {"model": "gpt-4o-mini-2024-07-18", "choices": [],
-                  "usage": {"prompt_tokens": 33, "completion_tokens": 49, "total_tokens": 82}}},
+    {
+        "test_name": "Simple Question",
+        "success": True,
+        "timestamp": "2026-11-20T08:00:00",
+        "response": {
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 40, "total_tokens": 52},
+        },
+        "cost": 0.0001,
+    },
+    {
+        "test_name": "Multi-turn Conversation",
+        "success": True,
+        "timestamp": "2026-11-20T08:00:05",
+        "response": {
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [],
+            "usage": {"prompt_tokens": 33, "completion_tokens": 49, "total_tokens": 82},
+        },
+    },
 ]
 
 
@@ -486,8 +699,9 @@ def fake_docker(tmp_path):
 
     def env(mode: str, output: str = "") -> dict[str, str]:
         logs.write_text(output)
-        return clean_env(PATH=str(bin_dir), FAKE_DOCKER_MODE=mode, FAKE_DOCKER_ARGV=str(argv),
-                         FAKE_DOCKER_LOGS=str(logs))
+        return clean_env(
+            PATH=str(bin_dir), FAKE_DOCKER_MODE=mode, FAKE_DOCKER_ARGV=str(argv), FAKE_DOCKER_LOGS=str(logs)
+        )
 
     return env, argv
 
@@ -574,8 +788,10 @@ def test_plot_without_matplotlib_says_how_to_install_it(ledger, tmp_path):
     (shadow / "matplotlib" / "__init__.py").write_text("raise ImportError('No module named matplotlib')\n")
     result = run("--ledger", str(ledger), "--plot", "cost.png", cwd=tmp_path, env=clean_env(PYTHONPATH=str(shadow)))
     assert result.returncode == 2
-    assert "analyze_costs.py: error: --plot needs matplotlib, which is not installed — pip install matplotlib" \
+    assert (
+        "analyze_costs.py: error: --plot needs matplotlib, which is not installed — pip install matplotlib"
         in result.stderr
+    )
     assert not (tmp_path / "cost.png").exists()
 
 
@@ -630,7 +846,16 @@ def test_no_source_reads_the_ledger_named_by_the_environment(ledger, tmp_path):
 
 
 def test_the_module_docstring_examples_name_every_source():
-    doc = textwrap.dedent(__import__("ast").get_docstring(__import__("ast").parse(CLI.read_text())))
-    for flag in ("--ledger", "--compose", "--container", "--response-file", "--log-file", "--budget", "--model",
-                 "--plot", "--json"):
+    doc = costs.__doc__
+    for flag in (
+        "--ledger",
+        "--compose",
+        "--container",
+        "--response-file",
+        "--log-file",
+        "--budget",
+        "--model",
+        "--plot",
+        "--json",
+    ):
         assert flag in doc

@@ -35,8 +35,9 @@ JSON = {"Content-Type": "application/json"}
 
 
 def post(stack, path: str, data: bytes | str | None = None, headers: dict | None = None, **kw) -> requests.Response:
-    return requests.post(f"{stack.url}{path}", data=data, headers=JSON if headers is None else headers,
-                         timeout=30, **kw)
+    return requests.post(
+        f"{stack.url}{path}", data=data, headers=JSON if headers is None else headers, timeout=30, **kw
+    )
 
 
 def error_of(r: requests.Response) -> dict:
@@ -99,11 +100,19 @@ def test_a_wrong_type_is_a_422_naming_the_field_on_every_route(stack, path):
         (b'"just a string"', 422, "invalid_request", "the body must be a JSON object"),
         (b"\xff\xfe{", 400, "invalid_json", "UTF-8"),
         (b'{"messages": [{"role": "user", "content": {"a": 1}}]}', 422, "invalid_request", "'messages[0].content'"),
-        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 5}', 422, "invalid_request",
-         "'temperature': Input should be less than or equal to 2"),
+        (
+            b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 5}',
+            422,
+            "invalid_request",
+            "'temperature': Input should be less than or equal to 2",
+        ),
         # 1e999 is infinity once parsed: FastAPI's own 422 then fails to encode it and answers a 500.
-        (b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}', 422, "invalid_request",
-         "'temperature'"),
+        (
+            b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}',
+            422,
+            "invalid_request",
+            "'temperature'",
+        ),
         (b'{"messages": [{"role": "user", "content": "hi \\ud800"}]}', 400, "invalid_json", "unpaired"),
     ],
     ids=["empty", "array", "string", "not-utf8", "nested-wrong-type", "out-of-range", "infinity", "lone-surrogate"],
@@ -132,10 +141,13 @@ def test_json_nested_too_deeply_is_a_400_saying_so_and_the_limit(stack, path):
     still_serves(stack)
 
 
-@pytest.mark.parametrize("path, body", [
-    ("/gateway/anthropic-chat/invocations", {"messages": HELLO, "n": 5}),
-    ("/v1/chat/completions", {"model": "anthropic-chat", "messages": HELLO, "n": 5}),
-])
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/gateway/anthropic-chat/invocations", {"messages": HELLO, "n": 5}),
+        ("/v1/chat/completions", {"model": "anthropic-chat", "messages": HELLO, "n": 5}),
+    ],
+)
 def test_mlflows_own_refusal_says_the_value_the_client_sent(stack, path, body):
     """MLflow 3.17.2 words it "Received value: '{n}'" (no f-prefix); on /v1/* it was a 500."""
     r = post(stack, path, json.dumps(body))
@@ -147,8 +159,12 @@ def test_mlflows_own_refusal_says_the_value_the_client_sent(stack, path, body):
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 def test_a_body_that_is_not_sent_as_json_is_a_415(stack, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
-    r = requests.post(f"{stack.url}/gateway/chat/invocations", data=json.dumps({"messages": HELLO}).encode(),
-                      headers=headers, timeout=30)
+    r = requests.post(
+        f"{stack.url}/gateway/chat/invocations",
+        data=json.dumps({"messages": HELLO}).encode(),
+        headers=headers,
+        timeout=30,
+    )
     assert r.status_code == 415
     error = error_of(r)
     assert error["type"] == "unsupported_media_type" and "Content-Type: application/json" in error["message"]
@@ -163,8 +179,12 @@ def test_a_clients_malformed_tool_call_arguments_are_a_400_not_blamed_on_the_pro
     before = stack.fake_stats()["by_path"].get("/v1/messages", 0)
     messages = [
         {"role": "user", "content": "What is the weather?"},
-        {"role": "assistant", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{not json"}}]},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": "{not json"}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
     r = post(stack, "/gateway/anthropic-chat/invocations", json.dumps({"messages": messages}))
@@ -214,8 +234,10 @@ def test_an_unknown_or_missing_model_on_v1_is_a_4xx_not_a_500(stack):
     still_serves(stack)
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/gateway/chat/invocations"), ("PUT", "/v1/embeddings"),
-                                              ("DELETE", "/v1/chat/completions")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/gateway/chat/invocations"), ("PUT", "/v1/embeddings"), ("DELETE", "/v1/chat/completions")],
+)
 def test_a_wrong_method_is_a_405_saying_which_to_use(stack, method, path):
     r = requests.request(method, f"{stack.url}{path}", timeout=30)
     assert r.status_code == 405
@@ -323,8 +345,12 @@ def test_a_502_from_nginx_is_logged_as_the_post_it_was_and_its_error_line_goes_t
     try:
         assert all(gone(pid, 20, group=True) for pid in pids)
         errors_before = len(stack.log("nginx-error"))
-        r = post(stack, "/gateway/chat/invocations", json.dumps({"messages": HELLO}),
-                 headers={**JSON, "X-Request-ID": "method-502"})
+        r = post(
+            stack,
+            "/gateway/chat/invocations",
+            json.dumps({"messages": HELLO}),
+            headers={**JSON, "X-Request-ID": "method-502"},
+        )
         assert r.status_code == 502 and error_of(r)["type"] == "gateway_unavailable"
         entry = logged(stack, "method-502")
         assert entry["method"] == "POST" and entry["status"] == 502 and entry["upstream_addr"], entry
@@ -344,7 +370,7 @@ def test_slow_clients_are_cut_off_by_nginx_and_never_reach_a_replica(stack):
     slow = {
         "headers": b"POST /gateway/chat/invocations HTTP/1.1\r\nHost: x\r\nX-Request-ID: slow-headers-1\r\n",
         "body": b"POST /gateway/chat/invocations HTTP/1.1\r\nHost: x\r\nX-Request-ID: slow-body-1\r\n"
-                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"messages\"",
+        b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"messages"',
     }
     threads = [threading.Thread(target=lambda k=k, p=p: results.__setitem__(k, raw_http(p))) for k, p in slow.items()]
     for t in threads:
@@ -355,8 +381,11 @@ def test_slow_clients_are_cut_off_by_nginx_and_never_reach_a_replica(stack):
     assert results["headers"][0] == b"" and results["headers"][1] > 9  # waited for the timeout, then closed
     assert results["body"][0] == b"" and results["body"][1] > 14
     time.sleep(0.5)
-    logged = {json.loads(line)["request_id"]: json.loads(line) for line in stack.log("nginx").splitlines()
-              if line.startswith("{") and "slow-" in line}
+    logged = {
+        json.loads(line)["request_id"]: json.loads(line)
+        for line in stack.log("nginx").splitlines()
+        if line.startswith("{") and "slow-" in line
+    }
     assert logged["slow-headers-1"]["status"] == 408 and logged["slow-headers-1"]["upstream_addr"] == ""
     assert logged["slow-body-1"]["status"] == 408 and logged["slow-body-1"]["upstream_addr"] == ""
     still_serves(stack)

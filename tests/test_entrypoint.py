@@ -23,18 +23,30 @@ def entrypoint(*args: str, timeout: float = 60, **env: str) -> subprocess.Comple
     )
 
 
-@pytest.mark.parametrize(("launcher", "hints", "not_there"), [
-    ("docker", [".env next to docker-compose.yml", "docker compose up -d", "docker compose --profile demo up -d"],
-     "local_stack.sh"),
-    ("local-stack", ["the environment of scripts/local_stack.sh up", "scripts/local_stack.sh down && "
-                     "scripts/local_stack.sh up", "without --no-fake"], "docker compose"),
-    ("", ["the environment entrypoint.sh runs in", "GATEWAY_DEMO_UPSTREAM="], "docker compose"),
-])
+@pytest.mark.parametrize(
+    ("launcher", "hints", "not_there"),
+    [
+        (
+            "docker",
+            [".env next to docker-compose.yml", "docker compose up -d", "docker compose --profile demo up -d"],
+            "local_stack.sh",
+        ),
+        (
+            "local-stack",
+            [
+                "the environment of scripts/local_stack.sh up",
+                "scripts/local_stack.sh down && scripts/local_stack.sh up",
+                "without --no-fake",
+            ],
+            "docker compose",
+        ),
+        ("", ["the environment entrypoint.sh runs in", "GATEWAY_DEMO_UPSTREAM="], "docker compose"),
+    ],
+)
 def test_no_key_at_all_refuses_to_start_and_names_what_to_set(tmp_path, launcher, hints, not_there):
     """In the words of what started the replica: the image (GATEWAY_LAUNCHER=docker), the local stack, or a
     person running entrypoint.sh."""
-    result = entrypoint(GATEWAY_RUNTIME_DIR=str(tmp_path), GATEWAY_SECRETS_DIR=str(tmp_path),
-                        GATEWAY_LAUNCHER=launcher)
+    result = entrypoint(GATEWAY_RUNTIME_DIR=str(tmp_path), GATEWAY_SECRETS_DIR=str(tmp_path), GATEWAY_LAUNCHER=launcher)
     assert result.returncode == 78
     assert "OPENAI_API_KEY (for chat, completions, embeddings)" in result.stderr
     assert all(hint in result.stderr for hint in hints), result.stderr
@@ -106,18 +118,31 @@ def test_invalid_endpoint_is_reported_with_its_name_field_and_line(tmp_path):
 
 # A typo MLflow would ignore, and the kit with it: an endpoint without its limit or retries, and no word said.
 TYPOS = {
-    "endpoint limit": ("  - name: embeddings\n", "  - name: embeddings\n    limt: {calls: 2, renewal_period: minute}\n",
-                       "endpoint 'embeddings': unknown key `limt` (did you mean `limit`?)"),
-    "endpoint retries": ("  - name: embeddings\n", "  - name: embeddings\n    retires: 3\n",
-                         "endpoint 'embeddings': unknown key `retires` (did you mean `retries`?)"),
-    "provider config": ("openai_api_version: ${AZURE", "openai_api_verison: ${AZURE",
-                        "endpoint 'azure-chat': model.config: unknown key `openai_api_verison` "
-                        "(did you mean `openai_api_version`?)"),
-    "limits block": ("routes:\n", "limits:\n  client:\n    calls: 50\n    usd_per_dya: 1\nroutes:\n",
-                     "limits.client: unknown key `usd_per_dya` (did you mean `usd_per_day`?)"),
-    "route": ("        traffic_percentage: 50\n      - name: azure-chat",
-              "        traffic_percentag: 50\n      - name: azure-chat",
-              "route 'chat-split': destinations[0]: unknown key `traffic_percentag` (did you mean `traffic_percentage`?)"),
+    "endpoint limit": (
+        "  - name: embeddings\n",
+        "  - name: embeddings\n    limt: {calls: 2, renewal_period: minute}\n",
+        "endpoint 'embeddings': unknown key `limt` (did you mean `limit`?)",
+    ),
+    "endpoint retries": (
+        "  - name: embeddings\n",
+        "  - name: embeddings\n    retires: 3\n",
+        "endpoint 'embeddings': unknown key `retires` (did you mean `retries`?)",
+    ),
+    "provider config": (
+        "openai_api_version: ${AZURE",
+        "openai_api_verison: ${AZURE",
+        "endpoint 'azure-chat': model.config: unknown key `openai_api_verison` (did you mean `openai_api_version`?)",
+    ),
+    "limits block": (
+        "routes:\n",
+        "limits:\n  client:\n    calls: 50\n    usd_per_dya: 1\nroutes:\n",
+        "limits.client: unknown key `usd_per_dya` (did you mean `usd_per_day`?)",
+    ),
+    "route": (
+        "        traffic_percentage: 50\n      - name: azure-chat",
+        "        traffic_percentag: 50\n      - name: azure-chat",
+        "route 'chat-split': destinations[0]: unknown key `traffic_percentag` (did you mean `traffic_percentage`?)",
+    ),
 }
 
 
@@ -138,9 +163,15 @@ def test_an_unknown_key_fails_the_check_naming_file_line_key_and_the_nearest_val
 def test_the_config_alone_is_checked_without_any_key_as_deploy_sh_does(tmp_path):
     """`preflight --no-keys` (scripts/deploy.sh, in the image before any replica starts): a valid config passes with
     no provider key set, every endpoint kept; a typo fails as it does when a replica starts."""
+
     def no_keys(config: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gateway_kit.preflight", "--no-keys", str(config)],
-                              env=clean_env(), capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway_kit.preflight", "--no-keys", str(config)],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     valid = no_keys(REPO / "config.yaml")
     assert valid.returncode == 0, valid.stderr
@@ -153,13 +184,26 @@ def test_the_config_alone_is_checked_without_any_key_as_deploy_sh_does(tmp_path)
 
 
 def test_a_gateway_with_an_unknown_key_in_its_config_does_not_start(tmp_path, fake_upstream):
-    text = (REPO / "config.yaml").read_text().replace("  - name: embeddings\n", "  - name: embeddings\n    retires: 3\n")
+    text = (
+        (REPO / "config.yaml").read_text().replace("  - name: embeddings\n", "  - name: embeddings\n    retires: 3\n")
+    )
     config = write_config(tmp_path, text)
-    proc = subprocess.Popen([str(REPO / "entrypoint.sh")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=clean_env(GATEWAY_CONFIG=str(config), GATEWAY_RUNTIME_DIR=str(tmp_path / "run"),
-                                          GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(free_port()), GATEWAY_WORKERS="1",
-                                          GATEWAY_DEMO_UPSTREAM=fake_upstream, GATEWAY_LEDGER_DIR="off"),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(REPO / "entrypoint.sh")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(
+            GATEWAY_CONFIG=str(config),
+            GATEWAY_RUNTIME_DIR=str(tmp_path / "run"),
+            GATEWAY_HOST="127.0.0.1",
+            GATEWAY_PORT=str(free_port()),
+            GATEWAY_WORKERS="1",
+            GATEWAY_DEMO_UPSTREAM=fake_upstream,
+            GATEWAY_LEDGER_DIR="off",
+        ),
+        start_new_session=True,
+    )
     try:
         _, err = proc.communicate(timeout=90)  # demo mode: without the check it would serve
     except subprocess.TimeoutExpired:
@@ -179,13 +223,21 @@ def test_gateway_started_with_a_key_file_serves_and_never_logs_the_key(tmp_path,
     client_key = add(tmp_path / "keys.json", "entrypoint-test")
     port = free_port()
     log = tmp_path / "gateway.log"
-    proc = start_replica(tmp_path, port, log=log, timeout=30, GATEWAY_SECRETS_DIR=str(tmp_path),
-                         OPENAI_API_BASE=f"{fake_upstream}/v1", GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"),
-                         GATEWAY_KEYS_FILE=str(tmp_path / "keys.json"))
+    proc = start_replica(
+        tmp_path,
+        port,
+        log=log,
+        timeout=30,
+        GATEWAY_SECRETS_DIR=str(tmp_path),
+        OPENAI_API_BASE=f"{fake_upstream}/v1",
+        GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"),
+        GATEWAY_KEYS_FILE=str(tmp_path / "keys.json"),
+    )
     try:
         r = requests.post(
             f"http://127.0.0.1:{port}/gateway/chat/invocations",
-            json={"messages": [{"role": "user", "content": "hi"}]}, timeout=10,
+            json={"messages": [{"role": "user", "content": "hi"}]},
+            timeout=10,
             headers={"Authorization": f"Bearer {client_key}"},
         )
         assert r.status_code == 200, r.text
@@ -248,9 +300,21 @@ def test_nginx_conf_uses_only_directives_current_nginx_allows_where_they_are():
 def test_nginx_conf_passes_nginx_t(tmp_path):
     nginx = shutil.which("nginx") or pytest.fail("nginx is not installed: apt-get install nginx")
     result = subprocess.run(
-        [nginx, "-t", "-c", str(REPO / "nginx.conf"), "-p", str(tmp_path), "-e", str(tmp_path / "error.log"),
-         "-g", f"pid {tmp_path}/nginx.pid;"],
-        capture_output=True, text=True, timeout=30,
+        [
+            nginx,
+            "-t",
+            "-c",
+            str(REPO / "nginx.conf"),
+            "-p",
+            str(tmp_path),
+            "-e",
+            str(tmp_path / "error.log"),
+            "-g",
+            f"pid {tmp_path}/nginx.pid;",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr

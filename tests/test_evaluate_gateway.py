@@ -173,12 +173,23 @@ def test_every_expectation_kind_passes_and_fails_with_an_explanation(gateway, tm
 
 @pytest.mark.integration
 def test_an_earlier_kit_style_file_without_endpoints_goes_to_the_chat_endpoint(gateway, tmp_path):
-    cases = write(tmp_path, "test_cases.json", json.dumps([
-        {"name": "Simple question", "description": "no endpoint: chat",
-         "messages": [{"role": "user", "content": "What is AI?"}]},
-        {"name": "Raw payload",
-         "payload": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 150}},
-    ]))
+    cases = write(
+        tmp_path,
+        "test_cases.json",
+        json.dumps(
+            [
+                {
+                    "name": "Simple question",
+                    "description": "no endpoint: chat",
+                    "messages": [{"role": "user", "content": "What is AI?"}],
+                },
+                {
+                    "name": "Raw payload",
+                    "payload": {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 150},
+                },
+            ]
+        ),
+    )
     run = run_cli(tmp_path, "--url", gateway.url, "--test-file", cases, output="results.json")
     assert run.code == 0, run.stdout + run.stderr
     assert {r["route"] for r in run.records()} == {"/gateway/chat/invocations"}
@@ -461,13 +472,9 @@ def test_content_is_stored_only_with_store_content(gateway, tmp_path):
 def test_gateway_api_key_is_sent_as_bearer_but_never_printed_or_stored(gateway, tmp_path):
     # Pointed at the fake upstream itself, whose stats show which auth headers arrived.
     secret = SENTINEL_SECRETS["gateway-client"]
-    cases = write(
-        tmp_path, "v1.yaml", "- {name: v1, model: gpt-4o-mini, messages: [{role: user, content: hi}]}\n"
-    )
+    cases = write(tmp_path, "v1.yaml", "- {name: v1, model: gpt-4o-mini, messages: [{role: user, content: hi}]}\n")
     fake_reset(gateway)
-    run = run_cli(
-        tmp_path, "--url", gateway.fake_url, "--test-file", cases, "--json", env={"GATEWAY_API_KEY": secret}
-    )
+    run = run_cli(tmp_path, "--url", gateway.fake_url, "--test-file", cases, "--json", env={"GATEWAY_API_KEY": secret})
     assert run.code == 0, run.stderr
     assert fake_stats(gateway)["auth_headers"].get("authorization") == 1
     assert secret not in run.stdout + run.stderr + run.output.read_text()
@@ -478,24 +485,13 @@ def test_gateway_api_key_is_sent_as_bearer_but_never_printed_or_stored(gateway, 
 
 
 @pytest.mark.integration
-def test_without_the_kit_pricing_it_records_tokens_and_leaves_cost_null(gateway, tmp_path):
-    alone = tmp_path / "elsewhere"
-    alone.mkdir()
-    (alone / CLI.name).write_text(CLI.read_text())  # the script copied away from gateway_kit/
-    proc = subprocess.run(
-        [PYTHON, CLI.name, "--url", gateway.url, "--output", "out.json"],
-        cwd=alone,
-        capture_output=True,
-        check=False,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    run = Run(proc.returncode, proc.stdout, proc.stderr, alone / "out.json")
+def test_with_a_broken_pricing_file_it_records_tokens_and_leaves_cost_null(gateway, tmp_path):
+    broken = write(tmp_path, "pricing.yaml", "models: [not, a, mapping\n")
+    run = run_cli(tmp_path, "--url", gateway.url, env={"GATEWAY_PRICING_FILE": broken})
+    assert run.code == 0, run.stdout + run.stderr
     record = run.record("simple-question")
     assert record["completion_tokens"] > 0 and record["model"] and record["provider"]
-    assert record["cost_usd"] is None and "gateway_kit.pricing unavailable" in record["price_source"]
+    assert record["cost_usd"] is None and "gateway_kit.pricing unavailable (PricingFileError" in record["price_source"]
     assert run.doc["summary"]["cost"]["usd"] is None and "unknown" in run.stdout
 
 
@@ -512,9 +508,7 @@ CLOSED = f"http://127.0.0.1:{free_port()}"  # nothing listens here
 
 
 def test_json_syntax_error_is_rejected_with_its_line_before_anything_is_sent(tmp_path):
-    bad = write(
-        tmp_path, "bad.json", '{"cases": [\n  {"name": "a", "endpoint": "chat"\n   "prompt": "hi"}\n]}\n'
-    )
+    bad = write(tmp_path, "bad.json", '{"cases": [\n  {"name": "a", "endpoint": "chat"\n   "prompt": "hi"}\n]}\n')
     run = run_cli(tmp_path, "--url", CLOSED, "--test-file", bad)
     assert run.code == 2  # not 3: the file is checked before the gateway is
     assert "bad.json:3" in run.stderr and "invalid JSON at line 3" in run.stderr
@@ -552,9 +546,7 @@ cases:
 
 
 def test_validate_checks_a_file_without_sending(tmp_path):
-    run = run_cli(
-        tmp_path, "--url", CLOSED, "--validate", "--test-file", str(REPO / "examples" / "test_cases.yaml")
-    )
+    run = run_cli(tmp_path, "--url", CLOSED, "--validate", "--test-file", str(REPO / "examples" / "test_cases.yaml"))
     assert run.code == 0 and "8 valid cases" in run.stdout
 
 

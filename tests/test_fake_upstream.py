@@ -32,6 +32,7 @@ STARTUP_TIMEOUT_S = 30.0
 
 # ---------------------------------------------------------------- processes
 
+
 def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
     """Poll url until it answers; stop the process if it never does, so no test leaks one."""
     deadline = time.monotonic() + timeout
@@ -62,19 +63,23 @@ def stop(proc: subprocess.Popen) -> int:
 
 
 def fake_command(port: int, *args: str) -> list[str]:
-    return [sys.executable, "-m", "gateway_kit.fake_upstream", "--host", "127.0.0.1", "--port", str(port),
-            *args]
+    return [sys.executable, "-m", "gateway_kit.fake_upstream", "--host", "127.0.0.1", "--port", str(port), *args]
 
 
-FAKE_ENV = {**os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+FAKE_ENV = dict(os.environ)
 
 
 def start_fake(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, str]:
     """Start the fake; return the process, its base URL and the line it printed when ready."""
     port = free_port()
-    proc = subprocess.Popen(fake_command(port, *args), cwd=REPO, env={**FAKE_ENV, **(env or {})},
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        fake_command(port, *args),
+        cwd=REPO,
+        env={**FAKE_ENV, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     wait_healthy(proc, f"{base}/health")
     return proc, base, proc.stdout.readline().strip()
@@ -94,7 +99,9 @@ def fake(fake_process: tuple[subprocess.Popen, str, str]) -> str:
 
 @pytest.fixture()
 def client(fake: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{fake}/v1", api_key=SENTINEL_SECRETS["fake-openai-client"], max_retries=0, timeout=10)
+    return openai.OpenAI(
+        base_url=f"{fake}/v1", api_key=SENTINEL_SECRETS["fake-openai-client"], max_retries=0, timeout=10
+    )
 
 
 def chat(base: str, content: str, **extra) -> requests.Response:
@@ -104,10 +111,11 @@ def chat(base: str, content: str, **extra) -> requests.Response:
 
 
 def sse_data(lines: list[str]) -> list[str]:
-    return [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in lines if line.startswith("data: ")]
 
 
 # ---------------------------------------------------------------- OpenAI, through the official client
+
 
 def test_it_prints_one_ready_line_and_answers_health(fake_process):
     _, base, ready_line = fake_process
@@ -116,14 +124,18 @@ def test_it_prints_one_ready_line_and_answers_health(fake_process):
 
 
 def test_chat_answers_the_last_user_message_and_proves_it_saw_the_context(client):
-    resp = client.chat.completions.create(model="gpt-4o-mini", messages=[
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "My name is Ada."},
-        {"role": "assistant", "content": "Hello Ada."},
-        {"role": "user", "content": "What is my name?"},
-    ])
-    assert resp.choices[0].message.content == ("Fake answer to: What is my name? "
-                                               "(context: 3 earlier messages; first said: 'My name is Ada.')")
+    resp = client.chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": "Hello Ada."},
+            {"role": "user", "content": "What is my name?"},
+        ],
+    )
+    assert resp.choices[0].message.content == (
+        "Fake answer to: What is my name? (context: 3 earlier messages; first said: 'My name is Ada.')"
+    )
     assert resp.choices[0].finish_reason == "stop" and resp.object == "chat.completion"
     assert resp.model == "gpt-4o-mini" and resp.id.startswith("chatcmpl-")
     assert resp.usage.prompt_tokens == 4 + 4 + 3 + 4  # ceil(len/4) per message
@@ -131,9 +143,12 @@ def test_chat_answers_the_last_user_message_and_proves_it_saw_the_context(client
 
 
 def test_chat_stream_sends_text_chunks_then_a_usage_chunk(client):
-    stream = client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                            stream_options={"include_usage": True},
-                                            messages=[{"role": "user", "content": "Tell me a story"}])
+    stream = client.chat.completions.create(
+        model="gpt-4o-mini",
+        stream=True,
+        stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Tell me a story"}],
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Fake answer to: Tell me a story"
@@ -149,15 +164,13 @@ def test_max_tokens_truncates_the_reply_with_finish_reason_length(client):
 
 
 def test_completions_stream_uses_the_legacy_text_field(client):
-    chunks = list(client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi",
-                                            stream=True))
+    chunks = list(client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi", stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == "Fake answer to: Say hi"
     assert chunks[-1].usage.prompt_tokens == 2
 
 
 def test_embeddings_are_deterministic_unit_vectors_in_float_and_base64(client):
-    floats = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"],
-                                      encoding_format="float")
+    floats = client.embeddings.create(model="text-embedding-3-small", input=["alpha", "beta"], encoding_format="float")
     assert [len(d.embedding) for d in floats.data] == [8, 8]
     assert floats.data[0].embedding != floats.data[1].embedding
     assert abs(sum(v * v for v in floats.data[0].embedding) - 1) < 1e-4
@@ -179,11 +192,20 @@ def test_latency_and_ttft_markers_delay_the_answer(fake):
 
 # ---------------------------------------------------------------- Anthropic and Azure, over plain HTTP
 
+
 def test_anthropic_messages_answers_in_anthropic_shape(fake):
     headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
-    resp = requests.post(f"{fake}/v1/messages", headers=headers, timeout=10, json={
-        "model": "claude-3-5-haiku-latest", "max_tokens": 100, "system": "Be kind.",
-        "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi there"}]}]})
+    resp = requests.post(
+        f"{fake}/v1/messages",
+        headers=headers,
+        timeout=10,
+        json={
+            "model": "claude-3-5-haiku-latest",
+            "max_tokens": 100,
+            "system": "Be kind.",
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi there"}]}],
+        },
+    )
     body = resp.json()
     assert body["type"] == "message" and body["role"] == "assistant" and body["stop_reason"] == "end_turn"
     text = "Fake answer to: Hi there (context: 1 earlier message; first said: 'Hi there')"
@@ -192,28 +214,50 @@ def test_anthropic_messages_answers_in_anthropic_shape(fake):
 
 
 def test_anthropic_stream_sends_the_real_event_sequence(fake):
-    resp = requests.post(f"{fake}/v1/messages", stream=True, timeout=10, json={
-        "model": "claude-x", "max_tokens": 3, "stream": True,
-        "messages": [{"role": "user", "content": "Hi there"}]})
+    resp = requests.post(
+        f"{fake}/v1/messages",
+        stream=True,
+        timeout=10,
+        json={
+            "model": "claude-x",
+            "max_tokens": 3,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Hi there"}],
+        },
+    )
     lines = list(resp.iter_lines(decode_unicode=True))
     events = [line.split(": ", 1)[1] for line in lines if line.startswith("event: ")]
     data = [json.loads(d) for d in sse_data(lines)]
-    assert events == ["message_start", "content_block_start", "content_block_delta", "content_block_delta",
-                      "content_block_stop", "message_delta", "message_stop"]
+    assert events == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
     assert [d["type"] for d in data] == events
     assert data[0]["message"]["usage"]["input_tokens"] == 2 and data[0]["message"]["model"] == "claude-x"
     assert "".join(d["delta"]["text"] for d in data if d["type"] == "content_block_delta") == "Fake answer "
     assert data[-2]["delta"]["stop_reason"] == "max_tokens" and data[-2]["usage"] == {"output_tokens": 3}
 
 
-@pytest.mark.parametrize("route,body", [
-    ("chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
-    ("completions", {"prompt": "hi"}),
-    ("embeddings", {"input": "hi"}),
-])
+@pytest.mark.parametrize(
+    "route,body",
+    [
+        ("chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+        ("completions", {"prompt": "hi"}),
+        ("embeddings", {"input": "hi"}),
+    ],
+)
 def test_azure_deployment_routes_answer_with_the_deployment_as_model(fake, route, body):
-    resp = requests.post(f"{fake}/openai/deployments/my-dep/{route}?api-version=2024-06-01",
-                         headers={"api-key": "k"}, json=body, timeout=10)
+    resp = requests.post(
+        f"{fake}/openai/deployments/my-dep/{route}?api-version=2024-06-01",
+        headers={"api-key": "k"},
+        json=body,
+        timeout=10,
+    )
     assert resp.status_code == 200 and resp.json()["model"] == "my-dep"
 
 
@@ -224,10 +268,17 @@ def test_azure_routes_require_the_api_version_as_azure_does(fake):
 
 # ---------------------------------------------------------------- faults
 
-@pytest.mark.parametrize("fault,status,code", [
-    ("429", 429, "rate_limit_exceeded"), ("quota", 429, "insufficient_quota"),
-    ("500", 500, None), ("400", 400, "context_length_exceeded"), ("401", 401, "invalid_api_key"),
-])
+
+@pytest.mark.parametrize(
+    "fault,status,code",
+    [
+        ("429", 429, "rate_limit_exceeded"),
+        ("quota", 429, "insufficient_quota"),
+        ("500", 500, None),
+        ("400", 400, "context_length_exceeded"),
+        ("401", 401, "invalid_api_key"),
+    ],
+)
 def test_error_faults_answer_in_openai_error_shape(fake, fault, status, code):
     resp = chat(fake, f"please [[fault:{fault}]] now")
     assert resp.status_code == status and resp.json()["error"]["code"] == code
@@ -237,8 +288,11 @@ def test_error_faults_answer_in_openai_error_shape(fake, fault, status, code):
 
 
 def test_error_faults_answer_in_anthropic_error_shape_on_messages(fake):
-    resp = requests.post(f"{fake}/v1/messages", json={"model": "c", "max_tokens": 5, "messages": [
-        {"role": "user", "content": "[[fault:429]]"}]}, timeout=10)
+    resp = requests.post(
+        f"{fake}/v1/messages",
+        json={"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "[[fault:429]]"}]},
+        timeout=10,
+    )
     assert resp.status_code == 429 and resp.headers["Retry-After"] == "1"
     assert resp.json()["type"] == "error" and resp.json()["error"]["type"] == "rate_limit_error"
 
@@ -278,14 +332,23 @@ def test_slow_fault_holds_the_answer_and_leaves_the_server_responsive(fake):
 
 # ---------------------------------------------------------------- stats
 
+
 def test_stats_count_every_request_exactly_and_note_auth_headers_without_values(fake, client):
     requests.post(f"{fake}/_fake/reset", timeout=5)
     client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
     anthropic_key, azure_key = SENTINEL_SECRETS["fake-anthropic-client"], SENTINEL_SECRETS["fake-azure-client"]
-    requests.post(f"{fake}/v1/messages", headers={"x-api-key": anthropic_key}, timeout=5,
-                  json={"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})
-    requests.post(f"{fake}/openai/deployments/d/embeddings?api-version=1", headers={"api-key": azure_key},
-                  json={"input": "hi"}, timeout=5)
+    requests.post(
+        f"{fake}/v1/messages",
+        headers={"x-api-key": anthropic_key},
+        timeout=5,
+        json={"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    requests.post(
+        f"{fake}/openai/deployments/d/embeddings?api-version=1",
+        headers={"api-key": azure_key},
+        json={"input": "hi"},
+        timeout=5,
+    )
     chat(fake, "[[fault:500]]")
     with ThreadPoolExecutor(max_workers=16) as pool:
         assert all(r.ok for r in pool.map(lambda i: chat(fake, f"hi {i}"), range(40)))
@@ -296,8 +359,9 @@ def test_stats_count_every_request_exactly_and_note_auth_headers_without_values(
         "by_host": {fake.removeprefix("http://"): 44},
         "by_fault": {"500": 1},
         "auth_headers": {"authorization": 1, "x-api-key": 1, "api-key": 1, "none": 41},
-        "key_fingerprints": {key_fingerprint(k): 1 for k in (SENTINEL_SECRETS["fake-openai-client"], anthropic_key,
-                                                             azure_key)},
+        "key_fingerprints": {
+            key_fingerprint(k): 1 for k in (SENTINEL_SECRETS["fake-openai-client"], anthropic_key, azure_key)
+        },
         "connections": 44,  # requests.post opens a connection per call
         "cancelled": 0,
     }
@@ -319,13 +383,17 @@ def test_a_scoped_marker_applies_only_to_its_model_or_host(fake):
 
 # ---------------------------------------------------------------- command line and signals
 
+
 @pytest.mark.integration
 def test_chunk_delay_spreads_a_stream_over_time():
     proc, base, _ = start_fake("--chunk-delay-ms", "100")
     try:
         resp = chat(base, "[[reply:one two three four five]]", stream=True)
-        arrivals = [time.monotonic() for line in resp.iter_lines(chunk_size=None, decode_unicode=True)
-                    if line.startswith("data: ") and '"content"' in line]
+        arrivals = [
+            time.monotonic()
+            for line in resp.iter_lines(chunk_size=None, decode_unicode=True)
+            if line.startswith("data: ") and '"content"' in line
+        ]
     finally:
         stop(proc)
     assert len(arrivals) == 5
@@ -334,8 +402,7 @@ def test_chunk_delay_spreads_a_stream_over_time():
 
 @pytest.mark.integration
 def test_fault_rate_from_the_environment_injects_the_default_fault_at_random():
-    proc, base, _ = start_fake(env={"FAKE_LLM_FAULT_RATE": "0.5", "FAKE_LLM_FAULT": "429",
-                                    "FAKE_LLM_SEED": "7"})
+    proc, base, _ = start_fake(env={"FAKE_LLM_FAULT_RATE": "0.5", "FAKE_LLM_FAULT": "429", "FAKE_LLM_SEED": "7"})
     try:
         statuses = [chat(base, "hi").status_code for _ in range(30)]
         stats = requests.get(f"{base}/_fake/stats", timeout=5).json()
@@ -369,13 +436,21 @@ def test_a_port_in_use_fails_with_a_message_and_exit_code_1():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = subprocess.run(fake_command(taken.getsockname()[1]), check=False, cwd=REPO, env=FAKE_ENV,
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            fake_command(taken.getsockname()[1]),
+            check=False,
+            cwd=REPO,
+            env=FAKE_ENV,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert result.returncode == 1
     assert result.stderr.startswith("fake_upstream: error: cannot listen on 127.0.0.1:")
 
 
 # ---------------------------------------------------------------- stock MLflow gateway in front of the fake
+
 
 def gateway_config(fake: str) -> str:
     openai_cfg = f"{{openai_api_key: fake-key, openai_api_base: '{fake}/v1'}}"
@@ -403,10 +478,22 @@ def gateway(fake_process, tmp_path_factory) -> Iterator[str]:
     (workdir / "config.yaml").write_text(gateway_config(fake_process[1]))
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker", "-w", "1",
-         "-b", f"127.0.0.1:{port}", "mlflow.gateway.app:create_app_from_env()"],
-        cwd=workdir, env={**os.environ, "MLFLOW_GATEWAY_CONFIG": str(workdir / "config.yaml")},
-        stdout=subprocess.DEVNULL, stderr=(workdir / "gateway.log").open("w"),
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "uvicorn.workers.UvicornWorker",
+            "-w",
+            "1",
+            "-b",
+            f"127.0.0.1:{port}",
+            "mlflow.gateway.app:create_app_from_env()",
+        ],
+        cwd=workdir,
+        env={**os.environ, "MLFLOW_GATEWAY_CONFIG": str(workdir / "config.yaml")},
+        stdout=subprocess.DEVNULL,
+        stderr=(workdir / "gateway.log").open("w"),
     )
     wait_healthy(proc, f"http://127.0.0.1:{port}/health")
     yield f"http://127.0.0.1:{port}/gateway"
@@ -433,9 +520,14 @@ HI_REPLY = "Fake answer to: Hi there (context: 1 earlier message; first said: 'H
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("endpoint,model", [
-    ("chat", "gpt-4o-mini"), ("anthropic-chat", "claude-3-5-haiku-latest"), ("azure-chat", "my-deployment"),
-])
+@pytest.mark.parametrize(
+    "endpoint,model",
+    [
+        ("chat", "gpt-4o-mini"),
+        ("anthropic-chat", "claude-3-5-haiku-latest"),
+        ("azure-chat", "my-deployment"),
+    ],
+)
 def test_mlflow_gateway_chat_returns_the_fake_answer_and_usage(gateway, endpoint, model):
     body = invoke(gateway, endpoint, HI).json()
     assert body["choices"][0]["message"]["content"] == HI_REPLY and body["model"] == model

@@ -16,15 +16,30 @@ from conftest import REPO, free_port, start_replica, stop_group
 pytestmark = [pytest.mark.integration]
 
 CHAT = {"messages": [{"role": "user", "content": "How fast is this gateway?"}]}
-TOOLS = [{"type": "function", "function": {"name": "weather", "description": None, "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "default": None}}, "required": ["city"]}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "weather",
+            "description": None,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "default": None}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 DEEP = "[" * 100_000 + "]" * 100_000  # json.loads: RecursionError
 
 # (path, body: dict, or raw bytes, content type)
 CASES = [
     ("/v1/chat/completions", {**CHAT, "model": "chat"}, "application/json"),
-    ("/v1/chat/completions", {**CHAT, "model": "chat", "temperature": 0.2, "max_tokens": 5, "stop": ["x"],
-                              "tools": TOOLS, "user": "u1"}, "application/json"),
+    (
+        "/v1/chat/completions",
+        {**CHAT, "model": "chat", "temperature": 0.2, "max_tokens": 5, "stop": ["x"], "tools": TOOLS, "user": "u1"},
+        "application/json",
+    ),
     ("/v1/chat/completions", {**CHAT, "model": "chat", "stream": True}, "application/json"),
     ("/v1/chat/completions", {**CHAT, "model": "anthropic-chat"}, "application/json; charset=utf-8"),
     ("/v1/chat/completions", {**CHAT, "model": "chat-split"}, "application/vnd.api+json"),
@@ -49,12 +64,13 @@ CASES = [
     ("/v1/chat/completions", "\u00e9".encode("latin-1"), "application/json"),
     ("/gateway/chat/invocations", {"messages": []}, "application/json"),
     # the provider fails: MLflow's (and the kit's) error answers
-    ("/v1/chat/completions", {"model": "chat", "messages": [{"role": "user", "content": "[[fault:500]]"}]},
-     "application/json"),
-    ("/gateway/chat/invocations", {"messages": [{"role": "user", "content": "[[fault:garbage]]"}]},
-     "application/json"),
-    ("/gateway/chat/invocations", {"messages": [{"role": "user", "content": "[[fault:401]]"}]},
-     "application/json"),
+    (
+        "/v1/chat/completions",
+        {"model": "chat", "messages": [{"role": "user", "content": "[[fault:500]]"}]},
+        "application/json",
+    ),
+    ("/gateway/chat/invocations", {"messages": [{"role": "user", "content": "[[fault:garbage]]"}]}, "application/json"),
+    ("/gateway/chat/invocations", {"messages": [{"role": "user", "content": "[[fault:401]]"}]}, "application/json"),
 ]
 
 
@@ -66,9 +82,16 @@ def replicas(fake_upstream, tmp_path_factory):
     try:
         for name, setting in (("fast", "on"), ("stock", "off")):
             port = free_port()
-            procs.append(start_replica(work / name, port, GATEWAY_LEDGER_DIR=str(work / name / "ledger"),
-                                       GATEWAY_DEMO_UPSTREAM=fake_upstream, GATEWAY_REPLICA_ID=name,
-                                       GATEWAY_FAST_ROUTES=setting))
+            procs.append(
+                start_replica(
+                    work / name,
+                    port,
+                    GATEWAY_LEDGER_DIR=str(work / name / "ledger"),
+                    GATEWAY_DEMO_UPSTREAM=fake_upstream,
+                    GATEWAY_REPLICA_ID=name,
+                    GATEWAY_FAST_ROUTES=setting,
+                )
+            )
             urls[name] = f"http://127.0.0.1:{port}"
         yield urls
     finally:
@@ -96,16 +119,18 @@ def comparable(response: requests.Response):
     return response.status_code, kind, body
 
 
-@pytest.mark.parametrize("path, body, content_type", CASES,
-                         ids=[f"{i}-{c[0]}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("path, body, content_type", CASES, ids=[f"{i}-{c[0]}" for i, c in enumerate(CASES)])
 def test_the_fast_routes_answer_as_fastapi_does(replicas, path, body, content_type):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = {"Content-Type": content_type} if content_type else {}
-    fast, stock = (requests.post(f"{url}{path}", data=data, headers=headers, timeout=30)
-                   for url in (replicas["fast"], replicas["stock"]))
+    fast, stock = (
+        requests.post(f"{url}{path}", data=data, headers=headers, timeout=30)
+        for url in (replicas["fast"], replicas["stock"])
+    )
     assert comparable(fast) == comparable(stock)
-    assert fast.headers.get("content-length") == stock.headers.get("content-length") or \
-        fast.headers["content-type"].startswith("text/event-stream")
+    assert fast.headers.get("content-length") == stock.headers.get("content-length") or fast.headers[
+        "content-type"
+    ].startswith("text/event-stream")
 
 
 def test_every_llm_route_of_the_config_is_served_fast():
@@ -122,27 +147,51 @@ def test_every_llm_route_of_the_config_is_served_fast():
     fast_routes.install(app)
     served = set(app.router.middleware_stack.routes)
     names = [e["name"] for e in config["endpoints"]] + [r["name"] for r in config.get("routes") or []]
-    assert served == {"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-                      *(f"/gateway/{n}/invocations" for n in names),
-                      *(f"/endpoints/{n}/invocations" for n in names)}
+    assert served == {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        *(f"/gateway/{n}/invocations" for n in names),
+        *(f"/endpoints/{n}/invocations" for n in names),
+    }
     assert fast_routes.quiet_telemetry(app) is True  # no OpenTelemetry here: FastAPI stops asking per request
 
 
 # --------------------------------------------------------------------- FastAPI's jsonable_encoder, the fast way
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
-                         st.sampled_from(["a", "_sa_x", "b", "type", "default"]), inner, max_size=3),
-                     max_leaves=8)
-_message = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]),
-                                  "content": st.text(max_size=10) | st.none()},
-                                 optional={"name": st.text(max_size=5), "extra": _json})
-_chat = st.fixed_dictionaries({"messages": st.lists(_message, min_size=1, max_size=3)}, optional={
-    "temperature": st.floats(0, 2), "max_tokens": st.integers(1, 100) | st.none(), "stop": st.lists(st.text(max_size=3)),
-    "n": st.integers(1, 3), "user": st.text(max_size=5) | st.none(), "response_format": _json,
-    "tools": st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
-        {"name": st.text(min_size=1, max_size=5)}, optional={"description": st.none() | st.text(max_size=5),
-                                                             "parameters": _json})}), max_size=2),
-    "metadata": _json})
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.dictionaries(st.sampled_from(["a", "_sa_x", "b", "type", "default"]), inner, max_size=3),
+    max_leaves=8,
+)
+_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "system"]), "content": st.text(max_size=10) | st.none()},
+    optional={"name": st.text(max_size=5), "extra": _json},
+)
+_chat = st.fixed_dictionaries(
+    {"messages": st.lists(_message, min_size=1, max_size=3)},
+    optional={
+        "temperature": st.floats(0, 2),
+        "max_tokens": st.integers(1, 100) | st.none(),
+        "stop": st.lists(st.text(max_size=3)),
+        "n": st.integers(1, 3),
+        "user": st.text(max_size=5) | st.none(),
+        "response_format": _json,
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "type": st.just("function"),
+                    "function": st.fixed_dictionaries(
+                        {"name": st.text(min_size=1, max_size=5)},
+                        optional={"description": st.none() | st.text(max_size=5), "parameters": _json},
+                    ),
+                }
+            ),
+            max_size=2,
+        ),
+        "metadata": _json,
+    },
+)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

@@ -26,8 +26,13 @@ from hypothesis import strategies as st
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 
-FUZZ = settings(max_examples=200, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 SMALL_FUZZ = settings(FUZZ, max_examples=100)
 
 # route -> (kind, the body a well-behaved client sends)
@@ -43,8 +48,20 @@ ROUTES = {
     "/v1/embeddings": ("embeddings", {"model": "embeddings"}),
 }
 FIELDS = {  # fields each kind knows, so that mutations hit them as well as unknown ones
-    "chat": ["messages", "temperature", "max_tokens", "n", "stop", "top_p", "tools", "tool_choice",
-             "response_format", "model", "stream_options", "user"],
+    "chat": [
+        "messages",
+        "temperature",
+        "max_tokens",
+        "n",
+        "stop",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "model",
+        "stream_options",
+        "user",
+    ],
     "completions": ["prompt", "temperature", "max_tokens", "n", "stop", "model"],
     "embeddings": ["input", "model", "encoding_format", "dimensions"],
 }
@@ -59,14 +76,25 @@ json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4), max_leaves=10
 )
 roles = st.sampled_from(["user", "assistant", "system", "tool", "developer"]) | any_text
-content = any_text | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]),
-                                                     "text": any_text}), max_size=3) | json_values
-tool_calls = st.lists(st.fixed_dictionaries({"id": any_text, "type": st.just("function"), "function":
-                                            st.fixed_dictionaries({"name": any_text, "arguments": any_text})}),
-                      max_size=2)
-message = st.fixed_dictionaries({"role": roles, "content": content},
-                                optional={"tool_calls": tool_calls | json_values, "tool_call_id": any_text,
-                                          "name": json_values})
+content = (
+    any_text
+    | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]), "text": any_text}), max_size=3)
+    | json_values
+)
+tool_calls = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": any_text,
+            "type": st.just("function"),
+            "function": st.fixed_dictionaries({"name": any_text, "arguments": any_text}),
+        }
+    ),
+    max_size=2,
+)
+message = st.fixed_dictionaries(
+    {"role": roles, "content": content},
+    optional={"tool_calls": tool_calls | json_values, "tool_call_id": any_text, "name": json_values},
+)
 messages = st.lists(message, min_size=0, max_size=4) | json_values
 
 
@@ -123,8 +151,11 @@ def session(stack):
     logs_before = {name: len(stack.log(f"replica-{name.split('-')[1]}")) for name in stack.replicas}
     with requests.Session() as s:
         yield s
-    ok = requests.post(f"{stack.url}/gateway/chat/invocations",
-                       json={"messages": [{"role": "user", "content": "still there?"}]}, timeout=30)
+    ok = requests.post(
+        f"{stack.url}/gateway/chat/invocations",
+        json={"messages": [{"role": "user", "content": "still there?"}]},
+        timeout=30,
+    )
     assert ok.status_code == 200, ok.text
     for name, offset in logs_before.items():
         new = stack.log(f"replica-{name.split('-')[1]}")[offset:]
@@ -147,14 +178,25 @@ def test_cut_and_spliced_json_text_gets_json_answers(stack, session, case, cut, 
     FUZZ_CASES["json-text-damaged"] += 1
     text = json.dumps(body)
     cut = min(cut, len(text))
-    data = (text[:cut] + splice + text[cut + 1:]).encode("utf-8", "surrogatepass")
+    data = (text[:cut] + splice + text[cut + 1 :]).encode("utf-8", "surrogatepass")
     check_answer(send(stack, session, route, data, "application/json"), f"POST {route} {data[:300]!r}")
 
 
 @SMALL_FUZZ
-@given(route=st.sampled_from(sorted(ROUTES)), data=st.binary(max_size=300),
-       content_type=st.sampled_from(["application/json", "application/json; charset=latin-1", "text/plain",
-                                     "application/octet-stream", "multipart/form-data; boundary=x", None]))
+@given(
+    route=st.sampled_from(sorted(ROUTES)),
+    data=st.binary(max_size=300),
+    content_type=st.sampled_from(
+        [
+            "application/json",
+            "application/json; charset=latin-1",
+            "text/plain",
+            "application/octet-stream",
+            "multipart/form-data; boundary=x",
+            None,
+        ]
+    ),
+)
 def test_raw_bytes_get_json_answers(stack, session, route, data, content_type):
     FUZZ_CASES["raw-bytes"] += 1
     check_answer(send(stack, session, route, data, content_type), f"POST {route} {content_type} {data[:300]!r}")

@@ -28,8 +28,17 @@ import pytest
 import requests
 import yaml
 
-from conftest import (CHART_FIGURES, REPO, SENTINEL_SECRETS, clean_env, free_port, running_fake, start_replica,
-                      stop_group, write_secret)
+from conftest import (
+    CHART_FIGURES,
+    REPO,
+    SENTINEL_SECRETS,
+    clean_env,
+    free_port,
+    running_fake,
+    start_replica,
+    stop_group,
+    write_secret,
+)
 
 CHART = REPO / "charts" / "mlflow-gateway"
 BIN = Path(sys.executable).parent
@@ -44,31 +53,50 @@ VALUE_SETS: dict[str, dict] = {
     "production": {
         "image": {"repository": "registry.example.com/ml/mlflow-gateway", "tag": "0.1.0"},
         "imagePullSecrets": [{"name": "registry"}],
-        "gateway": {"workers": 4, "gracefulTimeout": 120, "preStopSeconds": 15, "auth": "on",
-                    "env": {"GATEWAY_UPSTREAM_RETRIES": "2", "AZURE_OPENAI_API_BASE": "https://acme.openai.azure.com"},
-                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}}},
+        "gateway": {
+            "workers": 4,
+            "gracefulTimeout": 120,
+            "preStopSeconds": 15,
+            "auth": "on",
+            "env": {"GATEWAY_UPSTREAM_RETRIES": "2", "AZURE_OPENAI_API_BASE": "https://acme.openai.azure.com"},
+            "resources": {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+        },
         "autoscaling": {"minReplicas": 3, "maxReplicas": 30, "targetCPUUtilizationPercentage": 60},
         "providerKeys": {"existingSecret": "llm-provider-keys"},
         "clientKeys": {"secretName": "gateway-client-keys"},
-        "redis": {"enabled": False, "external": {"existingSecret": "redis-url"}, "onDown": "closed",
-                  "readinessGate": True},
-        "ingress": {"enabled": True, "className": "nginx", "host": "llm.example.com",
-                    "tls": [{"secretName": "llm-tls", "hosts": ["llm.example.com"]}]},
-        "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
-                       "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}}},
-        "networkPolicy": {"edgeFrom": [{"namespaceSelector": {"matchLabels": {
-                              "kubernetes.io/metadata.name": "ingress-nginx"}}}],
-                          "metricsFrom": [{"namespaceSelector": {"matchLabels": {
-                              "kubernetes.io/metadata.name": "monitoring"}}}],
-                          "extraEgress": [{"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
-                                           "ports": [{"port": 6380, "protocol": "TCP"}]}]},
+        "redis": {
+            "enabled": False,
+            "external": {"existingSecret": "redis-url"},
+            "onDown": "closed",
+            "readinessGate": True,
+        },
+        "ingress": {
+            "enabled": True,
+            "className": "nginx",
+            "host": "llm.example.com",
+            "tls": [{"secretName": "llm-tls", "hosts": ["llm.example.com"]}],
+        },
+        "monitoring": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+        },
+        "networkPolicy": {
+            "edgeFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}],
+            "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+            "extraEgress": [
+                {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 6380, "protocol": "TCP"}]}
+            ],
+        },
     },
     # Gateway API in front of the gateway pods (no nginx), a fixed replica count, the ledger on a shared claim,
     # keys given as values (the chart owns the Secrets).
     "gateway-api": {
         "nginx": {"enabled": False},
-        "httpRoute": {"enabled": True, "parentRefs": [{"name": "public", "namespace": "gateway-system"}],
-                      "hostnames": ["llm.example.com"]},
+        "httpRoute": {
+            "enabled": True,
+            "parentRefs": [{"name": "public", "namespace": "gateway-system"}],
+            "hostnames": ["llm.example.com"],
+        },
         "autoscaling": {"enabled": False},
         "gateway": {"replicas": 4, "terminationGracePeriodSeconds": 90},
         "ledger": {"existingClaim": "gateway-ledger"},
@@ -102,8 +130,13 @@ VALUE_SETS["chart README: production"] = documented_values(CHART / "README.md", 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if not HELM.exists():
         pytest.fail(f"{HELM} is missing: run scripts/install_helm.sh (scripts/setup.sh --dev does)")
-    result = subprocess.run([str(HELM), *args], capture_output=True, text=True, timeout=120,
-                            env={**clean_env(), "HELM_CACHE_HOME": "/tmp/helm-cache-tests"})
+    result = subprocess.run(
+        [str(HELM), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean_env(), "HELM_CACHE_HOME": "/tmp/helm-cache-tests"},
+    )
     if check and result.returncode != 0:
         pytest.fail(f"helm {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
     return result
@@ -117,8 +150,17 @@ def values_file(tmp: Path, name: str, values: dict) -> Path:
 
 def template(tmp: Path, name: str, values: dict, *extra: str) -> subprocess.CompletedProcess:
     CHART_FIGURES["helm template"] += 1
-    return helm("template", "gw", str(CHART), "--namespace", "ai", "-f", str(values_file(tmp, name, values)),
-                *extra, check=False)
+    return helm(
+        "template",
+        "gw",
+        str(CHART),
+        "--namespace",
+        "ai",
+        "-f",
+        str(values_file(tmp, name, values)),
+        *extra,
+        check=False,
+    )
 
 
 class Render:
@@ -138,8 +180,11 @@ class Render:
         return found[0]
 
     def gateway(self) -> dict:
-        return next(d for d in self.docs if d["kind"] == "Deployment"
-                    and d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway")
+        return next(
+            d
+            for d in self.docs
+            if d["kind"] == "Deployment" and d["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+        )
 
     def gateway_container(self) -> dict:
         return self.gateway()["spec"]["template"]["spec"]["containers"][0]
@@ -184,8 +229,15 @@ def validations(renders, tmp_path_factory) -> dict[str, tuple[int, list[str]]]:
         files[name] = tmp / f"render-{i}.yaml"
         files[name].write_text(render.text)
     # One process per version, side by side (each is CPU-bound in jsonschema).
-    runs = [subprocess.Popen([str(BIN / "kubernetes-validate"), "--strict", "-k", version, *map(str, files.values())],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for version in KUBE_VERSIONS]
+    runs = [
+        subprocess.Popen(
+            [str(BIN / "kubernetes-validate"), "--strict", "-k", version, *map(str, files.values())],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for version in KUBE_VERSIONS
+    ]
     lines, code = [], 0
     for run in runs:
         output, _ = run.communicate(timeout=600)
@@ -193,8 +245,7 @@ def validations(renders, tmp_path_factory) -> dict[str, tuple[int, list[str]]]:
         code |= run.returncode
     # Lines that name no file (a crash, a usage error) count against every render.
     unattributed = [ln for ln in lines if not any(f" {path} " in ln for path in files.values())]
-    return {name: (code, [ln for ln in lines if f" {path} " in ln] + unattributed)
-            for name, path in files.items()}
+    return {name: (code, [ln for ln in lines if f" {path} " in ln] + unattributed) for name, path in files.items()}
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -204,7 +255,9 @@ def test_every_render_passes_kubernetes_validate_strict(name, renders, validatio
     problems = [ln for ln in lines if not ln.startswith(("INFO", "WARN"))]
     assert not problems, "\n".join(problems)
     assert code == 0 or any(not ln.startswith(("INFO", "WARN")) for other in validations.values() for ln in other[1])
-    passed = [m.groups() for ln in lines if (m := re.match(r"INFO .* passed for resource (\S+) against version (\S+)$", ln))]
+    passed = [
+        m.groups() for ln in lines if (m := re.match(r"INFO .* passed for resource (\S+) against version (\S+)$", ln))
+    ]
     built_in = [d for d in render.docs if d["kind"] not in CUSTOM_KINDS]
     # Every Kubernetes kind was checked for every version (a misspelt apiVersion would be a WARN, not a pass).
     assert len(passed) == len(built_in) * len(KUBE_VERSIONS), lines
@@ -239,11 +292,15 @@ def test_grace_period_outlasts_the_prestop_pause_and_gunicorns_graceful_timeout(
         strategy = render.gateway()["spec"]["strategy"]["rollingUpdate"]
         assert strategy["maxUnavailable"] == 0 and strategy["maxSurge"] >= 1, name
     # gunicorn's graceful_timeout is the setting the env carries.
-    assert 'graceful_timeout = _env_int("GATEWAY_GRACEFUL_TIMEOUT"' in (REPO / "gateway_kit/gunicorn_conf.py").read_text()
+    assert (
+        'graceful_timeout = _env_int("GATEWAY_GRACEFUL_TIMEOUT"' in (REPO / "gateway_kit/gunicorn_conf.py").read_text()
+    )
 
 
 def test_a_grace_period_too_short_for_streams_fails_the_render(tmp_path):
-    result = template(tmp_path, "short-grace", {"gateway": {"gracefulTimeout": 60, "terminationGracePeriodSeconds": 45}})
+    result = template(
+        tmp_path, "short-grace", {"gateway": {"gracefulTimeout": 60, "terminationGracePeriodSeconds": 45}}
+    )
     assert result.returncode != 0
     assert "gateway.terminationGracePeriodSeconds=45 must be above" in result.stderr
     assert "= 70" in result.stderr  # preStopSeconds 10 + gracefulTimeout 60
@@ -254,8 +311,11 @@ def test_pods_run_as_10001_read_only_without_capabilities_writing_only_to_tmp(re
     pod = render.gateway()["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"] is True
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]}}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     volumes = {v["name"]: v for v in pod["volumes"]}
     writable = [m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")]
     assert writable == ["/tmp"] and "emptyDir" in volumes["tmp"]
@@ -283,7 +343,9 @@ def test_replicas_spread_over_zones_and_nodes_and_are_scaled_by_cpu_down_slowly(
     render = renders["default"]
     pod = render.gateway()["spec"]["template"]["spec"]
     assert {t["topologyKey"] for t in pod["topologySpreadConstraints"]} == {
-        "topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    }
     assert pod["containers"][0]["resources"]["requests"]["cpu"]
     assert "replicas" not in render.gateway()["spec"]  # the HPA owns the count
     hpa = render.one("HorizontalPodAutoscaler")
@@ -323,8 +385,11 @@ def test_the_packaged_chart_carries_the_files_themselves(renders, tmp_path):
 def test_images_are_the_ones_the_compose_files_pin(renders):
     """nginx and Redis: the prod compose file's tags (bump both together); the gateway: the kit's version."""
     compose = yaml.safe_load((REPO / "docker-compose.prod.yml").read_text())["services"]
-    images = {d["spec"]["template"]["spec"]["containers"][0]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
-              for d in renders["default"].docs if d["kind"] in ("Deployment", "StatefulSet")}
+    images = {
+        d["spec"]["template"]["spec"]["containers"][0]["name"]: d["spec"]["template"]["spec"]["containers"][0]["image"]
+        for d in renders["default"].docs
+        if d["kind"] in ("Deployment", "StatefulSet")
+    }
     assert images["nginx"] == compose["nginx"]["image"]
     assert images["redis"] == compose["redis"]["image"]
     version = re.search(r'^version = "(.+)"', (REPO / "pyproject.toml").read_text(), re.M).group(1)
@@ -353,12 +418,17 @@ def test_provider_keys_are_files_from_a_secret_never_values_in_the_pod_spec(rend
         assert env[f"{name}_FILE"] == f"/etc/gateway/provider-keys/{name}"
         assert name not in env
     volumes = {v["name"]: v for v in prod.gateway()["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["provider-keys"]["secret"] == {"secretName": "llm-provider-keys", "defaultMode": 0o440,
-                                                  "optional": False}
+    assert volumes["provider-keys"]["secret"] == {
+        "secretName": "llm-provider-keys",
+        "defaultMode": 0o440,
+        "optional": False,
+    }
     assert "Secret" not in prod.kinds()  # an existing Secret: the chart creates none
     # Keys given as values: a Secret the chart owns, and a checksum that rolls the pods when a key changes.
-    values = write_secret(tmp_path / "keys-values.yaml", yaml.safe_dump(
-        {"providerKeys": {"values": {"OPENAI_API_KEY": SENTINEL_SECRETS["openai"]}}}))
+    values = write_secret(
+        tmp_path / "keys-values.yaml",
+        yaml.safe_dump({"providerKeys": {"values": {"OPENAI_API_KEY": SENTINEL_SECRETS["openai"]}}}),
+    )
     CHART_FIGURES["helm template"] += 1
     owned = Render(helm("template", "gw", str(CHART), "-f", str(values)).stdout)
     secret = owned.one("Secret", "-provider-keys")
@@ -397,9 +467,10 @@ def test_redis_is_bundled_with_a_pvc_or_external(renders):
 # ----------------------------------------------------------------------------------------------- the edge
 def test_nginx_in_front_runs_the_kits_nginx_conf_with_only_the_docker_names_replaced(renders, tmp_path):
     kit = (REPO / "nginx.conf").read_text().rstrip("\n").splitlines()
-    for name, resolver, fqdn in (("default", "kube-dns.kube-system.svc.cluster.local",
-                                  "gw-mlflow-gateway-gateway-pods.ai.svc.cluster.local"),
-                                 ("own-config", "10.96.0.10", "gw-mlflow-gateway-gateway-pods.ai.svc.k8s.internal")):
+    for name, resolver, fqdn in (
+        ("default", "kube-dns.kube-system.svc.cluster.local", "gw-mlflow-gateway-gateway-pods.ai.svc.cluster.local"),
+        ("own-config", "10.96.0.10", "gw-mlflow-gateway-gateway-pods.ai.svc.k8s.internal"),
+    ):
         conf = renders[name].one("ConfigMap", "-nginx")["data"]["nginx.conf"].splitlines()
         changed = [(a.strip(), b.strip()) for a, b in zip(kit, conf) if a != b]
         assert len(conf) == len(kit)
@@ -411,9 +482,23 @@ def test_nginx_in_front_runs_the_kits_nginx_conf_with_only_the_docker_names_repl
     # The rendered file passes the host's `nginx -t` (a resolver by address: -t resolves a name, offline here).
     conf_file = tmp_path / "nginx.conf"
     conf_file.write_text(renders["own-config"].one("ConfigMap", "-nginx")["data"]["nginx.conf"])
-    result = subprocess.run(["nginx", "-t", "-c", str(conf_file), "-p", str(tmp_path), "-e",
-                             str(tmp_path / "error.log"), "-g", f"pid {tmp_path}/nginx.pid;"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [
+            "nginx",
+            "-t",
+            "-c",
+            str(conf_file),
+            "-p",
+            str(tmp_path),
+            "-e",
+            str(tmp_path / "error.log"),
+            "-g",
+            f"pid {tmp_path}/nginx.pid;",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     headless = renders["default"].one("Service", "-gateway-pods")
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is False
@@ -455,8 +540,12 @@ def test_prometheus_rule_is_monitoring_alerts_yml_unchanged(renders, tmp_path):
 def test_service_monitor_scrapes_each_gateway_pod_once_under_the_alerts_job_name(renders):
     render = renders["production"]
     sm = render.one("ServiceMonitor")
-    selected = [d for d in render.docs if d["kind"] == "Service" and all(
-        d["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())]
+    selected = [
+        d
+        for d in render.docs
+        if d["kind"] == "Service"
+        and all(d["metadata"]["labels"].get(k) == v for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    ]
     assert [s["metadata"]["name"] for s in selected] == ["gw-mlflow-gateway-gateway-pods"]
     endpoint = sm["spec"]["endpoints"][0]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
@@ -467,41 +556,56 @@ def test_service_monitor_scrapes_each_gateway_pod_once_under_the_alerts_job_name
 
 def test_network_policy_lets_only_the_edge_and_metrics_reach_the_pods(renders):
     prod = renders["production"]
-    nginx_pods = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow-gateway",
-                                                   "app.kubernetes.io/instance": "gw",
-                                                   "app.kubernetes.io/component": "nginx"}}}]
+    nginx_pods = [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "mlflow-gateway",
+                    "app.kubernetes.io/instance": "gw",
+                    "app.kubernetes.io/component": "nginx",
+                }
+            }
+        }
+    ]
     gateway = prod.one("NetworkPolicy", "-gateway")["spec"]
     assert gateway["policyTypes"] == ["Ingress", "Egress"]
     assert [rule["from"] for rule in gateway["ingress"]] == [
-        nginx_pods, VALUE_SETS["production"]["networkPolicy"]["metricsFrom"]]
+        nginx_pods,
+        VALUE_SETS["production"]["networkPolicy"]["metricsFrom"],
+    ]
     # External Redis: any address on 6379; the providers: HTTPS; then the extra rules.
     assert {"port": 443, "protocol": "TCP"} in gateway["egress"][-2]["ports"]
     assert gateway["egress"][-1] == VALUE_SETS["production"]["networkPolicy"]["extraEgress"][0]
     edge = prod.one("NetworkPolicy", "-nginx")["spec"]["ingress"]
     assert edge == [{"ports": [{"port": "http"}], "from": VALUE_SETS["production"]["networkPolicy"]["edgeFrom"]}]
     redis = renders["default"].one("NetworkPolicy", "-redis")["spec"]
-    assert redis["egress"] == [] and redis["ingress"][0]["from"][0]["podSelector"]["matchLabels"][
-        "app.kubernetes.io/component"] == "gateway"
+    assert (
+        redis["egress"] == []
+        and redis["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    )
     assert "NetworkPolicy" not in renders["gateway-api"].kinds()
 
 
 # ----------------------------------------------------------------------------------------------- the schema
-@pytest.mark.parametrize("values, says", [
-    ({"gateway": {"workers": 0}}, "/gateway/workers"),
-    ({"gateway": {"auth": "maybe"}}, "/gateway/auth"),
-    ({"gateway": {"gracefulTimeout": "30"}}, "/gateway/gracefulTimeout"),
-    ({"gateway": {"env": {"OPENAI_API_KEY": "sk-inline"}}}, "/gateway/env/OPENAI_API_KEY"),
-    ({"gateway": {"env": {"GATEWAY_UPSTREAM_RETRIES": 4}}}, "/gateway/env/GATEWAY_UPSTREAM_RETRIES"),
-    ({"gateway": {"env": {"GATEWAY_WORKERS": "4"}}}, "/gateway/env/GATEWAY_WORKERS"),  # gateway.workers sets it
-    ({"redis": {"onDown": "ignore"}}, "/redis/onDown"),
-    ({"redis": {"enabled": False}}, "/redis/external"),
-    ({"redis": {"external": {"url": "http://redis:6379"}}}, "/redis/external/url"),
-    ({"autoscaling": {"targetCPUUtilizationPercentage": 150}}, "/autoscaling/targetCPUUtilizationPercentage"),
-    ({"image": {"tag": 1.0}}, "/image/tag"),
-    ({"gatway": {"workers": 2}}, "gatway"),
-    ({"httpRoute": {"requestTimeout": "5 minutes"}}, "/httpRoute/requestTimeout"),
-    ({"nginx": {"resolver": "10.0.0.10; evil"}}, "/nginx/resolver"),
-])
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        ({"gateway": {"workers": 0}}, "/gateway/workers"),
+        ({"gateway": {"auth": "maybe"}}, "/gateway/auth"),
+        ({"gateway": {"gracefulTimeout": "30"}}, "/gateway/gracefulTimeout"),
+        ({"gateway": {"env": {"OPENAI_API_KEY": "sk-inline"}}}, "/gateway/env/OPENAI_API_KEY"),
+        ({"gateway": {"env": {"GATEWAY_UPSTREAM_RETRIES": 4}}}, "/gateway/env/GATEWAY_UPSTREAM_RETRIES"),
+        ({"gateway": {"env": {"GATEWAY_WORKERS": "4"}}}, "/gateway/env/GATEWAY_WORKERS"),  # gateway.workers sets it
+        ({"redis": {"onDown": "ignore"}}, "/redis/onDown"),
+        ({"redis": {"enabled": False}}, "/redis/external"),
+        ({"redis": {"external": {"url": "http://redis:6379"}}}, "/redis/external/url"),
+        ({"autoscaling": {"targetCPUUtilizationPercentage": 150}}, "/autoscaling/targetCPUUtilizationPercentage"),
+        ({"image": {"tag": 1.0}}, "/image/tag"),
+        ({"gatway": {"workers": 2}}, "gatway"),
+        ({"httpRoute": {"requestTimeout": "5 minutes"}}, "/httpRoute/requestTimeout"),
+        ({"nginx": {"resolver": "10.0.0.10; evil"}}, "/nginx/resolver"),
+    ],
+)
 def test_the_schema_rejects_bad_values_at_install_time(values, says, tmp_path):
     result = template(tmp_path, "bad", values)
     assert result.returncode != 0
@@ -537,8 +641,14 @@ def rendered_pod(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pod")
     keys_script = REPO / "scripts" / "gateway_keys.sh"
     scratch_keys = tmp / "scratch-keys.json"
-    first = subprocess.run([str(keys_script), "--file", str(scratch_keys), "add", "team-a"], capture_output=True,
-                           text=True, env=clean_env(), timeout=30, check=True).stdout.strip()
+    first = subprocess.run(
+        [str(keys_script), "--file", str(scratch_keys), "add", "team-a"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+        check=True,
+    ).stdout.strip()
     with running_fake("127.0.0.1", free_port()) as fake:
         CHART_FIGURES["helm template"] += 1
         render = Render(helm("template", "gw", str(CHART), "--set", f"gateway.env.OPENAI_API_BASE={fake}/v1").stdout)
@@ -570,8 +680,15 @@ def rendered_pod(tmp_path_factory):
         log = tmp / "pod.log"
         proc = start_replica(tmp, port, log=log, timeout=180, **env)
         try:
-            yield {"url": f"http://127.0.0.1:{port}", "log": log, "key": first, "client_keys": client_keys,
-                   "scratch_keys": scratch_keys, "env": env, "tmp": tmp}
+            yield {
+                "url": f"http://127.0.0.1:{port}",
+                "log": log,
+                "key": first,
+                "client_keys": client_keys,
+                "scratch_keys": scratch_keys,
+                "env": env,
+                "tmp": tmp,
+            }
         finally:
             stop_group(proc.pid)
 
@@ -579,21 +696,34 @@ def rendered_pod(tmp_path_factory):
 @pytest.mark.integration
 def test_the_rendered_pod_starts_and_serves_with_keys_from_secret_files(rendered_pod):
     url, key = rendered_pod["url"], rendered_pod["key"]
-    r = requests.post(f"{url}/gateway/chat/invocations", json={"messages": [{"role": "user", "content": "hi"}]},
-                      headers={"Authorization": f"Bearer {key}", "X-Request-ID": "helm-pod-1"}, timeout=30)
+    r = requests.post(
+        f"{url}/gateway/chat/invocations",
+        json={"messages": [{"role": "user", "content": "hi"}]},
+        headers={"Authorization": f"Bearer {key}", "X-Request-ID": "helm-pod-1"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert r.headers["X-Gateway-Replica"] == "gw-mlflow-gateway-7d9f-abcde"
-    assert requests.post(f"{url}/gateway/chat/invocations", json={"messages": [{"role": "user", "content": "x"}]},
-                         timeout=30).status_code == 401
+    assert (
+        requests.post(
+            f"{url}/gateway/chat/invocations", json={"messages": [{"role": "user", "content": "x"}]}, timeout=30
+        ).status_code
+        == 401
+    )
     assert not (rendered_pod["tmp"] / "ledger").exists()  # GATEWAY_LEDGER_DIR=off: stdout only
 
 
 @pytest.mark.integration
 def test_a_client_keys_secret_update_reaches_the_running_pod_without_a_restart(rendered_pod):
     url = rendered_pod["url"]
-    second = subprocess.run([str(REPO / "scripts/gateway_keys.sh"), "--file", str(rendered_pod["scratch_keys"]),
-                             "add", "team-b"], capture_output=True, text=True, env=clean_env(), timeout=30,
-                            check=True).stdout.strip()
+    second = subprocess.run(
+        [str(REPO / "scripts/gateway_keys.sh"), "--file", str(rendered_pod["scratch_keys"]), "add", "team-b"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+        check=True,
+    ).stdout.strip()
     body = {"messages": [{"role": "user", "content": "hi"}]}
     headers = {"Authorization": f"Bearer {second}"}
     assert requests.post(f"{url}/gateway/chat/invocations", json=body, headers=headers, timeout=30).status_code == 401
@@ -610,8 +740,12 @@ def test_a_client_keys_secret_update_reaches_the_running_pod_without_a_restart(r
 def test_analyze_costs_reads_the_pods_stdout_as_kubectl_logs_and_node_log_files_give_it(rendered_pod, tmp_path):
     url, key = rendered_pod["url"], rendered_pod["key"]
     for i in range(3):
-        requests.post(f"{url}/gateway/chat/invocations", json={"messages": [{"role": "user", "content": "x"}]},
-                      headers={"Authorization": f"Bearer {key}", "X-Request-ID": f"helm-cost-{i}"}, timeout=30)
+        requests.post(
+            f"{url}/gateway/chat/invocations",
+            json={"messages": [{"role": "user", "content": "x"}]},
+            headers={"Authorization": f"Bearer {key}", "X-Request-ID": f"helm-cost-{i}"},
+            timeout=30,
+        )
     lines = [ln for ln in rendered_pod["log"].read_text().splitlines() if '"type":"usage"' in ln]
     ours = [ln for ln in lines if '"request_id":"helm-cost-' in ln]
     assert len(ours) == 3
@@ -621,8 +755,14 @@ def test_analyze_costs_reads_the_pods_stdout_as_kubectl_logs_and_node_log_files_
     cri = "".join(f"2026-11-28T18:00:0{i}.000000001Z stdout F {ln}\n" for i, ln in enumerate(ours))
     (tmp_path / "0.log").write_text(cri)
     for args, stdin in ((["-"], kubectl), (["--log-file", str(tmp_path / "0.log")], None)):
-        result = subprocess.run([sys.executable, str(REPO / "analyze_costs.py"), *args, "--json"], input=stdin,
-                                capture_output=True, text=True, env=clean_env(), timeout=120)
+        result = subprocess.run(
+            [sys.executable, str(REPO / "analyze_costs.py"), *args, "--json"],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert report["requests"]["total"] == 3 and report["requests"]["ok"] == 3, report["requests"]
@@ -639,10 +779,12 @@ def test_the_probe_paths_answer_without_a_client_key_on_a_pod_with_keys_on(rende
 def test_install_notes_say_how_to_add_client_keys_and_read_usage_records():
     """`helm install --dry-run=client` renders everything, NOTES.txt included, without a cluster."""
     CHART_FIGURES["helm template"] += 1
-    out = helm("install", "gw", str(CHART), "-n", "ai", "--dry-run=client",
-               "--set", "monitoring.serviceMonitor.enabled=true").stdout
-    notes = out[out.index("NOTES:"):]
+    out = helm(
+        "install", "gw", str(CHART), "-n", "ai", "--dry-run=client", "--set", "monitoring.serviceMonitor.enabled=true"
+    ).stdout
+    notes = out[out.index("NOTES:") :]
     assert "create secret generic gw-mlflow-gateway-client-keys --from-file=keys.json=keys/keys.json" in " ".join(
-        notes.replace("\\\n", " ").split())
+        notes.replace("\\\n", " ").split()
+    )
     assert "python analyze_costs.py -" in notes and "--tail=-1" in notes  # kubectl logs -l keeps 10 lines otherwise
     assert "networkPolicy.metricsFrom is empty" in notes

@@ -57,8 +57,13 @@ def limited_config(path: Path) -> Path:
 
 
 def add_key(keys_file: Path, client: str) -> str:
-    result = subprocess.run([str(KEYS), "--file", str(keys_file), "add", client], capture_output=True, text=True,
-                            env=clean_env(), timeout=30)
+    result = subprocess.run(
+        [str(KEYS), "--file", str(keys_file), "add", client],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -91,8 +96,14 @@ def store():
     r.close()
 
 
-def chat(stack, key: str | None, content: str = "Hello", endpoint: str = "chat", route: str = "gateway",
-         headers: dict | None = None) -> requests.Response:
+def chat(
+    stack,
+    key: str | None,
+    content: str = "Hello",
+    endpoint: str = "chat",
+    route: str = "gateway",
+    headers: dict | None = None,
+) -> requests.Response:
     body = {"messages": [{"role": "user", "content": content}]}
     if route == "v1":
         url, body = f"{stack.url}/v1/chat/completions", {**body, "model": endpoint}
@@ -104,10 +115,15 @@ def chat(stack, key: str | None, content: str = "Hello", endpoint: str = "chat",
 def completion(stack, key: str, i: int) -> requests.Response:
     """Half through /gateway/completions/invocations, half through /v1/completions: both count the same."""
     if i % 2:
-        return requests.post(f"{stack.url}/v1/completions", json={"model": "completions", "prompt": f"p{i}"},
-                             headers=bearer(key), timeout=60)
-    return requests.post(f"{stack.url}/gateway/completions/invocations", json={"prompt": f"p{i}"},
-                         headers=bearer(key), timeout=60)
+        return requests.post(
+            f"{stack.url}/v1/completions",
+            json={"model": "completions", "prompt": f"p{i}"},
+            headers=bearer(key),
+            timeout=60,
+        )
+    return requests.post(
+        f"{stack.url}/gateway/completions/invocations", json={"prompt": f"p{i}"}, headers=bearer(key), timeout=60
+    )
 
 
 def assert_names_the_limit(r: requests.Response, name: str, value: float, window: str, kind="rate_limit_exceeded"):
@@ -167,8 +183,12 @@ def test_each_client_gets_exactly_its_own_limit_on_every_route(stack, limited):
 def test_an_endpoint_limit_keyed_by_client_counts_each_client_apart(stack, limited):
     def send(job):
         client, i = job
-        r = requests.post(f"{stack.url}/gateway/embeddings/invocations", json={"input": f"e{i}"},
-                          headers=bearer(limited[client]), timeout=60)
+        r = requests.post(
+            f"{stack.url}/gateway/embeddings/invocations",
+            json={"input": f"e{i}"},
+            headers=bearer(limited[client]),
+            timeout=60,
+        )
         return client, r
 
     with ThreadPoolExecutor(12) as pool:
@@ -274,15 +294,27 @@ def test_redis_down_with_the_closed_policy_refuses_with_503(tmp_path, fake_upstr
     port = free_port()
     log = tmp_path / "gateway.log"
     ledger = tmp_path / "ledger"
-    proc = start_replica(tmp_path, port, log=log, GATEWAY_LEDGER_DIR=str(ledger), GATEWAY_DEMO_UPSTREAM=fake_upstream,
-                         GATEWAY_CONFIG=str(limited_config(tmp_path / "c.yaml")), GATEWAY_AUTH="on",
-                         GATEWAY_KEYS_FILE=str(keys_file), GATEWAY_LIMITS_ON_REDIS_DOWN="closed",
-                         GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    proc = start_replica(
+        tmp_path,
+        port,
+        log=log,
+        GATEWAY_LEDGER_DIR=str(ledger),
+        GATEWAY_DEMO_UPSTREAM=fake_upstream,
+        GATEWAY_CONFIG=str(limited_config(tmp_path / "c.yaml")),
+        GATEWAY_AUTH="on",
+        GATEWAY_KEYS_FILE=str(keys_file),
+        GATEWAY_LIMITS_ON_REDIS_DOWN="closed",
+        GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+    )  # nothing listens there
     try:
         requests.post(f"{fake_upstream}/_fake/reset", timeout=5)
         body = {"messages": [{"role": "user", "content": "hi"}]}
-        answers = [requests.post(f"http://127.0.0.1:{port}/gateway/chat/invocations", json=body,
-                                 headers=bearer(key), timeout=30) for _ in range(3)]
+        answers = [
+            requests.post(
+                f"http://127.0.0.1:{port}/gateway/chat/invocations", json=body, headers=bearer(key), timeout=30
+            )
+            for _ in range(3)
+        ]
         upstream = requests.get(f"{fake_upstream}/_fake/stats", timeout=5).json()["requests"]
     finally:
         stop_group(proc.pid)
@@ -295,7 +327,8 @@ def test_redis_down_with_the_closed_policy_refuses_with_503(tmp_path, fake_upstr
     records = [json.loads(line) for path in ledger.glob("usage-*.jsonl") for line in path.read_text().splitlines()]
     assert sorted(r["request_id"] for r in records) == sorted(r.headers["X-Request-ID"] for r in answers)
     assert {(r["status"], r["error"], r["client"], r["endpoint"], r["cost_usd"]) for r in records} == {
-        (503, "refused:limits_unavailable", "direct", "chat", 0.0)}
+        (503, "refused:limits_unavailable", "direct", "chat", 0.0)
+    }
 
 
 # ------------------------------------------------------------------------------------------ client keys
@@ -338,10 +371,12 @@ def test_openai_and_anthropic_style_keys_work_and_never_reach_the_provider(stack
 def test_the_key_names_the_client_in_usage_records_whatever_the_client_claims(stack, limited):
     request_id = f"who-{uuid.uuid4().hex[:10]}"
     # Straight to a replica, past nginx (which drops X-Gateway-Client): the key still decides.
-    r = requests.post("http://127.0.10.1:8000/gateway/chat/invocations",
-                      json={"messages": [{"role": "user", "content": "who am I"}]},
-                      headers={**bearer(limited["gina"]), "X-Gateway-Client": "mallory", "X-Request-ID": request_id},
-                      timeout=30)
+    r = requests.post(
+        "http://127.0.10.1:8000/gateway/chat/invocations",
+        json={"messages": [{"role": "user", "content": "who am I"}]},
+        headers={**bearer(limited["gina"]), "X-Gateway-Client": "mallory", "X-Request-ID": request_id},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     deadline = time.monotonic() + 10
     found = []
@@ -360,15 +395,23 @@ def test_added_and_revoked_keys_take_effect_on_every_replica_within_seconds(stac
     body = {"messages": [{"role": "user", "content": "hi"}]}
 
     def statuses() -> list[int]:
-        return [requests.post(f"{url}/gateway/chat/invocations", json=body, headers=bearer(key), timeout=30)
-                .status_code for url in replicas for _ in range(2)]  # both workers, most likely
+        return [
+            requests.post(f"{url}/gateway/chat/invocations", json=body, headers=bearer(key), timeout=30).status_code
+            for url in replicas
+            for _ in range(2)
+        ]  # both workers, most likely
 
     deadline = time.monotonic() + 15
     while (seen := statuses()) != [200] * 6 and time.monotonic() < deadline:
         time.sleep(0.3)
     assert seen == [200] * 6
-    result = subprocess.run([str(KEYS), "--file", str(stack.keys_file), "revoke", "temporary"],
-                            capture_output=True, text=True, env=clean_env(), timeout=30)
+    result = subprocess.run(
+        [str(KEYS), "--file", str(stack.keys_file), "revoke", "temporary"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     deadline = time.monotonic() + 15
     while (seen := statuses()) != [401] * 6 and time.monotonic() < deadline:
@@ -425,8 +468,9 @@ def test_the_ledger_has_one_record_for_every_request_in_nginxs_access_log(stack,
         chat(stack, "gwk_unknown", endpoint="anthropic-chat"),
         chat(stack, limited["gina"], endpoint="no-such-endpoint"),
         chat(stack, limited["gina"], "[[fault:500]]"),
-        requests.post(f"{stack.url}/gateway/chat/invocations", data=b"{not json", headers=bearer(limited["gina"]),
-                      timeout=30),
+        requests.post(
+            f"{stack.url}/gateway/chat/invocations", data=b"{not json", headers=bearer(limited["gina"]), timeout=30
+        ),
         *(chat(stack, key, f"over {i}") for i in range(5)),  # some of these are over its 2 per minute
     ]
     ids = {r.headers["X-Request-ID"] for r in sent}
@@ -434,8 +478,11 @@ def test_the_ledger_has_one_record_for_every_request_in_nginxs_access_log(stack,
     assert {401, 404, 429, 200}.issubset({r.status_code for r in sent})
     deadline = time.monotonic() + 15
     while True:
-        logged = [json.loads(line) for line in stack.log("nginx").splitlines()
-                  if line.startswith("{") and json.loads(line)["request_id"] in ids]
+        logged = [
+            json.loads(line)
+            for line in stack.log("nginx").splitlines()
+            if line.startswith("{") and json.loads(line)["request_id"] in ids
+        ]
         if len(logged) >= len(sent) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
@@ -451,30 +498,52 @@ def test_the_keys_script_prints_a_key_once_and_stores_only_its_hash(tmp_path):
     assert key.startswith("gwk_") and len(key) > 40
     stored = keys_file.read_text()
     assert key not in stored and json.loads(stored)["keys"][0]["client"] == "team-search"
-    listed = subprocess.run([str(KEYS), "--file", str(keys_file), "list"], capture_output=True, text=True,
-                            env=clean_env(), timeout=30)
+    listed = subprocess.run(
+        [str(KEYS), "--file", str(keys_file), "list"], capture_output=True, text=True, env=clean_env(), timeout=30
+    )
     assert listed.returncode == 0 and "team-search" in listed.stdout and key[:12] + "..." in listed.stdout
     assert key not in listed.stdout + listed.stderr
-    again = subprocess.run([str(KEYS), "--file", str(keys_file), "revoke", "nobody"], capture_output=True,
-                           text=True, env=clean_env(), timeout=30)
+    again = subprocess.run(
+        [str(KEYS), "--file", str(keys_file), "revoke", "nobody"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+    )
     assert again.returncode == 1 and "no key for client 'nobody'" in again.stderr
-    bad = subprocess.run([str(KEYS), "--file", str(keys_file), "add", "two words"], capture_output=True, text=True,
-                         env=clean_env(), timeout=30)
+    bad = subprocess.run(
+        [str(KEYS), "--file", str(keys_file), "add", "two words"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=30,
+    )
     assert bad.returncode == 2 and "is not a client name" in bad.stderr
 
 
 def preflight(config: Path, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(REPO / "entrypoint.sh"), "--check"], capture_output=True, text=True, timeout=120,
-                          env=clean_env(GATEWAY_CONFIG=str(config), OPENAI_API_KEY="sk-proj-Zq8RealLookingKey", **env))
+    return subprocess.run(
+        [str(REPO / "entrypoint.sh"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(GATEWAY_CONFIG=str(config), OPENAI_API_KEY="sk-proj-Zq8RealLookingKey", **env),
+    )
 
 
-@pytest.mark.parametrize(("limits", "line", "message"), [
-    ({"client": {"calls": 0}}, "calls: 0", "limits.client.calls: calls must be a whole number of at least 1"),
-    ({"client": {"calls": 5, "renewal_period": "fortnight"}}, "renewal_period: fortnight",
-     "renewal_period 'fortnight' is not a period"),
-    ({"clients": {"ci": {"usd_per_day": -1}}}, "usd_per_day: -1", "usd_per_day must be a number above 0"),
-    ({"per_user": {}}, "per_user:", "limits: unknown key `per_user`; keys here: endpoint, client, clients"),
-])
+@pytest.mark.parametrize(
+    ("limits", "line", "message"),
+    [
+        ({"client": {"calls": 0}}, "calls: 0", "limits.client.calls: calls must be a whole number of at least 1"),
+        (
+            {"client": {"calls": 5, "renewal_period": "fortnight"}},
+            "renewal_period: fortnight",
+            "renewal_period 'fortnight' is not a period",
+        ),
+        ({"clients": {"ci": {"usd_per_day": -1}}}, "usd_per_day: -1", "usd_per_day must be a number above 0"),
+        ({"per_user": {}}, "per_user:", "limits: unknown key `per_user`; keys here: endpoint, client, clients"),
+    ],
+)
 def test_a_wrong_limit_is_reported_with_its_line_and_the_gateway_does_not_start(tmp_path, limits, line, message):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["limits"] = limits
@@ -488,8 +557,13 @@ def test_a_wrong_limit_is_reported_with_its_line_and_the_gateway_does_not_start(
 
 
 def test_an_endpoint_limit_with_an_unknown_key_is_reported_with_its_line(tmp_path):
-    text = (REPO / "config.yaml").read_text().replace(
-        "  - name: embeddings\n", "  - name: embeddings\n    limit: {calls: 5, renewal_period: minute, key: ip}\n")
+    text = (
+        (REPO / "config.yaml")
+        .read_text()
+        .replace(
+            "  - name: embeddings\n", "  - name: embeddings\n    limit: {calls: 5, renewal_period: minute, key: ip}\n"
+        )
+    )
     path = tmp_path / "config.yaml"
     path.write_text(text)
     result = preflight(path)
@@ -498,11 +572,14 @@ def test_an_endpoint_limit_with_an_unknown_key_is_reported_with_its_line(tmp_pat
     assert f"{path}:{number}: endpoint 'embeddings': limit.key: key 'ip' is not supported" in result.stderr
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"GATEWAY_AUTH": "off"}, "GATEWAY_AUTH=off is only allowed in demo mode"),
-    ({"GATEWAY_AUTH": "maybe"}, "GATEWAY_AUTH='maybe' is not one of auto, on, off"),
-    ({"GATEWAY_LIMITS_ON_REDIS_DOWN": "ajar"}, "GATEWAY_LIMITS_ON_REDIS_DOWN='ajar' is not open or closed"),
-])
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"GATEWAY_AUTH": "off"}, "GATEWAY_AUTH=off is only allowed in demo mode"),
+        ({"GATEWAY_AUTH": "maybe"}, "GATEWAY_AUTH='maybe' is not one of auto, on, off"),
+        ({"GATEWAY_LIMITS_ON_REDIS_DOWN": "ajar"}, "GATEWAY_LIMITS_ON_REDIS_DOWN='ajar' is not open or closed"),
+    ],
+)
 def test_auth_off_with_real_provider_keys_or_a_bad_setting_refuses_to_start(env, message):
     result = preflight(REPO / "config.yaml", **env)
     assert result.returncode == 78

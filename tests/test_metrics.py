@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, clean_env, free_port, gone, start_replica, stop_group, wait_http
+import gateway_kit
 from gateway_kit import metrics
 from gateway_kit.usage import Ledger, UsageRecord
 from metrics_helpers import as_promql, dashboard_exprs
@@ -47,8 +48,15 @@ def value(m, name: str, **labels) -> float:
 
 
 def record(**fields) -> UsageRecord:
-    base = {"ts": "", "request_id": "r1", "route": "/gateway/chat/invocations", "endpoint": "chat",
-            "model": "gpt-4o-mini", "status": 200, "latency_ms": 250.0}
+    base = {
+        "ts": "",
+        "request_id": "r1",
+        "route": "/gateway/chat/invocations",
+        "endpoint": "chat",
+        "model": "gpt-4o-mini",
+        "status": 200,
+        "latency_ms": 250.0,
+    }
     return UsageRecord(**{**base, **fields})
 
 
@@ -67,8 +75,7 @@ def test_a_record_counts_request_duration_tokens_and_cost(m):
 
 
 def test_a_stream_records_its_time_to_first_token_and_an_unknown_price_is_counted_apart(m):
-    m(record(stream=True, ttft_ms=120.0, latency_ms=900.0, prompt_tokens=3, completion_tokens=7,
-             cost_usd=None))
+    m(record(stream=True, ttft_ms=120.0, latency_ms=900.0, prompt_tokens=3, completion_tokens=7, cost_usd=None))
     assert value(m, "gateway_time_to_first_token_seconds_sum", endpoint="chat") == 0.12
     assert value(m, "gateway_request_duration_seconds_count", endpoint="chat", stream="true") == 1
     assert value(m, "gateway_unpriced_requests_total", endpoint="chat", model="gpt-4o-mini") == 1
@@ -99,19 +106,22 @@ def test_functions_for_limits_fallbacks_and_breakers_count_with_bounded_labels(m
     metrics.fallback("chat", "azure-chat", "upstream_5xx")
     metrics.circuit_breaker("https://user:secret@api.openai.com/v1", "open", model="gpt-4o-mini")
     metrics.circuit_breaker("https://api.openai.com/v1", "closed", model="text-embedding-3-small")
-    assert value(m, "gateway_rate_limit_rejections_total", limit="requests_per_minute", endpoint="chat",
-                 client="team-a") == 1
-    assert value(m, "gateway_rate_limit_rejections_total", limit="other", endpoint="unknown",
-                 client="anonymous") == 1
-    assert value(m, "gateway_budget_rejections_total", limit="usd_per_day", endpoint="embeddings",
-                 client="team-b") == 1
+    assert (
+        value(m, "gateway_rate_limit_rejections_total", limit="requests_per_minute", endpoint="chat", client="team-a")
+        == 1
+    )
+    assert value(m, "gateway_rate_limit_rejections_total", limit="other", endpoint="unknown", client="anonymous") == 1
+    assert value(m, "gateway_budget_rejections_total", limit="usd_per_day", endpoint="embeddings", client="team-b") == 1
     assert value(m, "gateway_fallbacks_total", endpoint="chat", to="azure-chat", reason="upstream_5xx") == 1
     # one breaker per model of a provider: the sick model's is open, its neighbour's on the same host is not
-    assert value(m, "gateway_circuit_breaker_transitions_total", upstream="api.openai.com", model="gpt-4o-mini",
-                 state="open") == 1
+    assert (
+        value(
+            m, "gateway_circuit_breaker_transitions_total", upstream="api.openai.com", model="gpt-4o-mini", state="open"
+        )
+        == 1
+    )
     assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com", model="gpt-4o-mini") == 1
-    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com",
-                 model="text-embedding-3-small") == 0
+    assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com", model="text-embedding-3-small") == 0
     metrics.circuit_breaker("api.openai.com", "half_open", model="gpt-4o-mini")
     assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com", model="gpt-4o-mini") == 0
     text = "".join(str(s) for f in m.registry.collect() for s in f.samples)
@@ -154,13 +164,28 @@ def test_a_worker_writes_its_figures_once_per_interval_and_histograms_match_obse
         for latency_s in values:
             m(record(latency_ms=latency_s * 1000))
         m.batch.started()
-        assert value(m, "gateway_requests_total", endpoint="chat", status_class="2xx", client="anonymous",
-                     route="/gateway/{endpoint}/invocations") == 0  # not yet written
+        assert (
+            value(
+                m,
+                "gateway_requests_total",
+                endpoint="chat",
+                status_class="2xx",
+                client="anonymous",
+                route="/gateway/{endpoint}/invocations",
+            )
+            == 0
+        )  # not yet written
         await asyncio.sleep(0.5)
 
     asyncio.run(serve())
-    assert value(m, "gateway_requests_total", endpoint="chat", status_class="2xx", client="anonymous",
-                 route="/gateway/{endpoint}/invocations") == len(values)
+    assert value(
+        m,
+        "gateway_requests_total",
+        endpoint="chat",
+        status_class="2xx",
+        client="anonymous",
+        route="/gateway/{endpoint}/invocations",
+    ) == len(values)
     assert value(m, "gateway_requests_in_flight") == 1
     direct = CollectorRegistry()
     reference = Histogram("reference", "", buckets=metrics.DURATION_BUCKETS, registry=direct)
@@ -168,10 +193,12 @@ def test_a_worker_writes_its_figures_once_per_interval_and_histograms_match_obse
         reference.observe(latency_s)
     for bound in [*map(float, metrics.DURATION_BUCKETS), float("inf")]:
         le = "+Inf" if bound == float("inf") else str(bound)
-        assert value(m, "gateway_request_duration_seconds_bucket", endpoint="chat", stream="false", le=le) == \
-            direct.get_sample_value("reference_bucket", {"le": le}), le
-    assert value(m, "gateway_request_duration_seconds_sum", endpoint="chat", stream="false") == \
-        pytest.approx(direct.get_sample_value("reference_sum"))
+        assert value(
+            m, "gateway_request_duration_seconds_bucket", endpoint="chat", stream="false", le=le
+        ) == direct.get_sample_value("reference_bucket", {"le": le}), le
+    assert value(m, "gateway_request_duration_seconds_sum", endpoint="chat", stream="false") == pytest.approx(
+        direct.get_sample_value("reference_sum")
+    )
 
 
 def test_a_bad_flush_interval_is_refused_with_what_to_set():
@@ -192,8 +219,11 @@ def scrape(url: str) -> dict[tuple[str, frozenset], float]:
     r = requests.get(f"{url}/metrics", timeout=10)
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")  # every Prometheus reads it
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(r.text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
 
 
 def scrape_until(url: str, done, timeout: float = 10) -> dict:
@@ -228,9 +258,16 @@ def prometheus(stack, tmp_path_factory):
     port = free_port()
     log = (work / "prometheus.log").open("w")
     proc = subprocess.Popen(
-        [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=log, start_new_session=True)
+        [
+            binary,
+            f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/-/ready", timeout=60, proc=proc)
@@ -283,8 +320,7 @@ def ledger_records(stack, client: str, expect: int, timeout: float = 10) -> list
 
 
 def send(url: str, client: str, path: str, body: dict, stream: bool = False) -> requests.Response:
-    r = requests.post(f"{url}{path}", json=body, headers={"X-Gateway-Client": client}, stream=stream,
-                      timeout=30)
+    r = requests.post(f"{url}{path}", json=body, headers={"X-Gateway-Client": client}, stream=stream, timeout=30)
     if stream:
         r.content  # noqa: B018 - read the whole stream
     return r
@@ -299,18 +335,21 @@ def test_prometheus_sums_requests_tokens_and_cost_over_replicas_and_workers_as_s
     for url in replica_urls(stack):
         for _ in range(3):
             statuses.append(send(url, client, "/gateway/chat/invocations", chat).status_code)
-        statuses.append(send(url, client, "/gateway/anthropic-chat/invocations", {**chat, "stream": True},
-                             stream=True).status_code)
+        statuses.append(
+            send(url, client, "/gateway/anthropic-chat/invocations", {**chat, "stream": True}, stream=True).status_code
+        )
         embeddings = {"model": "embeddings", "input": ["a b", "c"]}
         statuses.append(send(url, client, "/v1/embeddings", embeddings).status_code)
-        statuses.append(send(url, client, "/gateway/chat/invocations",
-                             {"messages": [{"role": "user", "content": "[[fault:500]]"}]}).status_code)
+        statuses.append(
+            send(
+                url, client, "/gateway/chat/invocations", {"messages": [{"role": "user", "content": "[[fault:500]]"}]}
+            ).status_code
+        )
     assert statuses == [200, 200, 200, 200, 200, 500] * 2
 
     sel = f'client="{client}"'
     assert wait_for(prometheus, f"sum(gateway_requests_total{{{sel}}})", 12) == 12
-    by_class = query_by(prometheus, f"sum by (status_class) (gateway_requests_total{{{sel}}})",
-                        "status_class")
+    by_class = query_by(prometheus, f"sum by (status_class) (gateway_requests_total{{{sel}}})", "status_class")
     assert by_class == {"2xx": 10, "5xx": 2}
     by_replica = query_by(prometheus, f"sum by (instance) (gateway_requests_total{{{sel}}})", "instance")
     assert by_replica == {u.removeprefix("http://"): 6 for u in replica_urls(stack)}
@@ -324,21 +363,25 @@ def test_prometheus_sums_requests_tokens_and_cost_over_replicas_and_workers_as_s
         assert in_ledger > 0
         assert query(prometheus, f'sum(gateway_tokens_total{{{sel}, kind="{kind}"}})') == in_ledger
     by_model = query_by(prometheus, f'sum by (model) (gateway_tokens_total{{{sel}, kind="prompt"}})', "model")
-    assert by_model == {m: sum(r["prompt_tokens"] for r in records if r["model"] == m)
-                        for m in {r["model"] for r in records if r["prompt_tokens"]}}
+    assert by_model == {
+        m: sum(r["prompt_tokens"] for r in records if r["model"] == m)
+        for m in {r["model"] for r in records if r["prompt_tokens"]}
+    }
     cost = sum(r["cost_usd"] for r in records if r["cost_usd"])
     assert cost > 0
     assert query(prometheus, f"sum(gateway_cost_usd_total{{{sel}}})") == pytest.approx(cost, rel=1e-9)
 
     # The same figures straight from each replica's /metrics, parsed with the official parser.
-    scraped = [scrape_until(url, lambda s: total(s, "gateway_requests_total", client=client) == 6)
-               for url in replica_urls(stack)]
+    scraped = [
+        scrape_until(url, lambda s: total(s, "gateway_requests_total", client=client) == 6)
+        for url in replica_urls(stack)
+    ]
     assert sum(total(s, "gateway_requests_total", client=client) for s in scraped) == 12
     scraped_cost = sum(total(s, "gateway_cost_usd_total", client=client) for s in scraped)
     assert scraped_cost == pytest.approx(cost, rel=1e-9)
     for s in scraped:
         assert total(s, "gateway_upstream_requests_total", upstream="127.0.0.1:9000", status="500") >= 1
-        assert total(s, "gateway_build_info", version="0.1.0", mlflow_version="3.17.2") == 1
+        assert total(s, "gateway_build_info", version=gateway_kit.__version__, mlflow_version="3.17.2") == 1
 
 
 @pytest.mark.integration
@@ -346,10 +389,8 @@ def test_prometheus_sums_requests_tokens_and_cost_over_replicas_and_workers_as_s
 def test_streams_report_time_to_first_token_and_in_flight_requests(stack):
     url = replica_urls(stack)[0]
     before = scrape(url)
-    body = {"messages": [{"role": "user", "content": "[[chunk_delay:300]] one two three four five"}],
-            "stream": True}
-    thread = threading.Thread(target=send,
-                              args=(url, "metrics-stream", "/gateway/chat/invocations", body, True))
+    body = {"messages": [{"role": "user", "content": "[[chunk_delay:300]] one two three four five"}], "stream": True}
+    thread = threading.Thread(target=send, args=(url, "metrics-stream", "/gateway/chat/invocations", body, True))
     thread.start()
     try:
         deadline, during = time.monotonic() + 10, 0.0
@@ -380,7 +421,11 @@ def test_garbage_model_names_paths_and_clients_create_no_label_values(stack):
     labels = [dict(ls) for _, ls in samples]
     assert {ls["endpoint"] for ls in labels if "endpoint" in ls} <= ENDPOINTS | {"unknown"}
     assert {ls["route"] for ls in labels if "route" in ls} <= {
-        "/gateway/{endpoint}/invocations", "/endpoints/{endpoint}/invocations", *metrics.V1_ROUTES, "other"}
+        "/gateway/{endpoint}/invocations",
+        "/endpoints/{endpoint}/invocations",
+        *metrics.V1_ROUTES,
+        "other",
+    }
     assert total(samples, "gateway_requests_total", client="metrics-garbage", endpoint="unknown") == 3
 
 
@@ -423,17 +468,38 @@ def test_stack_replicas_are_ready_and_say_why(stack):
 @pytest.mark.integration
 @pytest.mark.stack
 def test_check_gateway_reports_readiness(stack):
-    result = subprocess.run([str(REPO / "scripts/check_gateway.sh"), "--url", stack.url, "--no-chat"],
-                            env=clean_env(), capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [str(REPO / "scripts/check_gateway.sh"), "--url", stack.url, "--no-chat"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "GET /ready -> 200" in result.stdout + result.stderr
 
 
 # -------------------------------------------------------------------------------------- a replica of our own
 def start_redis(port: int, work: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                             "--appendonly", "no", "--dir", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(work),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 10
     ping = ["redis-cli", "-p", str(port), "ping"]
     while subprocess.run(ping, capture_output=True, text=True, check=False).stdout.strip() != "PONG":
@@ -458,9 +524,15 @@ def test_readiness_follows_redis_and_worker_restarts_keep_the_counts(stack, tmp_
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an earlier run")
     redis = start_redis(redis_port, tmp_path)
-    gateway = start_replica(tmp_path, port, GATEWAY_WORKERS="2", GATEWAY_DEMO_UPSTREAM=STACK_UPSTREAM,
-                            GATEWAY_READY_REDIS="on", GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
-                            GATEWAY_REDIS_URL=f"redis://:s3cret-pass@127.0.0.1:{redis_port}/0")
+    gateway = start_replica(
+        tmp_path,
+        port,
+        GATEWAY_WORKERS="2",
+        GATEWAY_DEMO_UPSTREAM=STACK_UPSTREAM,
+        GATEWAY_READY_REDIS="on",
+        GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
+        GATEWAY_REDIS_URL=f"redis://:s3cret-pass@127.0.0.1:{redis_port}/0",
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         assert not stale.exists()  # a replica starts its counts from zero
@@ -510,8 +582,14 @@ def test_readiness_follows_redis_and_worker_restarts_keep_the_counts(stack, tmp_
 @pytest.mark.stack  # borrows the stack's fake upstream on :9000
 def test_metrics_off_leaves_no_files_and_says_so_on_metrics(stack, tmp_path):
     port = free_port()
-    gateway = start_replica(tmp_path, port, GATEWAY_WORKERS="2", GATEWAY_DEMO_UPSTREAM=STACK_UPSTREAM,
-                            GATEWAY_METRICS="off", GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"))
+    gateway = start_replica(
+        tmp_path,
+        port,
+        GATEWAY_WORKERS="2",
+        GATEWAY_DEMO_UPSTREAM=STACK_UPSTREAM,
+        GATEWAY_METRICS="off",
+        GATEWAY_LEDGER_DIR=str(tmp_path / "ledger"),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         chat = {"messages": [{"role": "user", "content": "hi"}]}
@@ -520,7 +598,9 @@ def test_metrics_off_leaves_no_files_and_says_so_on_metrics(stack, tmp_path):
         r = requests.get(f"{url}/metrics", timeout=10)
         assert r.status_code == 404
         assert r.json()["error"] == {
-            "type": "metrics_off", "message": "metrics are turned off on this replica (GATEWAY_METRICS=off)"}
+            "type": "metrics_off",
+            "message": "metrics are turned off on this replica (GATEWAY_METRICS=off)",
+        }
         assert requests.get(f"{url}/ready", timeout=10).status_code == 200
         assert not (tmp_path / "run" / "metrics").exists()
     finally:

@@ -20,11 +20,13 @@ from gateway_kit.pricing import Cost, Pricer, PricingFileError, Usage
 REPO = Path(__file__).resolve().parents[1]
 
 
-def genai_usd(model: str, provider: str | None, prompt: int, completion: int, cached: int = 0,
-              reasoning: int = 0) -> float:
+def genai_usd(
+    model: str, provider: str | None, prompt: int, completion: int, cached: int = 0, reasoning: int = 0
+) -> float:
     """The independent answer: genai-prices' own calc_price, no kit code involved."""
-    usage = genai_prices.Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion,
-                               output_reasoning_tokens=reasoning)
+    usage = genai_prices.Usage(
+        input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion, output_reasoning_tokens=reasoning
+    )
     calc = genai_prices.calc_price(usage, model, provider_id=provider)
     return float(calc.total_price)
 
@@ -48,7 +50,12 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
 
 
 def test_the_shared_api_keeps_its_shape():
-    assert [p.name for p in inspect.signature(Pricer.cost).parameters.values()] == ["self", "model", "provider", "usage"]
+    assert [p.name for p in inspect.signature(Pricer.cost).parameters.values()] == [
+        "self",
+        "model",
+        "provider",
+        "usage",
+    ]
     assert [p.name for p in inspect.signature(Pricer.__init__).parameters.values()] == ["self", "overrides_path"]
     assert Usage() == Usage(prompt_tokens=0, completion_tokens=0, cached_tokens=0, reasoning_tokens=0)
     with pytest.raises(FrozenInstanceError):
@@ -57,8 +64,11 @@ def test_the_shared_api_keeps_its_shape():
         Cost(1.0, "x").usd = 2.0  # type: ignore[misc]
 
 
-def test_importing_pricing_and_usage_never_imports_mlflow():
-    code = "import sys, gateway_kit.pricing, gateway_kit.usage; print('mlflow' in sys.modules)"
+def test_importing_pricing_usage_and_the_clis_never_imports_mlflow():
+    code = (
+        "import sys, gateway_kit.pricing, gateway_kit.usage, gateway_kit.cli.costs, gateway_kit.cli.evaluate, "
+        "gateway_kit.keys; print('mlflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -98,8 +108,9 @@ def test_prices_work_with_the_network_cut_off():
         ("claude-sonnet-4-5", "anthropic", 250_000, 1000, 0, 0),  # tiered: above 200k input tokens
     ],
 )
-def test_cost_equals_genai_prices_own_calculation(no_pricing_file, model, provider, prompt, completion, cached,
-                                                  reasoning):
+def test_cost_equals_genai_prices_own_calculation(
+    no_pricing_file, model, provider, prompt, completion, cached, reasoning
+):
     cost = no_pricing_file.cost(model, provider, Usage(prompt, completion, cached, reasoning))
     assert cost.source == f"genai-prices {genai_prices.__version__}"
     assert cost.usd == pytest.approx(genai_usd(model, provider, prompt, completion, cached, reasoning), rel=1e-9)
@@ -108,12 +119,15 @@ def test_cost_equals_genai_prices_own_calculation(no_pricing_file, model, provid
 def test_gpt_4o_mini_costs_15_cents_in_60_cents_out_per_million(no_pricing_file):
     assert no_pricing_file.cost("gpt-4o-mini", "openai", Usage(prompt_tokens=1_000_000)).usd == pytest.approx(0.15)
     assert no_pricing_file.cost("gpt-4o-mini", "openai", Usage(completion_tokens=1_000_000)).usd == pytest.approx(0.60)
-    assert no_pricing_file.cost("gpt-4o-mini", "openai",
-                                Usage(prompt_tokens=1_000_000, cached_tokens=1_000_000)).usd == pytest.approx(0.075)
+    assert no_pricing_file.cost(
+        "gpt-4o-mini", "openai", Usage(prompt_tokens=1_000_000, cached_tokens=1_000_000)
+    ).usd == pytest.approx(0.075)
 
 
 def test_a_request_without_tokens_costs_nothing_on_a_known_model(no_pricing_file):
-    assert no_pricing_file.cost("gpt-4o-mini", "openai", Usage()) == Cost(0.0, f"genai-prices {genai_prices.__version__}")
+    assert no_pricing_file.cost("gpt-4o-mini", "openai", Usage()) == Cost(
+        0.0, f"genai-prices {genai_prices.__version__}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -162,18 +176,30 @@ def test_a_dated_price_change_is_picked_up_on_its_date():
 
     today = datetime.now(timezone.utc)
     tomorrow = today.date() + timedelta(days=1)
-    model = ModelInfo(id="m", match=ClauseEquals(equals="m"), prices=[
-        ConditionalPrice(prices=ModelPrice(input_mtok=Decimal(1), output_mtok=Decimal(2))),
-        ConditionalPrice(constraint=StartDateConstraint(start_date=tomorrow),
-                         prices=ModelPrice(input_mtok=Decimal(3), output_mtok=Decimal(4))),
-    ])
+    model = ModelInfo(
+        id="m",
+        match=ClauseEquals(equals="m"),
+        prices=[
+            ConditionalPrice(prices=ModelPrice(input_mtok=Decimal(1), output_mtok=Decimal(2))),
+            ConditionalPrice(
+                constraint=StartDateConstraint(start_date=tomorrow),
+                prices=ModelPrice(input_mtok=Decimal(3), output_mtok=Decimal(4)),
+            ),
+        ],
+    )
     linear, expires = pricing._linear_until(model, today)
     assert linear
     assert expires == datetime.combine(tomorrow, datetime.min.time(), tzinfo=timezone.utc).timestamp()
-    past = ModelInfo(id="p", match=ClauseEquals(equals="p"), prices=[
-        ConditionalPrice(constraint=StartDateConstraint(start_date=date(2020, 1, 1)),
-                         prices=ModelPrice(input_mtok=Decimal(3), output_mtok=Decimal(4))),
-    ])
+    past = ModelInfo(
+        id="p",
+        match=ClauseEquals(equals="p"),
+        prices=[
+            ConditionalPrice(
+                constraint=StartDateConstraint(start_date=date(2020, 1, 1)),
+                prices=ModelPrice(input_mtok=Decimal(3), output_mtok=Decimal(4)),
+            ),
+        ],
+    )
     assert pricing._linear_until(past, today) == (True, None)
 
 
@@ -188,30 +214,39 @@ def test_describe_gives_the_price_per_million_tokens(no_pricing_file):
 
 
 def test_pricing_yaml_prices_a_self_hosted_model(tmp_path):
-    path = write_yaml(tmp_path, """
+    path = write_yaml(
+        tmp_path,
+        """
         models:
           ollama/llama3.1:8b: {input_mtok: 0.10, cached_input_mtok: 0.05, output_mtok: 0.40, reasoning_mtok: 0.80}
-    """)
+    """,
+    )
     cost = Pricer(path).cost("llama3.1:8b", "ollama", Usage(1000, 2000, cached_tokens=400, reasoning_tokens=500))
     expected = (600 * 0.10 + 400 * 0.05 + 1500 * 0.40 + 500 * 0.80) / 1e6
     assert cost == Cost(pytest.approx(expected, rel=1e-12), "pricing.yaml")
 
 
 def test_a_provider_scoped_entry_applies_to_that_provider_only(tmp_path):
-    path = write_yaml(tmp_path, """
+    path = write_yaml(
+        tmp_path,
+        """
         models:
           anthropic/claude-3-5-haiku-latest: {input_mtok: 0.5, output_mtok: 2}
-    """)
+    """,
+    )
     p = Pricer(path)
     assert p.cost("claude-3-5-haiku-latest", "anthropic", Usage(1_000_000)).usd == pytest.approx(0.5)
     assert p.cost("claude-3-5-haiku-latest", "aws", Usage(1_000_000)).source != "pricing.yaml"
 
 
 def test_a_negotiated_multiplier_applies_to_every_dated_version(tmp_path):
-    path = write_yaml(tmp_path, """
+    path = write_yaml(
+        tmp_path,
+        """
         models:
           gpt-4o-mini: {multiplier: 0.8}
-    """)
+    """,
+    )
     p = Pricer(path)
     for name in ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", "GPT-4o-mini"):
         cost = p.cost(name, "openai", Usage(3000, 1000, cached_tokens=1000))
@@ -220,11 +255,14 @@ def test_a_negotiated_multiplier_applies_to_every_dated_version(tmp_path):
 
 
 def test_azure_deployment_names_map_to_the_model_they_run(tmp_path):
-    path = write_yaml(tmp_path, """
+    path = write_yaml(
+        tmp_path,
+        """
         deployments:
           chat-prod-eastus: gpt-4o-mini
           finance-gpt4o: {model: gpt-4o, input_mtok: 2.0, output_mtok: 8.0}
-    """)
+    """,
+    )
     p = Pricer(path)
     mapped = p.cost("chat-prod-eastus", "azure", Usage(10_000, 2_000, cached_tokens=5_000))
     assert mapped.usd == pytest.approx(genai_usd("gpt-4o-mini", "azure", 10_000, 2_000, cached=5_000))
@@ -234,10 +272,13 @@ def test_azure_deployment_names_map_to_the_model_they_run(tmp_path):
 
 
 def test_overriding_output_moves_reasoning_when_the_model_has_no_separate_reasoning_price(tmp_path):
-    path = write_yaml(tmp_path, """
+    path = write_yaml(
+        tmp_path,
+        """
         models:
           cheap-o3: {model: o3-mini, output_mtok: 1.0}
-    """)
+    """,
+    )
     cost = Pricer(path).cost("cheap-o3", "openai", Usage(0, 1_000_000, reasoning_tokens=500_000))
     assert cost.usd == pytest.approx(1.0)
 
@@ -246,7 +287,8 @@ def test_the_shipped_example_pricing_yaml_loads_and_prices_its_entries():
     p = Pricer(REPO / "pricing.yaml")
     assert p.cost("llama3.1:8b", "ollama", Usage(10, 10)) == Cost(0.0, "pricing.yaml")
     assert p.cost("chat-prod-eastus", "azure", Usage(10, 10)).usd == pytest.approx(
-        genai_usd("gpt-4o-mini", "azure", 10, 10))
+        genai_usd("gpt-4o-mini", "azure", 10, 10)
+    )
 
 
 def test_the_pricing_file_comes_from_the_environment(tmp_path, monkeypatch):

@@ -85,27 +85,38 @@ def rstack(providers, fake_port, tmp_path_factory):
     endpoints = []
     for name, (n, kit) in PROVIDERS.items():
         base = f"http://127.0.20.{n}:{fake_port}/v1"
-        provider = {"provider": "openai", "name": MODELS.get(name, "gpt-4o-mini"),
-                    "config": {"openai_api_key": "test-key", "openai_api_base": base}}
+        provider = {
+            "provider": "openai",
+            "name": MODELS.get(name, "gpt-4o-mini"),
+            "config": {"openai_api_key": "test-key", "openai_api_base": base},
+        }
         kind = "llm/v1/embeddings" if name == "embed" else "llm/v1/chat"
         endpoints.append({"name": name, "endpoint_type": kind, "model": provider, **kit})
     config = state / "resilience.yaml"
     config.write_text(yaml.safe_dump({"endpoints": endpoints}, sort_keys=False))
-    env = {"GATEWAY_CIRCUIT_FAILURES": str(CIRCUIT_FAILURES), "GATEWAY_CIRCUIT_RESET": str(CIRCUIT_RESET),
-           "GATEWAY_UPSTREAM_BACKOFF": "0.05"}
+    env = {
+        "GATEWAY_CIRCUIT_FAILURES": str(CIRCUIT_FAILURES),
+        "GATEWAY_CIRCUIT_RESET": str(CIRCUIT_RESET),
+        "GATEWAY_UPSTREAM_BACKOFF": "0.05",
+    }
     # Real-looking provider settings: the replicas ask for a client key (docs/limits-and-keys.md).
     keys = state / "keys.json"
     CLIENT["key"] = add_client_key(keys, "resilience-tests")
-    with own_stack(state, "--replicas", "2", "--workers", "1", "--config", str(config), "--keys", str(keys),
-                   env=env) as s:
+    with own_stack(
+        state, "--replicas", "2", "--workers", "1", "--config", str(config), "--keys", str(keys), env=env
+    ) as s:
         yield s
 
 
 def replica_settings(stack) -> dict[str, str]:
     """A replica of one's own (conftest.start_replica) serving the stack's config and keys."""
-    return {"GATEWAY_CONFIG": str(stack.state_dir / "resilience.yaml"),
-            "GATEWAY_KEYS_FILE": str(stack.state_dir / "keys.json"), "GATEWAY_LEDGER_DIR": "off",
-            "GATEWAY_CIRCUIT_FAILURES": str(CIRCUIT_FAILURES), "GATEWAY_UPSTREAM_BACKOFF": "0.05"}
+    return {
+        "GATEWAY_CONFIG": str(stack.state_dir / "resilience.yaml"),
+        "GATEWAY_KEYS_FILE": str(stack.state_dir / "keys.json"),
+        "GATEWAY_LEDGER_DIR": "off",
+        "GATEWAY_CIRCUIT_FAILURES": str(CIRCUIT_FAILURES),
+        "GATEWAY_UPSTREAM_BACKOFF": "0.05",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +126,15 @@ def long_reset(rstack, tmp_path_factory):
     try:
         for i in (1, 2):
             port = free_port()
-            procs.append(start_replica(tmp_path_factory.mktemp(f"long-reset-{i}"), port,
-                                       **replica_settings(rstack), GATEWAY_CIRCUIT_RESET="60",
-                                       GATEWAY_REDIS_URL="redis://127.0.0.1:6379/0"))
+            procs.append(
+                start_replica(
+                    tmp_path_factory.mktemp(f"long-reset-{i}"),
+                    port,
+                    **replica_settings(rstack),
+                    GATEWAY_CIRCUIT_RESET="60",
+                    GATEWAY_REDIS_URL="redis://127.0.0.1:6379/0",
+                )
+            )
             urls.append(f"http://127.0.0.1:{port}")
         yield urls
     finally:
@@ -138,8 +155,12 @@ def hits(providers, endpoint: str) -> int:
 def ask(stack, endpoint: str, content: str, *, stream: bool = False, url: str | None = None):
     body = {"messages": [{"role": "user", "content": content}], "stream": stream}
     started = time.monotonic()
-    r = requests.post(url or f"{stack.url}/gateway/{endpoint}/invocations", json=body, timeout=30,
-                      headers={"Authorization": f"Bearer {CLIENT['key']}"})
+    r = requests.post(
+        url or f"{stack.url}/gateway/{endpoint}/invocations",
+        json=body,
+        timeout=30,
+        headers={"Authorization": f"Bearer {CLIENT['key']}"},
+    )
     return r, time.monotonic() - started
 
 
@@ -220,10 +241,15 @@ def test_a_stream_whose_first_token_is_late_falls_back_within_the_first_byte_tim
 def test_the_openai_routes_and_the_endpoints_route_fall_back_too(rstack, providers):
     client = openai.OpenAI(base_url=f"{rstack.url}/v1", api_key=CLIENT["key"], max_retries=0)
     answer = client.chat.completions.create(
-        model="routes", messages=[{"role": "user", "content": f"[[fault@{host('routes')}:500]] via v1"}])
+        model="routes", messages=[{"role": "user", "content": f"[[fault@{host('routes')}:500]] via v1"}]
+    )
     assert answer.model == "gpt-4.1-mini" and answer.choices[0].message.content.endswith("via v1")
-    r, _ = ask(rstack, "routes", f"[[fault@{host('routes')}:500]] via endpoints",
-               url=f"{rstack.url}/endpoints/routes/invocations")
+    r, _ = ask(
+        rstack,
+        "routes",
+        f"[[fault@{host('routes')}:500]] via endpoints",
+        url=f"{rstack.url}/endpoints/routes/invocations",
+    )
     served_by_backup(rstack, r, "routes", "http_500")
     assert hits(providers, "routes") == 2 and hits(providers, "backup") == 2
 
@@ -268,8 +294,7 @@ def test_without_a_fallback_a_silent_provider_gets_a_json_504_naming_the_timeout
     assert elapsed < 5  # first_byte 1 s, well under the total of 5 s
 
 
-def test_a_stream_that_fails_before_its_first_byte_is_retried_and_answered_with_json_not_a_cut_200(rstack,
-                                                                                                   providers):
+def test_a_stream_that_fails_before_its_first_byte_is_retried_and_answered_with_json_not_a_cut_200(rstack, providers):
     r, _ = ask(rstack, "broken", "[[fault:500]] hello", stream=True)
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
     assert r.json()["error"]["type"] == "upstream_error" and "500" in r.json()["error"]["message"]
@@ -300,7 +325,9 @@ def test_the_gateway_keeps_serving_while_providers_hang(rstack, providers):
             r, elapsed = f.result()
             # 504 after first_byte, or 503 once 3 timeouts opened the circuit: JSON either way
             assert r.status_code in (503, 504) and r.json()["error"]["type"] in (
-                "upstream_timeout", "upstream_circuit_open"), r.text
+                "upstream_timeout",
+                "upstream_circuit_open",
+            ), r.text
             assert elapsed < 5
 
 
@@ -343,8 +370,7 @@ def test_k_failures_spread_over_the_replicas_open_the_circuit_for_every_one(rsta
     assert hits(providers, "fragile") == CIRCUIT_FAILURES + 4
 
 
-def test_a_failing_model_opens_its_own_circuit_and_the_other_models_on_its_host_keep_answering(rstack,
-                                                                                               providers):
+def test_a_failing_model_opens_its_own_circuit_and_the_other_models_on_its_host_keep_answering(rstack, providers):
     fault = "[[fault@gpt-4o:500]] hello"  # model-a's model only; model-b and embed share its host
     statuses = []
     while 503 not in statuses:  # through nginx, whichever replica answers
@@ -361,26 +387,33 @@ def test_a_failing_model_opens_its_own_circuit_and_the_other_models_on_its_host_
         r = ask_replica(rstack, i, "model-b", "I am fine")
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == "Fake answer to: I am fine"
-        r = requests.post(f"{replica_url(i)}/gateway/embed/invocations", json={"input": ["embed me"]},
-                          headers={"Authorization": f"Bearer {CLIENT['key']}"}, timeout=30)
+        r = requests.post(
+            f"{replica_url(i)}/gateway/embed/invocations",
+            json={"input": ["embed me"]},
+            headers={"Authorization": f"Bearer {CLIENT['key']}"},
+            timeout=30,
+        )
         assert r.status_code == 200 and len(r.json()["data"]) == 1, r.text
 
 
 def test_bad_requests_and_429s_never_move_the_circuit(rstack, providers):
     # retries: 0, so each answer is one call. 400 and 429 between the 500s neither count nor start the
     # count again: the third 500 opens it.
-    answers = [ask_replica(rstack, 1, "picky", f"[[fault:{fault}]] hello").status_code
-               for fault in ("400", "400", "400", "400", "500", "429", "400", "500", "400", "500")]
+    answers = [
+        ask_replica(rstack, 1, "picky", f"[[fault:{fault}]] hello").status_code
+        for fault in ("400", "400", "400", "400", "500", "429", "400", "500", "400", "500")
+    ]
     assert answers == [400, 400, 400, 400, 500, 429, 400, 500, 400, 500]
     r = ask_replica(rstack, 1, "picky", "healthy")
     assert r.status_code == 503 and r.json()["error"]["type"] == "upstream_circuit_open", r.text
 
 
-def test_deleting_the_circuit_keys_in_redis_closes_it_for_every_replica_within_1_5_s(rstack, providers,
-                                                                                    long_reset):
+def test_deleting_the_circuit_keys_in_redis_closes_it_for_every_replica_within_1_5_s(rstack, providers, long_reset):
     fault = f"[[fault@{host('flushed')}:500]] hello"
-    assert [ask(rstack, "flushed", fault, url=f"{long_reset[i]}/gateway/flushed/invocations")[0].status_code
-            for i in (0, 1, 0)] == [500] * CIRCUIT_FAILURES
+    assert [
+        ask(rstack, "flushed", fault, url=f"{long_reset[i]}/gateway/flushed/invocations")[0].status_code
+        for i in (0, 1, 0)
+    ] == [500] * CIRCUIT_FAILURES
     time.sleep(SHARED_READ_S)
     for url in long_reset:
         assert ask(rstack, "flushed", "healthy", url=f"{url}/gateway/flushed/invocations")[0].status_code == 503
@@ -398,12 +431,20 @@ def test_deleting_the_circuit_keys_in_redis_closes_it_for_every_replica_within_1
 def test_with_redis_down_each_worker_decides_alone_and_requests_are_still_served(rstack, providers, tmp_path):
     port, dead = free_port(), free_port()  # nothing listens on `dead`
     log = tmp_path / "gateway.log"
-    proc = start_replica(tmp_path, port, log=log, **replica_settings(rstack), GATEWAY_CIRCUIT_RESET="60",
-                         GATEWAY_REDIS_URL=f"redis://127.0.0.1:{dead}/0")
+    proc = start_replica(
+        tmp_path,
+        port,
+        log=log,
+        **replica_settings(rstack),
+        GATEWAY_CIRCUIT_RESET="60",
+        GATEWAY_REDIS_URL=f"redis://127.0.0.1:{dead}/0",
+    )
     url = f"http://127.0.0.1:{port}/gateway/{{}}/invocations"
     try:
-        failing = [ask(rstack, "model-a", "[[fault@gpt-4o:500]] hi", url=url.format("model-a"))[0].status_code
-                   for _ in range(CIRCUIT_FAILURES)]
+        failing = [
+            ask(rstack, "model-a", "[[fault@gpt-4o:500]] hi", url=url.format("model-a"))[0].status_code
+            for _ in range(CIRCUIT_FAILURES)
+        ]
         refused, _ = ask(rstack, "model-a", "healthy", url=url.format("model-a"))
         served = [ask(rstack, "model-b", f"still here {i}", url=url.format("model-b"))[0] for i in range(3)]
     finally:
@@ -445,22 +486,31 @@ endpoints:
 """
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ("timeouts: {connect: 5, first_byte: 0}", "timeouts.first_byte: 0 is not a number of seconds above 0"),
-    ("timeouts: {ttfb: 5}", "timeouts: unknown key `ttfb`; keys here: connect, first_byte, total"),
-    ("timeouts: {first_byte: 60, total: 30}", "timeouts.first_byte (60) is longer than timeouts.total (30)"),
-    ("retries: many", "retries: 'many' is not a whole number from 0 to 10"),
-    ("fallback: {to: [nope]}", "fallback.to: no endpoint named 'nope'"),
-    ("fallback: {to: [embed]}", "fallback.to: 'embed' is llm/v1/embeddings, not llm/v1/chat"),
-    ("fallback: {to: chat}", "fallback.to: 'chat' is this endpoint itself"),
-    ("fallback: {to: [other], race: true}", "fallback.race needs fallback.after_s"),
-    ("fallback: {to: [other], after: 2}", "fallback: unknown key `after` (did you mean `after_s`?)"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("timeouts: {connect: 5, first_byte: 0}", "timeouts.first_byte: 0 is not a number of seconds above 0"),
+        ("timeouts: {ttfb: 5}", "timeouts: unknown key `ttfb`; keys here: connect, first_byte, total"),
+        ("timeouts: {first_byte: 60, total: 30}", "timeouts.first_byte (60) is longer than timeouts.total (30)"),
+        ("retries: many", "retries: 'many' is not a whole number from 0 to 10"),
+        ("fallback: {to: [nope]}", "fallback.to: no endpoint named 'nope'"),
+        ("fallback: {to: [embed]}", "fallback.to: 'embed' is llm/v1/embeddings, not llm/v1/chat"),
+        ("fallback: {to: chat}", "fallback.to: 'chat' is this endpoint itself"),
+        ("fallback: {to: [other], race: true}", "fallback.race needs fallback.after_s"),
+        ("fallback: {to: [other], after: 2}", "fallback: unknown key `after` (did you mean `after_s`?)"),
+    ],
+)
 def test_a_bad_resilience_key_is_reported_with_its_line(tmp_path, extra, message):
     config = tmp_path / "config.yaml"
     config.write_text(BASE.replace("EXTRA", extra))
-    result = subprocess.run([sys.executable, "-m", "gateway_kit.preflight", str(config)], env=clean_env(),
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway_kit.preflight", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert result.returncode == 78, result.stderr
     assert f"{config}:5: endpoint 'chat': {message}" in result.stderr
     assert "Traceback" not in result.stderr
@@ -468,11 +518,19 @@ def test_a_bad_resilience_key_is_reported_with_its_line(tmp_path, extra, message
 
 def test_good_resilience_keys_pass_and_mlflow_never_sees_them(tmp_path):
     config = tmp_path / "config.yaml"
-    keys = ("timeouts: {connect: 5, first_byte: 60, total: 300}\n    retries: 2\n"
-            "    fallback: {to: [other], after_s: 1.5, race: true}")
+    keys = (
+        "timeouts: {connect: 5, first_byte: 60, total: 300}\n    retries: 2\n"
+        "    fallback: {to: [other], after_s: 1.5, race: true}"
+    )
     config.write_text(BASE.replace("EXTRA", keys))
-    result = subprocess.run([sys.executable, "-m", "gateway_kit.preflight", str(config)], env=clean_env(),
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway_kit.preflight", str(config)],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     from gateway_kit.app import mlflow_view
 
@@ -480,17 +538,21 @@ def test_good_resilience_keys_pass_and_mlflow_never_sees_them(tmp_path):
     assert not {"timeouts", "retries", "fallback"} & set(view["endpoints"][0])
 
 
-
 def test_the_commented_example_in_config_yaml_is_valid_once_uncommented(tmp_path):
     lines = (REPO / "config.yaml").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("    # timeouts:"))
-    example = [line.replace("    # ", "    ", 1) for line in lines[start:start + 6]]
+    example = [line.replace("    # ", "    ", 1) for line in lines[start : start + 6]]
     assert [line.split(":")[0].strip() for line in example[:3]] == ["timeouts", "retries", "fallback"]
     config = tmp_path / "config.yaml"
-    config.write_text("\n".join(lines[:start] + example + lines[start + 6:]) + "\n")
-    result = subprocess.run([sys.executable, "-m", "gateway_kit.preflight", str(config)],
-                            env=clean_env(OPENAI_API_KEY="sk-test-0123456789abcdefghijklmnop"),
-                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    config.write_text("\n".join(lines[:start] + example + lines[start + 6 :]) + "\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway_kit.preflight", str(config)],
+        env=clean_env(OPENAI_API_KEY="sk-test-0123456789abcdefghijklmnop"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     view = yaml.safe_load(config.read_text())["endpoints"][0]
     assert view["fallback"] == {"to": ["azure-chat"], "after_s": 1.5, "race": True}

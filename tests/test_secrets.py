@@ -34,8 +34,7 @@ class KeyedGateway:
 
     def chat(self, endpoint: str, content: str, **extra) -> requests.Response:
         body = {"messages": [{"role": "user", "content": content}], **extra}
-        return requests.post(f"{self.url}/gateway/{endpoint}/invocations", json=body, timeout=30,
-                             headers=self.headers)
+        return requests.post(f"{self.url}/gateway/{endpoint}/invocations", json=body, timeout=30, headers=self.headers)
 
     def fingerprints(self) -> dict[str, int]:
         return requests.get(f"{self.fake_url}/_fake/stats", timeout=5).json()["key_fingerprints"]
@@ -52,12 +51,18 @@ def keyed(tmp_path_factory, fake_upstream):
     port = free_port()
     gateway = KeyedGateway(f"http://127.0.0.1:{port}", fake_upstream, work, client_key)
     proc = start_replica(
-        work, port, log=gateway.log,
+        work,
+        port,
+        log=gateway.log,
         GATEWAY_KEYS_FILE=str(work / "gateway-keys.json"),
-        OPENAI_API_KEY_FILE=str(openai_file), GATEWAY_SECRETS_DIR=str(work / "run-secrets"),
-        AZURE_OPENAI_API_KEY=PROVIDER_KEYS["azure"], AZURE_OPENAI_API_BASE=fake_upstream,
-        OPENAI_API_BASE=f"{fake_upstream}/v1", ANTHROPIC_API_BASE=f"{fake_upstream}/v1",
-        GATEWAY_REPLICA_ID="keyed-1", GATEWAY_LEDGER_DIR=str(work / "ledger"),
+        OPENAI_API_KEY_FILE=str(openai_file),
+        GATEWAY_SECRETS_DIR=str(work / "run-secrets"),
+        AZURE_OPENAI_API_KEY=PROVIDER_KEYS["azure"],
+        AZURE_OPENAI_API_BASE=fake_upstream,
+        OPENAI_API_BASE=f"{fake_upstream}/v1",
+        ANTHROPIC_API_BASE=f"{fake_upstream}/v1",
+        GATEWAY_REPLICA_ID="keyed-1",
+        GATEWAY_LEDGER_DIR=str(work / "ledger"),
     )
     try:
         yield gateway
@@ -74,13 +79,18 @@ def assert_no_key(text: str, where: str) -> None:
 def test_keys_from_a_key_file_a_secrets_dir_and_the_environment_reach_their_provider(keyed):
     before = keyed.fingerprints()
     for endpoint in ("chat", "completions", "embeddings", "anthropic-chat", "azure-chat"):
-        body = {"prompt": "hi"} if endpoint == "completions" else {"input": "hi"} if endpoint == "embeddings" else {
-            "messages": HI}
-        r = requests.post(f"{keyed.url}/gateway/{endpoint}/invocations", json=body, timeout=30,
-                          headers=keyed.headers)
+        body = (
+            {"prompt": "hi"}
+            if endpoint == "completions"
+            else {"input": "hi"}
+            if endpoint == "embeddings"
+            else {"messages": HI}
+        )
+        r = requests.post(f"{keyed.url}/gateway/{endpoint}/invocations", json=body, timeout=30, headers=keyed.headers)
         assert r.status_code == 200, (endpoint, r.text)
-    r = requests.post(f"{keyed.url}/v1/chat/completions", json={"model": "chat", "messages": HI}, timeout=30,
-                      headers=keyed.headers)
+    r = requests.post(
+        f"{keyed.url}/v1/chat/completions", json={"model": "chat", "messages": HI}, timeout=30, headers=keyed.headers
+    )
     assert r.status_code == 200, r.text
     stream = keyed.chat("chat", "stream me", stream=True)
     assert stream.status_code == 200 and "data: " in stream.text
@@ -99,9 +109,12 @@ def test_keys_from_a_key_file_a_secrets_dir_and_the_environment_reach_their_prov
 @pytest.mark.parametrize("endpoint", ["chat", "anthropic-chat", "azure-chat"])
 def test_a_provider_401_naming_the_key_reaches_the_client_redacted(keyed, endpoint):
     # The fake answers 401 naming the key it got, in full, as a careless provider would.
-    direct = requests.post(f"{keyed.fake_url}/v1/chat/completions", json={"messages": [
-        {"role": "user", "content": "[[fault:401]]"}]}, headers={"Authorization": "Bearer sk-probe-1234567"},
-        timeout=10)
+    direct = requests.post(
+        f"{keyed.fake_url}/v1/chat/completions",
+        json={"messages": [{"role": "user", "content": "[[fault:401]]"}]},
+        headers={"Authorization": "Bearer sk-probe-1234567"},
+        timeout=10,
+    )
     assert "sk-probe-1234567" in direct.json()["error"]["message"]
 
     r = keyed.chat(endpoint, "[[fault:401]]")
@@ -132,26 +145,62 @@ def test_a_401_to_a_stream_leaves_no_key_in_the_answer_or_the_replica_log(keyed)
 
 @pytest.mark.integration
 def test_results_file_usage_records_and_cost_report_hold_no_key(keyed, tmp_path):
-    cases = {"cases": [
-        {"name": "ok", "endpoint": "chat", "messages": HI},
-        {"name": "ok-anthropic", "endpoint": "anthropic-chat", "messages": HI},
-        {"name": "auth", "endpoint": "chat", "messages": [{"role": "user", "content": "[[fault:401]]"}],
-         "expect": {"status": 401}},
-        {"name": "auth-azure", "endpoint": "azure-chat", "messages": [{"role": "user", "content": "[[fault:401]]"}],
-         "expect": {"status": 401}},
-        {"name": "limited", "endpoint": "chat", "messages": [{"role": "user", "content": "[[fault:429]]"}],
-         "expect": {"status": 429}},
-        {"name": "broken", "endpoint": "chat", "messages": [{"role": "user", "content": "[[fault:500]]"}],
-         "expect": {"status": 500}},
-        {"name": "garbled", "endpoint": "chat", "messages": [{"role": "user", "content": "[[fault:malformed]]"}],
-         "expect": {"status": 502}},
-    ]}
+    cases = {
+        "cases": [
+            {"name": "ok", "endpoint": "chat", "messages": HI},
+            {"name": "ok-anthropic", "endpoint": "anthropic-chat", "messages": HI},
+            {
+                "name": "auth",
+                "endpoint": "chat",
+                "messages": [{"role": "user", "content": "[[fault:401]]"}],
+                "expect": {"status": 401},
+            },
+            {
+                "name": "auth-azure",
+                "endpoint": "azure-chat",
+                "messages": [{"role": "user", "content": "[[fault:401]]"}],
+                "expect": {"status": 401},
+            },
+            {
+                "name": "limited",
+                "endpoint": "chat",
+                "messages": [{"role": "user", "content": "[[fault:429]]"}],
+                "expect": {"status": 429},
+            },
+            {
+                "name": "broken",
+                "endpoint": "chat",
+                "messages": [{"role": "user", "content": "[[fault:500]]"}],
+                "expect": {"status": 500},
+            },
+            {
+                "name": "garbled",
+                "endpoint": "chat",
+                "messages": [{"role": "user", "content": "[[fault:malformed]]"}],
+                "expect": {"status": 502},
+            },
+        ]
+    }
     (tmp_path / "cases.yaml").write_text(yaml.safe_dump(cases))
     results = tmp_path / "results.json"
     run = subprocess.run(
-        [sys.executable, str(REPO / "evaluate_gateway.py"), "--url", keyed.url, "--test-file", "cases.yaml",
-         "--output", str(results), "--store-content", "--no-progress"],
-        cwd=tmp_path, env=clean_env(GATEWAY_API_KEY=keyed.client_key), capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "evaluate_gateway.py"),
+            "--url",
+            keyed.url,
+            "--test-file",
+            "cases.yaml",
+            "--output",
+            str(results),
+            "--store-content",
+            "--no-progress",
+        ],
+        cwd=tmp_path,
+        env=clean_env(GATEWAY_API_KEY=keyed.client_key),
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -163,7 +212,11 @@ def test_results_file_usage_records_and_cost_report_hold_no_key(keyed, tmp_path)
 
     report = subprocess.run(
         [sys.executable, str(REPO / "analyze_costs.py"), "--ledger", str(keyed.ledger), "--json", "--details"],
-        cwd=tmp_path, env=clean_env(GATEWAY_API_KEY=keyed.client_key), capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        env=clean_env(GATEWAY_API_KEY=keyed.client_key),
+        capture_output=True,
+        text=True,
+        timeout=120,
         check=False,
     )
     assert report.returncode == 0, report.stderr
@@ -189,8 +242,10 @@ def test_the_search_reports_a_planted_sentinel_with_its_file_and_line():
         (root / "link").symlink_to(root / "logs")  # not followed: each file is reported once
         handed = write_secret(root / "keys" / "openai", secrets["openai"])
         found = sorted(str(f) for f in find_in_tree(root, secrets, skip={handed}))
-        assert found == [f"{root}/ledger.jsonl:2: the openai sentinel key",
-                         f"{root}/logs/replica.log:2: the openai sentinel key"]
+        assert found == [
+            f"{root}/ledger.jsonl:2: the openai sentinel key",
+            f"{root}/logs/replica.log:2: the openai sentinel key",
+        ]
         assert find_in_tree(root, {"other": "sk-never-written-anywhere"}) == []
     text = [str(f) for f in find_in_text(f"ok\nkey={secrets['openai']}\n", "captured stdout of t", secrets)]
     assert text == ["captured stdout of t:2: the openai sentinel key"]
@@ -202,7 +257,8 @@ def test_a_run_that_leaks_a_sentinel_fails_naming_the_file_and_line(tmp_path_fac
         root = Path(folder)
         for name in ("conftest.py", "secret_scan.py"):
             (root / name).write_text((REPO / "tests" / name).read_text())
-        (root / "test_leaky.py").write_text(textwrap.dedent("""
+        (root / "test_leaky.py").write_text(
+            textwrap.dedent("""
             from conftest import SENTINEL_SECRETS
 
             def test_writes_a_key_into_a_log(tmp_path):
@@ -210,11 +266,26 @@ def test_a_run_that_leaks_a_sentinel_fails_naming_the_file_and_line(tmp_path_fac
 
             def test_prints_a_key():
                 print("debug:", SENTINEL_SECRETS["azure"])
-        """))
+        """)
+        )
         run = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_leaky.py",
-             "--basetemp", str(root / "basetemp")],
-            cwd=root, env=clean_env(), capture_output=True, text=True, timeout=120, check=False,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "test_leaky.py",
+                "--basetemp",
+                str(root / "basetemp"),
+            ],
+            cwd=root,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
     assert run.returncode == 1, run.stdout + run.stderr
     assert "2 passed" in run.stdout and "SECRET LEAK" in run.stdout

@@ -131,8 +131,12 @@ def test_killing_a_replica_fails_only_requests_already_sent_to_it(stack):
     def one(i: int) -> int:
         body = {"messages": [{"role": "user", "content": f"request {i}"}]}
         try:
-            r = requests.post(f"{stack.url}/gateway/chat/invocations", json=body, timeout=30,
-                              headers={"X-Request-ID": f"kill-test-{i}"})
+            r = requests.post(
+                f"{stack.url}/gateway/chat/invocations",
+                json=body,
+                timeout=30,
+                headers={"X-Request-ID": f"kill-test-{i}"},
+            )
             return r.status_code
         except requests.RequestException:  # the replica died while sending this answer
             return 0
@@ -192,8 +196,7 @@ def test_sigterm_lets_an_in_flight_stream_finish(stack):
         stack.scale(2)
 
 
-def test_scale_starts_replicas_with_the_settings_of_up_and_keeps_the_key_in_one_mode_600_file(tmp_path,
-                                                                                                fake_upstream):
+def test_scale_starts_replicas_with_the_settings_of_up_and_keeps_the_key_in_one_mode_600_file(tmp_path, fake_upstream):
     """`up` with a provider key only in the environment, `scale 3` from a shell without it: the new replicas
     serve with the key (no demo mode, no death), and the key is in no file of the state dir but replica.env."""
     from conftest import SENTINEL_SECRETS, kept_secret, own_stack
@@ -203,15 +206,29 @@ def test_scale_starts_replicas_with_the_settings_of_up_and_keeps_the_key_in_one_
     client_key = add(tmp_path / "keys.json", "scaler")
     state = tmp_path / "state"
     up_env = {"OPENAI_API_KEY": provider_key, "OPENAI_API_BASE": f"{fake_upstream}/v1"}
-    with own_stack(state, "--replicas", "1", "--workers", "1", "--no-fake", "--keys", str(tmp_path / "keys.json"),
-                   "--timeout", "150", env=up_env) as own:
+    with own_stack(
+        state,
+        "--replicas",
+        "1",
+        "--workers",
+        "1",
+        "--no-fake",
+        "--keys",
+        str(tmp_path / "keys.json"),
+        "--timeout",
+        "150",
+        env=up_env,
+    ) as own:
         own.env = {}  # a new shell: neither the key nor the base URL is exported any more
         own.run("scale", "3", "--timeout", "150")
         assert own.replicas == ["gateway-1", "gateway-2", "gateway-3"]
         for i in (1, 2, 3):
-            r = requests.post(f"http://127.0.10.{i}:8000/gateway/chat/invocations", timeout=30,
-                              json={"messages": [{"role": "user", "content": f"replica {i}"}]},
-                              headers={"Authorization": f"Bearer {client_key}"})
+            r = requests.post(
+                f"http://127.0.10.{i}:8000/gateway/chat/invocations",
+                timeout=30,
+                json={"messages": [{"role": "user", "content": f"replica {i}"}]},
+                headers={"Authorization": f"Bearer {client_key}"},
+            )
             assert r.status_code == 200, r.text
             assert r.json()["choices"][0]["message"]["content"] == f"Fake answer to: replica {i}"
             assert "endpoints ready: chat, completions, embeddings" in own.log(f"replica-{i}")

@@ -1,4 +1,4 @@
-"""Static checks of the deployment files: no Docker engine needed.
+"""Static checks of the deployment files and the Python code: no Docker engine needed.
 
 What a user relies on when they run `docker compose ...`, `docker build` or a script, checked by reading the
 files and by the same linters `make lint` runs (from this interpreter's bin directory, requirements-dev.txt):
@@ -26,7 +26,9 @@ COMPOSE_FILES = [DEV, PROD]
 def tool(name: str) -> str:
     path = BIN / name
     if not path.exists():
-        pytest.fail(f"{name} not found in {BIN}: install the dev tools (make venv, or pip install -r requirements-dev.txt)")
+        pytest.fail(
+            f"{name} not found in {BIN}: install the dev tools (make venv, or pip install -r requirements-dev.txt)"
+        )
     return str(path)
 
 
@@ -45,7 +47,8 @@ def services(name: str) -> dict[str, dict]:
 def shell_scripts() -> list[Path]:
     """Every *.sh in the repository outside hidden folders (.venv, .git, .stack): new scripts are covered too."""
     return sorted(
-        p for p in REPO.rglob("*.sh")
+        p
+        for p in REPO.rglob("*.sh")
         if not any(part.startswith(".") or part == "node_modules" for part in p.relative_to(REPO).parts)
     )
 
@@ -185,8 +188,9 @@ def test_monitoring_profile_runs_prometheus_and_grafana_with_read_only_configs()
 def test_prometheus_finds_every_replica_by_dns_so_scaling_needs_no_config_change():
     config = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "mlflow-gateway"]
-    assert job["dns_sd_configs"] == [{"names": ["mlflow-gateway"], "type": "A", "port": 8000,
-                                      "refresh_interval": "15s"}]
+    assert job["dns_sd_configs"] == [
+        {"names": ["mlflow-gateway"], "type": "A", "port": 8000, "refresh_interval": "15s"}
+    ]
     assert "static_configs" not in job
 
 
@@ -205,8 +209,14 @@ def test_alert_rules_cover_errors_latency_429s_budget_and_replicas_with_exported
 
     rules = yaml.safe_load((REPO / "monitoring/alerts.yml").read_text())["groups"][0]["rules"]
     names = {r["alert"] for r in rules}
-    assert {"GatewayHighErrorRate", "GatewayHighLatencyP95", "GatewayRateLimitedRequests",
-            "GatewayProviderRateLimited", "GatewayBudgetBurn", "GatewayReplicaDown"} <= names
+    assert {
+        "GatewayHighErrorRate",
+        "GatewayHighLatencyP95",
+        "GatewayRateLimitedRequests",
+        "GatewayProviderRateLimited",
+        "GatewayBudgetBurn",
+        "GatewayReplicaDown",
+    } <= names
     exported = exported_sample_names()
     for rule in rules:
         assert metric_names_in(rule["expr"]) <= exported, rule["alert"]
@@ -228,8 +238,13 @@ def test_dashboard_is_valid_json_and_every_panel_queries_metrics_the_kit_exports
         assert names <= exported, f"panel {title!r} uses {names - exported}, which the kit does not export"
         used |= names
     # Traffic, latency, TTFT, errors, tokens and cost are all on it.
-    assert {"gateway_requests_total", "gateway_request_duration_seconds_bucket", "gateway_tokens_total",
-            "gateway_time_to_first_token_seconds_bucket", "gateway_cost_usd_total"} <= used
+    assert {
+        "gateway_requests_total",
+        "gateway_request_duration_seconds_bucket",
+        "gateway_tokens_total",
+        "gateway_time_to_first_token_seconds_bucket",
+        "gateway_cost_usd_total",
+    } <= used
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert all(p["datasource"]["uid"] == "prometheus" for p in panels)
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
@@ -291,17 +306,32 @@ def dockerfile_user() -> str:
 
 def test_the_runtime_image_switches_to_a_non_root_user_after_its_last_build_step():
     instructions = dockerfile_instructions()
-    runtime = instructions[max(i for i, line in enumerate(instructions) if line.startswith("FROM ")):]
+    runtime = instructions[max(i for i, line in enumerate(instructions) if line.startswith("FROM ")) :]
     user_at = max(i for i, line in enumerate(runtime) if line.startswith("USER "))
     assert dockerfile_user().split(":")[0] not in ("0", "root")
-    assert all(not line.startswith(("RUN ", "COPY ", "ADD ")) for line in runtime[user_at + 1:]), runtime[user_at:]
+    assert all(not line.startswith(("RUN ", "COPY ", "ADD ")) for line in runtime[user_at + 1 :]), runtime[user_at:]
 
 
 def test_build_context_leaves_secrets_out():
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert patterns[0] == "*", ".dockerignore should be an allowlist"
     assert not any(p.lstrip("!").startswith((".env", "secrets")) for p in patterns if p.startswith("!"))
+
+
+# ----------------------------------------------------------------------------------------------------- Python
+# ruff with pyproject.toml's [tool.ruff]; --no-cache: a test writes nothing into the checkout.
+def test_python_passes_ruff_check():
+    result = run(tool("ruff"), "check", "--no-cache", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_python_is_formatted_as_ruff_format_writes_it():
+    result = run(tool("ruff"), "format", "--check", "--no-cache", ".")
+    assert result.returncode == 0, f"run: .venv/bin/ruff format .\n{result.stdout}{result.stderr}"
 
 
 # ------------------------------------------------------------------------------------------------------ shell
@@ -362,15 +392,19 @@ def requirement_names(path: Path) -> set[str]:
 
 
 def test_lock_covers_every_requirement_in_requirements_txt():
-    for lock, requirements in (("requirements.lock", "requirements.txt"),
-                               ("requirements-slim.lock", "requirements-slim.txt")):
+    for lock, requirements in (
+        ("requirements.lock", "requirements.txt"),
+        ("requirements-slim.lock", "requirements-slim.txt"),
+    ):
         locked = lock_requirements(lock)
         for name in requirement_names(REPO / requirements):
             assert name in locked, f"{name} is in {requirements} but not in {lock}: run make lock"
 
 
 def test_slim_requirements_keep_every_kit_requirement_of_the_full_ones():
-    assert requirement_names(REPO / "requirements.txt") - {"mlflow"} <= requirement_names(REPO / "requirements-slim.txt")
+    assert requirement_names(REPO / "requirements.txt") - {"mlflow"} <= requirement_names(
+        REPO / "requirements-slim.txt"
+    )
     slim = lock_requirements("requirements-slim.lock")
     assert slim["mlflow-skinny"].startswith("mlflow-skinny==3.17.2 ") and "mlflow" not in slim
     full = lock_requirements()

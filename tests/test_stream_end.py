@@ -34,7 +34,7 @@ def test_a_stream_ends_with_done_and_nothing_after_it(stack, route, endpoint):
     lines = stream_lines(stack, route, endpoint, "Count to three")
     data = [line for line in lines if line.startswith("data:")]
     assert data[-1] == "data: [DONE]", data[-3:]
-    assert not any(lines[lines.index("data: [DONE]") + 1:]), lines  # nothing follows, not even an event
+    assert not any(lines[lines.index("data: [DONE]") + 1 :]), lines  # nothing follows, not even an event
     assert data.count("data: [DONE]") == 1
     chunks = [json.loads(line[5:]) for line in data[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
@@ -49,12 +49,13 @@ def test_a_stream_cut_by_the_provider_ends_with_an_error_event_and_no_done(stack
     last = json.loads(data[-1][5:])
     assert last["error"]["type"].startswith("upstream_"), last
     assert len(data) > 1  # the answer had started: the error ends it
-    assert not any(lines[lines.index(data[-1]) + 1:]), lines
+    assert not any(lines[lines.index(data[-1]) + 1 :]), lines
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_the_openai_client_reads_the_stream_to_its_end(stack, endpoint):
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="not-used-by-the-gateway", max_retries=0)
     stream = client.chat.completions.create(
-        model=endpoint, messages=[{"role": "user", "content": "Stream me"}], stream=True)
+        model=endpoint, messages=[{"role": "user", "content": "Stream me"}], stream=True
+    )
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "Fake answer to: Stream me"

@@ -58,6 +58,7 @@ def test_a_dropped_connection_is_answered_and_the_next_request_still_served(stac
     dropped = requests.post(f"{stack.url}/gateway/chat/invocations", json=body, timeout=10)
     assert dropped.status_code == 502 and dropped.json()["error"]["type"] == "upstream_unreachable"
     ok = {"messages": [{"role": "user", "content": "after the drop"}]}
-    statuses = {requests.post(f"{stack.url}/gateway/chat/invocations", json=ok, timeout=10).status_code
-                for _ in range(8)}
+    statuses = {
+        requests.post(f"{stack.url}/gateway/chat/invocations", json=ok, timeout=10).status_code for _ in range(8)
+    }
     assert statuses == {200}

@@ -48,7 +48,9 @@ def test_the_ledger_writes_one_file_per_replica_per_utc_day(tmp_path):
     assert ledger.append(record(2))
     ledger.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "usage-mlflow-gateway-1-2026-11-22.jsonl", "usage-mlflow-gateway-1-2026-11-23.jsonl"]
+        "usage-mlflow-gateway-1-2026-11-22.jsonl",
+        "usage-mlflow-gateway-1-2026-11-23.jsonl",
+    ]
     assert [r["request_id"] for r in lines_of(tmp_path)] == ["req-1", "req-2"]
 
 
@@ -84,8 +86,10 @@ WRITER = textwrap.dedent("""
 
 def run_writers(directory: Path, writers: int, count: int, *mode: str) -> None:
     """`writers` WRITER processes side by side, named w0, w1, ..., each appending `count` records."""
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(directory), f"w{k}", str(count), *mode], cwd=REPO)
-             for k in range(writers)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(directory), f"w{k}", str(count), *mode], cwd=REPO)
+        for k in range(writers)
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0
 
@@ -106,7 +110,8 @@ def test_workers_starting_while_others_write_never_take_a_record_being_written_f
     assert lines.pop() == ""
     assert [n for n, line in enumerate(lines) if not line] == []
     assert sorted(json.loads(line)["request_id"] for line in lines) == sorted(
-        f"w{k}-{n}" for k in range(4) for n in range(500))
+        f"w{k}-{n}" for k in range(4) for n in range(500)
+    )
 
 
 def test_a_writer_killed_mid_stream_loses_at_most_its_last_line_and_the_next_writer_starts_clean(tmp_path):
@@ -125,7 +130,7 @@ def test_a_writer_killed_mid_stream_loses_at_most_its_last_line_and_the_next_wri
     assert len(whole) > 100 and all(json.loads(line)["error"] == "x" * 3000 for line in whole)
     assert tail == "" or (tail.startswith('{"type":"usage"') and len(tail) < len(whole[0]))
     subprocess.run([sys.executable, "-c", WRITER, str(tmp_path), "next", "3"], cwd=REPO, check=True, timeout=60)
-    after = path.read_text().split("\n")[len(whole) + bool(tail):]
+    after = path.read_text().split("\n")[len(whole) + bool(tail) :]
     assert [json.loads(line)["request_id"] for line in after if line] == ["next-0", "next-1", "next-2"]
 
 
@@ -219,7 +224,9 @@ def test_emit_never_raises_when_stdout_is_gone(tmp_path):
 
 
 def test_emit_from_a_real_process_reaches_its_stdout():
-    code = ("from gateway_kit.usage import UsageRecord, emit\n"
-            "emit(UsageRecord(ts='2026-11-22T10:00:00.000Z', request_id='p1', route='/r'))\n")
+    code = (
+        "from gateway_kit.usage import UsageRecord, emit\n"
+        "emit(UsageRecord(ts='2026-11-22T10:00:00.000Z', request_id='p1', route='/r'))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["request_id"] == "p1"

@@ -35,8 +35,14 @@ def records_of(stack, request_id: str, expect: int = 1, timeout: float = 5) -> l
 def post(stack, content: str, endpoint: str = "chat", stream: bool = False, **kwargs) -> tuple[str, requests.Response]:
     request_id = f"usage-{uuid.uuid4().hex[:12]}"
     body = {"messages": [{"role": "user", "content": content}], "stream": stream}
-    r = requests.post(f"{stack.url}/gateway/{endpoint}/invocations", json=body, stream=stream, timeout=30,
-                      headers={"X-Request-ID": request_id}, **kwargs)
+    r = requests.post(
+        f"{stack.url}/gateway/{endpoint}/invocations",
+        json=body,
+        stream=stream,
+        timeout=30,
+        headers={"X-Request-ID": request_id},
+        **kwargs,
+    )
     return request_id, r
 
 
@@ -46,7 +52,10 @@ def test_a_plain_answer_leaves_one_record_with_its_tokens_and_cost(stack):
     (record,) = records_of(stack, request_id)
     usage = r.json()["usage"]
     assert (record["prompt_tokens"], record["completion_tokens"], record["total_tokens"]) == (
-        usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        usage["total_tokens"],
+    )
     assert record["endpoint"] == "chat" and record["provider"] == "openai" and record["model"] == "gpt-4o-mini"
     assert record["status"] == 200 and record["replica"] == r.headers["X-Gateway-Replica"]
     assert record["cost_usd"] > 0 and record["price_source"].startswith("genai-prices")
@@ -59,8 +68,12 @@ def test_a_plain_answer_leaves_one_record_with_its_tokens_and_cost(stack):
 @pytest.mark.stack
 def test_v1_routes_are_recorded_under_the_endpoint_named_by_model(stack):
     request_id = f"usage-{uuid.uuid4().hex[:12]}"
-    r = requests.post(f"{stack.url}/v1/embeddings", json={"model": "embeddings", "input": ["a", "b c"]},
-                      headers={"X-Request-ID": request_id}, timeout=30)
+    r = requests.post(
+        f"{stack.url}/v1/embeddings",
+        json={"model": "embeddings", "input": ["a", "b c"]},
+        headers={"X-Request-ID": request_id},
+        timeout=30,
+    )
     (record,) = records_of(stack, request_id)
     assert record["route"] == "/v1/embeddings" and record["endpoint"] == "embeddings"
     assert record["prompt_tokens"] == r.json()["usage"]["prompt_tokens"] > 0
@@ -122,12 +135,20 @@ def test_an_unwritable_ledger_never_fails_a_request_and_is_reported_once(tmp_pat
     blocked.write_text("a file where the ledger directory should be")
     port = free_port()
     log = tmp_path / "gateway.log"
-    proc = start_replica(tmp_path, port, log=log, timeout=60, GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
-                         GATEWAY_DEMO_UPSTREAM=fake_upstream)
+    proc = start_replica(
+        tmp_path,
+        port,
+        log=log,
+        timeout=60,
+        GATEWAY_LEDGER_DIR=str(blocked / "ledger"),
+        GATEWAY_DEMO_UPSTREAM=fake_upstream,
+    )
     try:
         body = {"messages": [{"role": "user", "content": "hi"}]}
-        statuses = [requests.post(f"http://127.0.0.1:{port}/gateway/chat/invocations", json=body, timeout=10)
-                    .status_code for _ in range(5)]
+        statuses = [
+            requests.post(f"http://127.0.0.1:{port}/gateway/chat/invocations", json=body, timeout=10).status_code
+            for _ in range(5)
+        ]
     finally:
         stop_group(proc.pid)
     assert statuses == [200] * 5

@@ -32,10 +32,25 @@ PROJECT = "mlflow-gateway"  # `name:` of both compose files
 FIGURES: dict[str, str] = {}
 # Files the compose files use from the project directory (each test runs them from a copy: nothing is written
 # into the repository, e.g. the ./keys folder docker creates for the bind mount).
-PROJECT_FILES = ["docker-compose.yml", "docker-compose.prod.yml", "nginx.conf", "check_gateway.sh", "scripts",
-                 "monitoring", "config.yaml", "pricing.yaml", "analyze_costs.py", "gateway_kit", "env.template",
-                 # the build context, for `docker compose build` and scripts/deploy.sh
-                 "Dockerfile", ".dockerignore", "requirements.lock", "requirements-slim.lock", "entrypoint.sh"]
+PROJECT_FILES = [
+    "docker-compose.yml",
+    "docker-compose.prod.yml",
+    "nginx.conf",
+    "check_gateway.sh",
+    "scripts",
+    "monitoring",
+    "config.yaml",
+    "pricing.yaml",
+    "analyze_costs.py",
+    "gateway_kit",
+    "env.template",
+    # the build context, for `docker compose build` and scripts/deploy.sh
+    "Dockerfile",
+    ".dockerignore",
+    "requirements.lock",
+    "requirements-slim.lock",
+    "entrypoint.sh",
+]
 REPLICAS = 3  # the shared prod stack's size, restored before every test that uses it
 GATEWAY = "http://127.0.0.1:5000"  # nginx, published in the engine's namespace
 
@@ -47,29 +62,49 @@ def figure(name: str, value: str) -> None:
 @dataclass
 class Engine:
     env: dict[str, str]
-    netns: str | None          # the provisioned engine's namespace; None for the machine's own engine
+    netns: str | None  # the provisioned engine's namespace; None for the machine's own engine
     standins: list[str] = field(default_factory=list)
     host_before: dict[str, str] = field(default_factory=dict)  # host_network() before the engine came up
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 300, cwd: Path | None = None,
-               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run(["docker", *args], env={**self.env, **(extra_env or {})}, cwd=cwd,
-                                capture_output=True, text=True, timeout=timeout)
+    def docker(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = 300,
+        cwd: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            ["docker", *args],
+            env={**self.env, **(extra_env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
             pytest.fail(f"docker {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result
 
-    def run_in_net(self, *args: str, timeout: float = 300, cwd: Path | None = None,
-                   extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run_in_net(
+        self, *args: str, timeout: float = 300, cwd: Path | None = None, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
         """A command where the published ports are: inside the engine's namespace when it has one."""
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return subprocess.run([*prefix, *args], env={**self.env, **(extra_env or {})}, cwd=cwd,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [*prefix, *args],
+            env={**self.env, **(extra_env or {})},
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def popen_in_net(self, *args: str, cwd: Path | None = None) -> subprocess.Popen:
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return subprocess.Popen([*prefix, *args], env=self.env, cwd=cwd, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [*prefix, *args], env=self.env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def net_json(self, *args: str, timeout: float = 300):
         result = self.run_in_net(sys.executable, str(NETCLIENT), *args, timeout=timeout)
@@ -80,6 +115,7 @@ class Engine:
 
 def host_network() -> dict[str, str]:
     """What a provisioned engine must leave alone on the host: interfaces, routes, firewall rules, ip_forward."""
+
     def out(*cmd: str) -> str:
         result = subprocess.run(cmd, capture_output=True, text=True)
         return "\n".join(line for line in result.stdout.splitlines() if not line.startswith(("#", ":")))
@@ -111,7 +147,9 @@ def engine() -> Iterator[Engine]:
     up = subprocess.run([str(ENGINE_SCRIPT), "up"], capture_output=True, text=True, timeout=1500)
     if up.returncode != 0:
         pytest.fail(f"scripts/docker_engine.sh up exited {up.returncode}:\n{up.stdout}\n{up.stderr}")
-    figure("engine up (scripts/docker_engine.sh up, image build included when needed)", f"{time.monotonic() - start:.0f} s")
+    figure(
+        "engine up (scripts/docker_engine.sh up, image build included when needed)", f"{time.monotonic() - start:.0f} s"
+    )
     env_lines = subprocess.run([str(ENGINE_SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
     env = _engine_env(env_lines)
     status = subprocess.run([str(ENGINE_SCRIPT), "status"], capture_output=True, text=True, env=env).stdout
@@ -120,8 +158,13 @@ def engine() -> Iterator[Engine]:
         if line.startswith("stand-in base images:") and "none" not in line:
             standins = line.split(":", 1)[1].split()
     figure("engine", status.splitlines()[0] if status else "?")
-    figure("base images", "STAND-INS (Debian bookworm trees tagged with the official names; they prove the kit's "
-           f"files, not the official images): {' '.join(standins)}" if standins else "the official images")
+    figure(
+        "base images",
+        "STAND-INS (Debian bookworm trees tagged with the official names; they prove the kit's "
+        f"files, not the official images): {' '.join(standins)}"
+        if standins
+        else "the official images",
+    )
     eng = Engine(env=env, netns=env.get("KIT_DOCKER_NETNS"), standins=standins, host_before=host_before)
     size = eng.docker("image", "inspect", "--format", "{{.Size}}", "mlflow-gateway:local").stdout.strip()
     figure("image mlflow-gateway:local", f"{int(size) / 1e6:.0f} MB")
@@ -130,8 +173,23 @@ def engine() -> Iterator[Engine]:
     finally:
         # Whatever a test left (a failed test's stack): the project's containers and volumes go.
         for file in ("docker-compose.prod.yml", "docker-compose.yml"):
-            eng.docker("compose", "-f", str(REPO / file), "--profile", "demo", "--profile", "monitoring", "down",
-                       "-v", "--remove-orphans", "--timeout", "5", check=False, cwd=REPO, timeout=300)
+            eng.docker(
+                "compose",
+                "-f",
+                str(REPO / file),
+                "--profile",
+                "demo",
+                "--profile",
+                "monitoring",
+                "down",
+                "-v",
+                "--remove-orphans",
+                "--timeout",
+                "5",
+                check=False,
+                cwd=REPO,
+                timeout=300,
+            )
         if not was_running and env.get("KIT_DOCKER_NETNS"):
             stop = subprocess.run([str(ENGINE_SCRIPT), "stop"], capture_output=True, text=True, timeout=300)
             assert stop.returncode == 0, stop.stdout + stop.stderr
@@ -156,25 +214,58 @@ class Project:
         return self.engine.run_in_net(*args, timeout=timeout, cwd=self.root)
 
     def containers(self, service: str) -> list[str]:
-        out = self.engine.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}",
-                                 "--filter", f"label=com.docker.compose.service={service}").stdout
+        out = self.engine.docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={PROJECT}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+        ).stdout
         return out.split()
 
     def inspect(self, container: str) -> dict:
         return json.loads(self.engine.docker("inspect", container).stdout)[0]
 
     def down(self) -> None:
-        self.compose("--profile", "demo", "--profile", "monitoring", "down", "-v", "--remove-orphans",
-                     "--timeout", "10", check=False)
+        self.compose(
+            "--profile",
+            "demo",
+            "--profile",
+            "monitoring",
+            "down",
+            "-v",
+            "--remove-orphans",
+            "--timeout",
+            "10",
+            check=False,
+        )
 
     def up(self, *files: str, replicas: int = REPLICAS, extra_env: dict[str, str] | None = None) -> float:
         """`up -d --wait` of the demo stack with `replicas` gateways (and the compose files `files` over the
         project's file); returns the seconds it took. Recreates only what differs."""
         start = time.monotonic()
         args = [arg for f in files for arg in ("-f", f)]
-        self.engine.docker("compose", "-f", self.file, *args, "--profile", "demo", "up", "-d", "--no-build",
-                           "--remove-orphans", "--scale", f"mlflow-gateway={replicas}", "--wait", "--wait-timeout",
-                           "600", cwd=self.root, timeout=700, extra_env=extra_env)
+        self.engine.docker(
+            "compose",
+            "-f",
+            self.file,
+            *args,
+            "--profile",
+            "demo",
+            "up",
+            "-d",
+            "--no-build",
+            "--remove-orphans",
+            "--scale",
+            f"mlflow-gateway={replicas}",
+            "--wait",
+            "--wait-timeout",
+            "600",
+            cwd=self.root,
+            timeout=700,
+            extra_env=extra_env,
+        )
         return time.monotonic() - start
 
     def hostnames(self) -> set[str]:
@@ -184,8 +275,17 @@ class Project:
 
 def ledger_records(engine: Engine) -> list[dict]:
     """Every usage record in the gateway-ledger volume, read by a throwaway container of the kit image."""
-    out = engine.docker("run", "--rm", "--entrypoint", "sh", "-v", "mlflow-gateway_gateway-ledger:/ledger:ro",
-                        "mlflow-gateway:local", "-c", "find /ledger -type f -exec cat {} +").stdout
+    out = engine.docker(
+        "run",
+        "--rm",
+        "--entrypoint",
+        "sh",
+        "-v",
+        "mlflow-gateway_gateway-ledger:/ledger:ro",
+        "mlflow-gateway:local",
+        "-c",
+        "find /ledger -type f -exec cat {} +",
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -210,9 +310,24 @@ def start_load(engine: Engine, tmp: Path, cases: list[dict], rate: float, durati
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "cases.json").write_text(json.dumps({"cases": cases}))
     output = tmp / "load.json"
-    proc = engine.popen_in_net(sys.executable, str(REPO / "evaluate_gateway.py"), "--url", GATEWAY, "--test-file",
-                               str(tmp / "cases.json"), "--rate", str(rate), "--duration", str(duration),
-                               "--timeout", "60", "--no-progress", "--output", str(output), cwd=tmp)
+    proc = engine.popen_in_net(
+        sys.executable,
+        str(REPO / "evaluate_gateway.py"),
+        "--url",
+        GATEWAY,
+        "--test-file",
+        str(tmp / "cases.json"),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+        "--timeout",
+        "60",
+        "--no-progress",
+        "--output",
+        str(output),
+        cwd=tmp,
+    )
     return Load(proc, output)
 
 
@@ -238,8 +353,10 @@ def prod_stack(engine: Engine, tmp_path_factory) -> Iterator[Project]:
         took = project.up()
         figure(f"prod file: up -d --scale mlflow-gateway={REPLICAS} --wait (demo)", f"{took:.0f} s")
         starts = [seconds_to_healthy(project.inspect(c)) for c in project.containers("mlflow-gateway")]
-        figure("replica start to healthy (docker inspect), median of "
-               f"{len(starts)}", f"{statistics.median(s for s in starts if s is not None):.1f} s")
+        figure(
+            f"replica start to healthy (docker inspect), median of {len(starts)}",
+            f"{statistics.median(s for s in starts if s is not None):.1f} s",
+        )
         yield project
     finally:
         project.down()
@@ -274,8 +391,9 @@ def seconds_to_healthy(info: dict) -> float | None:
         return datetime.fromisoformat(ts[:26].rstrip("Z") + "+00:00" if "." in ts else ts.replace("Z", "+00:00"))
 
     started = parse(info["State"]["StartedAt"])
-    passed = [parse(entry["End"]) for entry in (info["State"].get("Health") or {}).get("Log", [])
-              if entry["ExitCode"] == 0]
+    passed = [
+        parse(entry["End"]) for entry in (info["State"].get("Health") or {}).get("Log", []) if entry["ExitCode"] == 0
+    ]
     return (min(passed) - started).total_seconds() if passed else None
 
 

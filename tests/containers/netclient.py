@@ -27,11 +27,16 @@ def main(argv: list[str]) -> int:
         answers = []
         for i in range(int(argv[2])):
             raw = client.chat.completions.with_raw_response.create(
-                model="chat", messages=[{"role": "user", "content": f"hello {i}"}])
+                model="chat", messages=[{"role": "user", "content": f"hello {i}"}]
+            )
             completion = raw.parse()
-            answers.append({"replica": raw.headers.get("x-gateway-replica"),
-                            "content": completion.choices[0].message.content,
-                            "total_tokens": completion.usage.total_tokens if completion.usage else None})
+            answers.append(
+                {
+                    "replica": raw.headers.get("x-gateway-replica"),
+                    "content": completion.choices[0].message.content,
+                    "total_tokens": completion.usage.total_tokens if completion.usage else None,
+                }
+            )
         print(json.dumps(answers))
         return 0
     if argv[0] == "posts":
@@ -39,8 +44,11 @@ def main(argv: list[str]) -> int:
 
         def post(_: int) -> dict:
             r = requests.post(argv[1], data=argv[3], headers={"Content-Type": "application/json"}, timeout=60)
-            return {"status": r.status_code, "limits": r.headers.get("x-gateway-limits"),
-                    "replica": r.headers.get("x-gateway-replica")}
+            return {
+                "status": r.status_code,
+                "limits": r.headers.get("x-gateway-limits"),
+                "replica": r.headers.get("x-gateway-replica"),
+            }
 
         with ThreadPoolExecutor(int(argv[2])) as pool:
             print(json.dumps(list(pool.map(post, range(int(argv[2]))))))

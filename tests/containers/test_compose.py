@@ -16,6 +16,7 @@ from .conftest import GATEWAY, REPLICAS, Engine, Project, figure, ledger_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
 
+
 def wait_healthy(project: Project, service: str, count: int, timeout: float = 300) -> float:
     """Seconds until `count` containers of `service` are healthy (bounded; fails with their states)."""
     start = time.monotonic()
@@ -26,8 +27,10 @@ def wait_healthy(project: Project, service: str, count: int, timeout: float = 30
             return time.monotonic() - start
         time.sleep(2)
     logs = [project.engine.docker("logs", "--tail", "30", c, check=False) for c in project.containers(service)]
-    pytest.fail(f"{service}: {states} after {timeout:.0f}s, wanted {count} healthy; their last log lines:\n"
-                + "\n".join(log.stdout + log.stderr for log in logs))
+    pytest.fail(
+        f"{service}: {states} after {timeout:.0f}s, wanted {count} healthy; their last log lines:\n"
+        + "\n".join(log.stdout + log.stderr for log in logs)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ dev file
@@ -81,8 +84,13 @@ def test_replicas_run_hardened(prod):
         assert host["Memory"] == 1024**3 and host["NanoCpus"] == 10**9
         # What the process really has: uid 10001, no effective capability, and / is read-only.
         probe = prod.engine.docker(
-            "exec", container, "sh", "-c",
-            "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; touch /probe", check=False)
+            "exec",
+            container,
+            "sh",
+            "-c",
+            "id -u; grep CapEff /proc/self/status; grep NoNewPrivs /proc/self/status; touch /probe",
+            check=False,
+        )
         uid, cap_eff, no_new_privs = probe.stdout.split("\n")[:3]
         assert uid == "10001"
         assert cap_eff.split()[1] == "0000000000000000"

@@ -26,15 +26,33 @@ def kit(engine: Engine, tmp_path) -> Project:
         yield project
     finally:
         for file in ("docker-compose.prod.yml", "docker-compose.yml"):
-            engine.docker("compose", "-p", TEST_PROJECT, "-f", file, "--profile", "demo", "down", "-v",
-                          "--remove-orphans", "--timeout", "5", cwd=project.root, check=False)
+            engine.docker(
+                "compose",
+                "-p",
+                TEST_PROJECT,
+                "-f",
+                file,
+                "--profile",
+                "demo",
+                "down",
+                "-v",
+                "--remove-orphans",
+                "--timeout",
+                "5",
+                cwd=project.root,
+                check=False,
+            )
         engine.docker("image", "rm", TEST_IMAGE, check=False)
 
 
 def deploy(kit: Project, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return kit.engine.run_in_net(str(kit.root / "scripts" / "deploy.sh"), *args, cwd=kit.root, timeout=600,
-                                 extra_env={"COMPOSE_PROJECT_NAME": TEST_PROJECT, "GATEWAY_IMAGE": TEST_IMAGE,
-                                            "NO_COLOR": "1", **env})
+    return kit.engine.run_in_net(
+        str(kit.root / "scripts" / "deploy.sh"),
+        *args,
+        cwd=kit.root,
+        timeout=600,
+        extra_env={"COMPOSE_PROJECT_NAME": TEST_PROJECT, "GATEWAY_IMAGE": TEST_IMAGE, "NO_COLOR": "1", **env},
+    )
 
 
 def assert_refused(result: subprocess.CompletedProcess, *expected: str) -> None:
@@ -47,8 +65,9 @@ def assert_refused(result: subprocess.CompletedProcess, *expected: str) -> None:
 
 
 def assert_nothing_left(kit: Project) -> None:
-    left = kit.engine.docker("ps", "-a", "--filter", f"label=com.docker.compose.project={TEST_PROJECT}",
-                             "--format", "{{.Names}} {{.State}}").stdout
+    left = kit.engine.docker(
+        "ps", "-a", "--filter", f"label=com.docker.compose.project={TEST_PROJECT}", "--format", "{{.Names}} {{.State}}"
+    ).stdout
     assert not left.strip(), f"a half-started stack was left behind:\n{left}"
 
 
@@ -82,10 +101,13 @@ def test_an_unreadable_secret_file_is_refused_with_the_fix(kit):
 
 def test_a_config_typo_is_caught_in_the_image_before_any_replica_starts(kit):
     config = kit.root / "config.yaml"
-    config.write_text(config.read_text().replace("    endpoint_type: llm/v1/chat\n", "    endpoint_typ: llm/v1/chat\n", 1))
+    config.write_text(
+        config.read_text().replace("    endpoint_type: llm/v1/chat\n", "    endpoint_typ: llm/v1/chat\n", 1)
+    )
     result = deploy(kit, "--prod", "--demo", "--replicas", "1")
-    assert_refused(result, "unknown key `endpoint_typ`", "did you mean `endpoint_type`", "config.yaml",
-                   "then run this again")
+    assert_refused(
+        result, "unknown key `endpoint_typ`", "did you mean `endpoint_type`", "config.yaml", "then run this again"
+    )
     assert_nothing_left(kit)
 
 

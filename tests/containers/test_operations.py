@@ -23,16 +23,30 @@ pytestmark = [pytest.mark.integration, pytest.mark.containers]
 WORDS = " ".join(f"w{i}" for i in range(30))
 CHAT = {"name": "chat", "endpoint": "chat", "messages": [{"role": "user", "content": "[[latency:100]] hello"}]}
 # 30 chunks 100 ms apart: a stream is in flight for about 3 s, long enough to be cut by a stop if draining failed.
-STREAM = {"name": "stream", "endpoint": "chat", "params": {"stream": True},
-          "messages": [{"role": "user", "content": f"[[chunk_delay:100]] [[reply:{WORDS}]]"}],
-          "expect": {"contains": "w29"}}
+STREAM = {
+    "name": "stream",
+    "endpoint": "chat",
+    "params": {"stream": True},
+    "messages": [{"role": "user", "content": f"[[chunk_delay:100]] [[reply:{WORDS}]]"}],
+    "expect": {"contains": "w29"},
+}
 
 
 def docker_events(project: Project, since: float, event: str) -> list[dict]:
     """The engine's `event` events of gateway replicas since unix time `since` (time: unix seconds)."""
-    out = project.engine.docker("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}", "--filter",
-                                f"event={event}", "--filter", "label=com.docker.compose.service=mlflow-gateway",
-                                "--format", "{{json .}}").stdout
+    out = project.engine.docker(
+        "events",
+        "--since",
+        f"{since:.3f}",
+        "--until",
+        f"{time.time():.3f}",
+        "--filter",
+        f"event={event}",
+        "--filter",
+        "label=com.docker.compose.service=mlflow-gateway",
+        "--format",
+        "{{json .}}",
+    ).stdout
     return [{**e, "time": e["timeNano"] / 1e9} for e in map(json.loads, out.splitlines())]
 
 
@@ -60,8 +74,10 @@ def test_scaling_to_5_and_back_to_2_under_load_fails_nothing_and_drains_streams(
     stops = {e["id"][:12]: e["time"] for e in docker_events(prod, down_at, "kill")}  # hostname = short id
     assert set(stops) == removed, (stops, removed)
     drained = [r for r in requests if r["stream"] and r["replica"] in stops and in_flight(r, stops[r["replica"]])]
-    figure("scale 5 -> 2 under load: requests, failed, streams in flight at their replica's SIGTERM",
-           f"{len(requests)}, {len(failures(doc))}, {len(drained)}")
+    figure(
+        "scale 5 -> 2 under load: requests, failed, streams in flight at their replica's SIGTERM",
+        f"{len(requests)}, {len(failures(doc))}, {len(drained)}",
+    )
     assert not failures(doc), failures(doc)[:5]
     assert drained, "no stream was in flight on a removed replica when it was stopped: nothing was proven"
     assert all(r["chunks"] >= 30 and not r["partial"] for r in drained)
@@ -81,17 +97,21 @@ def test_a_replica_killed_under_load_fails_only_requests_it_was_answering(prod: 
     # From the signal to the death, by the engine's clock (the CLI's start-up would blur it by tens of ms): a dying
     # replica's workers may still accept a connection for some milliseconds after the SIGKILL is sent.
     victim_id = prod.inspect(victim)["Id"]
-    signalled, died = (next(e["time"] for e in docker_events(prod, before - 1, event) if e["id"] == victim_id)
-                       for event in ("kill", "die"))
+    signalled, died = (
+        next(e["time"] for e in docker_events(prod, before - 1, event) if e["id"] == victim_id)
+        for event in ("kill", "die")
+    )
 
     def exposed(r: dict) -> bool:  # in flight at some moment while the victim was dying
         return in_flight(r, signalled) or in_flight(r, died) or signalled <= start_time(r) <= died
 
     failed, requests = failures(doc), doc["requests"]
     at_risk = [r for r in requests if exposed(r)]
-    figure("docker kill under load (20/s, 100 ms answers): requests, failed, in flight while the replica died",
-           f"{len(requests)}, {len(failed)}, {len(at_risk)} (SIGKILL to death: {1000 * (died - signalled):.0f} ms); "
-           f"restarted by docker: {prod.inspect(victim)['State']['Running']}")
+    figure(
+        "docker kill under load (20/s, 100 ms answers): requests, failed, in flight while the replica died",
+        f"{len(requests)}, {len(failed)}, {len(at_risk)} (SIGKILL to death: {1000 * (died - signalled):.0f} ms); "
+        f"restarted by docker: {prod.inspect(victim)['State']['Running']}",
+    )
     # The bound: a request can fail only if nginx had already sent it to the victim, so only a request in flight
     # while it died (about rate x latency = 2 at a time, a third of them on the victim); nothing sent after its death
     # fails, because nginx passes a refused or unanswered connection to the next replica and never resends a POST.
@@ -118,8 +138,10 @@ def test_a_crashed_replica_is_restarted_by_docker(prod: Project):
         time.sleep(2)
     else:
         pytest.fail(f"the crashed replica is not healthy again after 180 s: {state}")
-    figure("a crashed replica (SIGKILL from outside docker): restarted and healthy after",
-           f"{time.monotonic() - start:.0f} s (restart count {prod.inspect(victim)['RestartCount']})")
+    figure(
+        "a crashed replica (SIGKILL from outside docker): restarted and healthy after",
+        f"{time.monotonic() - start:.0f} s (restart count {prod.inspect(victim)['RestartCount']})",
+    )
 
 
 LIMITED = "completions"  # its own limit in the override config below: LIMIT calls per hour, for every client
@@ -135,8 +157,9 @@ def limits_override(project: Project) -> str:
         if endpoint["name"] == LIMITED:
             endpoint["limit"] = {"calls": LIMIT, "renewal_period": "hour"}
     (project.root / "config.limits.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (project.root / "limits.override.yml").write_text(yaml.safe_dump(
-        {"services": {"mlflow-gateway": {"volumes": ["./config.limits.yaml:/app/config.yaml:ro"]}}}))
+    (project.root / "limits.override.yml").write_text(
+        yaml.safe_dump({"services": {"mlflow-gateway": {"volumes": ["./config.limits.yaml:/app/config.yaml:ro"]}}})
+    )
     return "limits.override.yml"
 
 
@@ -160,10 +183,13 @@ def test_redis_restart_under_load_serves_everything_and_limits_resume_with_their
     after = prod.engine.net_json("posts", url, str(LIMIT), body)
 
     statuses = Counter(r["status"] for r in after)
-    logs = "".join(prod.engine.docker("logs", "--since", f"{restart_at:.0f}", c).stderr
-                   for c in prod.containers("mlflow-gateway"))
-    figure("redis restart under load (10/s): requests, failed; then LIMIT=5 with 3 used before: statuses",
-           f"{len(doc['requests'])}, {len(failures(doc))}; {dict(statuses)}")
+    logs = "".join(
+        prod.engine.docker("logs", "--since", f"{restart_at:.0f}", c).stderr for c in prod.containers("mlflow-gateway")
+    )
+    figure(
+        "redis restart under load (10/s): requests, failed; then LIMIT=5 with 3 used before: statuses",
+        f"{len(doc['requests'])}, {len(failures(doc))}; {dict(statuses)}",
+    )
     assert not failures(doc), failures(doc)[:5]
     assert "served WITHOUT limits" in logs, "no replica logged that Redis was down and limits were off"
     assert statuses == {200: LIMIT - 3, 429: 3}, after  # the 3 calls before the restart still count
@@ -176,8 +202,9 @@ def test_analyze_costs_compose_agrees_with_the_ledger_record_for_record(prod: Pr
     time.sleep(1.5)  # the ledger writer flushes within a second
 
     def report(*args: str) -> dict:
-        result = prod.engine.run_in_net(prod.engine.env["PYTHON"], "analyze_costs.py", *args, "--json", "--details",
-                                        cwd=prod.root)
+        result = prod.engine.run_in_net(
+            prod.engine.env["PYTHON"], "analyze_costs.py", *args, "--json", "--details", cwd=prod.root
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         return json.loads(result.stdout)
 
@@ -185,15 +212,20 @@ def test_analyze_costs_compose_agrees_with_the_ledger_record_for_record(prod: Pr
     ours = tmp_path / "ledger"
     ours.mkdir()
     (ours / "usage-current-replicas.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in ledger_records(prod.engine) if r.get("replica") in hosts))
+        "".join(json.dumps(r) + "\n" for r in ledger_records(prod.engine) if r.get("replica") in hosts)
+    )
 
     def by_id(doc: dict) -> dict[str, tuple]:
-        return {r["request_id"]: (r["replica"], r["prompt_tokens"], r["completion_tokens"], r["cost_usd"])
-                for r in doc["requests_detail"]}
+        return {
+            r["request_id"]: (r["replica"], r["prompt_tokens"], r["completion_tokens"], r["cost_usd"])
+            for r in doc["requests_detail"]
+        }
 
     from_logs, from_ledger = by_id(report("--compose")), by_id(report("--ledger", str(ours)))
-    figure("analyze_costs.py --compose vs the ledger (replicas running now)",
-           f"{len(from_logs)} records from docker logs, {len(from_ledger)} from the ledger")
+    figure(
+        "analyze_costs.py --compose vs the ledger (replicas running now)",
+        f"{len(from_logs)} records from docker logs, {len(from_ledger)} from the ledger",
+    )
     assert len(from_logs) >= 12
     assert from_logs == from_ledger
 
@@ -206,9 +238,12 @@ def test_provider_key_from_a_compose_secret_file_is_used_and_never_shown(prod: P
 
     key = SENTINEL_SECRETS["openai"]
     text = (prod.root / "docker-compose.prod.yml").read_text()
-    uncommented = (text.replace("    # secrets:\n    #   - openai_api_key\n", "    secrets:\n      - openai_api_key\n")
-                   .replace("# secrets:\n#   openai_api_key:\n#     file: ./secrets/openai_api_key\n",
-                            "secrets:\n  openai_api_key:\n    file: ./secrets/openai_api_key\n"))
+    uncommented = text.replace(
+        "    # secrets:\n    #   - openai_api_key\n", "    secrets:\n      - openai_api_key\n"
+    ).replace(
+        "# secrets:\n#   openai_api_key:\n#     file: ./secrets/openai_api_key\n",
+        "secrets:\n  openai_api_key:\n    file: ./secrets/openai_api_key\n",
+    )
     assert uncommented.count("openai_api_key") == text.count("openai_api_key") and uncommented != text
     (prod.root / "docker-compose.secrets.yml").write_text(uncommented)
     # As the comment says: a file the container's uid 10001 can read, in a folder only its owner can enter.
@@ -224,15 +259,24 @@ def test_provider_key_from_a_compose_secret_file_is_used_and_never_shown(prod: P
         answers = prod.engine.net_json("openai-chats", GATEWAY, "3", added.stdout.strip())
     finally:
         prod.script("scripts/gateway_keys.sh", "revoke", "secrets-test")
-    stats = json.loads(prod.engine.docker("exec", prod.containers("fake-llm")[0], "python", "-c",
-                                          "import urllib.request as u; print(u.build_opener(u.ProxyHandler({}))"
-                                          ".open('http://127.0.0.1:9000/_fake/stats').read().decode())").stdout)
+    stats = json.loads(
+        prod.engine.docker(
+            "exec",
+            prod.containers("fake-llm")[0],
+            "python",
+            "-c",
+            "import urllib.request as u; print(u.build_opener(u.ProxyHandler({}))"
+            ".open('http://127.0.0.1:9000/_fake/stats').read().decode())",
+        ).stdout
+    )
     assert all(a["content"] for a in answers)
     fingerprint = key_fingerprint(key)  # assertions name the fingerprint, never the key
     assert fingerprint in stats["key_fingerprints"], stats["key_fingerprints"]
-    seen = {"docker inspect": prod.engine.docker("inspect", *prod.engine.docker("ps", "-aq").stdout.split()).stdout,
-            "docker compose logs": secrets_stack.compose("--profile", "demo", "logs", "--no-color").stdout,
-            "ledger": json.dumps(ledger_records(prod.engine))}
+    seen = {
+        "docker inspect": prod.engine.docker("inspect", *prod.engine.docker("ps", "-aq").stdout.split()).stdout,
+        "docker compose logs": secrets_stack.compose("--profile", "demo", "logs", "--no-color").stdout,
+        "ledger": json.dumps(ledger_records(prod.engine)),
+    }
     leaked = [where for where, text in seen.items() if key in text]
     assert not leaked, f"the provider key appears in: {leaked}"
     assert "DEMO MODE" not in seen["docker compose logs"]
@@ -243,8 +287,11 @@ def test_monitoring_profile_scrapes_every_replica_and_follows_scale(prod: Projec
     """Prometheus (profile monitoring) finds the replicas by DNS, sees a new one after scripts/scale.sh, and loads
     every alert rule of monitoring/alerts.yml."""
     if prod.engine.docker("image", "inspect", "grafana/grafana:12.0.2", check=False).returncode != 0:
-        figure("grafana", "NOT TESTED: no grafana/grafana image here (no registry, no Debian package); "
-               "the monitoring profile's Prometheus is")
+        figure(
+            "grafana",
+            "NOT TESTED: no grafana/grafana image here (no registry, no Debian package); "
+            "the monitoring profile's Prometheus is",
+        )
     prod.compose("--profile", "monitoring", "up", "-d", "--no-build", "--wait", "prometheus", timeout=300)
     prometheus = prod.containers("prometheus")[0]
 
@@ -264,14 +311,20 @@ def test_monitoring_profile_scrapes_every_replica_and_follows_scale(prod: Projec
     try:
         healthy_targets(REPLICAS)
         rules = [r["name"] for g in api("rules")["groups"] for r in g["rules"] if r["type"] == "alerting"]
-        shipped = [r["alert"] for g in yaml.safe_load((prod.root / "monitoring/alerts.yml").read_text())["groups"]
-                   for r in g["rules"] if "alert" in r]
+        shipped = [
+            r["alert"]
+            for g in yaml.safe_load((prod.root / "monitoring/alerts.yml").read_text())["groups"]
+            for r in g["rules"]
+            if "alert" in r
+        ]
         assert sorted(rules) == sorted(shipped)
         scaled = prod.script("scripts/scale.sh", str(REPLICAS + 1))
         assert scaled.returncode == 0, scaled.stdout + scaled.stderr
         took = healthy_targets(REPLICAS + 1)
-        figure("prometheus: alert rules loaded; a replica added by scale.sh scraped after",
-               f"{len(rules)} rules; {took:.0f} s")
+        figure(
+            "prometheus: alert rules loaded; a replica added by scale.sh scraped after",
+            f"{len(rules)} rules; {took:.0f} s",
+        )
     finally:
         prod.compose("--profile", "monitoring", "rm", "--stop", "--force", "prometheus", check=False)
 
@@ -283,12 +336,23 @@ def test_docker_compose_build_needs_no_docker_hub(prod: Project):
     tag = "mlflow-gateway:compose-build"
     start = time.monotonic()
     try:
-        built = prod.engine.docker("compose", "-f", prod.file, "--profile", "demo", "build", cwd=prod.root,
-                                   extra_env={"GATEWAY_IMAGE": tag}, check=False)
+        built = prod.engine.docker(
+            "compose",
+            "-f",
+            prod.file,
+            "--profile",
+            "demo",
+            "build",
+            cwd=prod.root,
+            extra_env={"GATEWAY_IMAGE": tag},
+            check=False,
+        )
         assert built.returncode == 0, built.stdout + built.stderr
         figure("docker compose build (cached layers, no way out)", f"{time.monotonic() - start:.1f} s")
-        layers = [prod.engine.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", image).stdout
-                  for image in (tag, "mlflow-gateway:local")]
+        layers = [
+            prod.engine.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", image).stdout
+            for image in (tag, "mlflow-gateway:local")
+        ]
         assert layers[0] == layers[1]
     finally:
         prod.engine.docker("image", "rm", tag, check=False)

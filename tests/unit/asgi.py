@@ -18,13 +18,20 @@ class Answer:
         return json.loads(self.body)
 
 
-def request(app, path: str, body: bytes | dict = b"", *, method: str = "POST",
-            headers: dict[str, str] | None = None) -> Answer:
+def request(
+    app, path: str, body: bytes | dict = b"", *, method: str = "POST", headers: dict[str, str] | None = None
+) -> Answer:
     """Run one HTTP request through `app` on a fresh event loop; the body is sent in one message."""
     if isinstance(body, dict):
         body = json.dumps(body).encode()
-    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
     sent: list[dict] = []
     received = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -38,8 +45,11 @@ def request(app, path: str, body: bytes | dict = b"", *, method: str = "POST",
 
     asyncio.run(app(scope, receive, send))
     start = next(m for m in sent if m["type"] == "http.response.start")
-    return Answer(start["status"], {k.decode(): v.decode() for k, v in start.get("headers", ())},
-                  b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    return Answer(
+        start["status"],
+        {k.decode(): v.decode() for k, v in start.get("headers", ())},
+        b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"),
+    )
 
 
 class Echo:
@@ -53,8 +63,7 @@ class Echo:
         message = await receive()
         self.scopes.append(scope)
         self.bodies.append(message.get("body", b""))
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": b'{"ok": true}'})
 
     def header(self, name: str, index: int = -1) -> str | None:

@@ -13,8 +13,17 @@ import pytest
 
 from gateway_kit import resilience
 from gateway_kit.resilience import (
-    CIRCUIT_PREFIX, CLOSED, HALF_OPEN, OPEN, SHARED_READ_S, Breaker, Circuit, CircuitName, CircuitOpenError,
-    circuit_name, outcome,
+    CIRCUIT_PREFIX,
+    CLOSED,
+    HALF_OPEN,
+    OPEN,
+    SHARED_READ_S,
+    Breaker,
+    Circuit,
+    CircuitName,
+    CircuitOpenError,
+    circuit_name,
+    outcome,
 )
 from gateway_kit.shared_redis import DOWN_PAUSE
 
@@ -45,18 +54,34 @@ def run(coroutine):
 # ---------------------------------------------------------------- which breaker a call belongs to
 
 
-@pytest.mark.parametrize(("base_url", "payload", "url", "model"), [
-    ("https://api.openai.com/v1", {"model": "gpt-4o-mini", "messages": []}, "https://api.openai.com/v1",
-     "gpt-4o-mini"),
-    ("https://api.anthropic.com/v1/", {"model": "claude-sonnet-4"}, "https://api.anthropic.com/v1",
-     "claude-sonnet-4"),
-    ("https://res.openai.azure.com/openai/deployments/gpt4o-prod?api-version=2024-06-01", {"messages": []},
-     "https://res.openai.azure.com/openai/deployments/gpt4o-prod", "gpt4o-prod"),
-    ("http://user:secret@127.0.0.1:9000/v1", {"model": "m"}, "http://127.0.0.1:9000/v1", "m"),
-    ("http://[::1]:9000/v1", None, "http://[::1]:9000/v1", None),
-])
-def test_a_breaker_is_named_by_the_providers_base_url_and_the_model_never_by_a_credential(base_url, payload,
-                                                                                          url, model):
+@pytest.mark.parametrize(
+    ("base_url", "payload", "url", "model"),
+    [
+        (
+            "https://api.openai.com/v1",
+            {"model": "gpt-4o-mini", "messages": []},
+            "https://api.openai.com/v1",
+            "gpt-4o-mini",
+        ),
+        (
+            "https://api.anthropic.com/v1/",
+            {"model": "claude-sonnet-4"},
+            "https://api.anthropic.com/v1",
+            "claude-sonnet-4",
+        ),
+        (
+            "https://res.openai.azure.com/openai/deployments/gpt4o-prod?api-version=2024-06-01",
+            {"messages": []},
+            "https://res.openai.azure.com/openai/deployments/gpt4o-prod",
+            "gpt4o-prod",
+        ),
+        ("http://user:secret@127.0.0.1:9000/v1", {"model": "m"}, "http://127.0.0.1:9000/v1", "m"),
+        ("http://[::1]:9000/v1", None, "http://[::1]:9000/v1", None),
+    ],
+)
+def test_a_breaker_is_named_by_the_providers_base_url_and_the_model_never_by_a_credential(
+    base_url, payload, url, model
+):
     name = circuit_name(base_url, payload)
     assert name == CircuitName(url, model)
     assert name.key.startswith(CIRCUIT_PREFIX) and "secret" not in name.key and "api-version" not in name.key
@@ -85,18 +110,33 @@ def test_model_a_failing_opens_its_own_breaker_and_model_b_on_the_same_host_keep
         return str(refused.value)
 
     message = run(scenario())
-    assert message == ("the provider https://api.openai.com/v1 failed 3 times in a row for model gpt-4o-mini; "
-                       "the gateway stops calling it and tries again in 60 s (circuit breaker)")
+    assert message == (
+        "the provider https://api.openai.com/v1 failed 3 times in a row for model gpt-4o-mini; "
+        "the gateway stops calling it and tries again in 60 s (circuit breaker)"
+    )
     assert chat.local.state == OPEN and embed.local.state == CLOSED
 
 
 # ---------------------------------------------------------------- what counts
 
 
-@pytest.mark.parametrize(("status", "counts_as"), [
-    (200, True), (201, True), (500, False), (502, False), (503, False), (504, False),
-    (400, None), (401, None), (404, None), (413, None), (422, None), (429, None),
-])
+@pytest.mark.parametrize(
+    ("status", "counts_as"),
+    [
+        (200, True),
+        (201, True),
+        (500, False),
+        (502, False),
+        (503, False),
+        (504, False),
+        (400, None),
+        (401, None),
+        (404, None),
+        (413, None),
+        (422, None),
+        (429, None),
+    ],
+)
 def test_only_a_5xx_answer_counts_as_a_failure_and_no_4xx_moves_the_breaker(status, counts_as):
     assert outcome(status) is counts_as
 

@@ -53,12 +53,14 @@ def answer(status: int, body: dict):
     async def script(provider, send):
         await send({"type": "http.response.start", "status": status, "headers": JSON})
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
     return script
 
 
 def stream(*events: str, then_fail: Exception | None = None):
     """A stream as MLflow sends one: the 200 first, then an event per chunk; the provider may fail after
     `events` (with none: before the first byte)."""
+
     async def script(provider, send):
         await send({"type": "http.response.start", "status": 200, "headers": SSE})
         for event in events:
@@ -67,14 +69,17 @@ def stream(*events: str, then_fail: Exception | None = None):
             raise then_fail
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
     return script
 
 
 def after(waiting_for: str, script):
     """`script`, once the provider has started another endpoint too (a race's fallback)."""
+
     async def delayed(provider, send):
         await provider.fallback_started.wait()
         await script(provider, send)
+
     return delayed
 
 
@@ -98,14 +103,20 @@ class Client:
         return json.loads(self.body)
 
     def events(self) -> list[str]:
-        return [line[len("data: "):] for line in self.body.decode().split("\n\n") if line]
+        return [line[len("data: ") :] for line in self.body.decode().split("\n\n") if line]
 
 
 def request(wrap, provider: Provider, path: str = "/gateway/chat/invocations") -> Client:
     body = json.dumps({"model": "chat", "messages": [{"role": "user", "content": "Hi"}]}).encode()
-    scope = {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-             "state": {"request_id": "unit-1"}}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "state": {"request_id": "unit-1"},
+    }
     messages: list[dict] = []
     sent = False
 
@@ -168,8 +179,9 @@ def test_with_race_the_primary_keeps_running_after_after_s_and_the_first_answer_
 
 
 def test_a_stream_that_fails_before_its_first_byte_falls_back_to_the_next_endpoints_stream():
-    provider = Provider(chat=stream(then_fail=ConnectionResetError("provider hung up")),
-                        **{"azure-chat": stream('{"n":1}', '{"n":2}')})
+    provider = Provider(
+        chat=stream(then_fail=ConnectionResetError("provider hung up")), **{"azure-chat": stream('{"n":1}', '{"n":2}')}
+    )
     got = request(fallback(), provider)
     assert got.status == 200 and got.ended
     assert got.events() == ['{"n":1}', '{"n":2}', "[DONE]"]  # the fallback's stream, whole, and only it
@@ -188,8 +200,10 @@ def test_a_stream_that_ends_before_its_first_event_falls_back():
 
 
 def test_a_stream_that_fails_after_bytes_went_out_ends_with_an_error_event_and_no_fallback():
-    provider = Provider(chat=stream('{"n":1}', then_fail=ConnectionResetError("provider hung up")),
-                        **{"azure-chat": stream('{"n":"azure"}')})
+    provider = Provider(
+        chat=stream('{"n":1}', then_fail=ConnectionResetError("provider hung up")),
+        **{"azure-chat": stream('{"n":"azure"}')},
+    )
     got = request(fallback(), provider)
     assert got.status == 200 and got.ended
     first, last = got.events()
@@ -199,8 +213,10 @@ def test_a_stream_that_fails_after_bytes_went_out_ends_with_an_error_event_and_n
 
 
 def test_when_every_endpoint_fails_the_client_gets_the_last_error():
-    provider = Provider(chat=answer(500, {"error": "first"}), **{"azure-chat": answer(502, {"error": "second"}),
-                                                                 "anthropic-chat": answer(503, {"error": "last"})})
+    provider = Provider(
+        chat=answer(500, {"error": "first"}),
+        **{"azure-chat": answer(502, {"error": "second"}), "anthropic-chat": answer(503, {"error": "last"})},
+    )
     got = request(fallback(chain=("azure-chat", "anthropic-chat")), provider)
     assert (got.status, got.json()) == (503, {"error": "last"})
     assert provider.started == ["chat", "azure-chat", "anthropic-chat"]

@@ -87,8 +87,12 @@ def test_a_request_without_a_key_is_a_401_saying_how_to_send_one(keys_file):
 
 
 def test_an_unknown_key_is_a_401_that_never_repeats_the_key(keys_file):
-    answer = request(ClientKeys(Echo(), KeyStore(keys_file)), "/v1/chat/completions", {},
-                     headers={"Authorization": "Bearer sk-proj-not-a-gateway-key"})
+    answer = request(
+        ClientKeys(Echo(), KeyStore(keys_file)),
+        "/v1/chat/completions",
+        {},
+        headers={"Authorization": "Bearer sk-proj-not-a-gateway-key"},
+    )
     assert answer.status == 401
     assert answer.json()["error"]["type"] == "invalid_gateway_key"
     assert b"sk-proj-not-a-gateway-key" not in answer.body
@@ -99,8 +103,12 @@ def test_a_known_key_goes_on_as_the_client_name_and_no_credential_goes_further(k
     key = keys.add(keys_file, "team-a")
     inner = Echo()
     value = f"Bearer {key}" if header == "Authorization" else key
-    answer = request(ClientKeys(inner, KeyStore(keys_file)), "/gateway/chat/invocations", {},
-                     headers={header: value, "X-Gateway-Client": "someone-else"})
+    answer = request(
+        ClientKeys(inner, KeyStore(keys_file)),
+        "/gateway/chat/invocations",
+        {},
+        headers={header: value, "X-Gateway-Client": "someone-else"},
+    )
     assert answer.status == 200
     assert inner.header("x-gateway-client") == "team-a"
     assert inner.header("authorization") is None and inner.header("x-api-key") is None

@@ -35,35 +35,59 @@ def test_an_endpoint_limit_counts_every_client_together_unless_keyed_by_client()
 
 
 def test_a_client_override_replaces_only_the_fields_it_names():
-    cfg = read_config(config(limits={
-        "client": {"calls": 100, "renewal_period": "minute", "tokens_per_minute": 5000, "usd_per_day": 20},
-        "clients": {"ci-bot": {"usd_per_day": 1, "tokens_per_minute": None}}}))
+    cfg = read_config(
+        config(
+            limits={
+                "client": {"calls": 100, "renewal_period": "minute", "tokens_per_minute": 5000, "usd_per_day": 20},
+                "clients": {"ci-bot": {"usd_per_day": 1, "tokens_per_minute": None}},
+            }
+        )
+    )
     assert cfg.for_client("someone").usd_per_day == 20
     bot = cfg.for_client("ci-bot")
     assert (bot.calls.calls, bot.tokens_per_minute, bot.usd_per_day) == (100, None, 1.0)
     assert [r.name for r in rules_for(cfg, "chat", "ci-bot")] == ["client_calls", "client_usd_per_day"]
     assert [r.name for r in rules_for(cfg, "chat", "someone")] == [
-        "client_calls", "client_tokens_per_minute", "client_usd_per_day"]
+        "client_calls",
+        "client_tokens_per_minute",
+        "client_usd_per_day",
+    ]
 
 
 def test_limits_endpoint_applies_to_endpoints_without_their_own_limit():
-    cfg = read_config({"endpoints": [dict(CHAT), dict(CHAT, name="other", limit={"calls": 2})],
-                       "limits": {"endpoint": {"calls": 50, "renewal_period": "hour"}}})
+    cfg = read_config(
+        {
+            "endpoints": [dict(CHAT), dict(CHAT, name="other", limit={"calls": 2})],
+            "limits": {"endpoint": {"calls": 50, "renewal_period": "hour"}},
+        }
+    )
     assert rules_for(cfg, "chat", "x")[0].limit == 50
     assert rules_for(cfg, "other", "x")[0].limit == 2
     assert read_config(config()).empty and rules_for(read_config(config()), "chat", "x") == []
 
 
-@pytest.mark.parametrize(("cfg", "where", "says"), [
-    (config(chat={"limit": {"calls": 0}}), ("endpoints", 0, "limit", "calls"), "at least 1"),
-    (config(chat={"limit": {"calls": 3, "renewal_period": "fortnight"}}),
-     ("endpoints", 0, "limit", "renewal_period"), "is not a period"),
-    (config(chat={"limit": {"calls": 3, "key": "ip"}}), ("endpoints", 0, "limit", "key"), "use `client`"),
-    (config(limits={"clients": {"bot": {"usd_per_day": -1}}}), ("limits", "clients", "bot", "usd_per_day"),
-     "above 0"),
-    (config(limits={"client": {"renewal_period": "minute"}}), ("limits", "client", "renewal_period"),
-     "without calls"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "where", "says"),
+    [
+        (config(chat={"limit": {"calls": 0}}), ("endpoints", 0, "limit", "calls"), "at least 1"),
+        (
+            config(chat={"limit": {"calls": 3, "renewal_period": "fortnight"}}),
+            ("endpoints", 0, "limit", "renewal_period"),
+            "is not a period",
+        ),
+        (config(chat={"limit": {"calls": 3, "key": "ip"}}), ("endpoints", 0, "limit", "key"), "use `client`"),
+        (
+            config(limits={"clients": {"bot": {"usd_per_day": -1}}}),
+            ("limits", "clients", "bot", "usd_per_day"),
+            "above 0",
+        ),
+        (
+            config(limits={"client": {"renewal_period": "minute"}}),
+            ("limits", "client", "renewal_period"),
+            "without calls",
+        ),
+    ],
+)
 def test_a_wrong_limit_names_where_it_is_and_what_is_wrong(cfg, where, says):
     """(Unknown keys are preflight's: tests/unit/test_config_keys.py.)"""
     with pytest.raises(LimitsConfigError) as e:
@@ -78,8 +102,10 @@ def test_a_rate_refusal_names_the_limit_and_says_when_to_retry():
     assert retry == 13
     error = body["error"]
     assert error["type"] == "rate_limit_exceeded"
-    assert error["message"] == ("client 'team-a' reached the limit of 5 requests per minute on endpoint 'chat' "
-                                "(endpoint_per_client); it resets at 2026-11-28T12:00:12Z, retry after 13 s")
+    assert error["message"] == (
+        "client 'team-a' reached the limit of 5 requests per minute on endpoint 'chat' "
+        "(endpoint_per_client); it resets at 2026-11-28T12:00:12Z, retry after 13 s"
+    )
     assert error["limit"]["used"] == 5 and error["limit"]["resets_at"] == "2026-11-28T12:00:12Z"
 
 
@@ -116,8 +142,12 @@ LIMITED = config(chat={"limit": {"calls": 1}})
 
 def test_an_admitted_request_reaches_the_app_with_its_body_intact():
     inner, limiter = Echo(), ScriptedLimiter(LIMITED)
-    answer = request(Limits(inner, limiter), "/v1/chat/completions", {"model": "chat", "messages": []},
-                     headers={"X-Gateway-Client": "team-a"})
+    answer = request(
+        Limits(inner, limiter),
+        "/v1/chat/completions",
+        {"model": "chat", "messages": []},
+        headers={"X-Gateway-Client": "team-a"},
+    )
     assert answer.status == 200
     assert limiter.checked == [["endpoint"]]
     assert inner.bodies == [b'{"model": "chat", "messages": []}']
@@ -165,6 +195,13 @@ def test_a_client_without_limits_of_its_own_costs_no_redis_call():
     cfg = config(limits={"clients": {"ci-bot": {"calls": 3}}})
     inner, limiter = Echo(), ScriptedLimiter(cfg)
     assert ClientLimit() == limiter.config.for_client("anyone")
-    assert request(Limits(inner, limiter), "/gateway/chat/invocations", {"messages": []},
-                   headers={"X-Gateway-Client": "anyone"}).status == 200
+    assert (
+        request(
+            Limits(inner, limiter),
+            "/gateway/chat/invocations",
+            {"messages": []},
+            headers={"X-Gateway-Client": "anyone"},
+        ).status
+        == 200
+    )
     assert limiter.checked == []

@@ -19,8 +19,9 @@ LONG = 300.0  # seconds left before the total timeout
 
 
 def wait(status=500, headers=None, body=b"", retry=0, policy=POLICY, remaining=LONG, seed=7):
-    return retry_wait(status, headers or {}, body, retry, policy, remaining, clock=lambda: NOW,
-                      uniform=random.Random(seed).uniform)
+    return retry_wait(
+        status, headers or {}, body, retry, policy, remaining, clock=lambda: NOW, uniform=random.Random(seed).uniform
+    )
 
 
 @pytest.mark.parametrize("status", [200, 400, 401, 404, 422, 501])

@@ -24,9 +24,20 @@ DAY1 = 1795341600.0  # 2026-11-22T10:00:00Z
 
 
 def record(n: int = 0, **fields) -> UsageRecord:
-    base = dict(ts=utc_now_iso(DAY1 + n), request_id=f"req-{n}", route="/gateway/chat/invocations", endpoint="chat",
-                provider="openai", model="gpt-4o-mini", status=200, latency_ms=12.5, prompt_tokens=10,
-                completion_tokens=5, total_tokens=15, replica="r1")
+    base = dict(
+        ts=utc_now_iso(DAY1 + n),
+        request_id=f"req-{n}",
+        route="/gateway/chat/invocations",
+        endpoint="chat",
+        provider="openai",
+        model="gpt-4o-mini",
+        status=200,
+        latency_ms=12.5,
+        prompt_tokens=10,
+        completion_tokens=5,
+        total_tokens=15,
+        replica="r1",
+    )
     base.update(fields)
     return UsageRecord(**base)
 
@@ -41,9 +52,29 @@ def test_a_record_is_one_tagged_json_line_with_every_field():
     data = json.loads(line)
     assert list(data) == ["type", "v", *RECORD_FIELDS]
     assert set(RECORD_FIELDS) == {
-        "ts", "request_id", "route", "endpoint", "provider", "model", "status", "latency_ms", "ttft_ms", "stream",
-        "partial", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens",
-        "client", "replica", "cost_usd", "price_source", "served_by", "fallback_reason", "error",
+        "ts",
+        "request_id",
+        "route",
+        "endpoint",
+        "provider",
+        "model",
+        "status",
+        "latency_ms",
+        "ttft_ms",
+        "stream",
+        "partial",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "client",
+        "replica",
+        "cost_usd",
+        "price_source",
+        "served_by",
+        "fallback_reason",
+        "error",
     }
 
 
@@ -83,10 +114,16 @@ def test_utc_now_iso_sorts_as_text():
 
 
 def test_openai_chat_usage_with_cached_and_reasoning_tokens():
-    body = {"model": "o3-mini-2025-01-31", "usage": {
-        "prompt_tokens": 1200, "completion_tokens": 900, "total_tokens": 2100,
-        "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 640}}}
+    body = {
+        "model": "o3-mini-2025-01-31",
+        "usage": {
+            "prompt_tokens": 1200,
+            "completion_tokens": 900,
+            "total_tokens": 2100,
+            "prompt_tokens_details": {"cached_tokens": 1024, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 640},
+        },
+    }
     assert usage_from_openai(body) == Usage(1200, 900, 1024, 640)
     assert usage_from_body(body) == Usage(1200, 900, 1024, 640)
     assert model_from_body(body) == "o3-mini-2025-01-31"
@@ -94,15 +131,29 @@ def test_openai_chat_usage_with_cached_and_reasoning_tokens():
 
 def test_openai_embeddings_and_responses_api_usage():
     assert usage_from_body({"usage": {"prompt_tokens": 8, "total_tokens": 8}}) == Usage(8, 0, 0, 0)
-    responses = {"object": "response", "usage": {"input_tokens": 100, "output_tokens": 50,
-                                                 "input_tokens_details": {"cached_tokens": 64},
-                                                 "output_tokens_details": {"reasoning_tokens": 20}}}
+    responses = {
+        "object": "response",
+        "usage": {
+            "input_tokens": 100,
+            "output_tokens": 50,
+            "input_tokens_details": {"cached_tokens": 64},
+            "output_tokens_details": {"reasoning_tokens": 20},
+        },
+    }
     assert usage_from_body(responses) == Usage(100, 50, 64, 20)
 
 
 def test_anthropic_usage_adds_cache_reads_and_writes_into_the_prompt():
-    body = {"type": "message", "model": "claude-3-5-haiku-20241022", "usage": {
-        "input_tokens": 20, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 300, "output_tokens": 70}}
+    body = {
+        "type": "message",
+        "model": "claude-3-5-haiku-20241022",
+        "usage": {
+            "input_tokens": 20,
+            "cache_read_input_tokens": 1000,
+            "cache_creation_input_tokens": 300,
+            "output_tokens": 70,
+        },
+    }
     assert usage_from_anthropic(body) == Usage(1320, 70, 1000, 0)
     assert usage_from_body(body) == Usage(1320, 70, 1000, 0)
 
@@ -122,18 +173,36 @@ def sse(*events: dict | str) -> bytes:
 
 def feed_in_pieces(stream: StreamUsage, data: bytes, size: int) -> None:
     for i in range(0, len(data), size):
-        stream.feed_bytes(data[i:i + size])
+        stream.feed_bytes(data[i : i + size])
     stream.close()
 
 
 @pytest.mark.parametrize("piece", [1, 7, 64, 10_000])
 def test_an_openai_stream_gives_its_final_usage_chunk_however_it_is_split(piece):
-    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024-07-18",
-             "choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": None}
-    data = sse(chunk, chunk, {"id": "c1", "model": "gpt-4o-mini-2024-07-18", "choices": [], "usage": {
-        "prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11,
-        "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}}},
-        "[DONE]")
+    chunk = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "delta": {"content": "hi"}}],
+        "usage": None,
+    }
+    data = sse(
+        chunk,
+        chunk,
+        {
+            "id": "c1",
+            "model": "gpt-4o-mini-2024-07-18",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 9,
+                "completion_tokens": 2,
+                "total_tokens": 11,
+                "prompt_tokens_details": {"cached_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 0},
+            },
+        },
+        "[DONE]",
+    )
     s = StreamUsage()
     feed_in_pieces(s, data, piece)
     assert s.model == "gpt-4o-mini-2024-07-18"
@@ -143,8 +212,15 @@ def test_an_openai_stream_gives_its_final_usage_chunk_however_it_is_split(piece)
 def test_an_anthropic_stream_takes_input_from_message_start_and_output_from_message_delta():
     data = (
         b"event: message_start\n"
-        + sse({"type": "message_start", "message": {"model": "claude-3-5-haiku-latest", "usage": {
-            "input_tokens": 12, "cache_read_input_tokens": 100, "output_tokens": 1}}})
+        + sse(
+            {
+                "type": "message_start",
+                "message": {
+                    "model": "claude-3-5-haiku-latest",
+                    "usage": {"input_tokens": 12, "cache_read_input_tokens": 100, "output_tokens": 1},
+                },
+            }
+        )
         + b"event: content_block_delta\n"
         + sse({"type": "content_block_delta", "delta": {"type": "text_delta", "text": "Hello"}})
         + b"event: message_delta\n"
