@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -304,6 +305,15 @@ class Load:
 
     def running(self) -> bool:
         return self.proc.poll() is None
+
+    def stop(self, after: float) -> dict:
+        """Ctrl-C `after` seconds from now (evaluate_gateway.py then saves what finished; the few requests still in
+        flight are left out), and the results. The test's operation is over by then: no need to wait out --duration."""
+        time.sleep(after)
+        if not self.running():
+            pytest.fail("the load ended before the test's operation did: raise its --duration")
+        self.proc.send_signal(signal.SIGINT)
+        return self.result()
 
 
 def start_load(engine: Engine, tmp: Path, cases: list[dict], rate: float, duration: float) -> Load:

@@ -55,7 +55,7 @@ def failures(doc: dict) -> list[dict]:
 
 
 def test_scaling_to_5_and_back_to_2_under_load_fails_nothing_and_drains_streams(prod: Project, tmp_path):
-    load = start_load(prod.engine, tmp_path, [CHAT, STREAM], rate=8, duration=60)
+    load = start_load(prod.engine, tmp_path, [CHAT, STREAM], rate=8, duration=300)
     time.sleep(5)
     start = time.monotonic()
     up = prod.script("scripts/scale.sh", "5")
@@ -67,8 +67,7 @@ def test_scaling_to_5_and_back_to_2_under_load_fails_nothing_and_drains_streams(
     down = prod.script("scripts/scale.sh", "2")
     assert down.returncode == 0, down.stdout + down.stderr
     figure("scale.sh 2 under load (5 -> 2, streams drained)", f"{time.monotonic() - start:.0f} s")
-    assert load.running(), "the load ended before the scaling did: the test's duration is too short for this machine"
-    doc = load.result()
+    doc = load.stop(after=3)
 
     requests, removed = doc["requests"], five - prod.hostnames()
     stops = {e["id"][:12]: e["time"] for e in docker_events(prod, down_at, "kill")}  # hostname = short id
@@ -87,13 +86,13 @@ def test_scaling_to_5_and_back_to_2_under_load_fails_nothing_and_drains_streams(
 def test_a_replica_killed_under_load_fails_only_requests_it_was_answering(prod: Project, tmp_path):
     """`docker kill` (SIGKILL): requests nginx had already sent to that replica fail (a POST is never sent twice);
     every other request, and every one sent after the kill, is answered."""
-    load = start_load(prod.engine, tmp_path, [CHAT], rate=20, duration=20)
-    time.sleep(8)
+    load = start_load(prod.engine, tmp_path, [CHAT], rate=20, duration=300)
+    time.sleep(5)
     victim = prod.containers("mlflow-gateway")[0]
     victim_host = prod.inspect(victim)["Config"]["Hostname"]
     before = time.time()
     prod.engine.docker("kill", victim)
-    doc = load.result()
+    doc = load.stop(after=5)  # nginx's DNS answer lists the dead replica for up to 5 s more
     # From the signal to the death, by the engine's clock (the CLI's start-up would blur it by tens of ms): a dying
     # replica's workers may still accept a connection for some milliseconds after the SIGKILL is sent.
     victim_id = prod.inspect(victim)["Id"]
@@ -173,12 +172,12 @@ def test_redis_restart_under_load_serves_everything_and_limits_resume_with_their
     before = prod.engine.net_json("posts", url, "3", body)
     assert [r["status"] for r in before] == [200] * 3, before
 
-    load = start_load(prod.engine, tmp_path, [CHAT], rate=10, duration=25)
-    time.sleep(5)
+    load = start_load(prod.engine, tmp_path, [CHAT], rate=10, duration=300)
+    time.sleep(4)
     restart_at, start = time.time(), time.monotonic()
     prod.compose("restart", "redis")
     figure("docker compose restart redis", f"{time.monotonic() - start:.1f} s")
-    doc = load.result()
+    doc = load.stop(after=4)
     time.sleep(2)  # a worker leaves Redis alone for 1 s after a failure
     after = prod.engine.net_json("posts", url, str(LIMIT), body)
 
