@@ -156,10 +156,11 @@ provider_key_report() {
 # Files in secrets/ the gateway (uid 10001 in the container) cannot read: compose mounts a file secret with its
 # owner and mode. One "secrets/NAME" line per such file.
 unreadable_secret_files() {
-    local file
+    local file owner_mode
     for file in "$KIT_ROOT"/secrets/*; do
         [ -f "$file" ] || continue
-        case "$(stat -c '%u %a' "$file")" in
+        owner_mode="$(stat -c '%u %a' "$file" 2>/dev/null)" || continue   # GNU stat only (not macOS's): no check
+        case "$owner_mode" in
             "10001 "[4-7]??) ;;
             *[4-7]) ;;
             *) printf 'secrets/%s\n' "$(basename "$file")" ;;
