@@ -49,7 +49,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import random
 import re
 import signal
@@ -63,6 +62,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
+from gateway_kit.settings import tool_variables
 
 FAULTS = ("429", "quota", "500", "400", "401", "drop", "malformed", "slow", "truncate")
 SLOW_FAULT_SECONDS = 30.0
@@ -504,7 +505,7 @@ def embeddings_body(body: dict[str, Any], model: str, texts: list[str]) -> dict[
 # ------------------------------------------------------------------------------------- command line
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    env = os.environ.get
+    env = tool_variables("FAKE_LLM_").get
     p = argparse.ArgumentParser(prog="fake_upstream", description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default=env("FAKE_LLM_HOST", "127.0.0.1"),
                    help="bind address, or several comma-separated (FAKE_LLM_HOST)")

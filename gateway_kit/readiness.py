@@ -20,12 +20,10 @@ The compose healthcheck asks /ready, so `depends_on: service_healthy` and `docke
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
 Check = Callable[[], "str | None"]
-_OFF = {"", "off", "0", "false", "no"}
 _checks: dict[str, Check] = {}
 
 
@@ -79,14 +77,14 @@ def endpoints_loaded(app) -> Check:
     return check
 
 
-def install(app) -> None:
-    """Register the built-in checks and GET /ready on the FastAPI app."""
+def install(app, redis_url: str | None = None) -> None:
+    """Register the built-in checks and GET /ready on the FastAPI app. `redis_url`: GATEWAY_REDIS_URL when
+    GATEWAY_READY_REDIS is on ("" when it is not set), None when it is off."""
     from fastapi.responses import JSONResponse
 
     add_check("config", endpoints_loaded(app))
-    if os.environ.get("GATEWAY_READY_REDIS", "off").strip().lower() not in _OFF:
-        url = os.environ.get("GATEWAY_REDIS_URL", "")
-        add_check("redis", redis_ping(url) if url else lambda: (
+    if redis_url is not None:
+        add_check("redis", redis_ping(redis_url) if redis_url else lambda: (
             "GATEWAY_READY_REDIS=on but GATEWAY_REDIS_URL is not set — set it, or GATEWAY_READY_REDIS=off"))
 
     def ready():  # a plain def: FastAPI runs it in a thread, so a slow check never blocks requests

@@ -29,7 +29,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -40,9 +39,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway_kit import launcher
-from gateway_kit.launcher import fix_setting
+from gateway_kit import settings as _settings
 from gateway_kit.recording import read_body, replay_body, request_endpoint
 from gateway_kit.secrets import redact
+from gateway_kit.settings import Settings
 
 log = logging.getLogger("gateway_kit.resilience")
 
@@ -55,51 +55,7 @@ _INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
 _INVOCATION_SUFFIX = "/invocations"
 
 
-# ---------------------------------------------------------------- settings and per-endpoint policy
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if whole else float(raw)
-    except ValueError:
-        value = -1
-    if value < 0 or not math.isfinite(value):
-        kind = "a whole number" if whole else "a number of seconds"
-        raise SystemExit(f"gateway: error: {name}={raw!r} is not {kind} (0 or more) — {fix_setting(name)}")
-    return value
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The kit's defaults, from the environment (docs/architecture.md lists them)."""
-
-    connect: float = 10.0  # GATEWAY_UPSTREAM_CONNECT_TIMEOUT
-    first_byte: float = 300.0  # GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT
-    total: float = 300.0  # GATEWAY_UPSTREAM_TOTAL_TIMEOUT
-    retries: int = 1  # GATEWAY_UPSTREAM_RETRIES
-    backoff: float = 0.25  # GATEWAY_UPSTREAM_BACKOFF: first wait before jitter, doubled each retry
-    max_wait: float = 5.0  # GATEWAY_UPSTREAM_RETRY_MAX_WAIT: longest wait between tries, Retry-After included
-    circuit_failures: int = 5  # GATEWAY_CIRCUIT_FAILURES (0 turns the breaker off)
-    circuit_reset: float = 60.0  # GATEWAY_CIRCUIT_RESET
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            connect=_env_number(env, "GATEWAY_UPSTREAM_CONNECT_TIMEOUT", d.connect),
-            first_byte=_env_number(env, "GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", d.first_byte),
-            total=_env_number(env, "GATEWAY_UPSTREAM_TOTAL_TIMEOUT", d.total),
-            retries=int(_env_number(env, "GATEWAY_UPSTREAM_RETRIES", d.retries, whole=True)),
-            backoff=_env_number(env, "GATEWAY_UPSTREAM_BACKOFF", d.backoff),
-            max_wait=_env_number(env, "GATEWAY_UPSTREAM_RETRY_MAX_WAIT", d.max_wait),
-            circuit_failures=int(_env_number(env, "GATEWAY_CIRCUIT_FAILURES", d.circuit_failures,
-                                             whole=True)),
-            circuit_reset=_env_number(env, "GATEWAY_CIRCUIT_RESET", d.circuit_reset),
-        )
+# ---------------------------------------------------------------- per-endpoint policy
 
 
 @dataclass(frozen=True)
@@ -118,7 +74,9 @@ class Policy:
 
     @classmethod
     def default(cls, s: Settings) -> Policy:
-        return cls(s.connect, min(s.first_byte, s.total), s.total, s.retries, s.backoff, s.max_wait)
+        """The kit's defaults (GATEWAY_UPSTREAM_*): for an endpoint config.yaml sets nothing for."""
+        return cls(s.upstream_connect_timeout, min(s.upstream_first_byte_timeout, s.upstream_total_timeout),
+                   s.upstream_total_timeout, s.upstream_retries, s.upstream_backoff, s.upstream_retry_max_wait)
 
 
 def policies(config: Mapping[str, Any], settings: Settings) -> dict[str, Policy]:
@@ -537,14 +495,11 @@ class Breaker:
 
 
 _breakers: dict[tuple[str, str | None], Breaker] = {}  # by base URL as MLflow passes it, and model (this worker)
-_settings: Settings | None = None
 
 
 def settings() -> Settings:
-    global _settings
-    if _settings is None:
-        _settings = Settings.from_env()
-    return _settings
+    """This process's settings (gateway_kit.settings.current): the kit's timeouts, retries and breaker."""
+    return _settings.current()
 
 
 def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None) -> Breaker:
@@ -553,13 +508,13 @@ def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None) -> Brea
     model = model if isinstance(model, str) else None
     breaker = _breakers.get((base_url, model))
     if breaker is None:
-        from gateway_kit.shared_redis import link_from_env
+        from gateway_kit.shared_redis import link_for
 
         name = circuit_name(base_url, payload)
         breaker = next((b for b in _breakers.values() if b.name == name), None)
         if breaker is None:
             s = settings()
-            breaker = Breaker(name, s.circuit_failures, s.circuit_reset, link_from_env())
+            breaker = Breaker(name, s.circuit_failures, s.circuit_reset, link_for(s))
         _breakers[base_url, model] = breaker
     return breaker
 

@@ -64,7 +64,7 @@ def test_a_breaker_is_named_by_the_providers_base_url_and_the_model_never_by_a_c
 
 def test_calls_for_two_models_on_one_host_get_two_breakers_and_one_model_one(monkeypatch):
     monkeypatch.setattr(resilience, "_breakers", {})
-    monkeypatch.setattr("gateway_kit.shared_redis.link_from_env", lambda: None)
+    monkeypatch.setattr("gateway_kit.shared_redis.link_for", lambda settings: None)
     chat = resilience.circuit_for("https://api.openai.com/v1", {"model": "gpt-4o-mini"})
     embed = resilience.circuit_for("https://api.openai.com/v1", {"model": "text-embedding-3-small"})
     assert chat is not embed and chat.name == CHAT and embed.name == EMBED
