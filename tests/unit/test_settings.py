@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import re
 import socket
+from dataclasses import fields
+from pathlib import Path
 
 import pytest
 
 from gateway_kit import settings
-from gateway_kit.settings import Settings, SettingsError, env_fields, variable
+from gateway_kit.settings import Settings, SettingsError, env_fields, shown_default, variable
 
+REPO = Path(__file__).resolve().parents[2]
 SWITCHES = [variable(f) for f in env_fields() if f.type == "bool"]
 
 
@@ -151,3 +154,43 @@ def test_fail_prints_the_message_as_every_start_up_check_does_and_exits_78(capsy
     exit_ = settings.fail(refused.value)
     assert exit_.code == settings.EX_CONFIG == 78
     assert capsys.readouterr().err == f"gateway: error: {refused.value}\n"
+
+
+# ---------------------------------------------------------------- docs/architecture.md cannot drift
+
+
+def environment_table() -> dict[str, str]:
+    """{variable: its default cell} for every row of docs/architecture.md's "Environment (gateway replica)" table."""
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    section = doc.split("## Environment (gateway replica)", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`"):
+            for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", cells[0]):
+                rows[name] = cells[1]
+    return rows
+
+
+def test_every_setting_is_a_row_of_the_architecture_table_with_its_default():
+    table = environment_table()
+    for f in env_fields():
+        name, shown = variable(f), shown_default(f)
+        assert name in table, f"{name} is a setting but not a row of docs/architecture.md's environment table"
+        cell = table[name]
+        assert cell == shown or cell.startswith((shown + " ", shown + ",")), \
+            f"{name}: docs/architecture.md says the default is {cell!r}; gateway_kit.settings has {shown!r}"
+
+
+def test_every_gateway_row_of_the_architecture_table_is_a_setting():
+    """The table's other rows are the providers' variables (keys, base URLs): gateway_kit.secrets and
+    config.yaml's ${NAME} read those, not the settings."""
+    settings_names = {variable(f) for f in env_fields()}
+    rows = {name for name in environment_table() if name.startswith("GATEWAY_")}
+    assert rows - settings_names == set(), "rows of docs/architecture.md that no setting reads"
+    assert all(not name.startswith("GATEWAY_") for name in set(environment_table()) - rows)
+
+
+def test_every_field_is_documented_or_explicitly_not_a_variable():
+    not_variables = {f.name for f in fields(Settings)} - {f.name for f in env_fields()}
+    assert not_variables == {"environ"}
