@@ -58,8 +58,3 @@ def current() -> Launcher:
     from gateway_kit import settings
 
     return by_name(settings.read("GATEWAY_LAUNCHER"))
-
-
-def fix_setting(name: str) -> str:
-    """`— fix NAME in .env next to docker-compose.yml`, or wherever this launcher takes settings from."""
-    return f"fix {name} in {current().settings_at}"

@@ -248,10 +248,6 @@ class Pricer:
             parts.append(f"${_fmt_rate(price.reasoning)} reasoning")
         return " / ".join(parts) + f" per 1M tokens ({price.source})"
 
-    @property
-    def genai_prices_available(self) -> bool:
-        return self._genai_prices() is not None
-
     # -- resolution -------------------------------------------------------------------------------------
 
     def _resolve(self, model: str, provider: str | None, depth: int) -> _Rates | _Exact | None:

@@ -57,13 +57,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic_core import to_json as _to_json
 
-from gateway_kit.pricing import Pricer, Usage
+from gateway_kit.pricing import Usage
 
 if TYPE_CHECKING:
     from gateway_kit.settings import Settings
@@ -81,7 +81,6 @@ __all__ = [
     "usage_from_body",
     "usage_from_openai",
     "utc_now_iso",
-    "with_cost",
 ]
 
 log = logging.getLogger("gateway_kit.usage")
@@ -219,16 +218,6 @@ def utc_now_iso(t: float | None = None) -> str:
     return f"{_last_second[1]}.{int(t * 1000) % 1000:03d}Z"
 
 
-def with_cost(record: UsageRecord, pricer: Pricer) -> UsageRecord:
-    """The record with cost_usd and price_source filled in from its model, provider and tokens."""
-    cost = pricer.cost(
-        record.model,
-        record.provider,
-        Usage(record.prompt_tokens, record.completion_tokens, record.cached_tokens, record.reasoning_tokens),
-    )
-    return replace(record, cost_usd=cost.usd, price_source=cost.source)
-
-
 # -- tokens from provider responses -----------------------------------------------------------------------
 
 
@@ -324,7 +313,6 @@ class StreamUsage:
         self._prompt = self._completion = self._cached = self._reasoning = 0
         self._seen_usage = False
         self._buffer = b""
-        self.events = 0  # server-sent data events seen (not [DONE])
 
     @property
     def usage(self) -> Usage | None:
@@ -354,7 +342,6 @@ class StreamUsage:
     def _feed_data(self, payload: bytes) -> None:
         if not payload or payload == b"[DONE]":
             return
-        self.events += 1
         if self.model is not None and not _USAGE_IN_LINE.search(payload):
             return
         try:
