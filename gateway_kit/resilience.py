@@ -4,8 +4,8 @@ Three pieces, documented for users in docs/resilience.md:
 
 - `Policy`: what config.yaml and the environment say for one endpoint (timeouts, retries, fallback chain).
 - the circuit breaker: one per provider model (`CircuitName`: the provider's base URL and the payload's model,
-  or the Azure deployment). K failed calls in a row (GATEWAY_CIRCUIT_FAILURES, default 5; a failure is a 5xx,
-  a timeout, a dropped connection or an unreadable answer, never a 4xx) open it: calls fail fast with
+  or the Azure deployment). K failed calls in a row (GATEWAY_CIRCUIT_FAILURES, default 5; a failure is a 5xx
+  but 501/505, a timeout, a dropped connection or an unreadable answer, never a 4xx) open it: calls fail fast with
   CircuitOpenError for S seconds (GATEWAY_CIRCUIT_RESET, default 60); then one probe call is let through,
   which closes it again or reopens it. `Breaker` is what the upstream client asks: with Redis
   (GATEWAY_REDIS_URL) its state is shared by every worker and replica (keys under CIRCUIT_PREFIX, read at
@@ -49,7 +49,9 @@ log = logging.getLogger("gateway_kit.resilience")
 TIMEOUT_KINDS = ("connect", "first_byte", "total")
 FALLBACK_KEYS = ("to", "after_s", "race")
 MAX_RETRIES = 10
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 501 Not Implemented and 505 HTTP Version Not Supported say this request can never succeed there, not that
+# the provider is failing now: see retryable().
+NOT_TRANSIENT = frozenset({501, 505})
 _V1_PREFIX = "/v1/"
 _INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
 _INVOCATION_SUFFIX = "/invocations"
@@ -254,10 +256,24 @@ def circuit_name(base_url: str, payload: Mapping[str, Any] | None = None) -> Cir
     return CircuitName(f"{parts.scheme}://{netloc}{path}", model)
 
 
+def retryable(status: int) -> bool:
+    """Whether an answer with this status is a passing failure, worth another try: a 429 (rate limit) or a 5xx
+    but 501 and 505 (NOT_TRANSIENT). The one definition the kit uses: the upstream client retries such an
+    answer (retry_wait), the Fallback middleware then hands the request to the next endpoint of the chain,
+    and for a 5xx the circuit breaker counts a failure (outcome). Any other answer is final and reaches the
+    client as it is: a 4xx is the request's fault, and a 501 or 505 will be the same on every try of that
+    endpoint (MLflow answers 501 itself for an operation a provider does not have), so a retry only delays it
+    and a fallback would hide a configuration gap behind a doomed first call on every request."""
+    return (status == 429 or status >= 500) and status not in NOT_TRANSIENT
+
+
 def outcome(status: int) -> bool | None:
-    """What a provider's answer says of its health: False for a 5xx; None (neither) for a 4xx: a bad request
-    or, for 429, a rate limit or quota of the key; True otherwise."""
-    return False if status >= 500 else None if status >= 400 else True
+    """What a provider's answer says of its health: False for a retryable 5xx; None (neither) for a 4xx (a bad
+    request or, for 429, a rate limit or quota of the key) and for 501/505 (it answered, deliberately);
+    True otherwise."""
+    if status >= 400:
+        return False if status >= 500 and retryable(status) else None
+    return True
 
 
 def _call_hooks(hooks: list, *args: Any) -> None:
@@ -530,7 +546,7 @@ def retry_wait(status: int, headers: Mapping[str, str], body: bytes, retry: int,
     Retry-After (seconds or an HTTP date) or retry-after-ms is honoured when it is at most policy.max_wait;
     a longer one is passed on at once, as is a 429 for an exhausted quota. Otherwise full jitter:
     random between 0 and backoff * 2^retry, capped by max_wait. Never past the total timeout."""
-    if status not in RETRYABLE_STATUSES or retry >= policy.retries:
+    if not retryable(status) or retry >= policy.retries:
         return None
     if status == 429 and b"insufficient_quota" in body:
         return None
@@ -637,10 +653,6 @@ def error_for(exc: BaseException) -> tuple[str, tuple[int, list, bytes]]:
                                                  f"the provider call failed ({type(exc).__name__})")
 
 
-def _retryable(status: int) -> bool:
-    return status == 429 or status >= 500
-
-
 class _Try:
     """One endpoint's run for a request: holds the response until its first body bytes, then commits it."""
 
@@ -662,7 +674,7 @@ class _Try:
 
     @property
     def retryable(self) -> bool:
-        return self.state == "failed" and self.response is not None and _retryable(self.response[0])
+        return self.state == "failed" and self.response is not None and retryable(self.response[0])
 
     async def send(self, message: dict) -> None:
         if self.state == "committed":
@@ -675,7 +687,7 @@ class _Try:
         if message["type"] != "http.response.body" or self.start is None:
             return await self.client_send(message)
         status, body, more = self.start["status"], message.get("body", b""), message.get("more_body", False)
-        if _retryable(status):  # an error answer: keep it whole, answer it only if no fallback does better
+        if retryable(status):  # an error answer: keep it whole, answer it only if no fallback does better
             self.held.append(body)
             if not more:
                 headers = list(self.start.get("headers", ()))
@@ -915,5 +927,5 @@ __all__ = [
     "CIRCUIT_HOOKS", "CIRCUIT_PREFIX", "CURRENT", "SHARED_READ_S", "Attempt", "Breaker", "Circuit", "CircuitName",
     "CircuitOpenError", "FALLBACK_HOOKS", "Fallback", "FallbackEvent", "Policy", "Settings",
     "UpstreamTimeout", "circuit_for", "circuit_name", "config_problems", "error_for", "outcome", "policies",
-    "retry_wait", "settings", "wrap",
+    "retry_wait", "retryable", "settings", "wrap",
 ]

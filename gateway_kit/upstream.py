@@ -8,10 +8,10 @@ no redirects followed, but one pooled session per worker process, created in the
 first use and closed when the worker shuts down.
 
 In place of MLflow's single total timeout (MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS) each call gets its
-endpoint's connect, first-byte and total timeouts, retries on 429/5xx with jittered backoff (honouring
-Retry-After) before anything is handed to MLflow, and the circuit breaker of the provider's model
-(gateway_kit.resilience; the endpoint comes from the contextvar resilience.CURRENT that the Fallback middleware
-sets).
+endpoint's connect, first-byte and total timeouts, retries on 429/5xx (resilience.retryable) with jittered
+backoff (honouring Retry-After) before anything is handed to MLflow, and the circuit breaker of the
+provider's model (gateway_kit.resilience; the endpoint comes from the contextvar resilience.CURRENT that the
+Fallback middleware sets).
 
 Settings (gateway_kit.settings, given to install()): GATEWAY_UPSTREAM_POOL (connections per worker, default
 100), GATEWAY_UPSTREAM_KEEPALIVE (seconds an idle connection is kept, default 30).
@@ -151,7 +151,7 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
                 kind = "first_byte" if policy.first_byte <= remaining else "total"
                 raise resilience.UpstreamTimeout(kind, first_byte if kind == "first_byte" else policy.total,
                                                  endpoint) from e
-            if response.status not in resilience.RETRYABLE_STATUSES or retry >= policy.retries:
+            if retry >= policy.retries or not resilience.retryable(response.status):
                 break
             body = await response.read()  # small error body; kept, so MLflow can still read it
             wait = resilience.retry_wait(response.status, response.headers, body, retry, policy,

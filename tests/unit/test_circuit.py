@@ -94,8 +94,8 @@ def test_model_a_failing_opens_its_own_breaker_and_model_b_on_the_same_host_keep
 
 
 @pytest.mark.parametrize(("status", "counts_as"), [
-    (200, True), (201, True), (500, False), (502, False), (503, False), (504, False),
-    (400, None), (401, None), (404, None), (413, None), (422, None), (429, None),
+    (200, True), (201, True), (500, False), (502, False), (503, False), (504, False), (529, False),
+    (400, None), (401, None), (404, None), (413, None), (422, None), (429, None), (501, None), (505, None),
 ])
 def test_only_a_5xx_answer_counts_as_a_failure_and_no_4xx_moves_the_breaker(status, counts_as):
     assert outcome(status) is counts_as
