@@ -248,13 +248,19 @@ def current() -> Settings:
 
 
 def read(name: str) -> Any:
-    """One GATEWAY_* variable as the environment holds it now (its default when unset or not allowed). For the
-    parts the command-line tools share (the pricing file, the launcher's wording): they must see a change to
-    their environment, and not fail over a gateway setting they do not use."""
+    """One GATEWAY_* variable as the environment holds it now (its default when unset or empty; SettingsError
+    when not allowed). For the parts the command-line tools share (the pricing and keys files, the secrets
+    directory, the launcher's wording): they must see a change to their environment, and not fail over a
+    gateway setting they do not use."""
     f = next(f for f in env_fields() if variable(f) == name)
     raw = os.environ.get(name, "")
-    value = f.metadata["parse"](raw) if raw.strip() else None
-    return f.default if value is None else value
+    if not raw.strip():
+        return f.default
+    value = f.metadata["parse"](raw)
+    if value is None:
+        raise SettingsError(name, raw, f.metadata["allowed"], shown_default(f),
+                            settings_at(os.environ.get(PREFIX + "LAUNCHER", "")))
+    return value
 
 
 def fail(error: SettingsError) -> SystemExit:

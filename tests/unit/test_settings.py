@@ -146,6 +146,9 @@ def test_read_gives_one_variable_now_and_ignores_a_bad_other_one(monkeypatch):
     assert settings.read("GATEWAY_PRICING_FILE") == "/etc/gw/pricing.yaml"
     monkeypatch.delenv("GATEWAY_PRICING_FILE")
     assert settings.read("GATEWAY_PRICING_FILE") == ""
+    monkeypatch.setenv("GATEWAY_PORT", "eighty")
+    with pytest.raises(SettingsError, match="GATEWAY_PORT='eighty' is not a port number"):
+        settings.read("GATEWAY_PORT")  # one error for a bad value here too, never a silent default
 
 
 def test_fail_prints_the_message_as_every_start_up_check_does_and_exits_78(capsys):
