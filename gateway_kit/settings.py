@@ -24,7 +24,8 @@ a worker started some other way fails to boot with the same message.
 This module and gateway_kit.secrets (provider keys, `NAME` and `NAME_FILE`) are the only ones that read the
 environment. Nothing reads it per request: modules get their values when create_app builds the app, or ask
 current() at set-up. `read(name)` parses one variable as it is now, for code the command-line tools share
-(pricing, launcher wording), which must not fail on a setting they do not use.
+(the pricing and keys files, the secrets directory, the launcher's wording), which must not fail on a setting
+they do not use.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class Settings:
     metrics: bool = setting(True, switch, SWITCH)
     metrics_flush_seconds: float = setting(1.0, number(0, 60, above=True), "a number of seconds above 0, at most 60")
     # requests and the provider calls
-    max_body_mb: float = setting(10.0, number(0, above=True), "a number of megabytes above 0")
+    max_body_mb: float = setting(10.0, number(0, above=True), "a number of megabytes above 0")  # = nginx's 10m
     fast_routes: bool = setting(True, switch, SWITCH)
     shared_upstream_client: bool = setting(True, switch, SWITCH)
     upstream_pool: int = setting(100, number(0, whole=True), "a whole number of connections, 0 or more")
