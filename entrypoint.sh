@@ -16,7 +16,8 @@ docs/architecture.md (GATEWAY_WORKERS, GATEWAY_PORT, GATEWAY_GRACEFUL_TIMEOUT, .
   --check   only check the config and keys, then exit (0 when at least one endpoint can serve)
   --help    show this help
 
-Exit status 78: config.yaml is broken or no endpoint has a usable key (the message says which).
+Exit status 78: config.yaml is broken, no endpoint has a usable key, or a GATEWAY_* setting has a
+value the gateway cannot use (the message says which, and where to fix it).
 EOF
 }
 

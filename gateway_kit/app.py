@@ -10,16 +10,13 @@ import gc
 import logging
 import os
 import re
-import socket
 from pathlib import Path
 
 import yaml
 
-from gateway_kit import limits, metrics, readiness
+from gateway_kit import limits, metrics, readiness, settings
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
-from gateway_kit.secrets import export_file_keys, redact_keys, redact_logs
-
-_OFF = {"off", "0", "false", "no"}
+from gateway_kit.secrets import export_file_keys, let_mlflow_resolve_keys, redact_keys, redact_logs
 
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
 
@@ -54,14 +51,6 @@ class RequestContext:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def config_path() -> Path:
-    return Path(os.environ.get("GATEWAY_ACTIVE_CONFIG") or os.environ.get("GATEWAY_CONFIG") or "config.yaml")
-
-
-def replica_id() -> str:
-    return os.environ.get("GATEWAY_REPLICA_ID") or socket.gethostname()
 
 
 def add_upstream_error_handlers(app) -> None:
@@ -142,11 +131,11 @@ def end_streams_with_done() -> bool:
     return True
 
 
-def add_bad_input_handling(app, key_names: list[str]) -> None:
+def add_bad_input_handling(app, key_names: list[str], max_body_mb: float) -> None:
     """Bad requests get clear 4xx JSON errors; no provider key in an error body or a log line."""
     from gateway_kit.request_errors import add_request_error_handlers
 
-    add_request_error_handlers(app)
+    add_request_error_handlers(app, int(max_body_mb * 1024 * 1024))
     redact_keys(key_names)
     redact_logs()
 
@@ -173,76 +162,74 @@ def mlflow_view(config: dict) -> dict:
 
 
 def create_app():
-    from mlflow.environment_variables import (
-        MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_ENV,
-        MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE,
-    )
+    """The replica's ASGI app, from this process's settings (gateway_kit.settings: parsed once, in gunicorn's
+    master when gunicorn_conf.py is its config; a bad value raises SettingsError, so the worker does not boot)."""
     from mlflow.gateway.app import create_app_from_config
     from mlflow.gateway.config import GatewayConfig
 
     setup_logging()
-    raw = yaml.safe_load(config_path().read_text()) or {}
+    s = settings.current()
+    raw = yaml.safe_load(Path(s.config_path).read_text()) or {}
     key_names = [name for e in raw.get("endpoints") or [] for name in key_refs(e).values()]
     export_file_keys(key_names)
-    # As mlflow.gateway.app.create_app_from_path does: `$NAME` keys come from the environment or a file.
-    os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_ENV.name] = "true"
-    os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE.name] = "true"
+    let_mlflow_resolve_keys()  # as mlflow.gateway.app.create_app_from_path: `$NAME` from the environment or a file
     app = create_app_from_config(GatewayConfig(**mlflow_view(raw)))
     add_upstream_error_handlers(app)
     end_streams_with_done()
-    readiness.install(app)  # GET /ready
-    add_bad_input_handling(app, key_names)
-    if os.environ.get("GATEWAY_SHARED_UPSTREAM_CLIENT", "on").lower() not in _OFF:
+    readiness.install(app, s.redis_url if s.ready_redis else None)  # GET /ready
+    add_bad_input_handling(app, key_names, s.max_body_mb)
+    if s.shared_upstream_client:
         from gateway_kit import upstream
 
-        if upstream.install():
+        if upstream.install(s.upstream_pool, s.upstream_keepalive):
             upstream.close_with(app)
-    records = usage_log() if os.environ.get("GATEWAY_USAGE_RECORDS", "on").lower() not in _OFF else None
+    records = usage_log(s) if s.usage_records else None
     sinks = [records] if records else []
-    metrics.install(app, raw, replica_id(), sinks)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
+    metrics.install(app, raw, s.replica_id, sinks, s)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
     from gateway_kit import fast_routes
 
-    if os.environ.get("GATEWAY_FAST_ROUTES", "on").lower() not in _OFF:
+    if s.fast_routes:
         fast_routes.cache_providers(app)
-        fast_routes.quiet_telemetry(app)
+        fast_routes.quiet_telemetry(app, s.otel_configured)
         fast_routes.fast_encoder()
         fast_routes.install(app)  # the LLM routes without FastAPI's routing machinery (same answers)
     else:
         fast_routes.install(app, serve=False)  # FastAPI serves them; JSON nested too deeply is refused the same way
     # From here on, middleware wraps MLflow's app, innermost first (docs/architecture.md has the order).
-    if os.environ.get("GATEWAY_RESILIENCE", "on").lower() not in _OFF:
+    if s.resilience:
         app = resilience(app, raw)
-    limiter = limits.limiter_from(raw)  # None when config.yaml sets no limits
+    limiter = limits.limiter_from(raw, s)  # None when config.yaml sets no limits
     if limiter and limiter.counts_usage:
         sinks.append(limiter.record_usage)  # tokens per minute and dollars per day
     if sinks:
-        app = usage_recorder(app, raw, sinks)
+        app = usage_recorder(app, raw, sinks, s)
     app = metrics.in_flight(app)
-    refused = refusal_records(records) if records else None  # a record of each 401, 429, 503 the kit answers
+    refused = refusal_records(records, s.replica_id) if records else None  # each 401, 429, 503 the kit answers
     if limiter:
         app = limits.Limits(app, limiter, refused)
-    app = client_keys(app, raw, refused)
+    app = client_keys(app, raw, refused, s)
     # MLflow, FastAPI and pydantic leave about a million objects behind at start that live as long as the
     # worker. Frozen, the garbage collector stops walking them in every full collection: 4% of a worker's CPU
     # with the provider at 0 ms, 12% with many requests in flight (docs/performance.md).
     gc.collect()
     gc.freeze()
-    return RequestContext(app, replica=replica_id())
+    return RequestContext(app, replica=s.replica_id)
 
 
-def client_keys(app, config: dict, refused=None):
+def client_keys(app, config: dict, refused, s: settings.Settings):
     """Gateway keys first (after the request id): a 401, or the client's name as X-Gateway-Client."""
-    from gateway_kit.keys import ClientKeys, KeyStore, auth_required, default_file
+    from gateway_kit.keys import ClientKeys, KeyStore, auth_required, keys_file
     from gateway_kit.preflight import DEMO_KEY
 
-    return ClientKeys(app, KeyStore(default_file()) if auth_required(config, DEMO_KEY) else None, refused)
+    required = auth_required(s.auth, config, DEMO_KEY)
+    return ClientKeys(app, KeyStore(keys_file(s.keys_file)) if required else None, refused)
 
 
-def refusal_records(sink):
+def refusal_records(sink, replica: str):
     """Usage records of the requests the kit refuses before the usage recorder sees them (recording.Refusals)."""
     from gateway_kit.recording import Refusals
 
-    return Refusals(replica_id(), [sink])
+    return Refusals(replica, [sink])
 
 
 def resilience(app, config: dict):
@@ -258,23 +245,23 @@ def resilience(app, config: dict):
     return kit_resilience.wrap(app, config)
 
 
-def usage_log():
+def usage_log(s: settings.Settings):
     """The sink that writes each record to stdout and the ledger."""
     from functools import partial
 
     from gateway_kit.usage import Ledger, emit
 
-    ledger = Ledger.from_env()
+    ledger = Ledger.from_settings(s)
     sink = partial(emit, ledger=ledger)
     sink.ledger = ledger  # metrics counts its failed writes
     return sink
 
 
-def usage_recorder(app, config: dict, sinks: list):
+def usage_recorder(app, config: dict, sinks: list, s: settings.Settings):
     from gateway_kit.pricing import Pricer
     from gateway_kit.recording import UsageRecorder, endpoint_infos
 
     endpoints = endpoint_infos(config)
-    pricer = Pricer()
+    pricer = Pricer()  # GATEWAY_PRICING_FILE, else pricing.yaml where find_pricing_file looks
     pricer.warm((info.model, info.provider) for info in endpoints.values() if info.model)
-    return UsageRecorder(app, endpoints, replica_id(), pricer, sinks)
+    return UsageRecorder(app, endpoints, s.replica_id, pricer, sinks)

@@ -49,7 +49,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import os
 import random
 import re
 import signal
@@ -62,9 +61,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway_kit.exit_status import ExitStatus
+
 from aiohttp import web
 
-from gateway_kit.exit_status import ExitStatus
+from gateway_kit.settings import tool_variables
 
 FAULTS = ("429", "quota", "500", "400", "401", "drop", "malformed", "slow", "truncate")
 SLOW_FAULT_SECONDS = 30.0
@@ -605,7 +606,7 @@ def embeddings_body(body: dict[str, Any], model: str, texts: list[str]) -> dict[
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    env = os.environ.get
+    env = tool_variables("FAKE_LLM_").get
     p = argparse.ArgumentParser(prog="fake_upstream", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--host",

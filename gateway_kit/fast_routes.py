@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import os
 
 from fastapi.routing import serialize_response
 from starlette.requests import Request
@@ -184,14 +183,14 @@ def _without_none(value):
     return value
 
 
-def quiet_telemetry(app) -> bool:
+def quiet_telemetry(app, otel_configured: bool) -> bool:
     """FastAPI asks OpenTelemetry for three providers on every request (each an environment lookup) to learn
-    that none is set up. When none is at start and no OTEL_* variable says one will be, tell FastAPI its
-    telemetry is off. True if it was turned off."""
+    that none is set up. When none is at start and no OTEL_* variable says one will be (`otel_configured`,
+    Settings.otel_configured), tell FastAPI its telemetry is off. True if it was turned off."""
     native, config = getattr(app, "_native_telemetry", None), getattr(app, "_telemetry", None)
     if native is None or not isinstance(config, dict) or getattr(native, "config", None) is not config:
         return False
-    if any(name.startswith("OTEL_") for name in os.environ) or native.enabled():
+    if otel_configured or native.enabled():
         return False
     config.update(tracing=False, metrics=False, logs=False)
     return True

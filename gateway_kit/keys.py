@@ -40,7 +40,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway_kit import launcher
+from gateway_kit import launcher, settings
 from gateway_kit.exit_status import ExitStatus
 
 log = logging.getLogger("gateway_kit.keys")
@@ -48,14 +48,17 @@ log = logging.getLogger("gateway_kit.keys")
 KEY_PREFIX = "gwk_"
 SHOWN = 12  # characters of a key kept in the file and shown by `list`: gwk_ + 8
 VALID_CLIENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-AUTH_MODES = ("auto", "on", "off")
 _CHECK_EVERY = 1.0  # seconds between two looks at the keys file (per worker)
 
 
+def keys_file(configured: str = "") -> Path:
+    """GATEWAY_KEYS_FILE when set (`configured`), else keys/keys.json beside entrypoint.sh."""
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent / "keys" / "keys.json"
+
+
 def default_file() -> Path:
-    if os.environ.get("GATEWAY_KEYS_FILE"):
-        return Path(os.environ["GATEWAY_KEYS_FILE"])
-    return Path(__file__).resolve().parent.parent / "keys" / "keys.json"
+    """The keys file the environment names now (the CLI's default; the gateway's comes from its settings)."""
+    return keys_file(settings.read("GATEWAY_KEYS_FILE"))
 
 
 def digest(key: str) -> str:
@@ -238,13 +241,6 @@ async def _unauthorized(send, key_sent: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the setting
-def auth_mode() -> str:
-    value = os.environ.get("GATEWAY_AUTH", "auto").strip().lower() or "auto"
-    if value not in AUTH_MODES:
-        raise ValueError(f"GATEWAY_AUTH={value!r} is not one of auto, on, off")
-    return value
-
-
 def demo_only(config: dict, demo_key: str) -> bool:
     """True when every endpoint's provider key is the demo key: no real provider key can be spent."""
     endpoints = config.get("endpoints") or []
@@ -256,12 +252,9 @@ def demo_only(config: dict, demo_key: str) -> bool:
     return bool(endpoints) and all(keys_of(e) and all(v == demo_key for v in keys_of(e)) for e in endpoints)
 
 
-def auth_problem(config: dict, demo_key: str) -> str | None:
-    """Why this GATEWAY_AUTH cannot be used with this (active) config, or None."""
-    try:
-        mode = auth_mode()
-    except ValueError as e:
-        return f"{e} — leave it unset (auto) or set on"
+def auth_problem(mode: str, config: dict, demo_key: str) -> str | None:
+    """Why GATEWAY_AUTH=`mode` (auto, on or off, as gateway_kit.settings parsed it) cannot be used with this
+    (active) config, or None."""
     if mode == "off" and not demo_only(config, demo_key):
         return (
             "GATEWAY_AUTH=off is only allowed in demo mode (every endpoint on the fake upstream), and this "
@@ -271,12 +264,8 @@ def auth_problem(config: dict, demo_key: str) -> str | None:
     return None
 
 
-def auth_required(config: dict, demo_key: str) -> bool:
-    """What the app enforces: a key, unless auth is off or auto, in demo mode. Fails safe on a bad setting."""
-    try:
-        mode = auth_mode()
-    except ValueError:
-        return True
+def auth_required(mode: str, config: dict, demo_key: str) -> bool:
+    """What the app enforces for GATEWAY_AUTH=`mode`: a key, unless auth is off or auto, in demo mode."""
     return mode == "on" or not demo_only(config, demo_key)
 
 

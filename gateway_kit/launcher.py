@@ -7,7 +7,6 @@ operator where to change a setting, set a key, restart, or look at Redis takes i
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 
@@ -48,11 +47,14 @@ BY_HAND = Launcher(
 _BY_NAME = {launcher.name: launcher for launcher in (DOCKER, LOCAL_STACK)}
 
 
+def by_name(name: str) -> Launcher:
+    """The launcher called `name`; entrypoint.sh by hand when unset or unknown."""
+    return _BY_NAME.get(name.strip().lower(), BY_HAND)
+
+
 def current() -> Launcher:
-    """The launcher GATEWAY_LAUNCHER names; entrypoint.sh by hand when unset or unknown."""
-    return _BY_NAME.get(os.environ.get("GATEWAY_LAUNCHER", "").strip().lower(), BY_HAND)
+    """The launcher GATEWAY_LAUNCHER names now (gateway_kit.settings.read: the command-line tools word their
+    messages with it too, and a bad gateway setting must not stop them)."""
+    from gateway_kit import settings
 
-
-def fix_setting(name: str) -> str:
-    """`— fix NAME in .env next to docker-compose.yml`, or wherever this launcher takes settings from."""
-    return f"fix {name} in {current().settings_at}"
+    return by_name(settings.read("GATEWAY_LAUNCHER"))

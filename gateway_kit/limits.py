@@ -43,15 +43,17 @@ import asyncio
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway_kit import launcher, metrics
 from gateway_kit.recording import read_body, recorded, replay_body, request_endpoint
-from gateway_kit.shared_redis import RedisLink, link_from_env
+from gateway_kit.shared_redis import RedisLink, link_for
+
+if TYPE_CHECKING:
+    from gateway_kit.settings import Settings
 
 log = logging.getLogger("gateway_kit.limits")
 
@@ -59,7 +61,6 @@ ANONYMOUS = "anonymous"  # the client of a request without a gateway key (auth o
 _PREFIX = "gateway:limits:"
 _DAY = 86400
 _DOWN_LOG_EVERY = 10.0  # seconds between two "Redis down" log lines (per worker)
-_POLICIES = ("open", "closed")
 
 # KEYS[i] is a counter. ARGV[3i-2]: "c" for a call counter (checked, then + 1) or "q" for a quota that
 # usage records fill (tokens, dollars: checked only); ARGV[3i-1]: the limit; ARGV[3i]: the window in ms,
@@ -238,13 +239,6 @@ def read_config(config: dict) -> LimitsConfig:
             elif default_endpoint is not None:
                 endpoints[item["name"]] = default_endpoint
     return LimitsConfig(endpoints, default_endpoint, client, clients)
-
-
-def policy_from_env() -> str:
-    value = os.environ.get("GATEWAY_LIMITS_ON_REDIS_DOWN", "open").strip().lower() or "open"
-    if value not in _POLICIES:
-        raise ValueError(f"GATEWAY_LIMITS_ON_REDIS_DOWN={value!r} is not open or closed")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -626,15 +620,16 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-def limiter_from(config: dict) -> Limiter | None:
-    """The worker's Limiter for the limits of `config`, or None when config.yaml sets none.
+def limiter_from(config: dict, s: Settings) -> Limiter | None:
+    """The worker's Limiter for the limits of `config`, or None when config.yaml sets none. Redis and the
+    policy while it is down come from the settings (GATEWAY_REDIS_URL, GATEWAY_LIMITS_ON_REDIS_DOWN).
 
     In create_app: its record_usage goes into the usage-record sinks when `counts_usage`, and Limits(app,
     limiter) wraps the app outside the usage recorder."""
     limits = read_config(config)
     if limits.empty:
         return None
-    limiter = Limiter(limits, link_from_env(), policy_from_env())
+    limiter = Limiter(limits, link_for(s), s.limits_on_redis_down)
     if limiter.redis is None:
         log.error(
             "limits: config.yaml sets limits but GATEWAY_REDIS_URL is not set — limits are not enforced "

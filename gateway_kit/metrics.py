@@ -40,18 +40,22 @@ import asyncio
 import atexit
 import bisect
 import logging
-import os
 import platform
 import re
 import time
 from collections.abc import Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+from gateway_kit import settings
+
+if TYPE_CHECKING:
+    from gateway_kit.settings import Settings
 
 log = logging.getLogger("gateway_kit.metrics")
 
-_OFF = {"off", "0", "false", "no"}
 UNKNOWN = "unknown"  # an endpoint name that is not in config.yaml (or none at all)
 OTHER = "other"  # a route the gateway does not serve; a value past a label's bound
 ANONYMOUS = "anonymous"  # a request without X-Gateway-Client
@@ -71,16 +75,9 @@ _KIND_VALUE = re.compile(r"^[a-z0-9_]{1,40}$")
 _active: Metrics | None = None  # this process's metrics, once setup() ran
 
 
-def enabled(environ=None) -> bool:
-    """GATEWAY_METRICS (default on); off, 0, false or no turn metrics off."""
-    env = os.environ if environ is None else environ
-    return env.get("GATEWAY_METRICS", "on").strip().lower() not in _OFF
-
-
-def multiprocess_dir(environ=None) -> Path:
+def multiprocess_dir(runtime_dir: str) -> Path:
     """Where each worker keeps its metric files: $GATEWAY_RUNTIME_DIR/metrics (this replica's own)."""
-    env = os.environ if environ is None else environ
-    return Path(env.get("GATEWAY_RUNTIME_DIR") or "/tmp/gateway") / "metrics"
+    return Path(runtime_dir) / "metrics"
 
 
 def reset_multiprocess_dir(directory: Path) -> None:
@@ -436,33 +433,22 @@ def circuit_breaker(upstream: str, state: str, model: str | None = None) -> None
 # -- wiring (gateway_kit.app.create_app) --------------------------------------------------------------------
 
 
-def setup(config: dict, replica: str, registry=None, ledgers: Iterable = ()) -> Metrics:
-    """Make this process's metrics; the functions above report to them from now on."""
+def setup(config: dict, replica: str, registry=None, ledgers: Iterable = (), flush_seconds: float = 1.0) -> Metrics:
+    """Make this process's metrics; the functions above report to them from now on. `flush_seconds`:
+    GATEWAY_METRICS_FLUSH_SECONDS, how often a worker writes its per-request figures."""
     global _active  # noqa: PLW0603 - one set of metrics per process, as the functions above need
-    _active = Metrics(config, replica, registry, ledgers, flush_seconds())
+    _active = Metrics(config, replica, registry, ledgers, flush_seconds)
     atexit.register(_active.batch.write)  # a worker stopping writes its last second
     return _active
 
 
-def flush_seconds(environ=None) -> float:
-    """GATEWAY_METRICS_FLUSH_SECONDS: how often a worker writes its per-request figures (default 1)."""
-    value = (os.environ if environ is None else environ).get("GATEWAY_METRICS_FLUSH_SECONDS", "")
-    try:
-        seconds = float(value) if value else 1.0
-    except ValueError:
-        seconds = -1
-    if not 0 < seconds <= 60:
-        raise ValueError(f"GATEWAY_METRICS_FLUSH_SECONDS={value!r} is not a number of seconds between 0 and 60")
-    return seconds
-
-
-def install(app, config: dict, replica: str, sinks: list) -> None:
+def install(app, config: dict, replica: str, sinks: list, s: Settings) -> None:
     """GET /metrics on the FastAPI app, the usage-record sink, and provider call timing.
 
-    With metrics off: GET /metrics answers a JSON 404 saying so, and nothing else changes."""
+    With metrics off (GATEWAY_METRICS): GET /metrics answers a JSON 404 saying so, and nothing else changes."""
     from fastapi.responses import JSONResponse, Response
 
-    if not enabled():
+    if not s.metrics:
         message = "metrics are turned off on this replica (GATEWAY_METRICS=off)"
 
         def metrics_off():
@@ -474,9 +460,14 @@ def install(app, config: dict, replica: str, sinks: list) -> None:
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    m = setup(config, replica, ledgers=[s.ledger for s in sinks if getattr(s, "ledger", None) is not None])
+    m = setup(
+        config,
+        replica,
+        ledgers=[sink.ledger for sink in sinks if getattr(sink, "ledger", None) is not None],
+        flush_seconds=s.metrics_flush_seconds,
+    )
     sinks.append(m)
-    multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    multiprocess = settings.prometheus_multiproc_dir() is not None  # gunicorn_conf.py set it: several workers
 
     def metrics_endpoint():  # a plain def: FastAPI runs it in a thread, off the event loop
         if multiprocess:
@@ -492,8 +483,9 @@ def install(app, config: dict, replica: str, sinks: list) -> None:
 
 
 def in_flight(app):
-    """The ASGI middleware counting requests in progress (the app unchanged when metrics are off)."""
-    return InFlight(app, _active) if _active is not None and enabled() else app
+    """The ASGI middleware counting requests in progress (the app unchanged when metrics are off: install()
+    set up none)."""
+    return InFlight(app, _active) if _active is not None else app
 
 
 class InFlight:

@@ -9,6 +9,8 @@
 - No usable endpoint: exit 78 with the variables to set. With GATEWAY_DEMO_UPSTREAM set and
   answering, every endpoint is pointed at that fake upstream instead (the compose `demo` profile).
 - A YAML or validation error is reported with file:line, not a traceback.
+- A GATEWAY_* value the replica cannot use (gateway_kit.settings) is reported first, in the words every start-up
+  check uses: `gateway: error: GATEWAY_X='...' is not ... — fix GATEWAY_X in ...`, exit 78.
 
 Keys are left as `$NAME` in the written file; the gateway process resolves them itself.
 """
@@ -24,13 +26,15 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from gateway_kit import launcher
+from gateway_kit import settings
 from gateway_kit.exit_status import ExitStatus
-from gateway_kit.secrets import lookup_key, secrets_dir
+from gateway_kit.secrets import lookup_key, secrets_dir, variable_of
 
 _EXPAND = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DEMO_KEY = "demo-fake-upstream-key"
@@ -96,7 +100,7 @@ def quoted_field(value: Any, message: str, path: tuple = ()) -> tuple:
 
 
 # ---------------------------------------------------------------- expansion and keys
-def expand(value: Any, env: dict[str, str]) -> Any:
+def expand(value: Any, env: Mapping[str, str]) -> Any:
     if isinstance(value, dict):
         return {k: expand(v, env) for k, v in value.items()}
     if isinstance(value, list):
@@ -144,8 +148,7 @@ def endpoint_problem(endpoint: dict) -> str | None:
     for name in key_refs(endpoint).values():
         found = lookup_key(name)
         if found.problem:
-            where = f"{name}_FILE" if f"{name}_FILE" in os.environ else name
-            return f"{where} {found.problem}"
+            return f"{variable_of(name)} {found.problem}"
     config = (endpoint.get("model") or {}).get("config") or {}
     if config.get("openai_api_type") == "azure" and not config.get("openai_api_base"):
         return "AZURE_OPENAI_API_BASE is not set (https://<your-resource>.openai.azure.com)"
@@ -200,12 +203,12 @@ def no_endpoint_message(raw: dict, path: Path) -> str:
 
 
 # ---------------------------------------------------------------- demo mode
-def demo_upstream() -> str | None:
-    """The fake upstream's URL when GATEWAY_DEMO_UPSTREAM is set and it answers within 30 s."""
-    url = os.environ.get("GATEWAY_DEMO_UPSTREAM", "").rstrip("/")
+def demo_upstream(s: settings.Settings) -> str | None:
+    """The fake upstream's URL when GATEWAY_DEMO_UPSTREAM is set and it answers within GATEWAY_DEMO_WAIT (30 s)."""
+    url = s.demo_upstream.rstrip("/")
     if not url:
         return None
-    deadline = time.monotonic() + float(os.environ.get("GATEWAY_DEMO_WAIT", "30"))
+    deadline = time.monotonic() + s.demo_wait
     while True:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2):
@@ -391,24 +394,15 @@ def validate_limits(config: dict, fail) -> None:
         raise fail(where, f"{'.'.join(map(str, where))}: {e}") from None
 
 
-def settings_problem(config: dict) -> str | None:
-    """A GATEWAY_AUTH, GATEWAY_LIMITS_ON_REDIS_DOWN or GATEWAY_METRICS_FLUSH_SECONDS value this replica cannot
-    run with, or None."""
+def settings_problem(config: dict, s: settings.Settings) -> str | None:
+    """Why this replica cannot run with its (valid) settings and this active config, or None: GATEWAY_AUTH=off
+    with real provider keys. Warns about limits without GATEWAY_REDIS_URL."""
     from gateway_kit.keys import auth_problem
-    from gateway_kit.limits import policy_from_env, read_config
-    from gateway_kit.metrics import flush_seconds
+    from gateway_kit.limits import read_config
 
-    if problem := auth_problem(config, DEMO_KEY):
+    if problem := auth_problem(s.auth, config, DEMO_KEY):
         return problem
-    try:
-        policy_from_env()
-    except ValueError as e:
-        return f"{e} — set open (serve unlimited while Redis is down, the default) or closed (refuse with 503)"
-    try:
-        flush_seconds()
-    except ValueError as e:
-        return f"{e} — set how often each worker writes its metrics, 1 (the default) for once a second"
-    if not read_config(config).empty and not os.environ.get("GATEWAY_REDIS_URL"):
+    if not read_config(config).empty and not s.redis_url:
         log(
             "warning",
             "config.yaml sets limits but GATEWAY_REDIS_URL is not set: they are not enforced "
@@ -441,19 +435,19 @@ def with_dummy_keys(config: dict) -> dict:
     return copy
 
 
-def check(path: Path, need_keys: bool = True) -> dict:
+def check(path: Path, s: settings.Settings, need_keys: bool = True) -> dict:
     """The active configuration for `path`; raises ConfigError, or SystemExit(ExitStatus.CONFIG).
     need_keys=False checks the file alone: every endpoint is kept, whether its key is set or not."""
     raw, node = load_yaml(path)
-    config = expand(raw, dict(os.environ))
+    config = expand(raw, s.environ)
     validate(with_dummy_keys(config), node, path)
     if not need_keys or drop_unusable(config):
         return config
-    url = demo_upstream()
+    url = demo_upstream(s)
     if not url:
         log("error", no_endpoint_message(raw, path))
         raise SystemExit(ExitStatus.CONFIG)
-    config = expand(raw, dict(os.environ))
+    config = expand(raw, s.environ)
     point_at_demo(config, url)
     log("warning", f"DEMO MODE: no provider key is set; every endpoint answers from the fake upstream {url}")
     return config
@@ -487,7 +481,12 @@ def main(argv: list[str] | None = None) -> int:
             print(name, "key" if is_key else "value")
         return ExitStatus.OK
     try:
-        config = check(args.config, need_keys=not args.no_keys)
+        s = settings.current()
+    except settings.SettingsError as e:
+        log("error", str(e))
+        return ExitStatus.CONFIG
+    try:
+        config = check(args.config, s, need_keys=not args.no_keys)
     except ConfigError as e:
         log("error", f"{e} — fix config.yaml and start again")
         return ExitStatus.CONFIG
@@ -498,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     except PricingFileError as e:
         log("error", f"{e} — fix pricing.yaml and start again")
         return ExitStatus.CONFIG
-    if problem := settings_problem(config):
+    if problem := settings_problem(config, s):
         log("error", problem)
         return ExitStatus.CONFIG
     names = ", ".join(e["name"] for e in config["endpoints"])

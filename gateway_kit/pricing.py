@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+
+from gateway_kit import settings
 
 __all__ = ["Cost", "Pricer", "PricingFileError", "Usage", "find_pricing_file", "UNKNOWN"]
 
@@ -161,7 +162,7 @@ def find_pricing_file(explicit: str | Path | None = None) -> Path | None:
     A file named explicitly or by the environment must exist (PricingFileError otherwise); the defaults are
     optional and None means "no overrides".
     """
-    named = explicit if explicit not in (None, "") else os.environ.get(PRICING_FILE_ENV) or None
+    named = explicit if explicit not in (None, "") else settings.read(PRICING_FILE_ENV) or None
     if named is not None:
         path = Path(named)
         if not path.exists() or path.is_dir():  # /dev/null is allowed: no overrides
@@ -246,10 +247,6 @@ class Pricer:
         if price.reasoning != price.output:
             parts.append(f"${_fmt_rate(price.reasoning)} reasoning")
         return " / ".join(parts) + f" per 1M tokens ({price.source})"
-
-    @property
-    def genai_prices_available(self) -> bool:
-        return self._genai_prices() is not None
 
     # -- resolution -------------------------------------------------------------------------------------
 

@@ -6,42 +6,26 @@
                         "error": {"type": "not_ready", "message": "redis: cannot reach ..."}}
 
 A check is a function that returns None when all is well, or a short sentence saying what is wrong (it may
-block briefly: /ready runs the checks in a thread). Built in:
+block briefly: /ready runs the checks in a thread). The checks:
 - config: the checked config was loaded and has at least one endpoint;
 - redis: PING answers, when GATEWAY_READY_REDIS=on and GATEWAY_REDIS_URL is set (turn it on when your
   limits or budgets cannot work without Redis).
-Other parts of the kit add their own:
-
-    from gateway_kit import readiness
-    readiness.add_check("redis", readiness.redis_ping(url))   # e.g. the limits, when they need Redis
 
 The compose healthcheck asks /ready, so `depends_on: service_healthy` and `docker ps` mean "can serve".
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 
 Check = Callable[[], "str | None"]
-_OFF = {"", "off", "0", "false", "no"}
-_checks: dict[str, Check] = {}
 
 
-def add_check(name: str, check: Check) -> None:
-    """Add (or replace) the check called `name`."""
-    _checks[name] = check
-
-
-def checks() -> dict[str, Check]:
-    return dict(_checks)
-
-
-def run_checks() -> tuple[bool, dict[str, str]]:
+def run_checks(checks: dict[str, Check]) -> tuple[bool, dict[str, str]]:
     """(ready, {check: "ok" or what is wrong}); a check that raises counts as failed."""
     results = {}
-    for name, check in list(_checks.items()):
+    for name, check in checks.items():
         try:
             problem = check()
         except Exception as e:  # noqa: BLE001 - a broken check says "not ready", it does not crash /ready
@@ -79,24 +63,23 @@ def endpoints_loaded(app) -> Check:
     return check
 
 
-def install(app) -> None:
-    """Register the built-in checks and GET /ready on the FastAPI app."""
+def install(app, redis_url: str | None = None) -> None:
+    """Register the built-in checks and GET /ready on the FastAPI app. `redis_url`: GATEWAY_REDIS_URL when
+    GATEWAY_READY_REDIS is on ("" when it is not set), None when it is off."""
     from fastapi.responses import JSONResponse
 
-    add_check("config", endpoints_loaded(app))
-    if os.environ.get("GATEWAY_READY_REDIS", "off").strip().lower() not in _OFF:
-        url = os.environ.get("GATEWAY_REDIS_URL", "")
-        add_check(
-            "redis",
-            redis_ping(url)
-            if url
+    checks: dict[str, Check] = {"config": endpoints_loaded(app)}
+    if redis_url is not None:
+        checks["redis"] = (
+            redis_ping(redis_url)
+            if redis_url
             else lambda: (
                 "GATEWAY_READY_REDIS=on but GATEWAY_REDIS_URL is not set — set it, or GATEWAY_READY_REDIS=off"
-            ),
+            )
         )
 
     def ready():  # a plain def: FastAPI runs it in a thread, so a slow check never blocks requests
-        ok, results = run_checks()
+        ok, results = run_checks(checks)
         if ok:
             return JSONResponse({"status": "ready", "checks": results})
         message = "; ".join(f"{name}: {what}" for name, what in results.items() if what != "ok")

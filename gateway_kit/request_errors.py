@@ -29,13 +29,11 @@ import logging
 import os
 import re
 
-from gateway_kit.launcher import fix_setting
 from gateway_kit.recording import MAX_JSON_DEPTH, JSONTooDeep
 from gateway_kit.secrets import redact
 
 log = logging.getLogger("gateway_kit.request_errors")
 
-DEFAULT_MAX_BODY_MB = 10  # as nginx.conf's client_max_body_size
 _MAX_FIELDS_NAMED = 3
 _EXAMPLES = {
     "llm/v1/chat": '{"messages": [{"role": "user", "content": "Hello"}]}',
@@ -53,17 +51,6 @@ _UNKNOWN_NAME = re.compile(r"Invalid endpoint / route name: '(.*)'$")
 _FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")  # in MLflow's messages: "Received value: '{n}'."
 _WRONG_KIND = re.compile(r"^Endpoint '.*' is not an? \w+ endpoint\.$")  # MLflow's /v1/* check of 'model'
-
-
-def max_body_bytes() -> int:
-    value = os.environ.get("GATEWAY_MAX_BODY_MB", "")
-    try:
-        megabytes = float(value) if value else DEFAULT_MAX_BODY_MB
-    except ValueError:
-        raise SystemExit(
-            f"gateway: error: GATEWAY_MAX_BODY_MB={value!r} is not a number — {fix_setting('GATEWAY_MAX_BODY_MB')}"
-        ) from None
-    return int(megabytes * 1024 * 1024)
 
 
 def error_response(status: int, kind: str, message: str, headers: dict | None = None):
@@ -117,14 +104,15 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
-def add_request_error_handlers(app) -> None:
-    """Clear 4xx JSON errors for bad requests (see the module docstring); call before the app serves."""
+def add_request_error_handlers(app, max_body_bytes: int) -> None:
+    """Clear 4xx JSON errors for bad requests (see the module docstring); call before the app serves.
+    `max_body_bytes`: GATEWAY_MAX_BODY_MB in bytes."""
     from fastapi.exceptions import RequestValidationError
     from mlflow.exceptions import MlflowException
     from mlflow.gateway.exceptions import AIGatewayException
     from starlette.exceptions import HTTPException
 
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes())
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     def example_for(path: str) -> str | None:
         kind = _V1_TYPES.get(path)

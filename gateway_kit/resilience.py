@@ -4,8 +4,8 @@ Three pieces, documented for users in docs/resilience.md:
 
 - `Policy`: what config.yaml and the environment say for one endpoint (timeouts, retries, fallback chain).
 - the circuit breaker: one per provider model (`CircuitName`: the provider's base URL and the payload's model,
-  or the Azure deployment). K failed calls in a row (GATEWAY_CIRCUIT_FAILURES, default 5; a failure is a 5xx,
-  a timeout, a dropped connection or an unreadable answer, never a 4xx) open it: calls fail fast with
+  or the Azure deployment). K failed calls in a row (GATEWAY_CIRCUIT_FAILURES, default 5; a failure is a 5xx
+  but 501/505, a timeout, a dropped connection or an unreadable answer, never a 4xx) open it: calls fail fast with
   CircuitOpenError for S seconds (GATEWAY_CIRCUIT_RESET, default 60); then one probe call is let through,
   which closes it again or reopens it. `Breaker` is what the upstream client asks: with Redis
   (GATEWAY_REDIS_URL) its state is shared by every worker and replica (keys under CIRCUIT_PREFIX, read at
@@ -29,7 +29,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -40,65 +39,25 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway_kit import launcher
-from gateway_kit.launcher import fix_setting
+from gateway_kit import settings as _settings
 from gateway_kit.recording import read_body, replay_body, request_endpoint
 from gateway_kit.secrets import redact
+from gateway_kit.settings import Settings
 
 log = logging.getLogger("gateway_kit.resilience")
 
 TIMEOUT_KINDS = ("connect", "first_byte", "total")
 FALLBACK_KEYS = ("to", "after_s", "race")
 MAX_RETRIES = 10
-RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# 501 Not Implemented and 505 HTTP Version Not Supported say this request can never succeed there, not that
+# the provider is failing now: see retryable().
+NOT_TRANSIENT = frozenset({501, 505})
 _V1_PREFIX = "/v1/"
 _INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
 _INVOCATION_SUFFIX = "/invocations"
 
 
-# ---------------------------------------------------------------- settings and per-endpoint policy
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw) if whole else float(raw)
-    except ValueError:
-        value = -1
-    if value < 0 or not math.isfinite(value):
-        kind = "a whole number" if whole else "a number of seconds"
-        raise SystemExit(f"gateway: error: {name}={raw!r} is not {kind} (0 or more) — {fix_setting(name)}")
-    return value
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The kit's defaults, from the environment (docs/architecture.md lists them)."""
-
-    connect: float = 10.0  # GATEWAY_UPSTREAM_CONNECT_TIMEOUT
-    first_byte: float = 300.0  # GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT
-    total: float = 300.0  # GATEWAY_UPSTREAM_TOTAL_TIMEOUT
-    retries: int = 1  # GATEWAY_UPSTREAM_RETRIES
-    backoff: float = 0.25  # GATEWAY_UPSTREAM_BACKOFF: first wait before jitter, doubled each retry
-    max_wait: float = 5.0  # GATEWAY_UPSTREAM_RETRY_MAX_WAIT: longest wait between tries, Retry-After included
-    circuit_failures: int = 5  # GATEWAY_CIRCUIT_FAILURES (0 turns the breaker off)
-    circuit_reset: float = 60.0  # GATEWAY_CIRCUIT_RESET
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            connect=_env_number(env, "GATEWAY_UPSTREAM_CONNECT_TIMEOUT", d.connect),
-            first_byte=_env_number(env, "GATEWAY_UPSTREAM_FIRST_BYTE_TIMEOUT", d.first_byte),
-            total=_env_number(env, "GATEWAY_UPSTREAM_TOTAL_TIMEOUT", d.total),
-            retries=int(_env_number(env, "GATEWAY_UPSTREAM_RETRIES", d.retries, whole=True)),
-            backoff=_env_number(env, "GATEWAY_UPSTREAM_BACKOFF", d.backoff),
-            max_wait=_env_number(env, "GATEWAY_UPSTREAM_RETRY_MAX_WAIT", d.max_wait),
-            circuit_failures=int(_env_number(env, "GATEWAY_CIRCUIT_FAILURES", d.circuit_failures, whole=True)),
-            circuit_reset=_env_number(env, "GATEWAY_CIRCUIT_RESET", d.circuit_reset),
-        )
+# ---------------------------------------------------------------- per-endpoint policy
 
 
 @dataclass(frozen=True)
@@ -117,7 +76,15 @@ class Policy:
 
     @classmethod
     def default(cls, s: Settings) -> Policy:
-        return cls(s.connect, min(s.first_byte, s.total), s.total, s.retries, s.backoff, s.max_wait)
+        """The kit's defaults (GATEWAY_UPSTREAM_*): for an endpoint config.yaml sets nothing for."""
+        return cls(
+            s.upstream_connect_timeout,
+            min(s.upstream_first_byte_timeout, s.upstream_total_timeout),
+            s.upstream_total_timeout,
+            s.upstream_retries,
+            s.upstream_backoff,
+            s.upstream_retry_max_wait,
+        )
 
 
 def policies(config: Mapping[str, Any], settings: Settings) -> dict[str, Policy]:
@@ -326,10 +293,24 @@ def circuit_name(base_url: str, payload: Mapping[str, Any] | None = None) -> Cir
     return CircuitName(f"{parts.scheme}://{netloc}{path}", model)
 
 
+def retryable(status: int) -> bool:
+    """Whether an answer with this status is a passing failure, worth another try: a 429 (rate limit) or a 5xx
+    but 501 and 505 (NOT_TRANSIENT). The one definition the kit uses: the upstream client retries such an
+    answer (retry_wait), the Fallback middleware then hands the request to the next endpoint of the chain,
+    and for a 5xx the circuit breaker counts a failure (outcome). Any other answer is final and reaches the
+    client as it is: a 4xx is the request's fault, and a 501 or 505 will be the same on every try of that
+    endpoint (MLflow answers 501 itself for an operation a provider does not have), so a retry only delays it
+    and a fallback would hide a configuration gap behind a doomed first call on every request."""
+    return (status == 429 or status >= 500) and status not in NOT_TRANSIENT
+
+
 def outcome(status: int) -> bool | None:
-    """What a provider's answer says of its health: False for a 5xx; None (neither) for a 4xx: a bad request
-    or, for 429, a rate limit or quota of the key; True otherwise."""
-    return False if status >= 500 else None if status >= 400 else True
+    """What a provider's answer says of its health: False for a retryable 5xx; None (neither) for a 4xx (a bad
+    request or, for 429, a rate limit or quota of the key) and for 501/505 (it answered, deliberately);
+    True otherwise."""
+    if status >= 400:
+        return False if status >= 500 and retryable(status) else None
+    return True
 
 
 def _call_hooks(hooks: list, *args: Any) -> None:
@@ -593,14 +574,11 @@ class Breaker:
 
 
 _breakers: dict[tuple[str, str | None], Breaker] = {}  # by base URL as MLflow passes it, and model (this worker)
-_settings: Settings | None = None
 
 
 def settings() -> Settings:
-    global _settings
-    if _settings is None:
-        _settings = Settings.from_env()
-    return _settings
+    """This process's settings (gateway_kit.settings.current): the kit's timeouts, retries and breaker."""
+    return _settings.current()
 
 
 def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None) -> Breaker:
@@ -609,13 +587,13 @@ def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None) -> Brea
     model = model if isinstance(model, str) else None
     breaker = _breakers.get((base_url, model))
     if breaker is None:
-        from gateway_kit.shared_redis import link_from_env
+        from gateway_kit.shared_redis import link_for
 
         name = circuit_name(base_url, payload)
         breaker = next((b for b in _breakers.values() if b.name == name), None)
         if breaker is None:
             s = settings()
-            breaker = Breaker(name, s.circuit_failures, s.circuit_reset, link_from_env())
+            breaker = Breaker(name, s.circuit_failures, s.circuit_reset, link_for(s))
         _breakers[base_url, model] = breaker
     return breaker
 
@@ -639,7 +617,7 @@ def retry_wait(
     Retry-After (seconds or an HTTP date) or retry-after-ms is honoured when it is at most policy.max_wait;
     a longer one is passed on at once, as is a 429 for an exhausted quota. Otherwise full jitter:
     random between 0 and backoff * 2^retry, capped by max_wait. Never past the total timeout."""
-    if status not in RETRYABLE_STATUSES or retry >= policy.retries:
+    if not retryable(status) or retry >= policy.retries:
         return None
     if status == 429 and b"insufficient_quota" in body:
         return None
@@ -752,10 +730,6 @@ def error_for(exc: BaseException) -> tuple[str, tuple[int, list, bytes]]:
     )
 
 
-def _retryable(status: int) -> bool:
-    return status == 429 or status >= 500
-
-
 class _Try:
     """One endpoint's run for a request: holds the response until its first body bytes, then commits it."""
 
@@ -777,7 +751,7 @@ class _Try:
 
     @property
     def retryable(self) -> bool:
-        return self.state == "failed" and self.response is not None and _retryable(self.response[0])
+        return self.state == "failed" and self.response is not None and retryable(self.response[0])
 
     async def send(self, message: dict) -> None:
         if self.state == "committed":
@@ -790,7 +764,7 @@ class _Try:
         if message["type"] != "http.response.body" or self.start is None:
             return await self.client_send(message)
         status, body, more = self.start["status"], message.get("body", b""), message.get("more_body", False)
-        if _retryable(status):  # an error answer: keep it whole, answer it only if no fallback does better
+        if retryable(status):  # an error answer: keep it whole, answer it only if no fallback does better
             self.held.append(body)
             if not more:
                 headers = list(self.start.get("headers", ()))
@@ -1072,6 +1046,7 @@ __all__ = [
     "outcome",
     "policies",
     "retry_wait",
+    "retryable",
     "settings",
     "wrap",
 ]

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway_kit import settings
 from gateway_kit.launcher import current
 
 # "sk-your-actual-key-here", "<your key>", "xxxx", "changeme", "..." and friends.
@@ -34,7 +35,13 @@ class KeyLookup:
 
 
 def secrets_dir() -> Path:
-    return Path(os.environ.get("GATEWAY_SECRETS_DIR", "/run/secrets"))
+    """GATEWAY_SECRETS_DIR (gateway_kit.settings), default /run/secrets."""
+    return Path(settings.read("GATEWAY_SECRETS_DIR"))
+
+
+def variable_of(name: str) -> str:
+    """The variable a key's problem is reported under: NAME_FILE when that names the file, else NAME."""
+    return f"{name}_FILE" if f"{name}_FILE" in os.environ else name
 
 
 def key_problem(value: str) -> str | None:
@@ -78,6 +85,18 @@ def export_file_keys(names: list[str]) -> None:
             found = lookup_key(name)
             if found.value is not None:
                 os.environ[name] = found.value
+
+
+def let_mlflow_resolve_keys() -> None:
+    """Tell MLflow to resolve `$NAME` keys from the environment or a file, as mlflow.gateway.app's
+    create_app_from_path does (the kit builds the app from a config it read itself)."""
+    from mlflow.environment_variables import (
+        MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_ENV,
+        MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE,
+    )
+
+    os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_ENV.name] = "true"
+    os.environ[MLFLOW_GATEWAY_RESOLVE_API_KEY_FROM_FILE.name] = "true"
 
 
 # ------------------------------------------------------------------------------------- redaction

@@ -14,10 +14,13 @@ The redis.asyncio client is made on first use in the running event loop (and mad
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from gateway_kit.settings import Settings
 
 DOWN_PAUSE = 1.0  # seconds Redis is left alone after a failure
 
@@ -84,8 +87,6 @@ def link(url: str, timeout: float) -> RedisLink:
     return found
 
 
-def link_from_env(env: Mapping[str, str] | None = None) -> RedisLink | None:
+def link_for(s: Settings) -> RedisLink | None:
     """The link to GATEWAY_REDIS_URL (timeouts GATEWAY_REDIS_TIMEOUT, default 0.5 s); None when it is unset."""
-    env = os.environ if env is None else env
-    url = env.get("GATEWAY_REDIS_URL") or None
-    return link(url, float(env.get("GATEWAY_REDIS_TIMEOUT") or 0.5)) if url else None
+    return link(s.redis_url, s.redis_timeout) if s.redis_url else None

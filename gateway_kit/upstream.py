@@ -8,13 +8,13 @@ no redirects followed, but one pooled session per worker process, created in the
 first use and closed when the worker shuts down.
 
 In place of MLflow's single total timeout (MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS) each call gets its
-endpoint's connect, first-byte and total timeouts, retries on 429/5xx with jittered backoff (honouring
-Retry-After) before anything is handed to MLflow, and the circuit breaker of the provider's model
-(gateway_kit.resilience; the endpoint comes from the contextvar resilience.CURRENT that the Fallback middleware
-sets).
+endpoint's connect, first-byte and total timeouts, retries on 429/5xx (resilience.retryable) with jittered
+backoff (honouring Retry-After) before anything is handed to MLflow, and the circuit breaker of the
+provider's model (gateway_kit.resilience; the endpoint comes from the contextvar resilience.CURRENT that the
+Fallback middleware sets).
 
-Settings (environment): GATEWAY_UPSTREAM_POOL (connections per worker, default 100),
-GATEWAY_UPSTREAM_KEEPALIVE (seconds an idle connection is kept, default 30).
+Settings (gateway_kit.settings, given to install()): GATEWAY_UPSTREAM_POOL (connections per worker, default
+100), GATEWAY_UPSTREAM_KEEPALIVE (seconds an idle connection is kept, default 30).
 If the pinned MLflow no longer has the function, the kit keeps MLflow's behaviour and says so.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +32,7 @@ log = logging.getLogger("gateway_kit.upstream")
 
 EXPECTED_PARAMETERS = ["headers", "base_url", "path", "payload", "ssrf_protect"]
 _session = None  # this worker's aiohttp.ClientSession
+_pool = {"limit": 100, "keepalive": 30.0}  # GATEWAY_UPSTREAM_POOL and GATEWAY_UPSTREAM_KEEPALIVE, given to install()
 # Called after every provider call with (base_url, HTTP status or "error", seconds): gateway_kit.metrics times
 # calls here instead of wrapping the function once more (every wrapper is a generator per request).
 OBSERVERS: list = []
@@ -43,11 +43,7 @@ def _session_for_this_worker():
     if _session is None or _session.closed:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(
-            limit=int(os.environ.get("GATEWAY_UPSTREAM_POOL", "100")),
-            keepalive_timeout=float(os.environ.get("GATEWAY_UPSTREAM_KEEPALIVE", "30")),
-            ttl_dns_cache=60,
-        )
+        connector = aiohttp.TCPConnector(limit=_pool["limit"], keepalive_timeout=_pool["keepalive"], ttl_dns_cache=60)
         # read_bufsize as MLflow's: some providers send very long SSE `data:` lines.
         _session = aiohttp.ClientSession(connector=connector, read_bufsize=2**20)
     return _session
@@ -73,9 +69,13 @@ def close_with(app) -> None:
     app.router.lifespan_context = lifespan
 
 
-def install() -> bool:
-    """Replace MLflow's per-call session with the shared one; False (and a warning) if MLflow changed."""
+def install(pool: int = 100, keepalive: float = 30.0) -> bool:
+    """Replace MLflow's per-call session with the shared one; False (and a warning) if MLflow changed.
+    `pool`: connections per worker (GATEWAY_UPSTREAM_POOL); `keepalive`: seconds an idle one is kept
+    (GATEWAY_UPSTREAM_KEEPALIVE)."""
     from mlflow.gateway.providers import utils
+
+    _pool.update(limit=pool, keepalive=keepalive)
 
     original = getattr(utils, "_aiohttp_post", None)
     parameters = list(inspect.signature(original).parameters) if original else None
@@ -156,7 +156,7 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
                 raise resilience.UpstreamTimeout(
                     kind, first_byte if kind == "first_byte" else policy.total, endpoint
                 ) from e
-            if response.status not in resilience.RETRYABLE_STATUSES or retry >= policy.retries:
+            if retry >= policy.retries or not resilience.retryable(response.status):
                 break
             body = await response.read()  # small error body; kept, so MLflow can still read it
             wait = resilience.retry_wait(response.status, response.headers, body, retry, policy, deadline - loop.time())

@@ -12,7 +12,7 @@ A record is one JSON line, tagged so it can be picked out of mixed `docker logs`
 
 Writing one (what the gateway does per request):
 
-    ledger = Ledger.from_env()                 # $GATEWAY_LEDGER_DIR, $GATEWAY_REPLICA_ID; None if turned off
+    ledger = Ledger.from_settings(settings)    # GATEWAY_LEDGER_DIR, GATEWAY_REPLICA_ID; None if turned off
     usage = usage_from_body(response_json)     # or StreamUsage().feed_bytes(chunk) ... .usage for a stream
     cost = pricer.cost(model, provider, usage)
     emit(UsageRecord(ts=utc_now_iso(), request_id=..., route=..., ..., cost_usd=cost.usd,
@@ -53,18 +53,20 @@ import logging
 import math
 import os
 import re
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic_core import to_json as _to_json
 
-from gateway_kit.pricing import Pricer, Usage
+from gateway_kit.pricing import Usage
+
+if TYPE_CHECKING:
+    from gateway_kit.settings import Settings
 
 __all__ = [
     "Ledger",
@@ -79,17 +81,12 @@ __all__ = [
     "usage_from_body",
     "usage_from_openai",
     "utc_now_iso",
-    "with_cost",
 ]
 
 log = logging.getLogger("gateway_kit.usage")
 
 RECORD_TYPE = "usage"
 RECORD_VERSION = 1
-LEDGER_DIR_ENV = "GATEWAY_LEDGER_DIR"
-DEFAULT_LEDGER_DIR = "ledger"  # relative to the working directory; the image sets /var/lib/gateway-ledger
-REPLICA_ENV = "GATEWAY_REPLICA_ID"
-_DISABLED = {"", "off", "none", "false", "0", "no"}
 REFUSED = "refused:"  # how a record's error starts when the gateway refused the request itself (no key, a limit)
 
 
@@ -221,16 +218,6 @@ def utc_now_iso(t: float | None = None) -> str:
     return f"{_last_second[1]}.{int(t * 1000) % 1000:03d}Z"
 
 
-def with_cost(record: UsageRecord, pricer: Pricer) -> UsageRecord:
-    """The record with cost_usd and price_source filled in from its model, provider and tokens."""
-    cost = pricer.cost(
-        record.model,
-        record.provider,
-        Usage(record.prompt_tokens, record.completion_tokens, record.cached_tokens, record.reasoning_tokens),
-    )
-    return replace(record, cost_usd=cost.usd, price_source=cost.source)
-
-
 # -- tokens from provider responses -----------------------------------------------------------------------
 
 
@@ -326,7 +313,6 @@ class StreamUsage:
         self._prompt = self._completion = self._cached = self._reasoning = 0
         self._seen_usage = False
         self._buffer = b""
-        self.events = 0  # server-sent data events seen (not [DONE])
 
     @property
     def usage(self) -> Usage | None:
@@ -356,7 +342,6 @@ class StreamUsage:
     def _feed_data(self, payload: bytes) -> None:
         if not payload or payload == b"[DONE]":
             return
-        self.events += 1
         if self.model is not None and not _USAGE_IN_LINE.search(payload):
             return
         try:
@@ -438,13 +423,10 @@ class Ledger:
         self._last_error = ""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Ledger | None:
-        """$GATEWAY_LEDGER_DIR (default ./ledger; "off" turns the ledger off) for $GATEWAY_REPLICA_ID (hostname)."""
-        env = os.environ if environ is None else environ
-        directory = env.get(LEDGER_DIR_ENV, DEFAULT_LEDGER_DIR)
-        if directory.strip().lower() in _DISABLED:
-            return None
-        return cls(directory, env.get(REPLICA_ENV) or socket.gethostname())
+    def from_settings(cls, s: Settings) -> Ledger | None:
+        """The ledger in GATEWAY_LEDGER_DIR (default ./ledger; None when a switch's off word turns it off) for
+        GATEWAY_REPLICA_ID (default the hostname)."""
+        return cls(s.ledger_dir, s.replica_id) if s.ledger_on else None
 
     @property
     def path(self) -> Path:

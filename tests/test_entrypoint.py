@@ -77,6 +77,34 @@ def test_a_bad_openai_key_disables_its_endpoints_with_one_line_each(value, why):
         assert value.strip().strip('"') not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("GATEWAY_METRICS", "maybe"),  # a switch: once read as on, in silence
+        ("GATEWAY_UPSTREAM_RETRIES", "lots"),  # once a SystemExit in each worker, which gunicorn started again
+        ("GATEWAY_WORKERS", "two"),  # once a SystemExit while gunicorn read its config, exit status 1
+        ("GATEWAY_LIMITS_ON_REDIS_DOWN", "ajar"),
+    ],
+)
+def test_a_bad_setting_fails_the_check_and_the_gunicorn_master_with_one_message_and_exit_78(tmp_path, name, value):
+    check = entrypoint("--check", OPENAI_API_KEY=REAL_LOOKING_KEY, GATEWAY_LAUNCHER="docker", **{name: value})
+    assert check.returncode == 78, check.stderr
+    line = next(line for line in check.stderr.splitlines() if line.startswith("gateway: error: "))
+    assert line.startswith(f"gateway: error: {name}={value!r} is not ")
+    assert f"— fix {name} in .env next to docker-compose.yml, or remove it for the default (" in line
+    assert "Traceback" not in check.stderr
+    # What entrypoint.sh execs after the check: gunicorn reads gateway_kit.gunicorn_conf in its master.
+    master = subprocess.run(
+        [sys.executable, "-c", "import gateway_kit.gunicorn_conf"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(GATEWAY_LAUNCHER="docker", **{name: value}),
+    )
+    assert (master.returncode, master.stderr) == (78, line + "\n")
+
+
 def test_route_loses_a_disabled_destination_and_is_reweighted():
     result = entrypoint("--check", OPENAI_API_KEY=REAL_LOOKING_KEY)
     assert "route 'chat-split' now splits chat 100%" in result.stderr

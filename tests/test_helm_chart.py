@@ -291,10 +291,11 @@ def test_grace_period_outlasts_the_prestop_pause_and_gunicorns_graceful_timeout(
         assert pause > 5, f"{name}: the pause must outlast nginx's 5 s DNS cache of the pods"
         strategy = render.gateway()["spec"]["strategy"]["rollingUpdate"]
         assert strategy["maxUnavailable"] == 0 and strategy["maxSurge"] >= 1, name
-    # gunicorn's graceful_timeout is the setting the env carries.
-    assert (
-        'graceful_timeout = _env_int("GATEWAY_GRACEFUL_TIMEOUT"' in (REPO / "gateway_kit/gunicorn_conf.py").read_text()
-    )
+    # gunicorn's graceful_timeout is the setting the env carries (gateway_kit.settings reads the variable).
+    assert "graceful_timeout = _s.graceful_timeout" in (REPO / "gateway_kit/gunicorn_conf.py").read_text()
+    from gateway_kit.settings import Settings
+
+    assert Settings.from_env({"GATEWAY_GRACEFUL_TIMEOUT": str(graceful)}).graceful_timeout == graceful
 
 
 def test_a_grace_period_too_short_for_streams_fails_the_render(tmp_path):

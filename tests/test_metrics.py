@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import REPO, clean_env, free_port, gone, start_replica, stop_group, wait_http
 import gateway_kit
 from gateway_kit import metrics
+from gateway_kit.settings import Settings, SettingsError
 from gateway_kit.usage import Ledger, UsageRecord
 from metrics_helpers import as_promql, dashboard_exprs
 
@@ -202,11 +203,14 @@ def test_a_worker_writes_its_figures_once_per_interval_and_histograms_match_obse
 
 
 def test_a_bad_flush_interval_is_refused_with_what_to_set():
-    assert metrics.flush_seconds({}) == 1.0
-    assert metrics.flush_seconds({"GATEWAY_METRICS_FLUSH_SECONDS": "0.25"}) == 0.25
+    def flush_seconds(environ):
+        return Settings.from_env(environ).metrics_flush_seconds
+
+    assert flush_seconds({}) == 1.0
+    assert flush_seconds({"GATEWAY_METRICS_FLUSH_SECONDS": "0.25"}) == 0.25
     for bad in ("0", "-1", "soon", "600"):
-        with pytest.raises(ValueError, match="GATEWAY_METRICS_FLUSH_SECONDS"):
-            metrics.flush_seconds({"GATEWAY_METRICS_FLUSH_SECONDS": bad})
+        with pytest.raises(SettingsError, match="GATEWAY_METRICS_FLUSH_SECONDS"):
+            flush_seconds({"GATEWAY_METRICS_FLUSH_SECONDS": bad})
 
 
 # ------------------------------------------------------------------------------------ the stack + Prometheus

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway_kit.settings import Settings
 from gateway_kit.usage import Ledger, emit, ledger_file_name
 from unit.test_usage_parser import DAY1, record  # one record maker for the format and the ledger tests
 
@@ -190,8 +191,10 @@ def test_a_ledger_path_that_cannot_be_a_directory_never_raises(tmp_path):
 
 
 def test_ledger_from_env(tmp_path):
-    assert Ledger.from_env({"GATEWAY_LEDGER_DIR": "off"}) is None
-    ledger = Ledger.from_env({"GATEWAY_LEDGER_DIR": str(tmp_path), "GATEWAY_REPLICA_ID": "gw-7"})
+    assert Ledger.from_settings(Settings.from_env({"GATEWAY_LEDGER_DIR": "off"})) is None
+    ledger = Ledger.from_settings(
+        Settings.from_env({"GATEWAY_LEDGER_DIR": str(tmp_path), "GATEWAY_REPLICA_ID": "gw-7"})
+    )
     assert ledger is not None and ledger.directory == tmp_path and ledger.replica == "gw-7"
 
 

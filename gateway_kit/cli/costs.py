@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway_kit.exit_status import ExitStatus
+from gateway_kit.settings import tool_variable
 from gateway_kit.pricing import Pricer, PricingFileError
 from gateway_kit.usage import RECORD_FIELDS, REFUSED
 
@@ -1534,7 +1535,7 @@ def _load_dotenv() -> None:
 
 
 def default_pricing_file(explicit: str | None) -> str | None:
-    if explicit or os.environ.get("GATEWAY_PRICING_FILE"):
+    if explicit or tool_variable("GATEWAY_PRICING_FILE"):
         return explicit  # Pricer reads $GATEWAY_PRICING_FILE itself
     for candidate in (Path("pricing.yaml"), KIT_DIR / "pricing.yaml"):
         if candidate.is_file():
@@ -1548,7 +1549,7 @@ def no_source_given(args: argparse.Namespace) -> bool:
 
 def default_sources(args: argparse.Namespace, notes: list[str]) -> None:
     """No source named: $GATEWAY_LEDGER_DIR, ./ledger, or ./gateway_results.json, saying which."""
-    env_dir = os.environ.get("GATEWAY_LEDGER_DIR", "").strip()
+    env_dir = (tool_variable("GATEWAY_LEDGER_DIR") or "").strip()
     if env_dir and env_dir.lower() not in ("off", "none") and Path(env_dir).is_dir():
         args.ledger.append(env_dir)
         notes.append(f"no source given; reading the ledger at {env_dir} ($GATEWAY_LEDGER_DIR)")

@@ -67,6 +67,7 @@ import yaml
 from dotenv import dotenv_values, find_dotenv
 
 from gateway_kit.exit_status import ExitStatus
+from gateway_kit.settings import tool_variable
 
 PROG = "evaluate_gateway.py"
 TOOL_VERSION = "2.0.0"
@@ -2014,7 +2015,7 @@ def dotenv_settings() -> dict[str, str]:
     path = find_dotenv(usecwd=True)
     from_file = {k: v for k, v in (dotenv_values(path) if path else {}).items() if v is not None}
     names = ("GATEWAY_URL", "GATEWAY_API_KEY")
-    found = {n: os.environ.get(n) or from_file.get(n) for n in names}
+    found = {n: tool_variable(n) or from_file.get(n) for n in names}
     return {n: v for n, v in found.items() if v}
 
 
@@ -2102,7 +2103,7 @@ def main(argv: list[str] | None = None) -> int:
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     human = sys.stderr if args.json else sys.stdout
-    paint = Paint(human.isatty() and not os.environ.get("NO_COLOR"))
+    paint = Paint(human.isatty() and not tool_variable("NO_COLOR"))
     try:
         health = check_health(args.url, args.wait, headers)
     except GatewayUnreachable as e:

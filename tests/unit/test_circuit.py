@@ -89,7 +89,7 @@ def test_a_breaker_is_named_by_the_providers_base_url_and_the_model_never_by_a_c
 
 def test_calls_for_two_models_on_one_host_get_two_breakers_and_one_model_one(monkeypatch):
     monkeypatch.setattr(resilience, "_breakers", {})
-    monkeypatch.setattr("gateway_kit.shared_redis.link_from_env", lambda: None)
+    monkeypatch.setattr("gateway_kit.shared_redis.link_for", lambda settings: None)
     chat = resilience.circuit_for("https://api.openai.com/v1", {"model": "gpt-4o-mini"})
     embed = resilience.circuit_for("https://api.openai.com/v1", {"model": "text-embedding-3-small"})
     assert chat is not embed and chat.name == CHAT and embed.name == EMBED
@@ -129,12 +129,15 @@ def test_model_a_failing_opens_its_own_breaker_and_model_b_on_the_same_host_keep
         (502, False),
         (503, False),
         (504, False),
+        (529, False),
         (400, None),
         (401, None),
         (404, None),
         (413, None),
         (422, None),
         (429, None),
+        (501, None),
+        (505, None),
     ],
 )
 def test_only_a_5xx_answer_counts_as_a_failure_and_no_4xx_moves_the_breaker(status, counts_as):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from gateway_kit.resilience import Fallback, Policy, Settings, policies
+from gateway_kit.resilience import Fallback, Policy, policies
+from gateway_kit.settings import Settings
 
 SSE = [(b"content-type", b"text/event-stream")]
 JSON = [(b"content-type", b"application/json")]
@@ -15,7 +16,7 @@ JSON = [(b"content-type", b"application/json")]
 
 def fallback(after_s: float | None = None, race: bool = False, chain=("azure-chat",)):
     """Fallback middleware over `app` for config.yaml-like endpoints: chat falls back along `chain`."""
-    settings = Settings(retries=0)
+    settings = Settings(upstream_retries=0)
     spec = {"to": list(chain), **({"after_s": after_s, "race": race} if after_s is not None else {})}
     config = {"endpoints": [{"name": "chat", "fallback": spec}, *({"name": n} for n in chain)]}
 

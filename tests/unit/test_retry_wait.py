@@ -11,10 +11,11 @@ from email.utils import format_datetime
 
 import pytest
 
-from gateway_kit.resilience import Policy, Settings, retry_wait
+from gateway_kit.resilience import Policy, retry_wait
+from gateway_kit.settings import Settings
 
 NOW = 1_800_000_000.0  # the injected wall clock
-POLICY = Policy.default(Settings(retries=3, backoff=0.25, max_wait=5.0))
+POLICY = Policy.default(Settings(upstream_retries=3, upstream_backoff=0.25, upstream_retry_max_wait=5.0))
 LONG = 300.0  # seconds left before the total timeout
 
 
@@ -74,7 +75,7 @@ def test_full_jitter_stays_between_0_and_backoff_doubled_each_retry(retry, ceili
 
 
 def test_jitter_is_capped_by_max_wait():
-    policy = Policy.default(Settings(retries=10, backoff=1.0, max_wait=2.0))
+    policy = Policy.default(Settings(upstream_retries=10, upstream_backoff=1.0, upstream_retry_max_wait=2.0))
     assert all(0 <= wait(502, retry=8, policy=policy, seed=s) <= 2.0 for s in range(200))
 
 

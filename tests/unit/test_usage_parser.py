@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from gateway_kit.pricing import Pricer, Usage
+from gateway_kit.pricing import Usage
 from gateway_kit.usage import (
     RECORD_FIELDS,
     StreamUsage,
@@ -17,7 +16,6 @@ from gateway_kit.usage import (
     usage_from_body,
     usage_from_openai,
     utc_now_iso,
-    with_cost,
 )
 
 DAY1 = 1795341600.0  # 2026-11-22T10:00:00Z
@@ -96,13 +94,6 @@ def test_content_is_absent_unless_set_and_nan_never_reaches_json():
     assert "content" not in json.loads(record().to_json())
     assert json.loads(record(content={"prompt": "hi"}).to_json())["content"] == {"prompt": "hi"}
     assert json.loads(record(cost_usd=float("nan")).to_json())["cost_usd"] is None
-
-
-def test_with_cost_fills_in_the_price():
-    r = with_cost(record(prompt_tokens=1_000_000, completion_tokens=0), Pricer(os.devnull))
-    assert r.cost_usd == pytest.approx(0.15) and r.price_source == "genai-prices 0.2.3"
-    unknown = with_cost(record(model="my-own-llm"), Pricer(os.devnull))
-    assert unknown.cost_usd is None and unknown.price_source == "unknown"
 
 
 def test_utc_now_iso_sorts_as_text():
