@@ -4,6 +4,7 @@ the symbol that moved. Read private_api.py's table for what the kit loses withou
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 from contextvars import ContextVar
@@ -76,6 +77,16 @@ def test_mlflows_app_still_has_the_attributes_the_kit_reads(app):
     native, config = getattr(app, "_native_telemetry", None), getattr(app, "_telemetry", None)
     assert isinstance(config, dict), "FastAPI._telemetry"
     assert getattr(native, "config", None) is config and callable(native.enabled), "FastAPI._native_telemetry"
+    assert private_api.TELEMETRY_SCOPE_KEY in inspect.getsource(type(app).__mro__[1].__call__), (
+        f"FastAPI.__call__ no longer reads scope[{private_api.TELEMETRY_SCOPE_KEY!r}]"
+    )
+
+
+def test_starlettes_streaming_response_still_keeps_its_body_iterator():
+    from starlette.responses import StreamingResponse
+
+    response = StreamingResponse(iter([b"data: x\n\n"]), media_type="text/event-stream")
+    assert hasattr(response, "body_iterator"), "starlette StreamingResponse.body_iterator"
 
 
 @pytest.mark.parametrize("path", LLM_ROUTES)
@@ -100,6 +111,74 @@ def test_prometheus_histograms_still_keep_bounds_buckets_and_sum():
     assert parts is not None, "prometheus_client Histogram child's _upper_bounds, _buckets, _sum"
     bounds, buckets, total = parts
     assert list(bounds) == [1, 2, float("inf")] and len(buckets) == 3 and hasattr(total, "inc")
+
+
+# Names only private_api.py may use: an attribute or an imported name of a library's internals.
+PRIVATE_ATTRIBUTES = {
+    "_aiohttp_post",
+    "_STRIPPED_HEADERS",
+    "SUPPORTED_ACCEPT_ENCODING",
+    "_get_provider_by_name",
+    "dynamic_endpoints",
+    "traffic_routes",
+    "make_streaming_response",
+    "body_iterator",
+    "dependant",
+    "_embed_body_fields",
+    "stream_item_field",
+    "middleware_stack",
+    "lifespan_context",
+    "_native_telemetry",
+    "_telemetry",
+    "jsonable_encoder",
+    "_names_to_collectors",
+    "_upper_bounds",
+    "_buckets",
+    "_sum",
+}
+# module -> the names imported from it that are internals ("*": every name; also `import module` itself)
+PRIVATE_IMPORTS = {
+    "mlflow.gateway.providers": {"utils"},
+    "mlflow.gateway.providers.utils": "*",
+    "mlflow.gateway.ssrf": "*",
+    "mlflow.utils.uri": "*",
+    "mlflow.gateway.app": {"make_streaming_response", "GatewayAPI"},
+    "fastapi": {"encoders"},
+    "fastapi.encoders": "*",
+    "fastapi.routing": {"serialize_response"},
+    "fastapi.datastructures": {"DefaultPlaceholder"},
+    "starlette.routing": {"Match"},
+}
+PATCHED_MODULES = {"mlflow.gateway.app", "mlflow.gateway.providers.utils", "fastapi.encoders"}
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO / "gateway_kit").glob("*.py")))
+def test_no_other_module_reaches_into_a_librarys_internals(path):
+    if path == "private_api.py":
+        return
+    tree = ast.parse((REPO / "gateway_kit" / path).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in PRIVATE_ATTRIBUTES:
+            found.add(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "hasattr", "setattr"):
+            name = node.args[1] if len(node.args) > 1 else None
+            if isinstance(name, ast.Constant) and name.value in PRIVATE_ATTRIBUTES:
+                found.add(f"line {node.lineno}: {node.func.id}(..., {name.value!r})")
+        elif isinstance(node, ast.ImportFrom) and node.module in PRIVATE_IMPORTS:
+            private = PRIVATE_IMPORTS[node.module]
+            for alias in node.names:
+                if private == "*" or alias.name in private:
+                    found.add(f"line {node.lineno}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if (
+                    alias.name in PATCHED_MODULES
+                    or alias.name in PRIVATE_IMPORTS
+                    and PRIVATE_IMPORTS[alias.name] == "*"
+                ):
+                    found.add(f"line {node.lineno}: import {alias.name}")
+    assert not found, f"gateway_kit/{path} uses a library's internals: {sorted(found)} — go through private_api.py"
 
 
 # ----------------------------------------------------------------- the one patch point of _aiohttp_post
