@@ -27,9 +27,9 @@ behaviour and says so in a warning; nothing fails to start.
 
 Nothing heavy is imported at import time. Each library is imported inside the function that needs it, so any
 module may import this one: gunicorn's master, preflight and the CLIs load neither FastAPI nor MLflow through
-it. Nothing here runs once per request. The functions run at start-up or when a request fails. The two
-objects the hot path calls (serialize_response, a body field's validate) are handed out once, and their
-callers keep them.
+it. The functions here run at start-up or when a request fails, with one exception: the wrapper of
+make_streaming_response runs once per stream, as it did in app.py. The two objects the hot path calls
+(serialize_response, a body field's validate) are handed out once, and their callers keep them.
 """
 
 from __future__ import annotations
