@@ -21,16 +21,14 @@ If the pinned MLflow no longer has the function, the kit keeps MLflow's behaviou
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway_kit import resilience
+from gateway_kit import private_api, resilience
 
 log = logging.getLogger("gateway_kit.upstream")
 
-EXPECTED_PARAMETERS = ["headers", "base_url", "path", "payload", "ssrf_protect"]
 _session = None  # this worker's aiohttp.ClientSession
 _pool = {"limit": 100, "keepalive": 30.0}  # GATEWAY_UPSTREAM_POOL and GATEWAY_UPSTREAM_KEEPALIVE, given to install()
 # Called after every provider call with (base_url, HTTP status or "error", seconds): gateway_kit.metrics times
@@ -58,42 +56,28 @@ async def close() -> None:
 
 def close_with(app) -> None:
     """Close this worker's session when the app shuts down (after MLflow's own shutdown)."""
-    previous = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(application):
-        async with previous(application) as state:
-            yield state
-        await close()
-
-    app.router.lifespan_context = lifespan
+    private_api.on_shutdown(app, close)
 
 
 def install(pool: int = 100, keepalive: float = 30.0) -> bool:
     """Replace MLflow's per-call session with the shared one; False (and a warning) if MLflow changed.
     `pool`: connections per worker (GATEWAY_UPSTREAM_POOL); `keepalive`: seconds an idle one is kept
-    (GATEWAY_UPSTREAM_KEEPALIVE)."""
-    from mlflow.gateway.providers import utils
-
+    (GATEWAY_UPSTREAM_KEEPALIVE). The function replaced, and how metrics times it: private_api.ProviderPost."""
     _pool.update(limit=pool, keepalive=keepalive)
-
-    original = getattr(utils, "_aiohttp_post", None)
-    parameters = list(inspect.signature(original).parameters) if original else None
-    helpers = all(hasattr(utils, name) for name in ("_STRIPPED_HEADERS", "SUPPORTED_ACCEPT_ENCODING"))
-    if parameters != EXPECTED_PARAMETERS or not helpers:
+    post = private_api.PROVIDER_POST
+    if not post.replaceable():
         log.warning(
             "mlflow.gateway.providers.utils._aiohttp_post is missing or changed (parameters: %s); "
             "upstream connections are not shared, each provider call opens its own",
-            parameters,
+            post.parameters(),
         )
         return False
-    if getattr(original, "__gateway_kit__", False):
-        return True
+    return post.share(shared_post_for)
 
-    from mlflow.gateway.ssrf import upstream_protection_enabled
-    from mlflow.utils.uri import append_to_uri_path
 
-    stripped, accept_encoding = utils._STRIPPED_HEADERS, utils.SUPPORTED_ACCEPT_ENCODING
+def shared_post_for(original):
+    """The kit's replacement of MLflow's function `original`, with the same contract."""
+    stripped, accept_encoding, upstream_protection_enabled, append_to_uri_path = private_api.provider_post_parts()
 
     def shared_post(
         headers: dict[str, str], base_url: str, path: str, payload: dict[str, Any], *, ssrf_protect: bool = True
@@ -106,9 +90,7 @@ def install(pool: int = 100, keepalive: float = 30.0) -> bool:
         request_headers["Accept-Encoding"] = accept_encoding
         return call(append_to_uri_path(base_url, path), base_url, payload, request_headers)
 
-    shared_post.__gateway_kit__ = True
-    utils._aiohttp_post = shared_post
-    return True
+    return shared_post
 
 
 @asynccontextmanager
