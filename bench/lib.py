@@ -57,6 +57,7 @@ class Servers:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.procs: list[subprocess.Popen] = []
+        self.groups: dict[str, int] = {}  # a target's URL -> its process group, whose CPU time wrk() can count
 
     def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         with (self.work / f"{name}.log").open("w") as out:
@@ -84,19 +85,21 @@ class Servers:
 
     # ------------------------------------------------------------------ the targets
     def fake(self, port: int, *args: str) -> str:
-        self.start(
+        proc = self.start(
             f"fake-{port}", [sys.executable, "-m", "gateway_kit.fake_upstream", "--port", str(port), *args], clean_env()
         )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health")
+        self.groups[url] = proc.pid
         return url
 
-    def kit(self, port: int, upstream: str, workers: int, **settings: str) -> str:
-        """One kit replica, started by entrypoint.sh in demo mode against `upstream`."""
+    def kit(self, port: int, upstream: str, workers: int, checkout: Path = REPO, **settings: str) -> str:
+        """One kit replica, started by entrypoint.sh (of `checkout`: this one, or another version of the kit) in
+        demo mode against `upstream`."""
         runtime = self.work / f"kit-{port}"
-        self.start(
+        proc = self.start(
             f"kit-{port}",
-            [str(REPO / "entrypoint.sh")],
+            [str(checkout / "entrypoint.sh")],
             clean_env(
                 GATEWAY_HOST="127.0.0.1",
                 GATEWAY_PORT=str(port),
@@ -110,11 +113,12 @@ class Servers:
         )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health")
+        self.groups[url] = proc.pid
         return url
 
     def stock(self, port: int, config: Path, workers: int, **env: str) -> str:
         """Stock MLflow: `gunicorn mlflow.gateway.app:create_app_from_env()` with the same worker class."""
-        self.start(
+        proc = self.start(
             f"stock-{port}",
             [
                 sys.executable,
@@ -132,6 +136,7 @@ class Servers:
         )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/health")
+        self.groups[url] = proc.pid
         return url
 
 
@@ -162,8 +167,24 @@ def wrk_script(path: Path, body: str, headers: dict[str, str] | None = None) -> 
     return path
 
 
-def wrk(url: str, duration: int, connections: int, script: Path, threads: int = 2) -> dict:
-    """requests/s, p50 and p99 in ms, and errors (non-2xx answers and socket errors) of one wrk run."""
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of the live processes of a process group (a server and its workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields after "pid (comm)": state, ppid, pgrp, ... utime (12), stime (13)
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def wrk(url: str, duration: int, connections: int, script: Path, threads: int = 2, pgid: int | None = None) -> dict:
+    """requests/s, p50 and p99 in ms, and errors (non-2xx answers and socket errors) of one wrk run; with `pgid`
+    (the server's process group), also its CPU µs per request: far steadier than requests/s on a shared machine."""
+    cpu_before = group_cpu_seconds(pgid) if pgid else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -188,7 +209,10 @@ def wrk(url: str, duration: int, connections: int, script: Path, threads: int = 
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_us = (group_cpu_seconds(pgid) - cpu_before) * 1e6 / max(requests, 1) if pgid else None
     return {
+        "cpu_us_per_request": cpu_us,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": latency_ms("50%"),
         "p99_ms": latency_ms("99%"),

@@ -12,9 +12,13 @@ Targets:
   kit      entrypoint.sh, everything at its defaults (usage records, metrics, the shared upstream client)
   kit-no-metrics  the kit with metrics off (GATEWAY_METRICS=off): what metrics cost is the gap to `kit`
   kit-bare the kit with usage records and metrics off
+  kit-baseline  with --baseline DIR: the kit of another checkout (e.g. `git worktree add /tmp/base main~3`), at its
+           defaults, so what a change costs shows in one run
   litellm  LiteLLM's proxy (`litellm --num_workers N`), no database, LITELLM_LOCAL_MODEL_COST_MAP=True, a random
            master key; from its own venv (bench/litellm_venv.sh makes it), skipped with a note when missing
 Rounds interleave the targets so machine noise hits them alike; each cell is the median round.
+CPU µs per request: the target's processes' CPU time (from /proc) over the requests wrk counted in the same run;
+it moves far less than requests/s on a shared machine.
 Prints Markdown tables with each target's ratio to stock; --json for machines.
 """
 
@@ -89,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="workers per gateway (default 2)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median counts (default 2)")
     parser.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
+    parser.add_argument(
+        "--baseline", type=Path, metavar="DIR", help="another checkout of the kit, run as the target kit-baseline"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
@@ -110,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         targets["kit-no-metrics"] = (f"{no_metrics}/v1/chat/completions", {})
         bare = servers.kit(free_port(), fake, args.workers, GATEWAY_USAGE_RECORDS="off", GATEWAY_METRICS="off")
         targets["kit-bare"] = (f"{bare}/v1/chat/completions", {})
+        if args.baseline:
+            baseline = servers.kit(free_port(), fake, args.workers, checkout=args.baseline.resolve())
+            targets["kit-baseline"] = (f"{baseline}/v1/chat/completions", {})
         if litellm:
             url, headers = start_litellm(servers, free_port(), fake, args.workers)
             targets["litellm"] = (f"{url}/v1/chat/completions", headers)
@@ -129,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             for latency in args.latency:
                 for c in args.connections:
                     for name, (url, _) in targets.items():
+                        group = servers.groups.get(url.removesuffix("/v1/chat/completions"))
                         runs.setdefault((latency, c, name), []).append(
-                            wrk(url, args.duration, c, scripts[latency, name])
+                            wrk(url, args.duration, c, scripts[latency, name], pgid=group)
                         )
     shutil.rmtree(work, ignore_errors=True)
 
@@ -166,10 +177,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['rps'] / stock:.2f}x",
                 f"{r['p50_ms']:.1f}",
                 f"{r['p99_ms']:.1f}",
+                "-" if r["cpu_us_per_request"] is None else f"{r['cpu_us_per_request']:.0f}",
                 r["errors"],
             ]
         )
-    print(markdown_table(["upstream", "c", "target", "requests/s", "vs stock", "p50 ms", "p99 ms", "errors"], rows))
+    header = ["upstream", "c", "target", "requests/s", "vs stock", "p50 ms", "p99 ms", "CPU µs/request", "errors"]
+    print(markdown_table(header, rows))
     print()
     cells = sorted({(lat, c) for lat, c, _ in results})
     # Where the kit comes within 20% of connections / latency (Little's law), the upstream's latency, not the
