@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway_kit import limits, metrics, private_api, readiness, settings
+from gateway_kit import limits, metrics, readiness, settings
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.secrets import export_file_keys, let_mlflow_resolve_keys, redact_keys, redact_logs
 
@@ -95,6 +95,18 @@ def end_streams_with_done() -> bool:
     event, which gateway_kit.resilience answers as an error or from a fallback. True once installed."""
     import collections.abc
 
+    import mlflow.gateway.app as gateway_app
+    from starlette.responses import StreamingResponse
+
+    original = getattr(gateway_app, "make_streaming_response", None)
+    if original is None:
+        logging.getLogger("gateway_kit").warning(
+            "mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]"
+        )
+        return False
+    if getattr(original, "__gateway_kit__", False):
+        return True
+
     async def then_done(events: collections.abc.AsyncIterator):
         answered = False
         try:
@@ -108,11 +120,14 @@ def end_streams_with_done() -> bool:
         if answered:  # an empty stream is no answer: the kit makes it an error (or a fallback's answer)
             yield SSE_DONE
 
-    if not private_api.wrap_streaming_responses(then_done):
-        logging.getLogger("gateway_kit").warning(
-            "mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]"
-        )
-        return False
+    async def make_streaming_response(resp):
+        response = await original(resp)
+        if isinstance(response, StreamingResponse) and response.media_type == "text/event-stream":
+            response.body_iterator = then_done(response.body_iterator)
+        return response
+
+    make_streaming_response.__gateway_kit__ = True
+    gateway_app.make_streaming_response = make_streaming_response
     return True
 
 

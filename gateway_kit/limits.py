@@ -49,7 +49,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway_kit import launcher, metrics
-from gateway_kit.private_api import registered_collector
 from gateway_kit.recording import read_body, recorded, replay_body, request_endpoint
 from gateway_kit.shared_redis import RedisLink, link_for
 
@@ -498,10 +497,10 @@ class Limiter:
 def _counter():
     """gateway_limits_unenforced_total in prometheus_client's default registry (the metrics module exports it)."""
     try:
-        from prometheus_client import Counter
+        from prometheus_client import REGISTRY, Counter
     except ImportError:
         return None
-    existing = registered_collector("gateway_limits_unenforced_total")  # a second app in one process
+    existing = REGISTRY._names_to_collectors.get("gateway_limits_unenforced_total")  # a second app in one process
     if existing is not None:
         return existing
     return Counter(

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway_kit import private_api, settings
+from gateway_kit import settings
 
 if TYPE_CHECKING:
     from gateway_kit.settings import Settings
@@ -219,14 +219,13 @@ class Batch:
 
 def observe_all(histogram, values: list[float]) -> None:
     """histogram.observe(v) for every v, with one write per bucket and one for the sum instead of two per value.
-    Uses prometheus_client's Histogram internals (private_api.histogram_parts, pinned in requirements.txt;
+    Uses prometheus_client's Histogram internals (_upper_bounds, _buckets, _sum, pinned in requirements.txt;
     tests/test_metrics.py compares the result with observe()); without them, observe() for each."""
-    parts = private_api.histogram_parts(histogram)
-    if parts is None:
+    bounds, buckets, total = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
+    if bounds is None or buckets is None or total is None:
         for value in values:
             histogram.observe(value)
         return
-    bounds, buckets, total = parts
     per_bucket: dict[int, int] = {}
     for value in values:
         i = bisect.bisect_left(bounds, value)  # the first bound >= value: observe()'s `value <= bound`
@@ -508,36 +507,40 @@ class InFlight:
 
 
 def time_provider_calls(m: Metrics) -> bool:
-    """Time every provider call: status and duration (private_api.ProviderPost: with the kit's shared client in
-    place it reports each call itself; otherwise MLflow's provider HTTP helper is wrapped)."""
+    """Wrap MLflow's provider HTTP helper (the kit's shared client when installed): status and duration."""
+    from mlflow.gateway.providers import utils
+
+    original: Callable | None = getattr(utils, "_aiohttp_post", None)
+    if original is None:
+        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
+        return False
+    if getattr(original, "__gateway_metrics__", False):
+        return True
 
     def observe(base_url: str, status: str, seconds: float) -> None:
         label = m.upstream_label(base_url)
         m.batch.inc(m.upstream_requests[label, status])
         m.batch.observe(m.upstream_duration[label,], seconds)
 
-    perf_counter = time.perf_counter
-
-    def timed(original):
-        @asynccontextmanager
-        async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
-            status = "error"
-            started = perf_counter()
-            try:
-                async with original(headers, base_url, path, payload, ssrf_protect=ssrf_protect) as response:
-                    status = str(response.status)
-                    yield response
-            finally:
-                observe(base_url, status, perf_counter() - started)
-
-        return timed_post
-
-    def with_shared_client() -> None:  # the kit's client reports each call: no wrapper
+    if getattr(original, "__gateway_kit__", False):  # the kit's shared client: it reports each call itself
         from gateway_kit import upstream
 
         upstream.OBSERVERS.append(observe)
+        original.__gateway_metrics__ = True
+        return True
+    perf_counter = time.perf_counter
 
-    if not private_api.PROVIDER_POST.time(timed, with_shared_client):
-        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
-        return False
+    @asynccontextmanager
+    async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
+        status = "error"
+        started = perf_counter()
+        try:
+            async with original(headers, base_url, path, payload, ssrf_protect=ssrf_protect) as response:
+                status = str(response.status)
+                yield response
+        finally:
+            observe(base_url, status, perf_counter() - started)
+
+    timed_post.__gateway_metrics__ = True
+    utils._aiohttp_post = timed_post
     return True

@@ -19,8 +19,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from gateway_kit.private_api import gateway_endpoints, gateway_routes
-
 Check = Callable[[], "str | None"]
 
 
@@ -59,7 +57,7 @@ def redis_ping(url: str, timeout: float = 1.0) -> Check:
 
 def endpoints_loaded(app) -> Check:
     def check() -> str | None:
-        names = [*gateway_endpoints(app, {}), *gateway_routes(app, {})]
+        names = [*getattr(app, "dynamic_endpoints", {}), *getattr(app, "traffic_routes", {})]
         return None if names else "no endpoint loaded from the config"
 
     return check

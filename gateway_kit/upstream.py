@@ -21,14 +21,16 @@ If the pinned MLflow no longer has the function, the kit keeps MLflow's behaviou
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway_kit import private_api, resilience
+from gateway_kit import resilience
 
 log = logging.getLogger("gateway_kit.upstream")
 
+EXPECTED_PARAMETERS = ["headers", "base_url", "path", "payload", "ssrf_protect"]
 _session = None  # this worker's aiohttp.ClientSession
 _pool = {"limit": 100, "keepalive": 30.0}  # GATEWAY_UPSTREAM_POOL and GATEWAY_UPSTREAM_KEEPALIVE, given to install()
 # Called after every provider call with (base_url, HTTP status or "error", seconds): gateway_kit.metrics times
@@ -56,28 +58,42 @@ async def close() -> None:
 
 def close_with(app) -> None:
     """Close this worker's session when the app shuts down (after MLflow's own shutdown)."""
-    private_api.on_shutdown(app, close)
+    previous = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application):
+        async with previous(application) as state:
+            yield state
+        await close()
+
+    app.router.lifespan_context = lifespan
 
 
 def install(pool: int = 100, keepalive: float = 30.0) -> bool:
     """Replace MLflow's per-call session with the shared one; False (and a warning) if MLflow changed.
     `pool`: connections per worker (GATEWAY_UPSTREAM_POOL); `keepalive`: seconds an idle one is kept
-    (GATEWAY_UPSTREAM_KEEPALIVE). The function replaced, and how metrics times it: private_api.ProviderPost."""
+    (GATEWAY_UPSTREAM_KEEPALIVE)."""
+    from mlflow.gateway.providers import utils
+
     _pool.update(limit=pool, keepalive=keepalive)
-    post = private_api.PROVIDER_POST
-    if not post.replaceable():
+
+    original = getattr(utils, "_aiohttp_post", None)
+    parameters = list(inspect.signature(original).parameters) if original else None
+    helpers = all(hasattr(utils, name) for name in ("_STRIPPED_HEADERS", "SUPPORTED_ACCEPT_ENCODING"))
+    if parameters != EXPECTED_PARAMETERS or not helpers:
         log.warning(
             "mlflow.gateway.providers.utils._aiohttp_post is missing or changed (parameters: %s); "
             "upstream connections are not shared, each provider call opens its own",
-            post.parameters(),
+            parameters,
         )
         return False
-    return post.share(shared_post_for)
+    if getattr(original, "__gateway_kit__", False):
+        return True
 
+    from mlflow.gateway.ssrf import upstream_protection_enabled
+    from mlflow.utils.uri import append_to_uri_path
 
-def shared_post_for(original):
-    """The kit's replacement of MLflow's function `original`, with the same contract."""
-    stripped, accept_encoding, upstream_protection_enabled, append_to_uri_path = private_api.provider_post_parts()
+    stripped, accept_encoding = utils._STRIPPED_HEADERS, utils.SUPPORTED_ACCEPT_ENCODING
 
     def shared_post(
         headers: dict[str, str], base_url: str, path: str, payload: dict[str, Any], *, ssrf_protect: bool = True
@@ -90,7 +106,9 @@ def shared_post_for(original):
         request_headers["Accept-Encoding"] = accept_encoding
         return call(append_to_uri_path(base_url, path), base_url, payload, request_headers)
 
-    return shared_post
+    shared_post.__gateway_kit__ = True
+    utils._aiohttp_post = shared_post
+    return True
 
 
 @asynccontextmanager
