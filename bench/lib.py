@@ -83,15 +83,19 @@ class Servers:
         for proc in list(self.procs):
             self.stop(proc)
 
+    def ready(self, proc: subprocess.Popen, port: int) -> str:
+        """The URL of a server started on `port` once its /health answers; its process group is kept in `groups`."""
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health")
+        self.groups[url] = proc.pid
+        return url
+
     # ------------------------------------------------------------------ the targets
     def fake(self, port: int, *args: str) -> str:
         proc = self.start(
             f"fake-{port}", [sys.executable, "-m", "gateway_kit.fake_upstream", "--port", str(port), *args], clean_env()
         )
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health")
-        self.groups[url] = proc.pid
-        return url
+        return self.ready(proc, port)
 
     def kit(self, port: int, upstream: str, workers: int, checkout: Path = REPO, **settings: str) -> str:
         """One kit replica, started by entrypoint.sh (of `checkout`: this one, or another version of the kit) in
@@ -111,10 +115,7 @@ class Servers:
                 **settings,
             ),
         )
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health")
-        self.groups[url] = proc.pid
-        return url
+        return self.ready(proc, port)
 
     def stock(self, port: int, config: Path, workers: int, **env: str) -> str:
         """Stock MLflow: `gunicorn mlflow.gateway.app:create_app_from_env()` with the same worker class."""
@@ -134,10 +135,7 @@ class Servers:
             ],
             clean_env(MLFLOW_GATEWAY_CONFIG=str(config), **env),
         )
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health")
-        self.groups[url] = proc.pid
-        return url
+        return self.ready(proc, port)
 
 
 @contextmanager
