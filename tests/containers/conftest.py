@@ -174,23 +174,7 @@ def engine() -> Iterator[Engine]:
     finally:
         # Whatever a test left (a failed test's stack): the project's containers and volumes go.
         for file in ("docker-compose.prod.yml", "docker-compose.yml"):
-            eng.docker(
-                "compose",
-                "-f",
-                str(REPO / file),
-                "--profile",
-                "demo",
-                "--profile",
-                "monitoring",
-                "down",
-                "-v",
-                "--remove-orphans",
-                "--timeout",
-                "5",
-                check=False,
-                cwd=REPO,
-                timeout=300,
-            )
+            Project(eng, REPO, file).down()
         if not was_running and env.get("KIT_DOCKER_NETNS"):
             stop = subprocess.run([str(ENGINE_SCRIPT), "stop"], capture_output=True, text=True, timeout=300)
             assert stop.returncode == 0, stop.stdout + stop.stderr
@@ -206,9 +190,23 @@ class Project:
     engine: Engine
     root: Path
     file: str
+    name: str = PROJECT  # the compose project (`-p`); the files' own `name:` unless a test needs another
 
-    def compose(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        return self.engine.docker("compose", "-f", self.file, *args, check=check, timeout=timeout, cwd=self.root)
+    def compose(
+        self, *args: str, check: bool = True, timeout: float = 600, extra_env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        return self.engine.docker(
+            "compose",
+            "-p",
+            self.name,
+            "-f",
+            self.file,
+            *args,
+            check=check,
+            timeout=timeout,
+            cwd=self.root,
+            extra_env=extra_env,
+        )
 
     def script(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """A kit script run where the published ports are (check_gateway.sh curls localhost:5000)."""
@@ -219,7 +217,7 @@ class Project:
             "ps",
             "-q",
             "--filter",
-            f"label=com.docker.compose.project={PROJECT}",
+            f"label=com.docker.compose.project={self.name}",
             "--filter",
             f"label=com.docker.compose.service={service}",
         ).stdout
@@ -246,12 +244,9 @@ class Project:
         """`up -d --wait` of the demo stack with `replicas` gateways (and the compose files `files` over the
         project's file); returns the seconds it took. Recreates only what differs."""
         start = time.monotonic()
-        args = [arg for f in files for arg in ("-f", f)]
-        self.engine.docker(
-            "compose",
-            "-f",
-            self.file,
-            *args,
+        overrides = [arg for f in files for arg in ("-f", f)]
+        self.compose(
+            *overrides,
             "--profile",
             "demo",
             "up",
@@ -263,7 +258,6 @@ class Project:
             "--wait",
             "--wait-timeout",
             "600",
-            cwd=self.root,
             timeout=700,
             extra_env=extra_env,
         )

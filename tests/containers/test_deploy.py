@@ -26,22 +26,7 @@ def kit(engine: Engine, tmp_path) -> Project:
         yield project
     finally:
         for file in ("docker-compose.prod.yml", "docker-compose.yml"):
-            engine.docker(
-                "compose",
-                "-p",
-                TEST_PROJECT,
-                "-f",
-                file,
-                "--profile",
-                "demo",
-                "down",
-                "-v",
-                "--remove-orphans",
-                "--timeout",
-                "5",
-                cwd=project.root,
-                check=False,
-            )
+            Project(engine, project.root, file, name=TEST_PROJECT).down()
         engine.docker("image", "rm", TEST_IMAGE, check=False)
 
 

@@ -335,17 +335,7 @@ def test_docker_compose_build_needs_no_docker_hub(prod: Project):
     tag = "mlflow-gateway:compose-build"
     start = time.monotonic()
     try:
-        built = prod.engine.docker(
-            "compose",
-            "-f",
-            prod.file,
-            "--profile",
-            "demo",
-            "build",
-            cwd=prod.root,
-            extra_env={"GATEWAY_IMAGE": tag},
-            check=False,
-        )
+        built = prod.compose("--profile", "demo", "build", extra_env={"GATEWAY_IMAGE": tag}, check=False)
         assert built.returncode == 0, built.stdout + built.stderr
         figure("docker compose build (cached layers, no way out)", f"{time.monotonic() - start:.1f} s")
         layers = [
