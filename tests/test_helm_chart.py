@@ -742,15 +742,21 @@ def test_a_client_keys_secret_update_reaches_the_running_pod_without_a_restart(r
 def test_analyze_costs_reads_the_pods_stdout_as_kubectl_logs_and_node_log_files_give_it(rendered_pod, tmp_path):
     url, key = rendered_pod["url"], rendered_pod["key"]
     for i in range(3):
-        requests.post(
+        r = requests.post(
             f"{url}/gateway/chat/invocations",
             json={"messages": [{"role": "user", "content": "x"}]},
             headers={"Authorization": f"Bearer {key}", "X-Request-ID": f"helm-cost-{i}"},
             timeout=30,
         )
-    lines = [ln for ln in rendered_pod["log"].read_text().splitlines() if '"type":"usage"' in ln]
-    ours = [ln for ln in lines if '"request_id":"helm-cost-' in ln]
-    assert len(ours) == 3
+        assert r.status_code == 200, r.text
+    ours: list[str] = []
+    for _ in range(50):  # a record is written once the answer is sent, so the last may trail it; bounded
+        lines = rendered_pod["log"].read_text().splitlines()
+        ours = [ln for ln in lines if '"type":"usage"' in ln and '"request_id":"helm-cost-' in ln]
+        if len(ours) == 3:
+            break
+        time.sleep(0.1)
+    assert len(ours) == 3, ours
     pod = "gw-mlflow-gateway-7d9f-abcde"
     # `kubectl logs -l ... --prefix` and the CRI log files under /var/log/pods that log pipelines tail.
     kubectl = "".join(f"[pod/{pod}/gateway] {ln}\n" for ln in ours)

@@ -37,6 +37,9 @@ def wait_healthy(project: Project, service: str, count: int, timeout: float = 30
 @pytest.fixture
 def dev_stack(engine: Engine, tmp_path) -> Iterator[Project]:
     project = make_project(engine, tmp_path, "docker-compose.yml")
+    # The shared prod stack, when a test before this one started it, is the same compose project and holds
+    # port 5000: take it down (the `prod` fixture brings it back for the next test that needs it).
+    project.down()
     try:
         yield project
     finally:
