@@ -49,7 +49,7 @@ def nginx_directives(text: str) -> list[tuple[str, str]]:
 
 def test_nginx_conf_uses_only_directives_current_nginx_allows_where_they_are():
     """The image runs a newer nginx than Debian's: no directive it dropped, none outside its contexts."""
-    reference = json.loads((REPO / "tests/data/nginx-directives.json").read_text())["directives"]
+    reference = json.loads((REPO / "tests/static/data/nginx-directives.json").read_text())["directives"]
     found = nginx_directives((REPO / "nginx.conf").read_text())
     assert ("proxy_pass", "location") in found and ("listen", "server") in found
     for directive, block in found:

@@ -26,7 +26,7 @@ import requests
 from conftest import SENTINEL_SECRETS, free_port
 from gateway_kit.fake_upstream import key_fingerprint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 30.0
 
 
