@@ -99,13 +99,30 @@ def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen | None = Non
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def _states(pid: int, group: bool) -> list[str]:
+    """The state letter (R, S, Z...) of the process `pid`, or of every process in the process group `pid`."""
+    stats = Path("/proc").glob("[0-9]*/stat") if group else [Path(f"/proc/{pid}/stat")]
+    states = []
+    for stat_file in stats:
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        except OSError:  # gone meanwhile
+            continue
+        if not group or int(fields[2]) == pid:
+            states.append(fields[0])
+    return states
+
+
 def gone(pid: int, timeout: float, group: bool = False) -> bool:
-    """Wait up to `timeout` seconds for a process (or its whole group) to be gone."""
+    """Wait up to `timeout` seconds for a process (or every process of its group) to have exited. A zombie has: a
+    process this one started stays one until it is waited for, and a signal still reaches it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             os.killpg(pid, 0) if group else os.kill(pid, 0)
         except ProcessLookupError:
+            return True
+        if all(state == "Z" for state in _states(pid, group)):
             return True
         time.sleep(0.1)
     return False
