@@ -16,7 +16,7 @@ LOCK_COMPILE = uv pip compile requirements.txt --generate-hashes --no-header --p
 # Every shell script of the repository, hidden folders (.venv, .git, .stack) excepted: new scripts are linted too.
 SHELL_SCRIPTS := $(shell find . -name '*.sh' -not -path './.*' -not -path '*/node_modules/*' | sort)
 COMPOSE_FILES := docker-compose.yml docker-compose.prod.yml
-# nginx -t on the host's nginx with the nginx.conf the container mounts, flags as in tests/test_entrypoint.py:
+# nginx -t on the host's nginx with the nginx.conf the container mounts, flags as in tests/static/test_nginx.py:
 # prefix, error log and pid in a scratch directory, so it needs no root-owned paths.
 NGINX ?= nginx
 NGINX_TEST = tmp="$$(mktemp -d)" && $(NGINX) -t -c $(CURDIR)/nginx.conf -p "$$tmp" -e "$$tmp/error.log" \
@@ -50,7 +50,7 @@ lock-file:
 	} > $(LOCK_OUT).tmp
 	mv $(LOCK_OUT).tmp $(LOCK_OUT)
 
-# The same commands tests/test_static.py runs (and the nginx -t test).
+# The same commands tests/static/test_static.py runs (and the nginx -t test).
 lint:
 	$(BIN)ruff check .
 	$(BIN)ruff format --check .
@@ -68,7 +68,7 @@ test: venv
 test-random: venv
 	$(PYTHON) -m pytest $(if $(SEED),-p randomly --randomly-seed=$(SEED))
 
-# The quick loop: units only (scripted fakes, injected clocks), no root, no processes, a few seconds.
+# The quick loop: units only (scripted fakes, injected clocks), no root, no server, seconds.
 test-unit:
 	$(PYTHON) -m pytest -p no:randomly tests/unit
 

@@ -25,57 +25,18 @@ import argparse
 import json
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import requests
+from gateway_kit.procs import clean_env, free_port
+from lib import Servers, group_cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = REPO / "evaluate_gateway.py"
 STACK = REPO / "scripts" / "local_stack.sh"
 NGINX_URL = "http://127.0.0.1:5000"
-PROVIDER_VARS = [
-    f"{p}_{s}"
-    for p in ("OPENAI", "ANTHROPIC", "AZURE_OPENAI")
-    for s in ("API_KEY", "API_KEY_FILE", "API_BASE", "DEPLOYMENT", "API_VERSION")
-]
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def clean_env() -> dict[str, str]:
-    """No provider key or URL can leak in (the stack starts in demo mode against the fake); PYTHON is this
-    interpreter, so scripts/local_stack.sh runs the replicas and the fake with the same venv."""
-    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
-    env["PYTHON"] = sys.executable
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def wait_healthy(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "/health", timeout=1).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise SystemExit(f"bench: error: {url}/health did not answer within {timeout:.0f}s")
 
 
 def evaluate(args: list[str], workdir: Path) -> tuple[dict, str]:
@@ -139,23 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp:
         work = Path(tmp)
         # Step 1: the generator against the fake upstream itself.
-        port = free_port()
-        fake_url = f"http://127.0.0.1:{port}"
-        fake = subprocess.Popen(
-            [sys.executable, "-m", "gateway_kit.fake_upstream", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_healthy(fake_url)
+        with Servers(work) as servers:
+            fake_url = servers.fake(free_port())
+            fake_pid = servers.groups[fake_url]
             direct = work / "direct.yaml"
             direct.write_text(
                 "- {name: direct, model: gpt-4o-mini, messages: [{role: user, content: hi}],"
                 " params: {max_tokens: 16}}\n"
             )
-            fake_cpu0 = cpu_seconds(fake.pid)
+            fake_cpu0 = group_cpu_seconds(fake_pid)
             doc, cmd = evaluate(
                 [
                     "--url",
@@ -169,12 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 work,
             )
-            fake_cores = (cpu_seconds(fake.pid) - fake_cpu0) / max(doc["summary"]["duration_s"], 1e-9)
+            fake_cores = (group_cpu_seconds(fake_pid) - fake_cpu0) / max(doc["summary"]["duration_s"], 1e-9)
             rows.append(row("ceiling: fake upstream direct", doc, f"fake upstream used {fake_cores:.2f} cores"))
             commands.append(cmd)
-        finally:
-            fake.terminate()
-            fake.wait(timeout=10)
 
         # Steps 2 and 3: through nginx and the replicas.
         state = work / "stack"

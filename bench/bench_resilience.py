@@ -23,8 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lib import Servers, chat_body, clean_env, free_port, markdown_table, median_run, wrk, wrk_script
+from lib import Servers, chat_body, markdown_table, median_run, wrk, wrk_script
 
+from gateway_kit.procs import clean_env, free_port
 from gateway_kit.resilience import Breaker, CircuitName, Fallback, Policy, Settings
 from gateway_kit.shared_redis import RedisLink
 

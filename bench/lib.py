@@ -8,46 +8,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from gateway_kit.procs import clean_env, stat_fields, stop_group, wait_http
+
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "scripts" / "local_stack.sh"
-PROVIDER_VARS = [
-    f"{p}_{s}"
-    for p in ("OPENAI", "ANTHROPIC", "AZURE_OPENAI")
-    for s in ("API_KEY", "API_KEY_FILE", "API_BASE", "DEPLOYMENT", "API_VERSION")
-]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """No provider key or URL and no GATEWAY_* setting leaks in from the caller's shell."""
-    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
-    env.update({"PYTHON": sys.executable, **extra})
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 90, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2)
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit(f"bench: error: {url} did not answer within {timeout:.0f}s")
 
 
 class Servers:
@@ -66,13 +35,8 @@ class Servers:
         return proc
 
     def stop(self, proc: subprocess.Popen) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=15)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
+        stop_group(proc.pid)
+        proc.wait()
         if proc in self.procs:
             self.procs.remove(proc)
 
@@ -86,9 +50,18 @@ class Servers:
     def ready(self, proc: subprocess.Popen, port: int) -> str:
         """The URL of a server started on `port` once its /health answers; its process group is kept in `groups`."""
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health")
+        self.wait(f"{url}/health", proc)
         self.groups[url] = proc.pid
         return url
+
+    def wait(
+        self, url: str, proc: subprocess.Popen | None = None, timeout: float = 90, headers: dict[str, str] | None = None
+    ) -> None:
+        """wait_http(url), or the benchmark stops with one line: what did not answer, and where the logs are."""
+        try:
+            wait_http(url, timeout=timeout, proc=proc, headers=headers)
+        except (TimeoutError, RuntimeError) as e:
+            raise SystemExit(f"bench: error: {e} (the servers' logs: {self.work})") from None
 
     # ------------------------------------------------------------------ the targets
     def fake(self, port: int, *args: str) -> str:
@@ -167,16 +140,7 @@ def wrk_script(path: Path, body: str, headers: dict[str, str] | None = None) -> 
 
 def group_cpu_seconds(pgid: int) -> float:
     """User + system CPU seconds of the live processes of a process group (a server and its workers), from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        if int(fields[2]) == pgid:  # fields after "pid (comm)": state, ppid, pgrp, ... utime (12), stime (13)
-            total += int(fields[11]) + int(fields[12])
-    return total / ticks
+    return sum(int(f[11]) + int(f[12]) for f in stat_fields(pgid, group=True)) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(url: str, duration: int, connections: int, script: Path, threads: int = 2, pgid: int | None = None) -> dict:

@@ -34,7 +34,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from lib import REPO, Servers, chat_body, clean_env, free_port, markdown_table, median_run, wait_http, wrk, wrk_script
+from gateway_kit.procs import clean_env, free_port
+from lib import REPO, Servers, chat_body, markdown_table, median_run, wrk, wrk_script
 
 LITELLM = REPO / ".bench" / "litellm" / "bin" / "litellm"
 LITELLM_CONFIG = """\
@@ -73,7 +74,7 @@ def start_litellm(servers: Servers, port: int, upstream: str, workers: int) -> t
     )
     headers = {"Authorization": f"Bearer {master_key}"}
     url = f"http://127.0.0.1:{port}"
-    wait_http(f"{url}/health/liveliness", timeout=180, headers=headers)
+    servers.wait(f"{url}/health/liveliness", timeout=180, headers=headers)
     return url, headers
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import aiohttp
 
-from lib import Servers, free_port, markdown_table
+from gateway_kit.procs import free_port
+from lib import Servers, markdown_table
 
 PAGE = 4096
 REPLY = " ".join(f"word{i}" for i in range(40))

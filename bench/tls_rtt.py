@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from lib import Servers, chat_body, clean_env, free_port, markdown_table, median_run, wait_http, wrk, wrk_script
+from gateway_kit.procs import clean_env, free_port
+from lib import Servers, chat_body, markdown_table, median_run, wrk, wrk_script
 
 
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
@@ -165,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         servers.start("tls-fake", [*me, "tls-fake", str(tls_port), str(cert), str(key)], clean_env())
         servers.start("delay-proxy", [*me, "delay-proxy", str(proxy_port), str(tls_port), str(args.rtt)], clean_env())
         upstream = f"https://127.0.0.1:{proxy_port}"
-        os.environ["SSL_CERT_FILE"] = str(ca)  # for wait_http below
-        wait_http(f"{upstream}/health")
+        os.environ["SSL_CERT_FILE"] = str(ca)  # for the wait below (urllib trusts it)
+        servers.wait(f"{upstream}/health")
         kit = servers.kit(free_port(), upstream, args.workers, **trust)
         active = work / f"kit-{kit.rsplit(':', 1)[1]}" / "config.active.yaml"
         stock = servers.stock(free_port(), active, args.workers, **trust)

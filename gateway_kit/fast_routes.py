@@ -12,7 +12,7 @@ parse, the same pydantic validation of the body, the same call, the same respons
 hands every request it would answer differently to FastAPI itself: a body that is not JSON, fails
 validation, or is sent with a content type FastAPI would not parse as JSON, goes on to the router with its
 body, so every error answer is FastAPI's own. Exceptions from the handler reach the same exception
-handlers. tests/test_fast_routes.py sends the same requests with and without it and compares the answers.
+handlers. tests/replica/test_fast_routes.py sends the same requests with and without it and compares the answers.
 
 GATEWAY_FAST_ROUTES=off turns it off: FastAPI serves every route, and the table only reads the body to refuse
 JSON nested more than recording.MAX_JSON_DEPTH levels, the one check both ways share. A route whose shape the
@@ -149,7 +149,7 @@ def fast_encoder() -> bool:
     call on a pydantic model, give the same result the fast way: model_dump(mode="json", by_alias=True,
     exclude_none=True), then what jsonable_encoder's second pass over that dict does (drop None values in
     nested dicts, and keys starting with "_sa"). Every other call goes to FastAPI's function unchanged.
-    True once installed. tests/test_fast_routes.py compares the two on generated payloads."""
+    True once installed. tests/replica/test_fast_routes.py compares the two on generated payloads."""
     from fastapi import encoders
     from pydantic import BaseModel
 

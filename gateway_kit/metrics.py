@@ -220,7 +220,7 @@ class Batch:
 def observe_all(histogram, values: list[float]) -> None:
     """histogram.observe(v) for every v, with one write per bucket and one for the sum instead of two per value.
     Uses prometheus_client's Histogram internals (_upper_bounds, _buckets, _sum, pinned in requirements.txt;
-    tests/test_metrics.py compares the result with observe()); without them, observe() for each."""
+    tests/stack/test_metrics.py compares the result with observe()); without them, observe() for each."""
     bounds, buckets, total = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
     if bounds is None or buckets is None or total is None:
         for value in values:

@@ -48,7 +48,7 @@ KIT_IMAGE="mlflow-gateway:local"
 # The trixie packages that run on Debian 12 when unpacked; trixie's runc needs a newer glibc, so runc is bookworm's.
 TRIXIE_PACKAGES=(docker.io containerd docker-buildx docker-compose tini)
 HOST_PACKAGES=(runc)
-# Images the Dockerfile and docker-compose*.yml name (kept in step with them by tests/test_static.py).
+# Images the Dockerfile and docker-compose*.yml name (kept in step with them by tests/static/test_static.py).
 PYTHON_IMAGE="python:3.11.17-slim-bookworm"
 NGINX_IMAGE="nginx:1.30.5-alpine"
 REDIS_IMAGE="redis:7.4.11-alpine"

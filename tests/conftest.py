@@ -8,9 +8,6 @@ with write_secret(), which the search skips.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -24,6 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 from secret_scan import Finding, find_in_text, find_in_tree
+
+# The process helpers tests/ and bench/ share; test files import them from here with the fixtures.
+from gateway_kit.procs import clean_env, free_port, stop_group, wait_http
+from gateway_kit.procs import gone as gone
 
 REPO = Path(__file__).resolve().parent.parent
 # Every provider or client key used anywhere in the suite: none may appear in anything the run wrote.
@@ -62,63 +63,6 @@ def kept_secret(path: Path) -> Path:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path} holds a key and is not mode 600"
     _secret_inputs.add(path.resolve())
     return path
-
-
-PROVIDER_VARS = [
-    f"{p}_{s}"
-    for p in ("OPENAI", "ANTHROPIC", "AZURE_OPENAI")
-    for s in ("API_KEY", "API_KEY_FILE", "API_BASE", "DEPLOYMENT", "API_VERSION")
-]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any provider key or URL, so nothing can reach a real provider."""
-    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
-    env["PYTHON"] = sys.executable
-    env.update(extra)
-    return env
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 30, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if requests.get(url, timeout=1).ok:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-def gone(pid: int, timeout: float, group: bool = False) -> bool:
-    """Wait up to `timeout` seconds for a process (or its whole group) to be gone."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0) if group else os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def stop_group(pid: int, timeout: float = 15) -> None:
-    """SIGTERM a process group started with start_new_session, then SIGKILL what is left."""
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    if not gone(pid, timeout, group=True):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def start_replica(

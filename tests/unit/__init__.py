@@ -1,1 +1,1 @@
-"""Unit tests: the kit's logic with scripted fakes and injected clocks; no root, no processes, no network."""
+"""Unit tests: the kit's logic with scripted fakes and injected clocks; no root, no server, no network."""

@@ -2,7 +2,7 @@
 
 Time is a Clock moved by hand (the `clock=` parameter); Redis is tests/unit/fakes.FakeRedis, which runs the
 breaker's scripts in memory and counts round trips. The same behaviour against real Redis, workers and a
-provider is in tests/test_resilience.py.
+provider is in tests/stack/test_resilience.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Limits as units: what config.yaml says, which counters a request meets, and the answers it gets.
 
 The Redis side (the Lua script, counts exact across replicas) is tested against a real Redis in
-tests/test_limits_and_keys.py; here the limiter's verdicts are scripted."""
+tests/stack/test_limits_and_keys.py; here the limiter's verdicts are scripted."""
 
 from __future__ import annotations
 

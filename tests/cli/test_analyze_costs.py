@@ -28,7 +28,7 @@ import pytest
 from gateway_kit.cli import costs
 from gateway_kit.usage import UsageRecord, ledger_file_name
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "analyze_costs.py"
 SCHEMA = json.loads((REPO / "schemas" / "gateway_results.schema.json").read_text())
 

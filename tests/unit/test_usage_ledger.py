@@ -18,7 +18,7 @@ from gateway_kit.settings import Settings
 from gateway_kit.usage import Ledger, emit, ledger_file_name
 from unit.test_usage_parser import DAY1, record  # one record maker for the format and the ledger tests
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAY = "2026-11-22"  # DAY1's UTC day
 
 

@@ -17,7 +17,7 @@ import pytest
 from gateway_kit import pricing
 from gateway_kit.pricing import Cost, Pricer, PricingFileError, Usage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def genai_usd(

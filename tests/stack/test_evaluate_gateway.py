@@ -24,7 +24,7 @@ import requests
 
 from conftest import SENTINEL_SECRETS, free_port, write_secret
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "evaluate_gateway.py"
 SCHEMA = json.loads((REPO / "schemas" / "gateway_results.schema.json").read_text())
 PYTHON = sys.executable

@@ -276,6 +276,8 @@ def test_a_run_that_leaks_a_sentinel_fails_naming_the_file_and_line(tmp_path_fac
                 "-q",
                 "-p",
                 "no:cacheprovider",
+                "-o",
+                f"pythonpath={REPO}",  # conftest.py imports gateway_kit: this checkout's, as pyproject.toml says
                 "test_leaky.py",
                 "--basetemp",
                 str(root / "basetemp"),

@@ -23,10 +23,10 @@ import openai
 import pytest
 import requests
 
-from conftest import SENTINEL_SECRETS, free_port
+from conftest import SENTINEL_SECRETS, free_port, wait_http
 from gateway_kit.fake_upstream import key_fingerprint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 30.0
 
 
@@ -34,19 +34,9 @@ STARTUP_TIMEOUT_S = 30.0
 
 
 def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
-    """Poll url until it answers; stop the process if it never does, so no test leaks one."""
-    deadline = time.monotonic() + timeout
+    """Wait until url answers; stop the process if it never does, so no test leaks one."""
     try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode} before {url} answered")
-            try:
-                if requests.get(url, timeout=1).ok:
-                    return
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or a worker still booting
-            time.sleep(0.1)
-        raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+        wait_http(url, timeout=timeout, proc=proc)
     except BaseException:
         stop(proc)
         raise

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gateway_kit
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMANDS = {  # console script -> what its --help starts with
     "gateway-evaluate": "usage: evaluate_gateway.py",
     "gateway-costs": "usage: analyze_costs.py",

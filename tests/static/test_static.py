@@ -2,7 +2,7 @@
 
 What a user relies on when they run `docker compose ...`, `docker build` or a script, checked by reading the
 files and by the same linters `make lint` runs (from this interpreter's bin directory, requirements-dev.txt):
-  .venv/bin/python -m pytest tests/test_static.py -q
+  .venv/bin/python -m pytest tests/static/test_static.py -q
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Not resolved: in a venv, sys.executable is .venv/bin/python (a symlink) and the tools sit beside it.
 BIN = Path(sys.executable).parent
 DEV = "docker-compose.yml"
