@@ -64,32 +64,66 @@ class Events(Listener):
 
     def __init__(self, listeners: Iterable[Listener] = ()) -> None:
         self.listeners = tuple(listeners)
+        heard = set()
         for event in EVENTS:
             handlers = tuple(
                 getattr(listener, event)
                 for listener in self.listeners
                 if getattr(type(listener), event) is not getattr(Listener, event)
             )
-            setattr(self, event, _dispatch(event, handlers) if handlers else _ignore)
+            setattr(self, event, _dispatch(event, handlers))
+            if handlers:
+                heard.add(event)
+        self.heard = frozenset(heard)
 
     def listens(self, event: str) -> bool:
         """Whether any listener wants `event` (a part whose only job is reporting it can stay out)."""
-        return getattr(self, event) is not _ignore
+        return event in self.heard
 
 
-def _ignore(*args) -> None:
-    """An event nobody listens to."""
+# A dispatcher takes its event's arguments as they are: with *args, a call costs about 1.5x as much (30 to 60 ns
+# more per event, measured side by side). Every event has one argument or three.
+def _ignore_1(a) -> None:
+    """An event of one argument nobody listens to."""
+
+
+def _ignore_3(a, b, c) -> None:
+    """An event of three arguments nobody listens to."""
 
 
 def _dispatch(event: str, handlers: tuple[Callable, ...]) -> Callable:
-    def dispatch(*args) -> None:
-        for handler in handlers:
-            try:
-                handler(*args)
-            except Exception:  # reporting must never fail a request, nor keep the event from the others
-                log.exception("%s listener %r failed", event, handler.__self__)
+    """A function that calls each handler with the event's arguments; one that raises is logged (reporting
+    must never fail a request) and the next still gets the event."""
+    arity = getattr(Listener, event).__code__.co_argcount - 1  # without self
 
-    return dispatch
+    def failed(handler: Callable) -> None:
+        log.exception("%s listener %r failed", event, handler.__self__)
+
+    if arity == 1:
+        if not handlers:
+            return _ignore_1
+
+        def dispatch(a) -> None:
+            for handler in handlers:
+                try:
+                    handler(a)
+                except Exception:  # a listener's bug: logged, and the request goes on
+                    failed(handler)
+
+        return dispatch
+    if arity == 3:
+        if not handlers:
+            return _ignore_3
+
+        def dispatch(a, b, c) -> None:
+            for handler in handlers:
+                try:
+                    handler(a, b, c)
+                except Exception:  # a listener's bug: logged, and the request goes on
+                    failed(handler)
+
+        return dispatch
+    raise TypeError(f"events.Listener.{event} takes {arity} arguments: give _dispatch a shape for {arity}")
 
 
 NOBODY = Events()  # no listeners: what a part reports to when nobody wired it (tests, benchmarks)

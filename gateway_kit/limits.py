@@ -23,8 +23,8 @@ counter moves for a refused request, and no two replicas can both take the last 
 
 Windows are fixed and start with their first request (what MLflow's own limiter, `limits`' FixedWindow, does):
 a counter is created with the window as its expiry, and Retry-After is its remaining lifetime. Tokens per minute
-and dollars per day are added after each response, when its usage record is reported (the Limiter listens
-to usage_recorded, gateway_kit.events; scheduled on the event loop, never delaying the response); a request is refused once the tokens or dollars already used reach the limit, so the
+and dollars per day are added after each response by a usage-record listener (scheduled on the event loop, never
+delaying the response); a request is refused once the tokens or dollars already used reach the limit, so the
 request that crosses it completes. Dollar budgets are per UTC day (the key carries the date) and reset at
 midnight UTC; a model with no known price adds nothing to a budget.
 

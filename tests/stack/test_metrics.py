@@ -601,3 +601,30 @@ def test_metrics_off_leaves_no_files_and_says_so_on_metrics(stack, tmp_path):
         assert not (tmp_path / "run" / "metrics").exists()
     finally:
         stop_group(gateway.pid)
+
+
+@pytest.mark.integration
+@pytest.mark.stack  # borrows the stack's fake upstream on :9000
+def test_provider_calls_are_counted_with_mlflows_own_client_too(stack, tmp_path):
+    """GATEWAY_SHARED_UPSTREAM_CLIENT=off: MLflow's per-call client, wrapped to report each call."""
+    port = free_port()
+    gateway = start_replica(
+        tmp_path,
+        port,
+        GATEWAY_WORKERS="1",
+        GATEWAY_DEMO_UPSTREAM=STACK_UPSTREAM,
+        GATEWAY_SHARED_UPSTREAM_CLIENT="off",
+        GATEWAY_LEDGER_DIR="off",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        statuses = [send(url, "metrics-mlflow-client", "/gateway/chat/invocations", chat).status_code for _ in range(2)]
+        assert statuses == [200, 200]
+        samples = scrape_until(
+            url, lambda s: total(s, "gateway_upstream_requests_total", upstream="127.0.0.1:9000", status="200") >= 2
+        )
+        assert total(samples, "gateway_upstream_requests_total", upstream="127.0.0.1:9000", status="200") == 2
+        assert total(samples, "gateway_upstream_duration_seconds_count", upstream="127.0.0.1:9000") == 2
+    finally:
+        stop_group(gateway.pid)
