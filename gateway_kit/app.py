@@ -254,7 +254,7 @@ def create_app():
     if s.shared_upstream_client and upstream.install(s.upstream_pool, s.upstream_keepalive, p.events):
         upstream.close_with(app)
     elif p.events.listens("upstream_called"):
-        upstream.time_calls(p.events)  # MLflow's own provider calls, reported as the shared client reports its
+        upstream.time_calls(p.events)  # MLflow's own client: its calls reported as the shared client's are
     metrics.install(app, p.metrics)  # GET /metrics (a 404 with GATEWAY_METRICS=off)
     if s.fast_routes:
         fast_routes.cache_providers(app)

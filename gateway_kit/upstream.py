@@ -122,7 +122,7 @@ def time_calls(events: Events) -> bool:
 
     original: Callable | None = getattr(utils, "_aiohttp_post", None)
     if original is None:
-        log.warning("mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
+        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
         return False
     if getattr(original, "__gateway_timed__", False):
         return True
