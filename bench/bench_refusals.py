@@ -33,9 +33,11 @@ from gateway_kit import keys as current_keys
 from gateway_kit import limits as current_limits
 
 ROOT = Path(__file__).resolve().parent.parent
+from gateway_kit.app import UsageLog  # noqa: E402
+from gateway_kit.events import Events  # noqa: E402
 from gateway_kit.limits import Rule  # noqa: E402
 from gateway_kit.recording import Refusals  # noqa: E402
-from gateway_kit.usage import Ledger, emit  # noqa: E402
+from gateway_kit.usage import Ledger  # noqa: E402
 
 PATH = "/gateway/chat/invocations"
 RULE = Rule("client_calls", "k", "c", 2, 60, "minute", "requests", None, "bench")
@@ -142,7 +144,7 @@ async def main(argv: list[str] | None = None) -> int:
         key = current_keys.add(keys_file, "bench")
         store = current_keys.KeyStore(keys_file)
         ledger = Ledger(Path(work) / "ledger", "bench")
-        refused = Refusals("bench", [lambda record: emit(record, ledger=ledger)])
+        refused = Refusals("bench", Events([UsageLog(ledger)]))
         versions = {
             f"baseline {args.baseline}": stacks(
                 baseline_module("keys", args.baseline), baseline_module("limits", args.baseline), store, None

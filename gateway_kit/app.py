@@ -10,13 +10,18 @@ import gc
 import logging
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from gateway_kit import limits, metrics, readiness, settings
+from gateway_kit.events import Events, Listener
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
+from gateway_kit.recording import Refusals
 from gateway_kit.secrets import export_file_keys, let_mlflow_resolve_keys, redact_keys, redact_logs
+from gateway_kit.usage import Ledger, emit
 
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
 
@@ -161,11 +166,78 @@ def mlflow_view(config: dict) -> dict:
     return view
 
 
+@dataclass(frozen=True)
+class Parts:
+    """What create_app makes once per worker for the middlewares to share: the worker's events registry with
+    its listeners (gateway_kit.events), and the parts that are also middlewares' state."""
+
+    events: Events
+    metrics: metrics.Metrics | None  # None with GATEWAY_METRICS=off
+    limiter: limits.Limiter | None  # None when config.yaml sets no limits
+    refusals: Refusals | None  # None when nothing listens to the records of refused requests
+
+
+def parts(s: settings.Settings, config: dict) -> Parts:
+    """The listeners these settings and config ask for, in this order: the usage log (stdout and the ledger;
+    GATEWAY_USAGE_RECORDS), metrics (GATEWAY_METRICS), limits' token and dollar counters (a client's
+    tokens_per_minute or usd_per_day)."""
+    usage = UsageLog(Ledger.from_settings(s)) if s.usage_records else None
+    m = None
+    if s.metrics:
+        ledgers = [usage.ledger] if usage and usage.ledger else []  # metrics count their failed writes
+        m = metrics.Metrics(config, s.replica_id, ledgers=ledgers, flush_seconds=s.metrics_flush_seconds)
+    limiter = limits.limiter_from(config, s)
+    counter = limiter if limiter and limiter.counts_usage else None
+    events = Events(listener for listener in (usage, m, counter) if listener is not None)
+    refusals = Refusals(s.replica_id, events) if events.listens("refusal_recorded") else None
+    return Parts(events, m, limiter, refusals)
+
+
+@dataclass(frozen=True)
+class Middleware:
+    """One layer of the replica's stack: its name (as docs/architecture.md draws it), whether these settings
+    turn it on, and how it wraps the app inside it."""
+
+    name: str
+    on: bool
+    wrap: Callable
+
+
+def middlewares(s: settings.Settings, config: dict, p: Parts) -> list[Middleware]:
+    """The replica's middlewares, outermost first: the order a request passes through them. Each answers
+    what it refuses itself; the last hands the request to MLflow's app."""
+    return [
+        Middleware("request id", True, lambda app: RequestContext(app, replica=s.replica_id)),
+        Middleware("client keys", True, lambda app: client_keys(app, config, p.refusals, s)),
+        Middleware("limits", p.limiter is not None, lambda app: limits.Limits(app, p.limiter, p.refusals, p.events)),
+        Middleware("in-flight gauge", p.metrics is not None, lambda app: metrics.InFlight(app, p.metrics)),
+        # on when anything listens to the records: the usage log, metrics, or a token or dollar limit
+        Middleware("usage records", p.events.listens("usage_recorded"), lambda app: usage_recorder(app, config, p, s)),
+        Middleware("resilience", s.resilience, lambda app: resilience(app, config, p.events)),
+    ]
+
+
+def stacked(app, layers: list[Middleware]):
+    """`app` inside each layer that is on, the first outermost."""
+    for layer in reversed(layers):
+        if layer.on:
+            app = layer.wrap(app)
+    return app
+
+
+def middleware_order(s: settings.Settings, config: dict) -> list[str]:
+    """The names of the middlewares create_app builds for these settings and config, outermost first
+    (tests/unit/test_middleware.py compares them with docs/architecture.md's picture)."""
+    return [layer.name for layer in middlewares(s, config, parts(s, config)) if layer.on]
+
+
 def create_app():
     """The replica's ASGI app, from this process's settings (gateway_kit.settings: parsed once, in gunicorn's
     master when gunicorn_conf.py is its config; a bad value raises SettingsError, so the worker does not boot)."""
     from mlflow.gateway.app import create_app_from_config
     from mlflow.gateway.config import GatewayConfig
+
+    from gateway_kit import fast_routes, upstream
 
     setup_logging()
     s = settings.current()
@@ -178,16 +250,12 @@ def create_app():
     end_streams_with_done()
     readiness.install(app, s.redis_url if s.ready_redis else None)  # GET /ready
     add_bad_input_handling(app, key_names, s.max_body_mb)
-    if s.shared_upstream_client:
-        from gateway_kit import upstream
-
-        if upstream.install(s.upstream_pool, s.upstream_keepalive):
-            upstream.close_with(app)
-    records = usage_log(s) if s.usage_records else None
-    sinks = [records] if records else []
-    metrics.install(app, raw, s.replica_id, sinks, s)  # GET /metrics, a sink, provider timing; off: GATEWAY_METRICS
-    from gateway_kit import fast_routes
-
+    p = parts(s, raw)
+    if s.shared_upstream_client and upstream.install(s.upstream_pool, s.upstream_keepalive, p.events):
+        upstream.close_with(app)
+    elif p.events.listens("upstream_called"):
+        upstream.time_calls(p.events)  # MLflow's own client: its calls reported as the shared client's are
+    metrics.install(app, p.metrics)  # GET /metrics (a 404 with GATEWAY_METRICS=off)
     if s.fast_routes:
         fast_routes.cache_providers(app)
         fast_routes.quiet_telemetry(app, s.otel_configured)
@@ -195,25 +263,13 @@ def create_app():
         fast_routes.install(app)  # the LLM routes without FastAPI's routing machinery (same answers)
     else:
         fast_routes.install(app, serve=False)  # FastAPI serves them; JSON nested too deeply is refused the same way
-    # From here on, middleware wraps MLflow's app, innermost first (docs/architecture.md has the order).
-    if s.resilience:
-        app = resilience(app, raw)
-    limiter = limits.limiter_from(raw, s)  # None when config.yaml sets no limits
-    if limiter and limiter.counts_usage:
-        sinks.append(limiter.record_usage)  # tokens per minute and dollars per day
-    if sinks:
-        app = usage_recorder(app, raw, sinks, s)
-    app = metrics.in_flight(app)
-    refused = refusal_records(records, s.replica_id) if records else None  # each 401, 429, 503 the kit answers
-    if limiter:
-        app = limits.Limits(app, limiter, refused)
-    app = client_keys(app, raw, refused, s)
+    app = stacked(app, middlewares(s, raw, p))
     # MLflow, FastAPI and pydantic leave about a million objects behind at start that live as long as the
     # worker. Frozen, the garbage collector stops walking them in every full collection: 4% of a worker's CPU
     # with the provider at 0 ms, 12% with many requests in flight (docs/performance.md).
     gc.collect()
     gc.freeze()
-    return RequestContext(app, replica=s.replica_id)
+    return app
 
 
 def client_keys(app, config: dict, refused, s: settings.Settings):
@@ -225,43 +281,30 @@ def client_keys(app, config: dict, refused, s: settings.Settings):
     return ClientKeys(app, KeyStore(keys_file(s.keys_file)) if required else None, refused)
 
 
-def refusal_records(sink, replica: str):
-    """Usage records of the requests the kit refuses before the usage recorder sees them (recording.Refusals)."""
-    from gateway_kit.recording import Refusals
-
-    return Refusals(replica, [sink])
-
-
-def resilience(app, config: dict):
-    """Per-endpoint timeouts and retries, fallbacks, clear errors when a provider fails (docs/resilience.md).
-    Fallbacks and circuit changes are counted in the metrics (no-ops with GATEWAY_METRICS=off)."""
+def resilience(app, config: dict, events: Events):
+    """Per-endpoint timeouts and retries, fallbacks, clear errors when a provider fails (docs/resilience.md)."""
     from gateway_kit import resilience as kit_resilience
 
-    def count_fallback(event) -> None:  # "no_answer_in_1.5s" -> "no_answer": a bounded label
-        metrics.fallback(event.endpoint, event.served_by, re.sub(r"_in_[\d.]+s$", "", event.reason))
-
-    kit_resilience.FALLBACK_HOOKS.append(count_fallback)
-    kit_resilience.CIRCUIT_HOOKS.append(lambda name, old, new: metrics.circuit_breaker(name.url, new, name.model))
-    return kit_resilience.wrap(app, config)
+    return kit_resilience.wrap(app, config, events)
 
 
-def usage_log(s: settings.Settings):
-    """The sink that writes each record to stdout and the ledger."""
-    from functools import partial
+class UsageLog(Listener):
+    """Writes each usage record, refused requests' too, to stdout and the ledger (None: stdout only)."""
 
-    from gateway_kit.usage import Ledger, emit
+    def __init__(self, ledger: Ledger | None) -> None:
+        self.ledger = ledger
 
-    ledger = Ledger.from_settings(s)
-    sink = partial(emit, ledger=ledger)
-    sink.ledger = ledger  # metrics counts its failed writes
-    return sink
+    def usage_recorded(self, record) -> None:
+        emit(record, ledger=self.ledger)
+
+    refusal_recorded = usage_recorded
 
 
-def usage_recorder(app, config: dict, sinks: list, s: settings.Settings):
+def usage_recorder(app, config: dict, p: Parts, s: settings.Settings):
     from gateway_kit.pricing import Pricer
     from gateway_kit.recording import UsageRecorder, endpoint_infos
 
     endpoints = endpoint_infos(config)
     pricer = Pricer()  # GATEWAY_PRICING_FILE, else pricing.yaml where find_pricing_file looks
     pricer.warm((info.model, info.provider) for info in endpoints.values() if info.model)
-    return UsageRecorder(app, endpoints, s.replica_id, pricer, sinks)
+    return UsageRecorder(app, endpoints, s.replica_id, pricer, p.events)

@@ -23,7 +23,7 @@ counter moves for a refused request, and no two replicas can both take the last 
 
 Windows are fixed and start with their first request (what MLflow's own limiter, `limits`' FixedWindow, does):
 a counter is created with the window as its expiry, and Retry-After is its remaining lifetime. Tokens per minute
-and dollars per day are added after each response by a usage-record sink (scheduled on the event loop, never
+and dollars per day are added after each response by a usage-record listener (scheduled on the event loop, never
 delaying the response); a request is refused once the tokens or dollars already used reach the limit, so the
 request that crosses it completes. Dollar budgets are per UTC day (the key carries the date) and reset at
 midnight UTC; a model with no known price adds nothing to a budget.
@@ -48,7 +48,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway_kit import launcher, metrics
+from gateway_kit import launcher
+from gateway_kit.events import NOBODY, Events, Listener
 from gateway_kit.recording import read_body, recorded, replay_body, request_endpoint
 from gateway_kit.shared_redis import RedisLink, link_for
 
@@ -396,8 +397,9 @@ def refusal(rule: Rule, used: float, remaining_ms: int, now: float) -> tuple[int
 
 
 # ---------------------------------------------------------------------------------------------- Redis
-class Limiter:
-    """One per worker: the two scripts on the worker's Redis link, and what to do when Redis does not answer."""
+class Limiter(Listener):
+    """One per worker: the two scripts on the worker's Redis link, and what to do when Redis does not answer.
+    A listener of the usage records when a client has tokens per minute or dollars per day (`counts_usage`)."""
 
     def __init__(self, config: LimitsConfig, redis: RedisLink | None, policy: str = "open") -> None:
         self.config = config
@@ -466,8 +468,8 @@ class Limiter:
         index, remaining, used = int(result[0]), int(result[1]), result[2]
         return rules[index - 1], float(used.decode() if isinstance(used, bytes) else used), remaining
 
-    # ---- the usage-record sink: tokens and dollars, after the response
-    def record_usage(self, record) -> None:
+    # ---- tokens and dollars, after the response
+    def usage_recorded(self, record) -> None:
         client = record.client or ANONYMOUS
         mine = self.config.for_client(client)
         tokens = record.total_tokens if mine.tokens_per_minute else 0
@@ -514,10 +516,11 @@ def _counter():
 class Limits:
     """ASGI middleware: refuse a request over any limit before it reaches MLflow (429, Retry-After, JSON)."""
 
-    def __init__(self, app, limiter: Limiter, refused=None) -> None:
+    def __init__(self, app, limiter: Limiter, refused=None, events: Events = NOBODY) -> None:
         self.app = app
         self.limiter = limiter
         self.refused = refused  # recording.Refusals: told of each 429 and 503, after it was sent
+        self.events = events  # told which limit refused a request (rate_limited, budget_rejected)
         self.needs_endpoint = bool(limiter.config.endpoints)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -547,8 +550,8 @@ class Limits:
                 if verdict is None:
                     return await self.app(scope, receive, send)
                 rule, used, remaining = verdict
-                count = metrics.budget_rejected if rule.unit == "USD" else metrics.rate_limited
-                count(rule.name, endpoint, client)
+                report = self.events.budget_rejected if rule.unit == "USD" else self.events.rate_limited
+                report(rule.name, endpoint, client)
                 retry, body = refusal(rule, used, remaining, now)
                 return await self._refuse(
                     scope,
@@ -624,8 +627,8 @@ def limiter_from(config: dict, s: Settings) -> Limiter | None:
     """The worker's Limiter for the limits of `config`, or None when config.yaml sets none. Redis and the
     policy while it is down come from the settings (GATEWAY_REDIS_URL, GATEWAY_LIMITS_ON_REDIS_DOWN).
 
-    In create_app: its record_usage goes into the usage-record sinks when `counts_usage`, and Limits(app,
-    limiter) wraps the app outside the usage recorder."""
+    In create_app (gateway_kit.app.parts): it listens to the usage records when `counts_usage`, and Limits(app,
+    limiter, ...) wraps the app outside the usage recorder."""
     limits = read_config(config)
     if limits.empty:
         return None

@@ -1,25 +1,16 @@
 """Prometheus metrics on each replica's GET /metrics, summed over its gunicorn workers.
 
-What is measured, and from where (docs/observability.md has the full list with labels and PromQL):
+`Metrics` is a listener of the worker's events (gateway_kit.events); what is measured, and from which event
+(docs/observability.md has the full list with labels and PromQL):
 
-- per request, from the usage record (a sink of recording.UsageRecorder, so the record and the metrics agree):
-  gateway_requests_total, gateway_request_duration_seconds, gateway_time_to_first_token_seconds,
-  gateway_tokens_total, gateway_cost_usd_total, gateway_unpriced_requests_total,
-  gateway_ledger_write_failures_total;
-- around the provider call (MLflow's one HTTP helper, wrapped): gateway_upstream_requests_total,
-  gateway_upstream_duration_seconds;
-- gateway_requests_in_flight (a tiny ASGI middleware), gateway_build_info;
-- reported by other parts of the kit through the functions below: gateway_rate_limit_rejections_total,
-  gateway_budget_rejections_total, gateway_fallbacks_total, gateway_circuit_breaker_transitions_total and
-  gateway_circuit_breaker_open.
-
-Functions for the rest of the kit (cheap; no-ops when metrics are off or not set up in this process):
-
-    from gateway_kit import metrics
-    metrics.rate_limited("requests_per_minute", endpoint="chat", client="team-a")  # a 429 from a limit
-    metrics.budget_rejected("usd_per_day", endpoint="chat", client="team-a")        # a request over budget
-    metrics.fallback("chat", to="azure-chat", reason="upstream_5xx")                 # another endpoint served
-    metrics.circuit_breaker("https://api.openai.com/v1", "open", model="gpt-4o-mini")  # closed, open, half_open
+- usage_recorded, the request's usage record (so the record and the metrics agree): gateway_requests_total,
+  gateway_request_duration_seconds, gateway_time_to_first_token_seconds, gateway_tokens_total,
+  gateway_cost_usd_total, gateway_unpriced_requests_total, gateway_ledger_write_failures_total;
+- upstream_called, after each provider call: gateway_upstream_requests_total, gateway_upstream_duration_seconds;
+- rate_limited and budget_rejected: gateway_rate_limit_rejections_total, gateway_budget_rejections_total;
+- fallback_served: gateway_fallbacks_total; circuit_changed: gateway_circuit_breaker_transitions_total and
+  gateway_circuit_breaker_open;
+- gateway_requests_in_flight (a tiny ASGI middleware, InFlight), gateway_build_info.
 
 Labels are bounded: an endpoint or `to` outside config.yaml becomes "unknown", a path the gateway does not
 serve becomes route "other", a client or model beyond the first 100 seen by a worker (or not made of
@@ -31,7 +22,8 @@ when the replica starts and marks a dead worker's live gauges gone; GET /metrics
 Per-request figures are summed in the worker's memory and written to its file once a second
 (GATEWAY_METRICS_FLUSH_SECONDS; and when the worker exits): a dict update per figure on the request path instead
 of a locked write to the shared file. A scrape may therefore miss the last second; a SIGKILLed worker loses it.
-GATEWAY_METRICS=off turns all of it off (no files, no sink, no middleware; /metrics answers 404).
+GATEWAY_METRICS=off turns all of it off (no Metrics, so no files, no listener, no middleware; /metrics answers
+404).
 """
 
 from __future__ import annotations
@@ -42,17 +34,16 @@ import bisect
 import logging
 import platform
 import re
-import time
 from collections.abc import Callable, Iterable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway_kit import settings
+from gateway_kit.events import Listener
 
 if TYPE_CHECKING:
-    from gateway_kit.settings import Settings
+    from gateway_kit.resilience import CircuitName, FallbackEvent
 
 log = logging.getLogger("gateway_kit.metrics")
 
@@ -71,8 +62,7 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
 _FREE_VALUE = re.compile(r"^[A-Za-z0-9._:/@+-]{1,100}$")
 _KIND_VALUE = re.compile(r"^[a-z0-9_]{1,40}$")
-
-_active: Metrics | None = None  # this process's metrics, once setup() ran
+_AFTER_S = re.compile(r"_in_[\d.]+s$")  # a fallback reason's "_in_1.5s": "no_answer_in_1.5s" -> "no_answer"
 
 
 def multiprocess_dir(runtime_dir: str) -> Path:
@@ -241,8 +231,8 @@ def _version() -> str:
     return __version__
 
 
-class Metrics:
-    """Every metric of one gateway process, and the usage-record sink that feeds most of them."""
+class Metrics(Listener):
+    """Every metric of one gateway process, fed by the events it listens to (gateway_kit.events)."""
 
     def __init__(
         self, config: dict, replica: str, registry=None, ledgers: Iterable = (), flush_seconds: float = 1.0
@@ -345,8 +335,8 @@ class Metrics:
         build[_version(), _mlflow_version(), platform.python_version(), replica].set(1)
         self.batch = Batch(flush_seconds, self.in_flight, self.count_ledger_failures if self.ledgers else None)
 
-    def __call__(self, record) -> None:
-        """The usage-record sink: one call per request, after its last byte."""
+    def usage_recorded(self, record) -> None:
+        """One call per request, after its last byte."""
         batch = self.batch
         endpoint = self.endpoint(record.endpoint)
         client = self.client(record.client)
@@ -366,6 +356,26 @@ class Metrics:
                 batch.inc(self.unpriced[endpoint, model])
             elif record.cost_usd > 0:
                 batch.inc(self.cost[endpoint, model, client], record.cost_usd)
+
+    def upstream_called(self, base_url: str, status: str, seconds: float) -> None:
+        label = self.upstream_label(base_url)
+        self.batch.inc(self.upstream_requests[label, status])
+        self.batch.observe(self.upstream_duration[label,], seconds)
+
+    def rate_limited(self, limit: str, endpoint: str | None, client: str | None) -> None:
+        self.rate_limit_rejections[self.limit_kind(limit), self.endpoint(endpoint), self.client(client)].inc()
+
+    def budget_rejected(self, limit: str, endpoint: str | None, client: str | None) -> None:
+        self.budget_rejections[self.limit_kind(limit), self.endpoint(endpoint), self.client(client)].inc()
+
+    def fallback_served(self, event: FallbackEvent) -> None:
+        reason = _AFTER_S.sub("", event.reason)  # a bounded label
+        self.fallbacks[self.endpoint(event.endpoint), self.endpoint(event.served_by), self.reason(reason)].inc()
+
+    def circuit_changed(self, name: CircuitName, old: str, new: str) -> None:
+        upstream, model = self.upstream_label(name.url), self.model(name.model)
+        self.breaker_transitions[upstream, model, self.state(new)].inc()
+        self.breaker_open[upstream, model].set(1 if new == "open" else 0)
 
     def count_ledger_failures(self) -> None:
         """Before each write of the batch: ledger records that could not be written since the last one."""
@@ -399,56 +409,15 @@ def _mlflow_version() -> str:
     return UNKNOWN
 
 
-# -- for the rest of the kit ---------------------------------------------------------------------------------
-
-
-def rate_limited(limit: str, endpoint: str | None, client: str | None) -> None:
-    """Count a request refused by a rate limit (`limit`: its kind, e.g. requests_per_minute)."""
-    if (m := _active) is not None:
-        m.rate_limit_rejections[m.limit_kind(limit), m.endpoint(endpoint), m.client(client)].inc()
-
-
-def budget_rejected(limit: str, endpoint: str | None, client: str | None) -> None:
-    """Count a request refused because a budget is spent (`limit`: its kind, e.g. usd_per_day)."""
-    if (m := _active) is not None:
-        m.budget_rejections[m.limit_kind(limit), m.endpoint(endpoint), m.client(client)].inc()
-
-
-def fallback(endpoint: str | None, to: str | None, reason: str) -> None:
-    """Count a request for `endpoint` served by endpoint `to` instead (`reason`: why, e.g. upstream_5xx)."""
-    if (m := _active) is not None:
-        m.fallbacks[m.endpoint(endpoint), m.endpoint(to), m.reason(reason)].inc()
-
-
-def circuit_breaker(upstream: str, state: str, model: str | None = None) -> None:
-    """Record a circuit breaker's change to `state` (closed, open, half_open) for `upstream` (host or URL) and
-    `model` (the model or Azure deployment the breaker stands for; "unknown" when none)."""
-    if (m := _active) is not None:
-        label = m.upstream_label(upstream) if "://" in upstream else m.upstream(upstream)
-        model_label = m.model(model)
-        m.breaker_transitions[label, model_label, m.state(state)].inc()
-        m.breaker_open[label, model_label].set(1 if state == "open" else 0)
-
-
 # -- wiring (gateway_kit.app.create_app) --------------------------------------------------------------------
 
 
-def setup(config: dict, replica: str, registry=None, ledgers: Iterable = (), flush_seconds: float = 1.0) -> Metrics:
-    """Make this process's metrics; the functions above report to them from now on. `flush_seconds`:
-    GATEWAY_METRICS_FLUSH_SECONDS, how often a worker writes its per-request figures."""
-    global _active  # noqa: PLW0603 - one set of metrics per process, as the functions above need
-    _active = Metrics(config, replica, registry, ledgers, flush_seconds)
-    atexit.register(_active.batch.write)  # a worker stopping writes its last second
-    return _active
-
-
-def install(app, config: dict, replica: str, sinks: list, s: Settings) -> None:
-    """GET /metrics on the FastAPI app, the usage-record sink, and provider call timing.
-
-    With metrics off (GATEWAY_METRICS): GET /metrics answers a JSON 404 saying so, and nothing else changes."""
+def install(app, m: Metrics | None) -> None:
+    """GET /metrics on the FastAPI app: m's figures (under gunicorn every worker's), written when the worker exits
+    too. With metrics off (GATEWAY_METRICS, m None): GET /metrics answers a JSON 404 saying so."""
     from fastapi.responses import JSONResponse, Response
 
-    if not s.metrics:
+    if m is None:
         message = "metrics are turned off on this replica (GATEWAY_METRICS=off)"
 
         def metrics_off():
@@ -460,13 +429,7 @@ def install(app, config: dict, replica: str, sinks: list, s: Settings) -> None:
     from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    m = setup(
-        config,
-        replica,
-        ledgers=[sink.ledger for sink in sinks if getattr(sink, "ledger", None) is not None],
-        flush_seconds=s.metrics_flush_seconds,
-    )
-    sinks.append(m)
+    atexit.register(m.batch.write)  # a worker stopping writes its last second
     multiprocess = settings.prometheus_multiproc_dir() is not None  # gunicorn_conf.py set it: several workers
 
     def metrics_endpoint():  # a plain def: FastAPI runs it in a thread, off the event loop
@@ -479,16 +442,11 @@ def install(app, config: dict, replica: str, sinks: list, s: Settings) -> None:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
-    time_provider_calls(m)
-
-
-def in_flight(app):
-    """The ASGI middleware counting requests in progress (the app unchanged when metrics are off: install()
-    set up none)."""
-    return InFlight(app, _active) if _active is not None else app
 
 
 class InFlight:
+    """The ASGI middleware counting requests in progress."""
+
     def __init__(self, app, metrics: Metrics) -> None:
         from gateway_kit.recording import recorded
 
@@ -504,43 +462,3 @@ class InFlight:
             await self.app(scope, receive, send)
         finally:
             self.batch.finished()
-
-
-def time_provider_calls(m: Metrics) -> bool:
-    """Wrap MLflow's provider HTTP helper (the kit's shared client when installed): status and duration."""
-    from mlflow.gateway.providers import utils
-
-    original: Callable | None = getattr(utils, "_aiohttp_post", None)
-    if original is None:
-        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
-        return False
-    if getattr(original, "__gateway_metrics__", False):
-        return True
-
-    def observe(base_url: str, status: str, seconds: float) -> None:
-        label = m.upstream_label(base_url)
-        m.batch.inc(m.upstream_requests[label, status])
-        m.batch.observe(m.upstream_duration[label,], seconds)
-
-    if getattr(original, "__gateway_kit__", False):  # the kit's shared client: it reports each call itself
-        from gateway_kit import upstream
-
-        upstream.OBSERVERS.append(observe)
-        original.__gateway_metrics__ = True
-        return True
-    perf_counter = time.perf_counter
-
-    @asynccontextmanager
-    async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
-        status = "error"
-        started = perf_counter()
-        try:
-            async with original(headers, base_url, path, payload, ssrf_protect=ssrf_protect) as response:
-                status = str(response.status)
-                yield response
-        finally:
-            observe(base_url, status, perf_counter() - started)
-
-    timed_post.__gateway_metrics__ = True
-    utils._aiohttp_post = timed_post
-    return True

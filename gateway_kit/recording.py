@@ -4,7 +4,8 @@ It watches what passes (never holds a response back): the request path (and, on 
 "model", which names the endpoint), the response status, and the response bytes, from which it reads the
 model and the usage as the provider answered. A stream is read chunk by chunk as it goes out; one cut by
 the client or the upstream is recorded with what arrived, marked partial. When the response is done the
-record goes to each sink: stdout and the ledger (gateway_kit.usage.emit), and whatever else counts usage.
+record goes to the worker's events (usage_recorded, gateway_kit.events): the usage log (stdout and the ledger),
+metrics, and limits' token and dollar counters listen.
 
 Turn the stdout and ledger records off with GATEWAY_USAGE_RECORDS=off (the ledger alone with
 GATEWAY_LEDGER_DIR=off).
@@ -15,9 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway_kit.events import Events
 from gateway_kit.pricing import Pricer, Usage
 from gateway_kit.usage import REFUSED, StreamUsage, UsageRecord, usage_from_body, utc_now_iso
 
@@ -225,7 +226,7 @@ def recorded(path: str) -> bool:
 
 
 class UsageRecorder:
-    """Makes one UsageRecord per request and hands it to each sink (stdout and ledger, metrics, budgets)."""
+    """Makes one UsageRecord per request and reports it to `events` (usage_recorded)."""
 
     def __init__(
         self,
@@ -233,13 +234,13 @@ class UsageRecorder:
         endpoints: dict[str, EndpointInfo],
         replica: str,
         pricer: Pricer,
-        sinks: list[Callable[[UsageRecord], None]],
+        events: Events,
     ) -> None:
         self.app = app
         self.endpoints = endpoints
         self.replica = replica
         self.pricer = pricer
-        self.sinks = sinks
+        self.events = events
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or not recorded(scope["path"]):
@@ -344,11 +345,7 @@ class UsageRecorder:
             fallback_reason=kit_state.get("fallback_reason"),
             error=error,
         )
-        for sink in self.sinks:
-            try:
-                sink(record)
-            except Exception:  # one sink failing must not keep the record from the others
-                log.exception("usage record sink %r failed", sink)
+        self.events.usage_recorded(record)
 
 
 class Refusals:
@@ -362,12 +359,13 @@ class Refusals:
     client when its key was known, the status, 0 tokens, $0, and `error` "refused:<why>": the error type the
     client got (gateway_key_required, invalid_gateway_key, limits_unavailable), and for a limit also which one
     (rate_limit_exceeded:client_calls, budget_exceeded:client_usd_per_day ...). No provider was called, so
-    provider and model are null. The sinks are stdout and the ledger only: metrics count refusals with their
-    own counters (gateway_rate_limit_rejections ...), and a refusal spends no tokens or dollars."""
+    provider and model are null. It goes to `events` as refusal_recorded, which only the usage log (stdout and the
+    ledger) listens to: metrics count refusals with their own counters (gateway_rate_limit_rejections ...), and a
+    refusal spends no tokens or dollars."""
 
-    def __init__(self, replica: str, sinks: list[Callable[[UsageRecord], None]]) -> None:
+    def __init__(self, replica: str, events: Events) -> None:
         self.replica = replica
-        self.sinks = sinks
+        self.events = events
 
     def __call__(self, scope, status: int, reason: str, started: float, client: str | None = None) -> None:
         """Record a refusal answered with `status`; `started` is time.time() when the refusing check began."""
@@ -392,11 +390,7 @@ class Refusals:
         except Exception:  # accounting must never turn into the request's failure
             log.exception("usage record of a refused request to %s could not be made", path)
             return
-        for sink in self.sinks:
-            try:
-                sink(record)
-            except Exception:  # a failing sink must not turn a refusal into a 500
-                log.exception("usage record sink %r failed", sink)
+        self.events.refusal_recorded(record)
 
 
 def _usage(raw) -> Usage | None:

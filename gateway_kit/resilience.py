@@ -19,8 +19,9 @@ Three pieces, documented for users in docs/resilience.md:
   nothing is retried; a stream cut later ends with an SSE error event.
 
 The usage record says who served and why through scope["state"] ("served_by", "fallback_reason").
-Hooks for metrics: FALLBACK_HOOKS get a FallbackEvent per request served by (or failed over to) a fallback,
-CIRCUIT_HOOKS get (CircuitName, old state, new state) on every change a worker sees. A hook that raises is logged.
+Reported to the worker's events (gateway_kit.events; metrics listens): fallback_served, a FallbackEvent per
+request served by (or failed over to) a fallback; circuit_changed, (CircuitName, old state, new state) on every
+change a worker sees.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from urllib.parse import urlsplit
 
 from gateway_kit import launcher
 from gateway_kit import settings as _settings
+from gateway_kit.events import NOBODY, Events
 from gateway_kit.recording import read_body, replay_body, request_endpoint
 from gateway_kit.secrets import redact
 from gateway_kit.settings import Settings
@@ -259,7 +261,6 @@ FAILURES_KEPT_S = 600.0  # a shared failure count with no new failure for this l
 # What Breaker.before_call hands to Breaker.record: who decided (Redis or this worker) and whether the call
 # is the half-open probe.
 SHARED, SHARED_PROBE, LOCAL, LOCAL_PROBE = 0, 1, 2, 3
-CIRCUIT_HOOKS: list[Callable[[CircuitName, str, str], None]] = []  # (breaker's name, old state, new state)
 
 
 @dataclass(frozen=True)
@@ -313,26 +314,23 @@ def outcome(status: int) -> bool | None:
     return True
 
 
-def _call_hooks(hooks: list, *args: Any) -> None:
-    for hook in hooks:
-        try:
-            hook(*args)
-        except Exception:  # a metrics hook must never fail a request
-            log.exception("hook %r failed", hook)
-
-
 class Circuit:
     """One breaker in this worker's memory. Not thread-safe: used from the worker's event loop only.
 
     K failed calls in a row open it: calls fail fast with CircuitOpenError for `reset_s`; then one probe call
-    goes through, which closes it again or reopens it."""
+    goes through, which closes it again or reopens it. Every change goes to `events` (circuit_changed)."""
 
-    __slots__ = ("name", "threshold", "reset_s", "state", "failures", "opened_at", "probing", "clock")
+    __slots__ = ("name", "threshold", "reset_s", "state", "failures", "opened_at", "probing", "clock", "events")
 
     def __init__(
-        self, name: CircuitName, threshold: int, reset_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        name: CircuitName,
+        threshold: int,
+        reset_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        events: Events = NOBODY,
     ) -> None:
-        self.name, self.threshold, self.reset_s, self.clock = name, threshold, reset_s, clock
+        self.name, self.threshold, self.reset_s, self.clock, self.events = name, threshold, reset_s, clock, events
         self.state, self.failures, self.opened_at, self.probing = CLOSED, 0, 0.0, False
 
     def before_call(self) -> bool:
@@ -384,7 +382,7 @@ class Circuit:
             )
         elif state == CLOSED:
             log.info("provider %s: circuit closed (this worker)", self.name)
-        _call_hooks(CIRCUIT_HOOKS, self.name, old, state)
+        self.events.circuit_changed(self.name, old, state)
 
 
 # KEYS: open, failures. Returns {the open key's remaining ms (-2: none), failures in a row}.
@@ -422,7 +420,7 @@ class Breaker:
     most once per SHARED_READ_S and decides from what it read meanwhile, so a successful call costs no Redis
     round trip (a success clears the count only when this worker knows it is not zero).
     Without Redis, and while Redis does not answer, this worker's own Circuit decides; its state is dropped as
-    soon as Redis answers again."""
+    soon as Redis answers again. Every change this worker sees goes to `events` (circuit_changed)."""
 
     __slots__ = (
         "name",
@@ -430,6 +428,7 @@ class Breaker:
         "reset_s",
         "redis",
         "clock",
+        "events",
         "local",
         "keys",
         "state",
@@ -441,10 +440,17 @@ class Breaker:
     )
 
     def __init__(
-        self, name: CircuitName, threshold: int, reset_s: float, redis=None, clock: Callable[[], float] = time.monotonic
+        self,
+        name: CircuitName,
+        threshold: int,
+        reset_s: float,
+        redis=None,
+        clock: Callable[[], float] = time.monotonic,
+        events: Events = NOBODY,
     ) -> None:
         self.name, self.threshold, self.reset_s, self.redis, self.clock = name, threshold, reset_s, redis, clock
-        self.local = Circuit(name, threshold, reset_s, clock)
+        self.events = events
+        self.local = Circuit(name, threshold, reset_s, clock, events)
         self.keys = (name.key + "open", name.key + "failures", name.key + "probe")
         self.state, self.failures, self.open_until, self.read_at = CLOSED, 0, 0.0, -math.inf
         self.probe_busy = False
@@ -566,7 +572,7 @@ class Breaker:
     def _see(self, state: str) -> None:
         if state != self.state:
             old, self.state = self.state, state
-            _call_hooks(CIRCUIT_HOOKS, self.name, old, state)
+            self.events.circuit_changed(self.name, old, state)
 
     @staticmethod
     def _ms(seconds: float) -> int:
@@ -581,8 +587,9 @@ def settings() -> Settings:
     return _settings.current()
 
 
-def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None) -> Breaker:
-    """This worker's breaker for a provider call (base URL and payload as MLflow passes them)."""
+def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None, events: Events = NOBODY) -> Breaker:
+    """This worker's breaker for a provider call (base URL and payload as MLflow passes them); a new one reports
+    its changes to `events`."""
     model = payload.get("model") if payload else None
     model = model if isinstance(model, str) else None
     breaker = _breakers.get((base_url, model))
@@ -593,7 +600,7 @@ def circuit_for(base_url: str, payload: Mapping[str, Any] | None = None) -> Brea
         breaker = next((b for b in _breakers.values() if b.name == name), None)
         if breaker is None:
             s = settings()
-            breaker = Breaker(name, s.circuit_failures, s.circuit_reset, link_for(s))
+            breaker = Breaker(name, s.circuit_failures, s.circuit_reset, link_for(s), events=events)
         _breakers[base_url, model] = breaker
     return breaker
 
@@ -676,9 +683,6 @@ class FallbackEvent:
     served_by: str | None  # the endpoint that answered, None when every one failed
     reason: str  # why the primary was left: http_500, timeout_first_byte, no_answer_in_1.5s, circuit_open ...
     tried: tuple[str, ...]  # every endpoint started, in order
-
-
-FALLBACK_HOOKS: list[Callable[[FallbackEvent], None]] = []
 
 
 def endpoint_from_path(path: str) -> str | None:
@@ -836,10 +840,11 @@ class _Try:
 
 
 class Fallback:
-    """ASGI middleware: per-endpoint policy for the upstream client, clear errors, the fallback chain."""
+    """ASGI middleware: per-endpoint policy for the upstream client, clear errors, the fallback chain. Each
+    request that leaves its endpoint goes to `events` (fallback_served)."""
 
-    def __init__(self, app, endpoint_policies: dict[str, Policy], default: Policy) -> None:
-        self.app, self.policies, self.default = app, endpoint_policies, default
+    def __init__(self, app, endpoint_policies: dict[str, Policy], default: Policy, events: Events = NOBODY) -> None:
+        self.app, self.policies, self.default, self.events = app, endpoint_policies, default, events
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -937,8 +942,7 @@ class Fallback:
                 state["served_by"] = last.name if last.name != name else None
                 state["fallback_reason"] = reasons[0] if reasons else None
                 served = last.name if winner and last.state == "committed" else None
-                _call_hooks(
-                    FALLBACK_HOOKS,
+                self.events.fallback_served(
                     FallbackEvent(
                         state.get("request_id"),
                         name,
@@ -998,11 +1002,12 @@ def _body_for(scope: dict, name: str, endpoint: str, body: bytes) -> bytes:
     return json.dumps({**json.loads(body), "model": endpoint}).encode()
 
 
-def wrap(app, config: Mapping[str, Any]):
-    """MLflow's app with the kit's upstream error answers and, in front, the Fallback middleware."""
+def wrap(app, config: Mapping[str, Any], events: Events = NOBODY):
+    """MLflow's app with the kit's upstream error answers and, in front, the Fallback middleware (reporting to
+    `events`)."""
     add_error_handlers(app)
     s = settings()
-    return Fallback(app, policies(config, s), Policy.default(s))
+    return Fallback(app, policies(config, s), Policy.default(s), events)
 
 
 def add_error_handlers(app) -> None:
@@ -1024,7 +1029,6 @@ def add_error_handlers(app) -> None:
 
 
 __all__ = [
-    "CIRCUIT_HOOKS",
     "CIRCUIT_PREFIX",
     "CURRENT",
     "SHARED_READ_S",
@@ -1033,7 +1037,6 @@ __all__ = [
     "Circuit",
     "CircuitName",
     "CircuitOpenError",
-    "FALLBACK_HOOKS",
     "Fallback",
     "FallbackEvent",
     "Policy",

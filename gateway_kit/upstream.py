@@ -13,6 +13,10 @@ backoff (honouring Retry-After) before anything is handed to MLflow, and the cir
 provider's model (gateway_kit.resilience; the endpoint comes from the contextvar resilience.CURRENT that the
 Fallback middleware sets).
 
+Each call is reported to the worker's events (upstream_called: base URL, status, seconds; metrics listens),
+and the breakers report their changes there too (circuit_changed). With the shared client off, MLflow's own
+function is wrapped to report its calls (time_calls), when anything listens.
+
 Settings (gateway_kit.settings, given to install()): GATEWAY_UPSTREAM_POOL (connections per worker, default
 100), GATEWAY_UPSTREAM_KEEPALIVE (seconds an idle connection is kept, default 30).
 If the pinned MLflow no longer has the function, the kit keeps MLflow's behaviour and says so.
@@ -23,19 +27,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from gateway_kit import resilience
+from gateway_kit.events import NOBODY, Events
 
 log = logging.getLogger("gateway_kit.upstream")
 
 EXPECTED_PARAMETERS = ["headers", "base_url", "path", "payload", "ssrf_protect"]
 _session = None  # this worker's aiohttp.ClientSession
 _pool = {"limit": 100, "keepalive": 30.0}  # GATEWAY_UPSTREAM_POOL and GATEWAY_UPSTREAM_KEEPALIVE, given to install()
-# Called after every provider call with (base_url, HTTP status or "error", seconds): gateway_kit.metrics times
-# calls here instead of wrapping the function once more (every wrapper is a generator per request).
-OBSERVERS: list = []
 
 
 def _session_for_this_worker():
@@ -69,10 +73,10 @@ def close_with(app) -> None:
     app.router.lifespan_context = lifespan
 
 
-def install(pool: int = 100, keepalive: float = 30.0) -> bool:
+def install(pool: int = 100, keepalive: float = 30.0, events: Events = NOBODY) -> bool:
     """Replace MLflow's per-call session with the shared one; False (and a warning) if MLflow changed.
     `pool`: connections per worker (GATEWAY_UPSTREAM_POOL); `keepalive`: seconds an idle one is kept
-    (GATEWAY_UPSTREAM_KEEPALIVE)."""
+    (GATEWAY_UPSTREAM_KEEPALIVE); `events`: the worker's registry, told of each call and breaker change."""
     from mlflow.gateway.providers import utils
 
     _pool.update(limit=pool, keepalive=keepalive)
@@ -104,15 +108,44 @@ def install(pool: int = 100, keepalive: float = 30.0) -> bool:
             return original(headers, base_url, path, payload, ssrf_protect=True)
         request_headers = {k: v for k, v in headers.items() if k.lower() not in stripped}
         request_headers["Accept-Encoding"] = accept_encoding
-        return call(append_to_uri_path(base_url, path), base_url, payload, request_headers)
+        return call(append_to_uri_path(base_url, path), base_url, payload, request_headers, events)
 
     shared_post.__gateway_kit__ = True
     utils._aiohttp_post = shared_post
     return True
 
 
+def time_calls(events: Events) -> bool:
+    """With the shared client off: MLflow's own provider function, wrapped to report each call to `events`
+    (upstream_called) as the shared client does. False (and a warning) if MLflow has no such function."""
+    from mlflow.gateway.providers import utils
+
+    original: Callable | None = getattr(utils, "_aiohttp_post", None)
+    if original is None:
+        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
+        return False
+    if getattr(original, "__gateway_timed__", False):
+        return True
+    perf_counter = time.perf_counter
+
+    @asynccontextmanager
+    async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
+        status = "error"
+        started = perf_counter()
+        try:
+            async with original(headers, base_url, path, payload, ssrf_protect=ssrf_protect) as response:
+                status = str(response.status)
+                yield response
+        finally:
+            events.upstream_called(base_url, status, perf_counter() - started)
+
+    timed_post.__gateway_timed__ = True
+    utils._aiohttp_post = timed_post
+    return True
+
+
 @asynccontextmanager
-async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[str, str]):
+async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[str, str], events: Events = NOBODY):
     """POST to the provider under the current endpoint's policy; yields the response MLflow reads.
 
     429/5xx answers are retried here, before MLflow (and so the client) sees a byte of them. Timeouts raise
@@ -123,7 +156,7 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
     attempt = resilience.CURRENT.get()
     policy = attempt.policy if attempt else resilience.Policy.default(resilience.settings())
     endpoint = attempt.endpoint if attempt else None
-    breaker = resilience.circuit_for(base_url, payload)
+    breaker = resilience.circuit_for(base_url, payload, events)
     try:
         ticket = await breaker.before_call()
     except resilience.CircuitOpenError:
@@ -193,8 +226,7 @@ async def call(url: str, base_url: str, payload: dict[str, Any], headers: dict[s
             attempt.failure = _failure(error, response)
         await breaker.record(ok, ticket)
         status = str(answered.status) if answered is not None else "error"
-        for observe in OBSERVERS:
-            observe(base_url, status, loop.time() - started)
+        events.upstream_called(base_url, status, loop.time() - started)
 
 
 def _failure(error: BaseException | None, response) -> str:

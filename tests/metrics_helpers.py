@@ -17,40 +17,36 @@ def exported_sample_names() -> set[str]:
     from prometheus_client.parser import text_string_to_metric_families
 
     from gateway_kit import metrics
+    from gateway_kit.resilience import CircuitName, FallbackEvent
     from gateway_kit.usage import UsageRecord
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
-    previous = metrics._active
-    try:
-        m = metrics.setup(config, "replica-x", registry=CollectorRegistry())
-        request = {"ts": "", "request_id": None, "route": "/v1/chat/completions", "endpoint": "chat", "status": 200}
-        m(
-            UsageRecord(
-                **request,
-                model="gpt-4o-mini",
-                latency_ms=12.0,
-                ttft_ms=3.0,
-                stream=True,
-                prompt_tokens=3,
-                completion_tokens=4,
-                cached_tokens=1,
-                reasoning_tokens=1,
-                client="team-a",
-                cost_usd=0.01,
-            )
+    m = metrics.Metrics(config, "replica-x", registry=CollectorRegistry())
+    request = {"ts": "", "request_id": None, "route": "/v1/chat/completions", "endpoint": "chat", "status": 200}
+    m.usage_recorded(
+        UsageRecord(
+            **request,
+            model="gpt-4o-mini",
+            latency_ms=12.0,
+            ttft_ms=3.0,
+            stream=True,
+            prompt_tokens=3,
+            completion_tokens=4,
+            cached_tokens=1,
+            reasoning_tokens=1,
+            client="team-a",
+            cost_usd=0.01,
         )
-        m(UsageRecord(**request, model="new-model", prompt_tokens=3, completion_tokens=4, cost_usd=None))
-        m.upstream_requests["api.openai.com", "200"].inc()
-        m.upstream_duration["api.openai.com",].observe(0.1)
-        m.in_flight.inc()
-        m.ledger_failures.inc()
-        metrics.rate_limited("requests_per_minute", "chat", "team-a")
-        metrics.budget_rejected("usd_per_day", "chat", "team-a")
-        metrics.fallback("chat", "azure-chat", "upstream_5xx")
-        metrics.circuit_breaker("api.openai.com", "open", model="gpt-4o-mini")
-        text = generate_latest(m.registry).decode()
-    finally:
-        metrics._active = previous
+    )
+    m.usage_recorded(UsageRecord(**request, model="new-model", prompt_tokens=3, completion_tokens=4, cost_usd=None))
+    m.upstream_called("https://api.openai.com/v1", "200", 0.1)
+    m.in_flight.inc()
+    m.ledger_failures.inc()
+    m.rate_limited("requests_per_minute", "chat", "team-a")
+    m.budget_rejected("usd_per_day", "chat", "team-a")
+    m.fallback_served(FallbackEvent(None, "chat", "azure-chat", "http_500", ("chat", "azure-chat")))
+    m.circuit_changed(CircuitName("https://api.openai.com/v1", "gpt-4o-mini"), "closed", "open")
+    text = generate_latest(m.registry).decode()
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
 
 

@@ -267,10 +267,16 @@ def refusal_records() -> list[UsageRecord]:
     """Records of requests the gateway refused itself, as gateway_kit.recording.Refusals writes them."""
     from datetime import UTC, datetime
 
+    from gateway_kit.events import Events, Listener
     from gateway_kit.recording import Refusals
 
     written: list[UsageRecord] = []
-    refuse = Refusals("mlflow-gateway-1", [written.append])
+
+    class Written(Listener):
+        def refusal_recorded(self, record: UsageRecord) -> None:
+            written.append(record)
+
+    refuse = Refusals("mlflow-gateway-1", Events([Written()]))
     at = datetime(2026, 11, 22, 11, tzinfo=UTC).timestamp()
     refuse({"path": "/gateway/chat/invocations", "state": {"request_id": "no-key"}}, 401, "gateway_key_required", at)
     refuse({"path": "/v1/chat/completions", "state": {"request_id": "bad-key"}}, 401, "invalid_gateway_key", at)

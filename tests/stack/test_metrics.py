@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import REPO, clean_env, free_port, gone, start_replica, stop_group, wait_http
 import gateway_kit
 from gateway_kit import metrics
+from gateway_kit.resilience import CircuitName, FallbackEvent
 from gateway_kit.settings import Settings, SettingsError
 from gateway_kit.usage import Ledger, UsageRecord
 from metrics_helpers import as_promql, dashboard_exprs
@@ -37,11 +38,9 @@ ENDPOINTS = {e["name"] for e in CONFIG["endpoints"]} | {r["name"] for r in CONFI
 
 # -------------------------------------------------------------------------------------- in-process, no server
 @pytest.fixture
-def m():
-    """This process's metrics in a private registry; the module's functions report to them during the test."""
-    previous = metrics._active
-    yield metrics.setup(CONFIG, "replica-test", registry=CollectorRegistry())
-    metrics._active = previous
+def m() -> metrics.Metrics:
+    """Metrics in a private registry, told of events as the worker's registry tells them."""
+    return metrics.Metrics(CONFIG, "replica-test", registry=CollectorRegistry())
 
 
 def value(m, name: str, **labels) -> float:
@@ -62,8 +61,8 @@ def record(**fields) -> UsageRecord:
 
 
 def test_a_record_counts_request_duration_tokens_and_cost(m):
-    m(record(prompt_tokens=10, completion_tokens=5, cached_tokens=4, client="team-a", cost_usd=0.25))
-    m(record(status=502, client="team-a"))
+    m.usage_recorded(record(prompt_tokens=10, completion_tokens=5, cached_tokens=4, client="team-a", cost_usd=0.25))
+    m.usage_recorded(record(status=502, client="team-a"))
     labels = {"endpoint": "chat", "route": "/gateway/{endpoint}/invocations", "client": "team-a"}
     assert value(m, "gateway_requests_total", **labels, status_class="2xx") == 1
     assert value(m, "gateway_requests_total", **labels, status_class="5xx") == 1
@@ -76,7 +75,9 @@ def test_a_record_counts_request_duration_tokens_and_cost(m):
 
 
 def test_a_stream_records_its_time_to_first_token_and_an_unknown_price_is_counted_apart(m):
-    m(record(stream=True, ttft_ms=120.0, latency_ms=900.0, prompt_tokens=3, completion_tokens=7, cost_usd=None))
+    m.usage_recorded(
+        record(stream=True, ttft_ms=120.0, latency_ms=900.0, prompt_tokens=3, completion_tokens=7, cost_usd=None)
+    )
     assert value(m, "gateway_time_to_first_token_seconds_sum", endpoint="chat") == 0.12
     assert value(m, "gateway_request_duration_seconds_count", endpoint="chat", stream="true") == 1
     assert value(m, "gateway_unpriced_requests_total", endpoint="chat", model="gpt-4o-mini") == 1
@@ -84,11 +85,11 @@ def test_a_stream_records_its_time_to_first_token_and_an_unknown_price_is_counte
 
 
 def test_labels_stay_bounded_whatever_the_request_says(m):
-    m(record(endpoint="no-such-endpoint", route="/gateway/no-such-endpoint/invocations", status=404))
-    m(record(endpoint=None, route="/v1/whatever/you/like", status=404))
-    m(record(client='evil"client{}', status=200))
+    m.usage_recorded(record(endpoint="no-such-endpoint", route="/gateway/no-such-endpoint/invocations", status=404))
+    m.usage_recorded(record(endpoint=None, route="/v1/whatever/you/like", status=404))
+    m.usage_recorded(record(client='evil"client{}', status=200))
     for i in range(150):
-        m(record(client=f"client-{i}", model=f"model-{i}", prompt_tokens=1, cost_usd=0.0))
+        m.usage_recorded(record(client=f"client-{i}", model=f"model-{i}", prompt_tokens=1, cost_usd=0.0))
     samples = [s for f in m.registry.collect() for s in f.samples]
     endpoints = {s.labels["endpoint"] for s in samples if "endpoint" in s.labels}
     assert endpoints <= ENDPOINTS | {metrics.UNKNOWN}
@@ -100,20 +101,22 @@ def test_labels_stay_bounded_whatever_the_request_says(m):
     assert len(models) == 101 and "model-149" not in models
 
 
-def test_functions_for_limits_fallbacks_and_breakers_count_with_bounded_labels(m):
-    metrics.rate_limited("requests_per_minute", "chat", "team-a")
-    metrics.rate_limited("Free Text!", "made-up", None)
-    metrics.budget_rejected("usd_per_day", "embeddings", "team-b")
-    metrics.fallback("chat", "azure-chat", "upstream_5xx")
-    metrics.circuit_breaker("https://user:secret@api.openai.com/v1", "open", model="gpt-4o-mini")
-    metrics.circuit_breaker("https://api.openai.com/v1", "closed", model="text-embedding-3-small")
+def test_limits_fallbacks_and_breakers_are_counted_with_bounded_labels(m):
+    m.rate_limited("requests_per_minute", "chat", "team-a")
+    m.rate_limited("Free Text!", "made-up", None)
+    m.budget_rejected("usd_per_day", "embeddings", "team-b")
+    m.fallback_served(FallbackEvent("r1", "chat", "azure-chat", "http_500", ("chat", "azure-chat")))
+    m.fallback_served(FallbackEvent("r2", "chat", "azure-chat", "no_answer_in_1.5s", ("chat", "azure-chat")))
+    m.circuit_changed(CircuitName("https://user:secret@api.openai.com/v1", "gpt-4o-mini"), "closed", "open")
+    m.circuit_changed(CircuitName("https://api.openai.com/v1", "text-embedding-3-small"), "open", "closed")
     assert (
         value(m, "gateway_rate_limit_rejections_total", limit="requests_per_minute", endpoint="chat", client="team-a")
         == 1
     )
     assert value(m, "gateway_rate_limit_rejections_total", limit="other", endpoint="unknown", client="anonymous") == 1
     assert value(m, "gateway_budget_rejections_total", limit="usd_per_day", endpoint="embeddings", client="team-b") == 1
-    assert value(m, "gateway_fallbacks_total", endpoint="chat", to="azure-chat", reason="upstream_5xx") == 1
+    assert value(m, "gateway_fallbacks_total", endpoint="chat", to="azure-chat", reason="http_500") == 1
+    assert value(m, "gateway_fallbacks_total", endpoint="chat", to="azure-chat", reason="no_answer") == 1
     # one breaker per model of a provider: the sick model's is open, its neighbour's on the same host is not
     assert (
         value(
@@ -123,21 +126,10 @@ def test_functions_for_limits_fallbacks_and_breakers_count_with_bounded_labels(m
     )
     assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com", model="gpt-4o-mini") == 1
     assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com", model="text-embedding-3-small") == 0
-    metrics.circuit_breaker("api.openai.com", "half_open", model="gpt-4o-mini")
+    m.circuit_changed(CircuitName("https://api.openai.com/v1", "gpt-4o-mini"), "open", "half_open")
     assert value(m, "gateway_circuit_breaker_open", upstream="api.openai.com", model="gpt-4o-mini") == 0
     text = "".join(str(s) for f in m.registry.collect() for s in f.samples)
     assert "secret" not in text and "Free Text" not in text
-
-
-def test_the_functions_do_nothing_when_metrics_are_not_set_up():
-    previous, metrics._active = metrics._active, None
-    try:
-        metrics.rate_limited("requests_per_minute", "chat", "a")
-        metrics.budget_rejected("usd_per_day", "chat", "a")
-        metrics.fallback("chat", "azure-chat", "timeout")
-        metrics.circuit_breaker("api.openai.com", "open", model="gpt-4o-mini")
-    finally:
-        metrics._active = previous
 
 
 def test_ledger_write_failures_are_counted_once_each(tmp_path):
@@ -147,7 +139,7 @@ def test_ledger_write_failures_are_counted_once_each(tmp_path):
     m = metrics.Metrics(CONFIG, "r1", registry=CollectorRegistry(), ledgers=[ledger])
     for _ in range(3):
         ledger.append(record())
-        m(record())
+        m.usage_recorded(record())
     assert value(m, "gateway_ledger_write_failures_total") == 3
 
 
@@ -163,7 +155,7 @@ def test_a_worker_writes_its_figures_once_per_interval_and_histograms_match_obse
 
     async def serve():
         for latency_s in values:
-            m(record(latency_ms=latency_s * 1000))
+            m.usage_recorded(record(latency_ms=latency_s * 1000))
         m.batch.started()
         assert (
             value(
@@ -607,5 +599,32 @@ def test_metrics_off_leaves_no_files_and_says_so_on_metrics(stack, tmp_path):
         }
         assert requests.get(f"{url}/ready", timeout=10).status_code == 200
         assert not (tmp_path / "run" / "metrics").exists()
+    finally:
+        stop_group(gateway.pid)
+
+
+@pytest.mark.integration
+@pytest.mark.stack  # borrows the stack's fake upstream on :9000
+def test_provider_calls_are_counted_with_mlflows_own_client_too(stack, tmp_path):
+    """GATEWAY_SHARED_UPSTREAM_CLIENT=off: MLflow's per-call client, wrapped to report each call."""
+    port = free_port()
+    gateway = start_replica(
+        tmp_path,
+        port,
+        GATEWAY_WORKERS="1",
+        GATEWAY_DEMO_UPSTREAM=STACK_UPSTREAM,
+        GATEWAY_SHARED_UPSTREAM_CLIENT="off",
+        GATEWAY_LEDGER_DIR="off",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        chat = {"messages": [{"role": "user", "content": "hi"}]}
+        statuses = [send(url, "metrics-mlflow-client", "/gateway/chat/invocations", chat).status_code for _ in range(2)]
+        assert statuses == [200, 200]
+        samples = scrape_until(
+            url, lambda s: total(s, "gateway_upstream_requests_total", upstream="127.0.0.1:9000", status="200") >= 2
+        )
+        assert total(samples, "gateway_upstream_requests_total", upstream="127.0.0.1:9000", status="200") == 2
+        assert total(samples, "gateway_upstream_duration_seconds_count", upstream="127.0.0.1:9000") == 2
     finally:
         stop_group(gateway.pid)

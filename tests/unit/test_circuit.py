@@ -12,6 +12,7 @@ import asyncio
 import pytest
 
 from gateway_kit import resilience
+from gateway_kit.events import NOBODY, Events, Listener
 from gateway_kit.resilience import (
     CIRCUIT_PREFIX,
     CLOSED,
@@ -40,11 +41,19 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def seen(monkeypatch) -> list[tuple]:
-    """Every change the breakers report to CIRCUIT_HOOKS (what the metrics see)."""
-    changes: list[tuple] = []
-    monkeypatch.setattr(resilience, "CIRCUIT_HOOKS", [lambda name, old, new: changes.append((name, old, new))])
-    return changes
+def seen() -> list[tuple]:
+    """Every change reported to told(seen), as (name, old state, new state)."""
+    return []
+
+
+def told(seen: list[tuple]) -> Events:
+    """Events whose one listener hears each circuit change as metrics do, and appends it to `seen`."""
+
+    class Changes(Listener):
+        def circuit_changed(self, name, old, new) -> None:
+            seen.append((name, old, new))
+
+    return Events([Changes()])
 
 
 def run(coroutine):
@@ -170,7 +179,7 @@ def test_a_thousand_bad_requests_never_open_it(clock):
 
 
 def test_open_fails_fast_until_the_reset_time_then_lets_one_probe_through(clock, seen):
-    c = Circuit(CHAT, K, S, clock)
+    c = Circuit(CHAT, K, S, clock, told(seen))
     for _ in range(K):
         c.record(False, c.before_call())
     clock.advance(S - 18)
@@ -220,16 +229,16 @@ def test_a_threshold_of_0_turns_it_off(clock):
 # ---------------------------------------------------------------- shared by the workers through Redis
 
 
-def workers(clock, redis, n=2, name=CHAT):
+def workers(clock, redis, n=2, name=CHAT, events=NOBODY):
     """The same breaker in n workers sharing one Redis."""
-    return [Breaker(name, K, S, redis, clock) for _ in range(n)]
+    return [Breaker(name, K, S, redis, clock, events) for _ in range(n)]
 
 
 async def call(breaker: Breaker, ok: bool | None) -> None:
     await breaker.record(ok, await breaker.before_call())
 
 
-def test_failures_spread_over_workers_open_it_for_every_worker(clock, seen):
+def test_failures_spread_over_workers_open_it_for_every_worker(clock):
     redis = FakeRedis(clock)
     a, b = workers(clock, redis)
 
@@ -287,7 +296,7 @@ def test_a_success_clears_the_shared_count_only_when_the_worker_knows_it_is_not_
 
 def test_one_probe_in_the_whole_deployment_and_its_success_closes_it_for_everyone(clock, seen):
     redis = FakeRedis(clock)
-    a, b = workers(clock, redis)
+    a, b = workers(clock, redis, events=told(seen))
 
     async def scenario():
         for w in (a, b, a):
