@@ -176,7 +176,7 @@ class UsageRecord:
 #
 # UsageRecord is the one model of a record. What its readers need is read off the dataclass, never copied:
 # the fields in the order they are written, the JSON type of each (from its annotation: `float | None` is a
-# float that may be null) and which are token counts. from_dict below, analyze_costs.py's fast parser (a
+# float that may be null) and which are token counts. UsageRecord.from_dict, analyze_costs.py's fast parser (a
 # regular expression it generates from these) and evaluate_gateway.py's results (the same token fields, from
 # the same usage_from_* functions) follow them.
 
