@@ -10,8 +10,8 @@ The ledger is written the way the gateway writes it (UsageRecord.to_json(), one 
 3 replicas x 7 days), with a realistic mix of endpoints, models, clients, streams, errors and cached tokens.
 The timed figure is the whole command a user runs, `analyze_costs.py --ledger DIR --json`, start to exit, the
 median of --repeat runs. With --baseline DIR, the analyze_costs.py of another checkout of the kit reads the same
-ledger in the same rounds, alternating with this one's, so that machine noise hits both alike; the ratio of the
-medians says what a change costs.
+ledger in the same rounds, alternating with this one's (which goes first every other round), so that machine noise
+hits both alike; the ratio of the medians says what a change costs.
 """
 
 from __future__ import annotations
@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         for workers in runs:
             label = "automatic workers" if workers is None else f"--workers {workers}"
             timings: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
-            for _ in range(args.repeat):
-                for name, checkout in targets.items():
+            for n in range(args.repeat):
+                order = list(targets.items())
+                for name, checkout in order[::-1] if n % 2 else order:  # ABBA: a load that drifts favours neither
                     load = os.getloadavg()[0]
                     elapsed, cpu, report = run_analyzer(checkout, directory, workers)
                     counted = report["requests"]["total"]
