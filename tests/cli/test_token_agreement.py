@@ -2,9 +2,9 @@
 give the same tokens for it, whatever the provider's shape: OpenAI's, and Anthropic's, whose input_tokens leave
 out the cache reads and writes that its prompt_tokens include.
 
-The gateway here is the kit's usage recorder (gateway_kit.recording.UsageRecorder, writing to a ledger) in front
-of a scripted app that answers every request with one provider answer as it is, served by uvicorn on a free port
-in the test's process. The two commands run as a user runs them.
+The gateway here is the kit's usage recorder (gateway_kit.recording.UsageRecorder, its records written by the
+kit's usage log to stdout and a ledger) in front of a scripted app that answers every request with one provider
+answer as it is, served by uvicorn on a free port in the test's process. The two commands run as a user runs them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import pytest
 import uvicorn
 
 from conftest import REPO, clean_env, free_port
+from gateway_kit.app import UsageLog
+from gateway_kit.events import Events
 from gateway_kit.pricing import Pricer
 from gateway_kit.recording import EndpointInfo, UsageRecorder
 from gateway_kit.usage import Ledger
@@ -150,9 +152,8 @@ def scripted_gateway(answer: str, ledger_dir: Path) -> Iterator[str]:
     content_type, body, _ = ANSWERS[answer]
     provider = "anthropic" if answer.startswith("anthropic") else "openai"
     ledger = Ledger(ledger_dir, "replica-1")
-    app = UsageRecorder(
-        Provider(content_type, body), {"chat": EndpointInfo(provider, None)}, "replica-1", Pricer(), [ledger.append]
-    )
+    endpoints = {"chat": EndpointInfo(provider, None)}
+    app = UsageRecorder(Provider(content_type, body), endpoints, "replica-1", Pricer(), Events([UsageLog(ledger)]))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
