@@ -4,10 +4,14 @@
     python3 bench/bench_analyze_costs.py                       # 1M records, automatic workers, then --workers 1
     python3 bench/bench_analyze_costs.py --records 200000 --workers 1
     python3 bench/bench_analyze_costs.py --keep /tmp/ledger    # keep the ledger; the next run reuses it
+    git worktree add /tmp/base main && python3 bench/bench_analyze_costs.py --baseline /tmp/base --workers 1
 
 The ledger is written the way the gateway writes it (UsageRecord.to_json(), one file per replica per day:
 3 replicas x 7 days), with a realistic mix of endpoints, models, clients, streams, errors and cached tokens.
-The timed figure is the whole command a user runs, `analyze_costs.py --ledger DIR --json`, start to exit.
+The timed figure is the whole command a user runs, `analyze_costs.py --ledger DIR --json`, start to exit, the
+median of --repeat runs. With --baseline DIR, the analyze_costs.py of another checkout of the kit reads the same
+ledger in the same rounds, alternating with this one's (which goes first every other round), so that machine noise
+hits both alike; the ratio of the medians says what a change costs.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,9 +101,10 @@ def generate(directory: Path, n: int, seed: int = 7) -> int:
     return size
 
 
-def run_analyzer(directory: Path, workers: int | None) -> tuple[float, float, dict]:
-    """(wall seconds, CPU seconds of the command and its worker processes, the JSON report)."""
-    cmd = [sys.executable, str(ROOT / "analyze_costs.py"), "--ledger", str(directory), "--json"]
+def run_analyzer(checkout: Path, directory: Path, workers: int | None) -> tuple[float, float, dict]:
+    """(wall seconds, CPU seconds of the command and its worker processes, the JSON report) of `checkout`'s
+    analyze_costs.py, which imports the gateway_kit beside it."""
+    cmd = [sys.executable, str(checkout / "analyze_costs.py"), "--ledger", str(directory), "--json"]
     if workers is not None:
         cmd += ["--workers", str(workers)]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -107,7 +113,7 @@ def run_analyzer(directory: Path, workers: int | None) -> tuple[float, float, di
     elapsed = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
-        sys.exit(f"bench: analyze_costs.py failed (exit {proc.returncode}): {proc.stderr.strip()}")
+        sys.exit(f"bench: {cmd[1]} failed (exit {proc.returncode}): {proc.stderr.strip()}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return elapsed, cpu, json.loads(proc.stdout)
 
@@ -117,8 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--records", type=int, default=1_000_000, help="records in the ledger (default: 1,000,000)")
     p.add_argument("--workers", type=int, help="pass --workers N (default: automatic, then 1 for comparison)")
     p.add_argument("--keep", metavar="DIR", help="write the ledger here and keep it (default: a temporary dir)")
-    p.add_argument("--repeat", type=int, default=3, help="timed runs of each kind; the best is the figure (default 3)")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="timed runs of each kind; the median is the figure (default 3)"
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="another checkout of the kit (e.g. `git worktree add /tmp/base main`): its analyze_costs.py reads the "
+        "same ledger, alternating with this one's",
+    )
     args = p.parse_args(argv)
+    targets = {"this checkout": ROOT}
+    if args.baseline:
+        if not (args.baseline / "analyze_costs.py").is_file():
+            p.error(f"--baseline {args.baseline}: no analyze_costs.py there; give a checkout of the kit")
+        targets["baseline"] = args.baseline.resolve()
 
     with tempfile.TemporaryDirectory(prefix="bench-ledger-") as tmp:
         directory = Path(args.keep or tmp)
@@ -141,26 +161,38 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(
             f"machine: {os.cpu_count()} CPU(s), Python {sys.version.split()[0]}. Figures depend on what else runs "
-            "(the load average before each run is shown); the best of the runs is the figure."
+            "(the load average before each run is shown); the median of the runs is the figure."
         )
         runs = [args.workers] if args.workers is not None else [None, 1]
         for workers in runs:
             label = "automatic workers" if workers is None else f"--workers {workers}"
-            timings = []
-            for _ in range(args.repeat):
-                load = os.getloadavg()[0]
-                elapsed, cpu, report = run_analyzer(directory, workers)
-                counted = report["requests"]["total"]
-                if counted != args.records:
-                    sys.exit(f"bench: analyze_costs.py counted {counted:,} records, expected {args.records:,}")
-                timings.append(elapsed)
-                print(f"  {label}: {elapsed:.2f} s, {cpu:.2f} CPU s, load average before {load:.2f}")
-            best = min(timings)
-            print(
-                f"analyze_costs.py --ledger ({label}): {args.records:,} records in {best:.2f} s = "
-                f"{args.records / best:,.0f} records/s (best of {len(timings)}; total "
-                f"${report['cost']['total_usd']:,.2f})"
-            )
+            timings: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
+            for n in range(args.repeat):
+                order = list(targets.items())
+                for name, checkout in order[::-1] if n % 2 else order:  # ABBA: a load that drifts favours neither
+                    load = os.getloadavg()[0]
+                    elapsed, cpu, report = run_analyzer(checkout, directory, workers)
+                    counted = report["requests"]["total"]
+                    if counted != args.records:
+                        sys.exit(f"bench: {name} counted {counted:,} records, expected {args.records:,}")
+                    timings[name].append((elapsed, cpu))
+                    print(f"  {label}, {name}: {elapsed:.2f} s, {cpu:.2f} CPU s, load average before {load:.2f}")
+            medians = {
+                name: (statistics.median(t for t, _ in measured), statistics.median(c for _, c in measured))
+                for name, measured in timings.items()
+            }
+            for name, (wall, cpu) in medians.items():
+                print(
+                    f"analyze_costs.py --ledger ({label}, {name}): {args.records:,} records in {wall:.2f} s = "
+                    f"{args.records / wall:,.0f} records/s, {args.records / cpu:,.0f} records per CPU second "
+                    f"(median of {args.repeat}; total ${report['cost']['total_usd']:,.2f})"
+                )
+            if "baseline" in medians:
+                (wall, cpu), (base_wall, base_cpu) = medians["this checkout"], medians["baseline"]
+                print(
+                    f"this checkout / baseline ({label}): records/s {base_wall / wall:.3f}x, "
+                    f"records per CPU second {base_cpu / cpu:.3f}x"
+                )
     return 0
 
 

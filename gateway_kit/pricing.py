@@ -79,6 +79,11 @@ class Usage:
     cached_tokens: int = 0
     reasoning_tokens: int = 0
 
+    @property
+    def total_tokens(self) -> int:
+        """What a usage record calls total_tokens: prompt plus completion."""
+        return self.prompt_tokens + self.completion_tokens
+
 
 @dataclass(frozen=True)
 class Cost:

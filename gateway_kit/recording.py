@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from gateway_kit.events import Events
 from gateway_kit.pricing import Pricer, Usage
-from gateway_kit.usage import REFUSED, StreamUsage, UsageRecord, usage_from_body, utc_now_iso
+from gateway_kit.usage import REFUSED, StreamUsage, UsageRecord, usage_from_object, utc_now_iso
 
 log = logging.getLogger("gateway_kit.recording")
 _DECODER = json.JSONDecoder()
@@ -308,8 +308,7 @@ class UsageRecorder:
             stream_usage.close()
             usage, model = stream_usage.usage, stream_usage.model
         else:
-            raw_usage = value_after(response, b'"usage":', last=True)
-            usage = _usage(raw_usage)
+            usage = usage_from_object(value_after(response, b'"usage":', last=True))
             model = string_after(response, b'"model":')
         partial = state["stream"] and status < 400 and (usage is None or not state["done"] or error is not None)
         if error is None and status >= 400:
@@ -334,7 +333,7 @@ class UsageRecorder:
             partial=partial,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
-            total_tokens=usage.prompt_tokens + usage.completion_tokens,
+            total_tokens=usage.total_tokens,
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             client=_header(scope, b"x-gateway-client"),
@@ -391,16 +390,6 @@ class Refusals:
             log.exception("usage record of a refused request to %s could not be made", path)
             return
         self.events.refusal_recorded(record)
-
-
-def _usage(raw) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    if "prompt_tokens" in raw:  # MLflow answers every provider in OpenAI's shape: read it directly
-        cached = (raw.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-        reasoning = (raw.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
-        return Usage(raw["prompt_tokens"] or 0, raw.get("completion_tokens") or 0, cached, reasoning)
-    return usage_from_body({"usage": raw})
 
 
 def _header(scope, name: bytes) -> str | None:

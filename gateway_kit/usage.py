@@ -1,6 +1,9 @@
 """One usage record per request: its format, where its tokens come from, and the durable ledger.
 
-Pure functions and small classes, no mlflow import: the gateway writes records, analyze_costs.py reads them.
+Pure functions and small classes, no mlflow import. UsageRecord is the one model of a record: the gateway
+writes it, analyze_costs.py reads it with a parser generated from its fields (RECORD_FIELDS, FIELD_TYPES), and
+the gateway and evaluate_gateway.py read an answer's tokens with the same functions (usage_from_object,
+usage_from_body, StreamUsage), so both count the same tokens.
 
 A record is one JSON line, tagged so it can be picked out of mixed `docker logs` output:
 
@@ -59,7 +62,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, get_args, get_origin, get_type_hints
 
 from pydantic_core import to_json as _to_json
 
@@ -69,16 +72,23 @@ if TYPE_CHECKING:
     from gateway_kit.settings import Settings
 
 __all__ = [
+    "FIELD_TYPES",
     "Ledger",
+    "NULLABLE",
+    "RECORD_FIELDS",
+    "RECORD_TYPE",
+    "RECORD_VERSION",
     "REFUSED",
     "StreamUsage",
+    "TOKEN_FIELDS",
     "UsageRecord",
     "emit",
-    "RECORD_FIELDS",
     "ledger_file_name",
     "model_from_body",
+    "token_fields",
     "usage_from_anthropic",
     "usage_from_body",
+    "usage_from_object",
     "usage_from_openai",
     "utc_now_iso",
 ]
@@ -124,7 +134,7 @@ class UsageRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as written: "type" and "v" first, then every field in declaration order."""
         out: dict[str, Any] = {"type": RECORD_TYPE, "v": RECORD_VERSION, **self.__dict__}  # per request: kept lean
-        for name in ("latency_ms", "ttft_ms", "cost_usd"):
+        for name in _FLOAT_FIELDS:
             value = out[name]
             if value is not None and not math.isfinite(value):
                 out[name] = None  # NaN is not JSON
@@ -162,22 +172,40 @@ class UsageRecord:
         return cls(**values)
 
 
-_FIELDS = [f for f in fields(UsageRecord)]
-RECORD_FIELDS = tuple(f.name for f in _FIELDS if f.name != "content")
-_INT_FIELDS = {"status", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"}
-_FLOAT_FIELDS = {"latency_ms"}
-_OPT_FLOAT_FIELDS = {"ttft_ms", "cost_usd"}
-_BOOL_FIELDS = {"stream", "partial"}
+# -- the record's shape, for every reader ---------------------------------------------------------------
+#
+# UsageRecord is the one model of a record. What its readers need is read off the dataclass, never copied:
+# the fields in the order they are written, the JSON type of each (from its annotation: `float | None` is a
+# float that may be null) and which are token counts. UsageRecord.from_dict, analyze_costs.py's fast parser (a
+# regular expression it generates from these) and evaluate_gateway.py's results (the same token fields, from
+# the same usage_from_* functions) follow them.
+
+
+def _value_type(hint: Any) -> tuple[type, bool]:
+    """(type of the value, may it be None) of a field's annotation: `float | None` gives (float, True)."""
+    args = get_args(hint)
+    nullable = type(None) in args
+    if nullable:
+        (hint,) = (a for a in args if a is not type(None))
+    return get_origin(hint) or hint, nullable
+
+
+_FIELDS = fields(UsageRecord)
+_HINTS = {name: _value_type(hint) for name, hint in get_type_hints(UsageRecord).items()}
+RECORD_FIELDS = tuple(f.name for f in _FIELDS if f.name != "content")  # in the order they are written
+FIELD_TYPES: dict[str, type] = {name: _HINTS[name][0] for name in RECORD_FIELDS}  # str, int, float or bool
+NULLABLE = frozenset(name for name in RECORD_FIELDS if _HINTS[name][1])  # may be written as null
+TOKEN_FIELDS = tuple(name for name in RECORD_FIELDS if name.endswith("_tokens"))  # prompt_tokens ... reasoning_tokens
+_FLOAT_FIELDS = tuple(name for name in RECORD_FIELDS if FIELD_TYPES[name] is float)
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in _INT_FIELDS:
+    kind = FIELD_TYPES.get(name)
+    if kind is int:
         return _int(value)
-    if name in _FLOAT_FIELDS:
-        return _float(value) or 0.0
-    if name in _OPT_FLOAT_FIELDS:
-        return _float(value)
-    if name in _BOOL_FIELDS:
+    if kind is float:
+        return _float(value) if name in NULLABLE else _float(value) or 0.0
+    if kind is bool:
         return value is True or value in ("true", "True", 1)
     if name == "content":
         return value if isinstance(value, Mapping) else None
@@ -219,6 +247,41 @@ def utc_now_iso(t: float | None = None) -> str:
 
 
 # -- tokens from provider responses -----------------------------------------------------------------------
+#
+# The one place an answer's tokens are read, by the gateway (recording.py: the record) and by
+# evaluate_gateway.py (its results): both give the same prompt_tokens for the same answer.
+
+
+def usage_from_body(body: Any) -> Usage | None:
+    """Usage of any response body the gateway returns or receives, OpenAI- or Anthropic-shaped; None if none."""
+    if not isinstance(body, Mapping):
+        return None
+    usage = body.get("usage")
+    if isinstance(usage, Mapping):
+        if body.get("type") in ("message", "message_delta") and not _has_openai_counts(usage):
+            return _anthropic_usage(usage)
+        return usage_from_object(usage)
+    if body.get("type") == "message_start":
+        return usage_from_anthropic(body)
+    return None
+
+
+def usage_from_object(usage: Any) -> Usage | None:
+    """Usage of a response's `usage` object alone (the gateway cuts it out of a body it does not parse): OpenAI's
+    prompt_tokens / completion_tokens, Anthropic's when it has cache tokens, else the Responses API's
+    input_tokens / output_tokens (which include cached tokens already). None if it holds no counts."""
+    if usage.__class__ is not dict and not isinstance(usage, Mapping):  # a dict, nearly always: the quick test
+        return None
+    if not _has_openai_counts(usage) and ("cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage):
+        return _anthropic_usage(usage)
+    return _openai_usage(usage)
+
+
+def token_fields(usage: Usage | None) -> dict[str, int | None]:
+    """The record's token fields (TOKEN_FIELDS) of an answer's usage; each None when the answer had none."""
+    if usage is None:
+        return dict.fromkeys(TOKEN_FIELDS)
+    return {name: getattr(usage, name) for name in TOKEN_FIELDS}
 
 
 def usage_from_openai(body: Mapping[str, Any]) -> Usage | None:
@@ -227,23 +290,7 @@ def usage_from_openai(body: Mapping[str, Any]) -> Usage | None:
     Reads prompt_tokens_details.cached_tokens and completion_tokens_details.reasoning_tokens (and the Responses
     API's input_tokens_details / output_tokens_details)."""
     usage = body.get("usage") if isinstance(body, Mapping) else None
-    if not isinstance(usage, Mapping):
-        return None
-    prompt = usage.get("prompt_tokens")
-    if prompt is None:
-        prompt = usage.get("input_tokens")
-    completion = usage.get("completion_tokens")
-    if completion is None:
-        completion = usage.get("output_tokens")
-    if prompt is None and completion is None:
-        return None
-    in_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-    cached = in_details.get("cached_tokens") if isinstance(in_details, Mapping) else None
-    if cached is None:
-        cached = usage.get("cached_tokens")
-    reasoning = out_details.get("reasoning_tokens") if isinstance(out_details, Mapping) else None
-    return Usage(_int(prompt), _int(completion), _int(cached), _int(reasoning))
+    return _openai_usage(usage) if isinstance(usage, Mapping) else None
 
 
 def usage_from_anthropic(body: Mapping[str, Any]) -> Usage | None:
@@ -258,32 +305,48 @@ def usage_from_anthropic(body: Mapping[str, Any]) -> Usage | None:
     if not isinstance(usage, Mapping):
         message = body.get("message")
         usage = message.get("usage") if isinstance(message, Mapping) else None
-    if not isinstance(usage, Mapping):
+    return _anthropic_usage(usage) if isinstance(usage, Mapping) else None
+
+
+def _has_openai_counts(usage: Mapping[str, Any]) -> bool:
+    return "prompt_tokens" in usage or "completion_tokens" in usage
+
+
+def _openai_usage(usage: Mapping[str, Any]) -> Usage | None:
+    # Once per request in the gateway: plain ints and dicts take the quick tests, anything else _int and isinstance.
+    prompt = usage.get("prompt_tokens")
+    if prompt is None:
+        prompt = usage.get("input_tokens")
+    completion = usage.get("completion_tokens")
+    if completion is None:
+        completion = usage.get("output_tokens")
+    if prompt is None and completion is None:
         return None
+    in_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    out_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details")
+    cached = in_details.get("cached_tokens") if _is_mapping(in_details) else None
+    if cached is None:
+        cached = usage.get("cached_tokens")
+    reasoning = out_details.get("reasoning_tokens") if _is_mapping(out_details) else None
+    return Usage(
+        prompt if prompt.__class__ is int else _int(prompt),
+        completion if completion.__class__ is int else _int(completion),
+        cached if cached.__class__ is int else _int(cached),
+        reasoning if reasoning.__class__ is int else _int(reasoning),
+    )
+
+
+def _is_mapping(value: Any) -> bool:
+    return value.__class__ is dict or isinstance(value, Mapping)
+
+
+def _anthropic_usage(usage: Mapping[str, Any]) -> Usage:
     cache_read = _int(usage.get("cache_read_input_tokens"))
     cache_write = _int(usage.get("cache_creation_input_tokens"))
     prompt = _int(usage.get("input_tokens")) + cache_read + cache_write
     details = usage.get("output_tokens_details")
     thinking = _int(details.get("thinking_tokens")) if isinstance(details, Mapping) else 0
     return Usage(prompt, _int(usage.get("output_tokens")), cache_read, thinking)
-
-
-def usage_from_body(body: Any) -> Usage | None:
-    """Usage of any response body the gateway returns or receives, OpenAI- or Anthropic-shaped."""
-    if not isinstance(body, Mapping):
-        return None
-    usage = body.get("usage")
-    if isinstance(usage, Mapping):
-        if "prompt_tokens" in usage or "completion_tokens" in usage:
-            return usage_from_openai(body)
-        if body.get("type") in ("message", "message_delta") or any(
-            k in usage for k in ("cache_read_input_tokens", "cache_creation_input_tokens")
-        ):
-            return usage_from_anthropic(body)
-        return usage_from_openai(body)  # Responses API: input_tokens already includes cached tokens
-    if body.get("type") == "message_start":
-        return usage_from_anthropic(body)
-    return None
 
 
 def model_from_body(body: Any) -> str | None:

@@ -54,7 +54,16 @@ from typing import Any
 from gateway_kit.exit_status import ExitStatus
 from gateway_kit.settings import tool_variable
 from gateway_kit.pricing import Pricer, PricingFileError
-from gateway_kit.usage import RECORD_FIELDS, REFUSED
+from gateway_kit.usage import (
+    FIELD_TYPES,
+    RECORD_FIELDS,
+    RECORD_TYPE,
+    RECORD_VERSION,
+    REFUSED,
+    TOKEN_FIELDS,
+    token_fields,
+    usage_from_object,
+)
 
 PROG = "analyze_costs.py"
 KIT_DIR = Path(__file__).resolve().parents[2]  # the kit's checkout: its pricing.yaml when run from elsewhere
@@ -163,7 +172,7 @@ def seed_fallback_applies(args: argparse.Namespace, got: Collected, failures: li
 
 def _has_usage_line(path: Path) -> bool:
     with open(path, encoding="utf-8", errors="replace") as f:
-        return any('"usage"' in line for line in f)
+        return any(_TAG in line for line in f)
 
 
 def add_ledger(got: Collected, directory: Path) -> None:
@@ -322,7 +331,7 @@ def add_response_file(got: Collected, path: Path) -> None:
 
 def records_from_results(doc: Any, fallback_ts: str) -> list[dict[str, Any]] | None:
     """Usage records from a results document, or None if it is not one."""
-    if isinstance(doc, dict) and doc.get("type") == "usage":
+    if isinstance(doc, dict) and doc.get("type") == RECORD_TYPE:
         return [doc]
     if isinstance(doc, dict) and isinstance(doc.get("requests"), list):
         return [r for r in (_from_evaluate(x, fallback_ts) for x in doc["requests"]) if r is not None]
@@ -333,60 +342,49 @@ def records_from_results(doc: Any, fallback_ts: str) -> list[dict[str, Any]] | N
 
 
 def _from_evaluate(x: Any, fallback_ts: str) -> dict[str, Any] | None:
-    """One evaluate_gateway.py request (schemas/gateway_results.schema.json): case, endpoint, model, provider,
-    status, error_class, usage {prompt_tokens, ...} (or the same fields flat), cost_usd, replica, request_id..."""
+    """One evaluate_gateway.py request (schemas/gateway_results.schema.json): its fields carry the record's names
+    (endpoint, model, provider, status, tokens, cost_usd, replica, request_id ...), but for the time
+    (started_at), the path, the error (error_class) and where the price came from (cost_source in older files);
+    the tokens may also be nested in a "usage" object."""
     if not isinstance(x, dict):
         return None
-    if x.get("type") == "usage":
+    if x.get("type") == RECORD_TYPE:
         return x
     usage = x.get("usage") if isinstance(x.get("usage"), dict) else x
     status = _int_or_none(x.get("status"))
-    return {
-        "type": "usage",
-        "v": 1,
-        "ts": normalize_ts(x.get("started_at") or x.get("ts")) or fallback_ts,
-        "request_id": x.get("request_id") or None,
-        "route": x.get("path") or x.get("route"),
-        "endpoint": x.get("endpoint"),
-        "provider": x.get("provider"),
-        "model": x.get("model"),
-        "status": status if status is not None else 0,
-        "latency_ms": x.get("latency_ms"),
-        "ttft_ms": x.get("ttft_ms"),
-        "stream": bool(x.get("stream")),
-        "partial": x.get("error_class") == "stream_interrupted" or bool(x.get("partial")),
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": usage.get("completion_tokens"),
-        "total_tokens": usage.get("total_tokens"),
-        "cached_tokens": usage.get("cached_tokens"),
-        "reasoning_tokens": usage.get("reasoning_tokens"),
-        "client": x.get("client"),
-        "replica": x.get("replica"),
-        "cost_usd": x.get("cost_usd"),
-        "price_source": x.get("cost_source") or x.get("price_source"),
-        "error": x.get("error_class") or (x.get("error") if isinstance(x.get("error"), str) else None),
-        "case": x.get("case"),
-    }
+    record = {name: x.get(name) for name in RECORD_FIELDS}
+    record.update(
+        ts=normalize_ts(x.get("started_at") or x.get("ts")) or fallback_ts,
+        request_id=x.get("request_id") or None,
+        route=x.get("path") or x.get("route"),
+        status=status if status is not None else 0,
+        stream=bool(x.get("stream")),
+        partial=x.get("error_class") == "stream_interrupted" or bool(x.get("partial")),
+        price_source=x.get("cost_source") or x.get("price_source"),
+        error=x.get("error_class") or (x.get("error") if isinstance(x.get("error"), str) else None),
+        **{name: usage.get(name) for name in TOKEN_FIELDS},
+    )
+    return {"type": RECORD_TYPE, "v": RECORD_VERSION, **record, "case": x.get("case")}
 
 
 def _from_seed_result(x: Any, fallback_ts: str) -> dict[str, Any] | None:
-    """One result of the earlier kit: {"test_name", "success", "response": {"model", "usage"}, ...}. Its costs
-    came from an out-of-date price table, so they are priced again."""
+    """One result of the earlier kit: {"test_name", "success", "response": {"model", "usage"}, ...}. Its tokens
+    are read from the provider's answer as the gateway reads them; its costs came from an out-of-date price
+    table, so they are priced again."""
     if not isinstance(x, dict):
         return None
-    if "requests" in x or x.get("type") == "usage":
+    if "requests" in x or x.get("type") == RECORD_TYPE:
         return _from_evaluate(x, fallback_ts)
     response = x.get("response") if isinstance(x.get("response"), dict) else {}
     usage = response.get("usage") if isinstance(response.get("usage"), dict) else x.get("usage")
     usage = usage if isinstance(usage, dict) else {}
-    details = usage.get("prompt_tokens_details") if isinstance(usage.get("prompt_tokens_details"), dict) else {}
     status = _int_or_none(x.get("status_code") if x.get("status_code") is not None else x.get("status"))
     success = x.get("success")
     if status is None:
         status = 200 if success is True or (success is None and usage and not x.get("error")) else 0
     return {
-        "type": "usage",
-        "v": 1,
+        "type": RECORD_TYPE,
+        "v": RECORD_VERSION,
         "ts": normalize_ts(x.get("timestamp") or x.get("started_at")) or fallback_ts,
         "request_id": x.get("request_id") or None,
         "endpoint": x.get("endpoint") or "chat",
@@ -394,10 +392,7 @@ def _from_seed_result(x: Any, fallback_ts: str) -> dict[str, Any] | None:
         "provider": x.get("provider"),
         "status": status,
         "latency_ms": _seconds_to_ms(x.get("response_time")) if "latency_ms" not in x else x.get("latency_ms"),
-        "prompt_tokens": usage.get("prompt_tokens"),
-        "completion_tokens": usage.get("completion_tokens"),
-        "total_tokens": usage.get("total_tokens"),
-        "cached_tokens": details.get("cached_tokens"),
+        **token_fields(usage_from_object(usage)),
         "cost_usd": None,
         "error": x.get("error") if isinstance(x.get("error"), str) else None,
         "case": x.get("test_name") or x.get("name") or x.get("case"),
@@ -548,41 +543,18 @@ class Scan:
 
 # -- scanning: the hot loop ---------------------------------------------------------------------------------
 #
-# Every record becomes one tuple of strings ("" for null or missing), the shape of _FAST.findall's tuples:
-#   (prefix, the record's JSON text, *the CAPTURED fields)
-# Records as the gateway writes them are cut out of a block of text by one regular expression; anything else
-# (another writer, an evaluate_gateway.py result, a docker prefix the pattern does not expect) goes through
-# json.loads and _as_groups, which checks and normalises it into the same shape. The loop in scan() then adds
-# tuples into plain lists without further checks; the few requests shown one by one are read from the JSON.
+# Every record becomes one tuple of strings ("" for null or missing), in the order of GROUPS: the text before
+# the record on its line, the record's JSON text, then the fields the report reads. Records as the gateway writes
+# them are cut out of a block of text by one regular expression, _FAST, generated from the record's model
+# (gateway_kit.usage: RECORD_FIELDS in the order they are written, FIELD_TYPES); findall gives its groups as
+# these tuples. Anything else (another writer, an evaluate_gateway.py result, a docker prefix the pattern does
+# not expect) goes through json.loads and _as_groups, which checks and normalises it into the same tuple. scan()
+# unpacks each tuple in the order of GROUPS and adds it into plain lists without further checks; _row reads one
+# by name, with the record's JSON, for the few requests shown one by one.
 
-V1_FIELDS = (
-    "ts",
-    "request_id",
-    "route",
-    "endpoint",
-    "provider",
-    "model",
-    "status",
-    "latency_ms",
-    "ttft_ms",
-    "stream",
-    "partial",
-    "prompt_tokens",
-    "completion_tokens",
-    "total_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "client",
-    "replica",
-    "cost_usd",
-    "price_source",
-    "served_by",
-    "fallback_reason",
-    "error",
-)
-if RECORD_FIELDS != V1_FIELDS:  # the fast pattern follows this order
-    raise ImportError("gateway_kit.usage.RECORD_FIELDS changed: update V1_FIELDS and scan() in analyze_costs.py")
-CAPTURED = (
+GROUPS = (
+    "prefix",
+    "text",
     "ts",
     "request_id",
     "endpoint",
@@ -598,57 +570,63 @@ CAPTURED = (
     "client",
     "cost_usd",
 )
-_INT_FIELDS = frozenset(
-    {"status", "prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens"}
-)
-_FLOAT_FIELDS = frozenset({"latency_ms", "ttft_ms", "cost_usd"})
-_BOOL_FIELDS = frozenset({"stream", "partial"})
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
+_TAG = f'"{RECORD_TYPE}"'  # in every record's JSON text, as the value of "type"
+_RECORD_START = '{"type":' + _TAG + ","
+_CAPTURING = re.compile(r"\((?!\?)")  # the opening of a capturing group
 
 
 def _fast_record_pattern() -> re.Pattern[str]:
     """One line holding a record exactly as UsageRecord.to_json() writes it, after an optional prefix
-    (`docker logs --timestamps`, `docker compose logs`), newline included.
+    (`docker logs --timestamps`, `docker compose logs`), newline included. One named group per name in GROUPS.
 
     It takes a record in about half the time of json.loads, and only what json.loads would read the same way:
     strings without escapes, plain numbers, null. The timestamp must be canonical UTC."""
-    string = r'(?:"([^"\\\x00-\x1f]*)"|null)'
-    integer = r"(?:(\d+)|null)"
-    number = r"(?:(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)|null)"
-    kinds = {name: integer for name in _INT_FIELDS}
-    kinds.update({name: number for name in _FLOAT_FIELDS})
-    kinds.update({name: r"(true|false)" for name in _BOOL_FIELDS})
-    kinds["ts"] = f'"({_TS.pattern})"'
+    by_type = {
+        str: r'(?:"([^"\\\x00-\x1f]*)"|null)',
+        int: r"(?:(\d+)|null)",
+        float: r"(?:(-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)|null)",
+        bool: r"(true|false)",
+    }
     body = ""
-    for name in V1_FIELDS:
-        value = kinds.get(name, string)
-        if name not in CAPTURED:  # checked, not captured: fewer strings to make per record
-            value = value.replace("(", "(?:").replace("(?:?:", "(?:")
+    for name in RECORD_FIELDS:
+        value = f'"({_TS.pattern})"' if name == "ts" else by_type[FIELD_TYPES[name]]
+        # A field the report does not read is checked, not captured: fewer strings to make per record.
+        value = _CAPTURING.sub(f"(?P<{name}>" if name in GROUPS else "(?:", value)
         body += f',"{name}":{value}'
-    return re.compile(r'^([^{\n]*)(\{"type":"usage","v":1' + body + r"\})[ \t\r]*(?:\n|\Z)", re.MULTILINE)
+    head = re.escape(f'{_RECORD_START}"v":{RECORD_VERSION}')
+    pattern = re.compile(r"^(?P<prefix>[^{\n]*)(?P<text>" + head + body + r"\})[ \t\r]*(?:\n|\Z)", re.MULTILINE)
+    if tuple(sorted(pattern.groupindex, key=pattern.groupindex.get)) != GROUPS or pattern.groups != len(GROUPS):
+        raise ImportError(
+            "analyze_costs.py: GROUPS must name fields of gateway_kit.usage.UsageRecord in the order they are "
+            "written (scan() unpacks a record's groups in that order)"
+        )
+    return pattern
 
 
 _FAST = _fast_record_pattern()
-_RECORD_START = '{"type":"usage",'
 _OK_STATUSES = frozenset(str(code) for code in range(200, 400))  # as text, the way records are read
 _REFUSED = re.compile(r'"error"\s*:\s*"' + re.escape(REFUSED))  # in a failed record's JSON text
 _CHUNK_CHARS = 4 * 1024 * 1024
 
 
 def _as_groups(prefix: str, text: str, d: dict[str, Any]) -> tuple[Any, ...]:
-    """A parsed record in the fast pattern's shape; ValueError if a field cannot be one."""
+    """A parsed record as a tuple of GROUPS, the shape of the fast pattern's; ValueError if a field cannot be one."""
     out: list[Any] = [prefix, text]
-    for name in CAPTURED:
+    for name in GROUPS[2:]:
         v = d.get(name)
+        kind = FIELD_TYPES[name]
         if name == "ts":
             v = v if v.__class__ is str and _TS.fullmatch(v) else normalize_ts(v)
         elif v is None:
             v = ""
-        elif name in _INT_FIELDS:
-            v = _status_text(v) if name == "status" else _count_text(v, name)
-        elif name in _FLOAT_FIELDS:
+        elif name == "status":
+            v = _status_text(v)
+        elif kind is int:
+            v = _count_text(v, name)
+        elif kind is float:
             v = _number_text(v, name)
-        elif name in _BOOL_FIELDS:
+        elif kind is bool:
             v = "true" if v is True or v == "true" else "false"
         else:
             v = str(v)
@@ -737,7 +715,7 @@ def _slow_lines(text: str, first_line: int, inp: Input, st: SourceStats, records
         brace = line.find("{")
         while True:
             js = line[brace:] if brace >= 0 else ""
-            problem = _slow_record(line[:brace], js, records) if '"usage"' in js else None
+            problem = _slow_record(line[:brace], js, records) if _TAG in js else None
             if problem is None and not is_ledger:
                 st.foreign += 1  # another program's log line
                 if len(st.foreign_at) < 5:
@@ -760,7 +738,7 @@ def _slow_record(prefix: str, js: str, records: list[tuple[Any, ...]]) -> str | 
         d = json.loads(js)
     except ValueError:
         return "not JSON"
-    if d.__class__ is not dict or d.get("type") != "usage":
+    if d.__class__ is not dict or d.get("type") != RECORD_TYPE:
         return None
     try:
         records.append(_as_groups(prefix, js, d))
@@ -770,24 +748,25 @@ def _slow_record(prefix: str, js: str, records: list[tuple[Any, ...]]) -> str | 
 
 
 def _row(g: tuple[Any, ...], cost: float | None, p: int, c: int, cached: int, r: int) -> dict[str, Any]:
-    """One request for the report's tables, from the record's JSON (only for the requests shown one by one)."""
-    prefix, text, ts = g[0], g[1], g[2]
-    d = json.loads(text)
+    """One request for the report's tables, from its GROUPS and the record's JSON (only for the requests shown
+    one by one)."""
+    f = dict(zip(GROUPS, g))
+    d = json.loads(f["text"])
     replica = d.get("replica")
-    if not replica and "|" in prefix:
-        replica = prefix.split("|", 1)[0].strip()  # `docker compose logs` names the replica
+    if not replica and "|" in f["prefix"]:
+        replica = f["prefix"].split("|", 1)[0].strip()  # `docker compose logs` names the replica
     latency = d.get("latency_ms")
     return {
-        "ts": ts or None,
-        "request_id": g[3] or None,
-        "endpoint": g[4] or None,
-        "provider": g[5] or None,
-        "model": g[6] or None,
-        "client": g[14] or None,
+        "ts": f["ts"] or None,
+        "request_id": f["request_id"] or None,
+        "endpoint": f["endpoint"] or None,
+        "provider": f["provider"] or None,
+        "model": f["model"] or None,
+        "client": f["client"] or None,
         "replica": str(replica) if replica else None,
-        "status": int(g[7]) if g[7] else None,
+        "status": int(f["status"]) if f["status"] else None,
         "stream": d.get("stream") is True,
-        "partial": g[8] == "true",
+        "partial": f["partial"] == "true",
         "prompt_tokens": p,
         "completion_tokens": c,
         "cached_tokens": cached,
@@ -838,7 +817,8 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
             try:
                 for chunk, first_line in _chunks(f):
                     for g in _chunk_records(chunk, first_line, inp, st):
-                        (_, _, ts, rid, endpoint, provider, model, status, pv, p, c, tot, cached, r, client, cost) = g
+                        # GROUPS, in order (js: the record's JSON text)
+                        _, js, ts, rid, endpoint, provider, model, status, pv, p, c, tot, cached, r, client, cost = g
                         if rid:
                             if rid in seen:
                                 duplicates += 1
@@ -868,7 +848,7 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
                         grp[0] += 1
                         if status not in ok_statuses:
                             grp[1] += 1  # failed
-                            if refused_in(g[1]):
+                            if refused_in(js):
                                 refused += 1
                         grp[2] += p
                         grp[3] += c

@@ -67,7 +67,9 @@ import yaml
 from dotenv import dotenv_values, find_dotenv
 
 from gateway_kit.exit_status import ExitStatus
+from gateway_kit.pricing import Pricer, Usage
 from gateway_kit.settings import tool_variable
+from gateway_kit.usage import TOKEN_FIELDS, StreamUsage, token_fields, usage_from_body
 
 PROG = "evaluate_gateway.py"
 TOOL_VERSION = "2.0.0"
@@ -618,15 +620,13 @@ class ErrorInfo:
     message: str
 
 
-TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
-
-
 @dataclass(frozen=True)
 class Record:
     """One request as it happened; the results file's per-request entry.
 
     Field names follow the gateway's usage records (gateway_kit/usage.py: route, flat token counts,
-    cost_usd, price_source, partial) so analyze_costs.py reads both the same way.
+    cost_usd, price_source, partial) so analyze_costs.py reads both the same way. The token counts are read
+    from the answer by the gateway's own functions (usage_from_body, StreamUsage), so they are the record's.
     """
 
     seq: int
@@ -691,7 +691,7 @@ class Reply:
     headers: Any = None
     body: bytes = b""
     text: str | None = None  # the answer text (chat / completions)
-    usage: dict[str, int | None] | None = None
+    usage: Usage | None = None  # None: the answer carried no usage
     model: str | None = None
     provider: str | None = None
     ttft_ms: float | None = None
@@ -748,41 +748,45 @@ def send_case(
 def read_stream(response: requests.Response, kind: str, t0: float, deadline: float, reply: Reply) -> None:
     """Read server-sent events as they arrive, timestamping each one (for TTFT and inter-chunk gaps)."""
     buffer, pieces, last, events = b"", [], None, 0
+    usage = StreamUsage()  # the gateway's own reader of a stream's tokens
     reply.chunks = 0  # from here on a broken connection is a cut stream, not a failed request
-    # chunk_size=None hands over each network chunk as soon as it arrives (a size would wait to fill it).
-    for chunk in response.iter_content(chunk_size=None):
-        now = time.perf_counter()
-        if now > deadline:
-            raise StreamDeadline(f"the stream was still going after {deadline - t0:.0f} s")
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            line = line.rstrip(b"\r")
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                continue
-            try:
-                event = json.loads(data)
-            except ValueError:
-                reply.parse_problem = "a stream event was not JSON"
-                continue
-            if not isinstance(event, dict):
-                continue
-            events += 1
-            reply.usage = read_usage(event.get("usage")) or reply.usage
-            reply.model = event.get("model") or reply.model
-            reply.provider = event.get("provider") or reply.provider
-            piece = stream_piece(kind, event)
-            if piece:
-                if last is None:
-                    reply.ttft_ms = round((now - t0) * 1000, 3)
-                else:
-                    reply.gaps_ms.append(round((now - last) * 1000, 3))
-                last = now
-                pieces.append(piece)
-            reply.chunks = events
+    try:
+        # chunk_size=None hands over each network chunk as soon as it arrives (a size would wait to fill it).
+        for chunk in response.iter_content(chunk_size=None):
+            now = time.perf_counter()
+            if now > deadline:
+                raise StreamDeadline(f"the stream was still going after {deadline - t0:.0f} s")
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                line = line.rstrip(b"\r")
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    continue
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    reply.parse_problem = "a stream event was not JSON"
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                events += 1
+                usage.feed_event(event)
+                reply.model = event.get("model") or reply.model
+                reply.provider = event.get("provider") or reply.provider
+                piece = stream_piece(kind, event)
+                if piece:
+                    if last is None:
+                        reply.ttft_ms = round((now - t0) * 1000, 3)
+                    else:
+                        reply.gaps_ms.append(round((now - last) * 1000, 3))
+                    last = now
+                    pieces.append(piece)
+                reply.chunks = events
+    finally:
+        reply.usage = usage.usage  # what arrived, also when the stream broke
     reply.chunks = events
     reply.text = "".join(pieces)
 
@@ -812,7 +816,7 @@ def parse_body(kind: str, reply: Reply) -> None:
     if not isinstance(data, dict):
         reply.parse_problem = "the response body is not a JSON object"
         return
-    reply.usage = read_usage(data.get("usage"))
+    reply.usage = usage_from_body(data)
     reply.model = data.get("model") if isinstance(data.get("model"), str) else None
     reply.provider = data.get("provider") if isinstance(data.get("provider"), str) else None
     try:
@@ -824,35 +828,6 @@ def parse_body(kind: str, reply: Reply) -> None:
             reply.text = data["choices"][0]["text"] or ""
     except (KeyError, IndexError, TypeError):
         reply.parse_problem = f"the response has no {kind} answer where the gateway puts it"
-
-
-def read_usage(raw: Any) -> dict[str, int | None] | None:
-    if not isinstance(raw, dict):
-        return None
-
-    def count(value: Any) -> int | None:
-        return value if _is_int(value) else None
-
-    prompt = count(raw.get("prompt_tokens", raw.get("input_tokens")))
-    completion = count(raw.get("completion_tokens", raw.get("output_tokens")))
-    total = count(raw.get("total_tokens"))
-    if total is None and (prompt is not None or completion is not None):
-        total = (prompt or 0) + (completion or 0)
-    prompt_details = raw.get("prompt_tokens_details")
-    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
-    completion_details = raw.get("completion_tokens_details")
-    completion_details = completion_details if isinstance(completion_details, dict) else {}
-    cached = count(prompt_details.get("cached_tokens", raw.get("cache_read_input_tokens")))
-    reasoning = count(completion_details.get("reasoning_tokens"))
-    if prompt is None and completion is None and total is None:
-        return None
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": total,
-        "cached_tokens": cached,
-        "reasoning_tokens": reasoning,
-    }
 
 
 # ---------------------------------------------------------------- error classes
@@ -1040,7 +1015,7 @@ def check_expectations(case: Case, reply: Reply, error: ErrorInfo | None, latenc
     if e.max_latency_ms is not None and latency_ms > e.max_latency_ms:
         failures.append(f"max_latency_ms {e.max_latency_ms:g}: took {latency_ms:.0f} ms")
     if e.min_completion_tokens is not None or e.max_completion_tokens is not None:
-        completion = (reply.usage or {}).get("completion_tokens")
+        completion = reply.usage.completion_tokens if reply.usage else None
         if completion is None:
             failures.append("completion tokens: the response reported no usage")
         else:
@@ -1104,7 +1079,7 @@ def judge(
             else None
         ),
         partial=bool(error and error.cls == "stream_interrupted" and reply.chunks),
-        **{name: (reply.usage or {}).get(name) for name in TOKEN_FIELDS},
+        **token_fields(reply.usage),
         replica=headers.get("X-Gateway-Replica"),
         upstream_addr=headers.get("X-Upstream-Addr"),
         request_id=headers.get("X-Request-ID") or request_id,
@@ -1118,7 +1093,7 @@ def judge(
 
 
 class CostBook:
-    """Prices usage with the kit's shared pricing (gateway_kit.pricing), imported when the run ends.
+    """Prices usage with the kit's shared pricing (gateway_kit.pricing), made when the run ends.
 
     If the pricer cannot start (a broken pricing.yaml), the run is not lost: records keep tokens, model
     and provider, and cost stays null, for analyze_costs.py to price later.
@@ -1128,11 +1103,9 @@ class CostBook:
         self.problem: str | None = None
         self._cache: dict[tuple[Any, ...], tuple[float | None, str]] = {}
         try:
-            from gateway_kit.pricing import Pricer, Usage
-
-            self._pricer, self._usage = Pricer(), Usage
-        except Exception as e:  # noqa: BLE001 - missing module or its data: degrade to tokens only
-            self._pricer = self._usage = None
+            self._pricer: Pricer | None = Pricer()
+        except Exception as e:  # noqa: BLE001 - a broken pricing file or price data: degrade to tokens only
+            self._pricer = None
             self.problem = f"gateway_kit.pricing unavailable ({type(e).__name__}: {e})"[:200]
 
     def price(self, record: Record) -> Record:
@@ -1153,7 +1126,7 @@ class CostBook:
                 cost = self._pricer.cost(
                     record.model,
                     record.provider,
-                    self._usage(
+                    Usage(
                         prompt_tokens=record.prompt_tokens or 0,
                         completion_tokens=record.completion_tokens or 0,
                         cached_tokens=record.cached_tokens or 0,

@@ -6,14 +6,20 @@ import json
 
 import pytest
 
+from gateway_kit.cli import costs
 from gateway_kit.pricing import Usage
 from gateway_kit.usage import (
+    FIELD_TYPES,
+    NULLABLE,
     RECORD_FIELDS,
+    TOKEN_FIELDS,
     StreamUsage,
     UsageRecord,
     model_from_body,
+    token_fields,
     usage_from_anthropic,
     usage_from_body,
+    usage_from_object,
     usage_from_openai,
     utc_now_iso,
 )
@@ -90,6 +96,34 @@ def test_from_dict_refuses_what_is_not_a_usage_record():
         UsageRecord.from_dict(["not", "a", "dict"])  # type: ignore[arg-type]
 
 
+def test_the_model_says_the_json_type_of_every_field_as_written():
+    full = record(ttft_ms=80.0, stream=True, client="team-a", cost_usd=0.5, served_by="azure-chat", error="x")
+    for r in (record(request_id=None, endpoint=None, provider=None, model=None), full):
+        for name, value in json.loads(r.to_json()).items():
+            if name in ("type", "v"):
+                continue
+            if value is None:
+                assert name in NULLABLE, name
+            else:
+                assert type(value) is FIELD_TYPES[name] or (FIELD_TYPES[name] is float and type(value) is int), name
+    assert TOKEN_FIELDS == ("prompt_tokens", "completion_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
+
+
+@pytest.mark.parametrize("prefix", ["", "2026-11-22T10:00:00.123456789Z ", "mlflow-gateway-1  | "])
+def test_analyze_costs_reads_a_written_record_the_same_by_its_pattern_and_by_json(prefix):
+    r = record(stream=True, partial=True, cached_tokens=4, reasoning_tokens=2, client="team-a", cost_usd=0.25)
+    text = r.to_json()
+    (fast,) = costs._FAST.findall(f"{prefix}{text}\n")
+    assert fast == costs._as_groups(prefix, text, json.loads(text))
+    by_name = dict(zip(costs.GROUPS, fast))
+    assert (by_name["request_id"], by_name["client"], by_name["partial"], by_name["cached_tokens"]) == (
+        "req-0",
+        "team-a",
+        "true",
+        "4",
+    )
+
+
 def test_content_is_absent_unless_set_and_nan_never_reaches_json():
     assert "content" not in json.loads(record().to_json())
     assert json.loads(record(content={"prompt": "hi"}).to_json())["content"] == {"prompt": "hi"}
@@ -147,6 +181,27 @@ def test_anthropic_usage_adds_cache_reads_and_writes_into_the_prompt():
     }
     assert usage_from_anthropic(body) == Usage(1320, 70, 1000, 0)
     assert usage_from_body(body) == Usage(1320, 70, 1000, 0)
+
+
+def test_a_usage_object_alone_is_read_as_in_its_body():
+    openai = {"prompt_tokens": 1200, "completion_tokens": 90, "prompt_tokens_details": {"cached_tokens": 1024}}
+    anthropic = {"input_tokens": 20, "cache_read_input_tokens": 1000, "cache_creation_input_tokens": 300}
+    responses = {"input_tokens": 100, "output_tokens": 50, "input_tokens_details": {"cached_tokens": 64}}
+    for usage in (openai, {**anthropic, "output_tokens": 70}, responses):
+        assert usage_from_object(usage) == usage_from_body({"usage": usage})
+    assert usage_from_object({**anthropic, "output_tokens": 70}) == Usage(1320, 70, 1000, 0)
+    assert usage_from_object(None) is None and usage_from_object({"model": "x"}) is None
+
+
+def test_token_fields_are_the_records_and_none_without_usage():
+    assert token_fields(Usage(1320, 70, 1000, 0)) == {
+        "prompt_tokens": 1320,
+        "completion_tokens": 70,
+        "total_tokens": 1390,
+        "cached_tokens": 1000,
+        "reasoning_tokens": 0,
+    }
+    assert token_fields(None) == dict.fromkeys(TOKEN_FIELDS)
 
 
 def test_no_usage_is_none_not_zero():
