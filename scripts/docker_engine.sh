@@ -9,7 +9,7 @@ test "${DEBUG:-}" && set -x
 
 usage() {
     cat <<USAGE
-Usage: scripts/docker_engine.sh up|env|exec CMD...|stop|status
+Usage: scripts/docker_engine.sh up|env|exec CMD...|dockerd NETNS CONFIG|stop|status
 
 Gives the container tests an engine that can run the kit's compose files (Engine >= 25, compose plugin).
 Where 'docker info' answers, that engine is used and nothing is started. Elsewhere (these Debian 12
@@ -24,6 +24,10 @@ machines: a docker CLI, no engine, no Docker Hub) it provisions one without touc
            the machine's own engine is used
   exec     run CMD in the engine's network namespace (ports published by containers are there), e.g.
            scripts/docker_engine.sh exec curl -s http://127.0.0.1:5000/health
+  dockerd NETNS CONFIG
+           run the unpacked dockerd (after 'up') with the daemon.json CONFIG in the existing network
+           namespace NETNS, in the foreground, with the cgroups re-mounted there: for extra engines, such
+           as the swarm test's nodes (tests/containers/test_swarm.py); the caller stops it by its pid
   stop     stop every daemon this script started (by pid) and delete the namespace
   status   say which engine is in use and whether stand-ins were used
 
@@ -205,10 +209,16 @@ start_run_daemon() {
     ip -n "$NETNS" link set lo up
     write_daemon_json run '"ip-forward": true, "iptables": true,'
     log info "starting the run-phase dockerd in network namespace $NETNS"
-    PATH="$ENGINE_BIN:$PATH" setsid ip netns exec "$NETNS" sh -c \
-        "$(cgroup_mount_script) && exec dockerd --config-file '$(phase_dir run)/daemon.json'" \
-        >"$(phase_dir run)/dockerd.log" 2>&1 </dev/null &
+    setsid "$0" dockerd "$NETNS" "$(phase_dir run)/daemon.json" >"$(phase_dir run)/dockerd.log" 2>&1 </dev/null &
     wait_daemon run
+}
+
+# $1 = network namespace, $2 = daemon.json: the unpacked dockerd there, in the foreground (exec: same pid).
+cmd_dockerd() {
+    [ -f "$ENGINE_ROOT/.complete" ] || die "no unpacked engine in $ENGINE_ROOT: run scripts/docker_engine.sh up first"
+    ip netns list | grep -qw -- "$1" || die "no network namespace $1 (ip netns add $1)" 2
+    [ -f "$2" ] || die "no such daemon configuration: $2" 2
+    PATH="$ENGINE_BIN:$PATH" exec ip netns exec "$1" sh -c "$(cgroup_mount_script) && exec dockerd --config-file '$2'"
 }
 
 # SIGTERM a daemon by its pidfile, wait (bounded), SIGKILL what is left, and then its containerd shims, found by
@@ -432,8 +442,10 @@ case "${1:-}" in
             DOCKER_HOST="unix://$RUN_SOCK" DOCKER_CONFIG="$DOCKER_CONFIG_DIR" exec ip netns exec "$NETNS" "$@"
         fi
         exec "$@" ;;
+    dockerd) [ $# -eq 3 ] || { printf 'dockerd needs NETNS and CONFIG. Use --help.\n' >&2; exit 2; }
+        cmd_dockerd "$2" "$3" ;;
     stop) [ $# -eq 1 ] || unexpected_argument "$2"; cmd_stop ;;
     status) [ $# -eq 1 ] || unexpected_argument "$2"; cmd_status ;;
-    '') printf 'Missing a command (up, env, exec, stop, status). Use --help.\n' >&2; exit 2 ;;
+    '') printf 'Missing a command (up, env, exec, dockerd, stop, status). Use --help.\n' >&2; exit 2 ;;
     *) unexpected_argument "$1" ;;
 esac

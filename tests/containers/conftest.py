@@ -36,6 +36,7 @@ FIGURES: dict[str, str] = {}
 PROJECT_FILES = [
     "docker-compose.yml",
     "docker-compose.prod.yml",
+    "docker-stack.yml",
     "nginx.conf",
     "check_gateway.sh",
     "scripts",
