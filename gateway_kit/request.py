@@ -28,9 +28,10 @@ What the middlewares tell each other: scope["state"] (Starlette's request.state)
 Error answers
   `error_body()` is the kit's JSON error envelope, `{"error": {"type": ..., "message": ...}}`, for every
   answer the kit makes itself: the exception handlers (`error_response`), the middlewares' refusals
-  (`send_json`), resilience's held answers and stream error events. `upstream_failure(exc)` is the one
-  table from a failed provider call's exception to its answer (status, type, message), which the app's
-  exception handlers (app.add_upstream_error_handlers, request_errors) and resilience's answers all use.
+  (`send_json`), resilience's held answers and stream error events. `upstream_failures()` is the one table
+  from a failed provider call's exception to its answer (status, type, message, reason), and
+  `upstream_failure(exc)` looks an exception up in it: the app's exception handlers
+  (app.add_upstream_error_handlers, request_errors) and resilience's answers all answer from it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ PROBES = ("/health", "/ready", "/metrics")
 _V1_PREFIX = "/v1/"
 _INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
 _INVOCATION_SUFFIX = "/invocations"
-_ROUTES_KEPT = 1000  # paths remembered beyond the fixed ones (invocation paths); others are classified each time
+_ROUTES_KEPT = 1000  # paths remembered, the fixed ones first; past that a path is classified each time
 
 
 @dataclass(frozen=True, slots=True)
