@@ -1,4 +1,4 @@
-"""What the kit's JSON depth limit (recording.parse_json, MAX_JSON_DEPTH) costs per request body, side by side.
+"""What the kit's JSON depth limit (request.parse_json, MAX_JSON_DEPTH) costs per request body, side by side.
 
     .venv/bin/python bench/json_depth.py              # every body, 5 interleaved rounds
     .venv/bin/python bench/json_depth.py --rounds 9
@@ -18,7 +18,7 @@ import json
 import statistics
 import timeit
 
-from gateway_kit.recording import parse_json
+from gateway_kit.request import parse_json
 from lib import markdown_table
 
 TOOL = {

@@ -20,6 +20,14 @@ from gateway_kit import limits, metrics, readiness, settings
 from gateway_kit.events import Events, Listener
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.recording import Refusals
+from gateway_kit.request import (
+    REQUEST_ID,
+    error_response,
+    state_of,
+    upstream_failure,
+    upstream_failures,
+    with_response_headers,
+)
 from gateway_kit.secrets import export_file_keys, let_mlflow_resolve_keys, redact_keys, redact_logs
 from gateway_kit.usage import Ledger, emit
 
@@ -47,42 +55,25 @@ class RequestContext:
                 break
         if not _VALID_REQUEST_ID.match(request_id):
             request_id = os.urandom(16).hex().encode()  # as random as uuid4().hex, a quarter of the cost
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        state_of(scope)[REQUEST_ID] = request_id.decode()
         added = [(b"x-request-id", request_id), (b"x-gateway-replica", self.replica)]
-
-        async def send_with_headers(message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), *added]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, with_response_headers(send, added))
 
 
 def add_upstream_error_handlers(app) -> None:
-    """Answer an unreachable, slow or garbled provider with a JSON error, not a bare 500."""
-    import asyncio
+    """Answer an unreachable, slow or garbled provider, or an open circuit, with its JSON error, not a bare 500:
+    one handler for the exceptions of request.upstream_failures() that are the provider's wherever they come
+    from. A ValueError (a JSONDecodeError too) is the provider's only after it was called: request_errors decides.
+    """
 
-    import aiohttp
-    from fastapi.responses import JSONResponse
+    async def upstream_error(request, exc):
+        failure = upstream_failure(exc)
+        return error_response(failure.status, failure.kind, failure.message, failure.headers or None)
 
-    def handler(status: int, kind: str, what: str):
-        async def handle(request, exc):
-            message = f"{what} ({type(exc).__name__})"
-            return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
-
-        return handle
-
-    app.add_exception_handler(
-        aiohttp.ClientConnectionError,
-        handler(502, "upstream_unreachable", "the provider could not be reached or closed the connection"),
-    )
-    app.add_exception_handler(
-        asyncio.TimeoutError, handler(504, "upstream_timeout", "the provider did not answer in time")
-    )
-    bad_answer = handler(502, "upstream_bad_response", "the provider's answer could not be read")
-    app.add_exception_handler(aiohttp.ClientResponseError, bad_answer)
-    app.add_exception_handler(aiohttp.ClientPayloadError, bad_answer)
-    # A JSONDecodeError is the provider's garbled answer only after it was called: request_errors decides.
+    for exceptions, _, in_app in upstream_failures():
+        if in_app:
+            for exception in exceptions:
+                app.add_exception_handler(exception, upstream_error)
 
 
 SSE_DONE = "data: [DONE]\n\n"  # OpenAI's last event of a stream

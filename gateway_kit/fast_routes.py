@@ -14,8 +14,11 @@ validation, or is sent with a content type FastAPI would not parse as JSON, goes
 body, so every error answer is FastAPI's own. Exceptions from the handler reach the same exception
 handlers. tests/replica/test_fast_routes.py sends the same requests with and without it and compares the answers.
 
+The body is the one gateway_kit.request.request_body read for the request (an outer middleware may have):
+it is parsed once (request_json) and replayed to FastAPI, never read again.
+
 GATEWAY_FAST_ROUTES=off turns it off: FastAPI serves every route, and the table only reads the body to refuse
-JSON nested more than recording.MAX_JSON_DEPTH levels, the one check both ways share. A route whose shape the
+JSON nested more than request.MAX_JSON_DEPTH levels, the one check both ways share. A route whose shape the
 kit does not know is left to FastAPI.
 """
 
@@ -29,7 +32,7 @@ from fastapi.routing import serialize_response
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway_kit.recording import JSONTooDeep, read_body, refuse_too_deep, replay_body, request_json
+from gateway_kit.request import JSONTooDeep, refuse_too_deep, request_body, request_json
 
 log = logging.getLogger("gateway_kit.fast_routes")
 
@@ -78,19 +81,19 @@ class FastRoute:
             and inspect.iscoroutinefunction(d.call)
         )
 
-    async def serve(self, scope, body: bytes, receive, send, router) -> None:
-        """Answer as FastAPI would, or hand the request (its body too) to FastAPI's router."""
+    async def serve(self, scope, receive, send, router) -> None:
+        """Answer as FastAPI would, or hand the request (its body replayed by `receive`) to FastAPI's router."""
         try:
-            payload = request_json(scope, body)
+            payload = request_json(scope)
         except JSONTooDeep:
             raise  # the kit's own limit, answered by request_errors whichever way the route is served
         except Exception:  # noqa: BLE001 - bad JSON, not UTF-8: FastAPI words the error
-            return await router(scope, replay_body(body, receive), send)
+            return await router(scope, receive, send)
         value, errors = self.body_field.validate(payload, {}, loc=("body",))
         if errors:
-            return await router(scope, replay_body(body, receive), send)
+            return await router(scope, receive, send)
         scope.update(endpoint=self.route.endpoint, path_params={}, route=self.route)
-        request = Request(scope, replay_body(body, receive), send)
+        request = Request(scope, receive, send)
         result = await self.endpoint(**{self.request_name: request, self.body_name: value})
         if not isinstance(result, Response):
             content = await serialize_response(field=self.response_field, response_content=result, dump_json=True)
@@ -116,20 +119,20 @@ class FastRoutes:
             or not _json_content(scope["headers"])
         ):
             return await self.router_app(scope, receive, send)
-        body = await read_body(receive)
+        body, receive = await request_body(scope, receive)
         if body is None:  # the client went away mid-body: the router meets the same disconnect
             return await self.router_app(scope, receive, send)
         if not self.serve:  # GATEWAY_FAST_ROUTES=off: FastAPI serves it, after the kit's depth limit
-            refuse_too_deep(body)
-            return await self.router_app(scope, replay_body(body, receive), send)
+            refuse_too_deep(scope)
+            return await self.router_app(scope, receive, send)
         scope.setdefault("router", self.router)
-        await route.serve(scope, body, receive, send, self.router_app)
+        await route.serve(scope, receive, send, self.router_app)
 
 
 def install(app, serve: bool = True) -> int:
     """Put the fast table in front of MLflow's router; the number of routes it serves (0: none fit). With
     serve=False (GATEWAY_FAST_ROUTES=off) FastAPI serves them all: the table only refuses a body nested too
-    deeply, as the fast routes do (recording.parse_json), so both ways give the same answers."""
+    deeply, as the fast routes do (request.parse_json), so both ways give the same answers."""
     router = app.router
     if not hasattr(router, "middleware_stack"):
         log.warning("FastAPI's router has no middleware_stack: every route goes through FastAPI's routing")

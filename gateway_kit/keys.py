@@ -42,6 +42,7 @@ from pathlib import Path
 
 from gateway_kit import launcher, settings
 from gateway_kit.exit_status import ExitStatus
+from gateway_kit.request import PROBE, error_body, route_of, send_json
 
 log = logging.getLogger("gateway_kit.keys")
 
@@ -152,9 +153,6 @@ class KeyStore:
 
 # ---------------------------------------------------------------------------------------------- middleware
 _CREDENTIALS = {b"authorization", b"x-api-key"}
-# Probes (compose healthchecks, kubelet) and Prometheus send no key. nginx answers 404 for /metrics from outside,
-# and /ready says only whether this replica can serve.
-_OPEN_PATHS = {"/health", "/ready", "/metrics"}
 
 
 def presented_key(headers) -> str | None:
@@ -190,7 +188,9 @@ class ClientKeys:
         headers = scope["headers"]
         if self.store is None:  # auth off (demo mode): the client's credentials still go no further
             kept = [(k, v) for k, v in headers if k not in _CREDENTIALS]
-        elif scope["path"] in _OPEN_PATHS:
+        elif route_of(scope["path"]).kind == PROBE:
+            # Probes (compose healthchecks, kubelet) and Prometheus send no key. nginx answers 404 for /metrics
+            # from outside, and /ready says only whether this replica can serve.
             return await self.app(scope, receive, send)
         else:
             key = presented_key(headers)
@@ -225,19 +225,7 @@ async def _unauthorized(send, key_sent: bool) -> None:
                 "Provider keys (sk-...) are not accepted here"
             ),
         )
-    payload = json.dumps({"error": {"type": kind, "message": message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"www-authenticate", b'Bearer realm="gateway"'),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_json(send, 401, error_body(kind, message), [(b"www-authenticate", b'Bearer realm="gateway"')])
 
 
 # ---------------------------------------------------------------------------------------------- the setting

@@ -40,7 +40,6 @@ the same client and pause as the circuit breakers).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -50,7 +49,15 @@ from typing import TYPE_CHECKING, Any
 
 from gateway_kit import launcher
 from gateway_kit.events import NOBODY, Events, Listener
-from gateway_kit.recording import read_body, recorded, replay_body, request_endpoint
+from gateway_kit.request import (
+    error_body,
+    header,
+    request_body,
+    request_endpoint,
+    route_of,
+    send_json,
+    with_response_headers,
+)
 from gateway_kit.shared_redis import RedisLink, link_for
 
 if TYPE_CHECKING:
@@ -375,24 +382,22 @@ def refusal(rule: Rule, used: float, remaining_ms: int, now: float) -> tuple[int
         f"it resets at {iso(resets)}, retry after {retry} s"
     )
     used_value = round(used, 9) if rule.unit == "USD" else int(used)
-    body = {
-        "error": {
-            "type": kind,
-            "message": message,
-            "limit": {
-                "name": rule.name,
-                "endpoint": rule.endpoint,
-                "client": rule.client,
-                "value": rule.limit,
-                "unit": rule.unit,
-                "window": rule.period,
-                "window_seconds": rule.seconds,
-                "used": used_value,
-                "resets_at": iso(resets),
-                "retry_after_seconds": retry,
-            },
-        }
-    }
+    body = error_body(
+        kind,
+        message,
+        limit={
+            "name": rule.name,
+            "endpoint": rule.endpoint,
+            "client": rule.client,
+            "value": rule.limit,
+            "unit": rule.unit,
+            "window": rule.period,
+            "window_seconds": rule.seconds,
+            "used": used_value,
+            "resets_at": iso(resets),
+            "retry_after_seconds": retry,
+        },
+    )
     return retry, body
 
 
@@ -524,19 +529,19 @@ class Limits:
         self.needs_endpoint = bool(limiter.config.endpoints)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not recorded(scope["path"]):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
+        route = route_of(scope["path"])
+        if not route.llm:
+            return await self.app(scope, receive, send)
         endpoint = None
         if self.needs_endpoint:
-            body = b""  # the path names the endpoint; on /v1/* the body's "model" does
-            if path.startswith("/v1/"):
-                body = await read_body(receive)
+            if route.model_in_body:  # the path names the endpoint; on /v1/* the body's "model" does
+                body, receive = await request_body(scope, receive)
                 if body is None:  # the client left while sending its body
                     return
-                receive = replay_body(body, receive)
-            endpoint = request_endpoint(scope, body)
-        client = _header(scope, b"x-gateway-client") or ANONYMOUS
+            endpoint = request_endpoint(scope)
+        client = header(scope, b"x-gateway-client") or ANONYMOUS
         rules = self.limiter.rules(endpoint, client)
         if not rules:
             return await self.app(scope, receive, send)
@@ -566,61 +571,25 @@ class Limits:
         else:
             self.limiter.note_unenforced("down" if self.limiter.redis_url else "GATEWAY_REDIS_URL is not set")
         if self.limiter.policy == "closed":
-            body = {
-                "error": {
-                    "type": "limits_unavailable",
-                    "message": (
-                        f"the gateway cannot check its limits: Redis at {self.limiter.where} does not answer, and "
-                        "GATEWAY_LIMITS_ON_REDIS_DOWN=closed refuses requests until it does — retry shortly; "
-                        f"operators: check Redis ({self.limiter.redis_check})"
-                    ),
-                }
-            }
+            body = error_body(
+                "limits_unavailable",
+                f"the gateway cannot check its limits: Redis at {self.limiter.where} does not answer, and "
+                "GATEWAY_LIMITS_ON_REDIS_DOWN=closed refuses requests until it does — retry shortly; "
+                f"operators: check Redis ({self.limiter.redis_check})",
+            )
             return await self._refuse(
                 scope, send, 503, body, [(b"retry-after", b"5")], "limits_unavailable", now, client
             )
-        await self.app(scope, receive, _with_header(send, (b"x-gateway-limits", b"unenforced")))
+        await self.app(scope, receive, with_response_headers(send, [(b"x-gateway-limits", b"unenforced")]))
 
     async def _refuse(
         self, scope, send, status: int, body: dict, headers: list, reason: str, started: float, client: str
     ) -> None:
         try:
-            await _json(send, status, body, headers)
+            await send_json(send, status, body, headers)
         finally:
             if self.refused is not None:
                 self.refused(scope, status, reason, started, None if client == ANONYMOUS else client)
-
-
-def _with_header(send, header: tuple[bytes, bytes]):
-    async def sending(message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", ()), header]
-        await send(message)
-
-    return sending
-
-
-async def _json(send, status: int, body: dict, headers: list[tuple[bytes, bytes]]) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1") or None
-    return None
 
 
 def limiter_from(config: dict, s: Settings) -> Limiter | None:

@@ -41,6 +41,7 @@ from urllib.parse import urlsplit
 
 from gateway_kit import settings
 from gateway_kit.events import Listener
+from gateway_kit.request import error_response, route_of
 
 if TYPE_CHECKING:
     from gateway_kit.resilience import CircuitName, FallbackEvent
@@ -50,11 +51,6 @@ log = logging.getLogger("gateway_kit.metrics")
 UNKNOWN = "unknown"  # an endpoint name that is not in config.yaml (or none at all)
 OTHER = "other"  # a route the gateway does not serve; a value past a label's bound
 ANONYMOUS = "anonymous"  # a request without X-Gateway-Client
-V1_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
-INVOCATION_ROUTES = (
-    ("/gateway/", "/gateway/{endpoint}/invocations"),
-    ("/endpoints/", "/endpoints/{endpoint}/invocations"),
-)
 BREAKER_STATES = ("closed", "open", "half_open")
 TOKEN_KINDS = ("prompt", "completion", "cached", "reasoning")
 # LLM calls take from 100 ms (embeddings) to minutes (long answers): buckets up to the 300 s worker timeout.
@@ -119,15 +115,6 @@ class Bounded:
             return self.fallback
         self.seen.add(value)
         return value
-
-
-def route_label(path: str) -> str:
-    if path in V1_ROUTES:
-        return path
-    for prefix, template in INVOCATION_ROUTES:
-        if path.startswith(prefix) and path.endswith("/invocations"):
-            return template
-    return OTHER
 
 
 def status_class(status: int) -> str:
@@ -340,7 +327,8 @@ class Metrics(Listener):
         batch = self.batch
         endpoint = self.endpoint(record.endpoint)
         client = self.client(record.client)
-        batch.inc(self.requests[endpoint, route_label(record.route), status_class(record.status), client])
+        route = route_of(record.route).template or OTHER  # /gateway/{endpoint}/invocations ...
+        batch.inc(self.requests[endpoint, route, status_class(record.status), client])
         batch.observe(self.duration[endpoint, "true" if record.stream else "false"], record.latency_ms / 1000)
         if record.ttft_ms is not None:
             batch.observe(self.ttft[endpoint,], record.ttft_ms / 1000)
@@ -415,13 +403,13 @@ def _mlflow_version() -> str:
 def install(app, m: Metrics | None) -> None:
     """GET /metrics on the FastAPI app: m's figures (under gunicorn every worker's), written when the worker exits
     too. With metrics off (GATEWAY_METRICS, m None): GET /metrics answers a JSON 404 saying so."""
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import Response
 
     if m is None:
         message = "metrics are turned off on this replica (GATEWAY_METRICS=off)"
 
         def metrics_off():
-            return JSONResponse({"error": {"type": "metrics_off", "message": message}}, status_code=404)
+            return error_response(404, "metrics_off", message)
 
         app.add_api_route("/metrics", metrics_off, methods=["GET"], include_in_schema=False)
         return
@@ -448,14 +436,11 @@ class InFlight:
     """The ASGI middleware counting requests in progress."""
 
     def __init__(self, app, metrics: Metrics) -> None:
-        from gateway_kit.recording import recorded
-
         self.app = app
         self.batch = metrics.batch
-        self.recorded = recorded
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not self.recorded(scope["path"]):
+        if scope["type"] != "http" or not route_of(scope["path"]).llm:
             return await self.app(scope, receive, send)
         self.batch.started()
         try:

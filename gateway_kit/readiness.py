@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from gateway_kit.request import error_body
+
 Check = Callable[[], "str | None"]
 
 
@@ -84,7 +86,7 @@ def install(app, redis_url: str | None = None) -> None:
             return JSONResponse({"status": "ready", "checks": results})
         message = "; ".join(f"{name}: {what}" for name, what in results.items() if what != "ok")
         return JSONResponse(
-            {"status": "not ready", "checks": results, "error": {"type": "not_ready", "message": message}},
+            {"status": "not ready", "checks": results, **error_body("not_ready", message)},
             status_code=503,
         )
 

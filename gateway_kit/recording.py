@@ -1,11 +1,12 @@
 """ASGI middleware: one usage record per request, for every route, streams included.
 
-It watches what passes (never holds a response back): the request path (and, on /v1/*, the body's
-"model", which names the endpoint), the response status, and the response bytes, from which it reads the
-model and the usage as the provider answered. A stream is read chunk by chunk as it goes out; one cut by
-the client or the upstream is recorded with what arrived, marked partial. When the response is done the
-record goes to the worker's events (usage_recorded, gateway_kit.events): the usage log (stdout and the ledger),
-metrics, and limits' token and dollar counters listen.
+It watches what passes (never holds a response back): the request's endpoint (gateway_kit.request: the
+path names it, or on /v1/* the body's "model", so there it reads the body first, once for every layer),
+the response status, and the response bytes, from which it reads the model and the usage as the provider
+answered. A stream is read chunk by chunk as it goes out; one cut by the client or the upstream is recorded
+with what arrived, marked partial. When the response is done the record goes to the worker's events
+(usage_recorded, gateway_kit.events): the usage log (stdout and the ledger), metrics, and limits' token and
+dollar counters listen.
 
 Turn the stdout and ledger records off with GATEWAY_USAGE_RECORDS=off (the ledger alone with
 GATEWAY_LEDGER_DIR=off).
@@ -20,16 +21,20 @@ from dataclasses import dataclass
 
 from gateway_kit.events import Events
 from gateway_kit.pricing import Pricer, Usage
+from gateway_kit.request import (
+    FALLBACK_REASON,
+    REQUEST_ID,
+    SERVED_BY,
+    header,
+    request_body,
+    request_endpoint,
+    route_of,
+    state_of,
+)
 from gateway_kit.usage import REFUSED, StreamUsage, UsageRecord, usage_from_object, utc_now_iso
 
 log = logging.getLogger("gateway_kit.recording")
 _DECODER = json.JSONDecoder()
-_V1_PREFIX = "/v1/"
-_INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
-_INVOCATION_SUFFIX = "/invocations"
-# Deepest nesting of objects and arrays a request body may have (the body itself is level 1): far beyond any
-# real request (a tool's JSON schema nested 50 objects deep is about 105), far below where Python and MLflow fail.
-MAX_JSON_DEPTH = 128
 
 
 @dataclass(frozen=True)
@@ -83,148 +88,6 @@ def string_after(body: bytes, key: bytes) -> str | None:
     return raw.decode("utf-8", "replace")
 
 
-def replay_body(body: bytes, receive):
-    """A receive for an app inside a middleware that already read the whole body: the body once, then the
-    client's own messages (its disconnect)."""
-    sent = False
-
-    async def replay():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
-async def read_body(receive) -> bytes | None:
-    """The whole request body, or None when the client went away while sending it."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def request_endpoint(scope, request_body: bytes) -> str | None:
-    """endpoint_of for this request, worked out once: limits, resilience and the recorder all ask."""
-    state = scope.setdefault("state", {})
-    if "kit_endpoint" not in state:
-        state["kit_endpoint"] = endpoint_of(scope["path"], request_body, keep=state)
-    return state["kit_endpoint"]
-
-
-class JSONTooDeep(ValueError):
-    """A request body nested deeper than MAX_JSON_DEPTH (request_errors answers it with a 400)."""
-
-    def __init__(self) -> None:
-        super().__init__(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
-
-
-def parse_json(body: bytes):
-    """json.loads(body), refusing JSON nested more than MAX_JSON_DEPTH levels (JSONTooDeep).
-
-    The one place that decides whether a request body is too deep, for every part of the kit that parses one.
-    Python's parser stops at its recursion limit (about 900 levels, depending on the call stack), and MLflow's
-    pydantic models stop serialising at 255 levels (a 400 naming neither): a fixed limit below both says
-    what is wrong at the door. Only a body with more than MAX_JSON_DEPTH brackets can be that deep, and only
-    those pay for the walk (bench/json_depth.py)."""
-    try:
-        value = json.loads(body)
-    except RecursionError:
-        raise JSONTooDeep() from None
-    if _brackets_over(body, MAX_JSON_DEPTH) and _deeper_than(value, MAX_JSON_DEPTH):
-        raise JSONTooDeep()
-    return value
-
-
-def refuse_too_deep(body: bytes) -> None:
-    """Raise JSONTooDeep when body is JSON nested too deeply; any other fault is left to whoever parses it."""
-    if _brackets_over(body, MAX_JSON_DEPTH):
-        try:
-            parse_json(body)
-        except JSONTooDeep:
-            raise
-        except Exception:  # noqa: BLE001 - not JSON, not UTF-8...: FastAPI words those errors
-            pass
-
-
-def _brackets_over(body: bytes, limit: int) -> bool:
-    """More than `limit` of `[` and `{` in body. bytes.find (memchr) skips text far faster than bytes.count
-    reads it, and stops at limit + 1: a long prompt costs a scan, many brackets at most limit + 1 finds."""
-    found = 0
-    for bracket in (b"[", b"{"):
-        at = body.find(bracket)
-        while at >= 0:
-            found += 1
-            if found > limit:
-                return True
-            at = body.find(bracket, at + 1)
-    return False
-
-
-_CONTAINERS = frozenset((dict, list))
-
-
-def _deeper_than(value, limit: int) -> bool:
-    """True when value (parsed JSON) nests objects and arrays more than `limit` levels; level by level, no
-    recursion. A long list without containers (token ids, floats) is passed over at C speed (map(type, ...))."""
-    level = [value]
-    for _ in range(limit):
-        level = [
-            child
-            for container in level
-            for child in (
-                container.values()
-                if type(container) is dict
-                else container
-                if len(container) < 16 or not _CONTAINERS.isdisjoint(map(type, container))
-                else ()
-            )
-            if type(child) is dict or type(child) is list
-        ]
-        if not level:
-            return False
-    return True
-
-
-def request_json(scope, body: bytes):
-    """parse_json(body), or the parse request_endpoint already made of this very body; kept for the error
-    handlers (request_errors fills MLflow's unfilled placeholders from it)."""
-    state = scope.setdefault("state", {})
-    kept = state.get("kit_json")
-    if kept is not None and kept[0] is body:
-        return kept[1]
-    value = parse_json(body)
-    state["kit_json"] = (body, value)
-    return value
-
-
-def endpoint_of(path: str, request_body: bytes, keep: dict | None = None) -> str | None:
-    """The endpoint a request is for: from the path, or the JSON body's "model" on /v1/*. With `keep`, the
-    parsed body is kept there for request_json."""
-    if path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX):
-        return path[path.index("/", 1) + 1 : -len(_INVOCATION_SUFFIX)]
-    if path.startswith(_V1_PREFIX) and request_body:
-        try:  # parsed in full: a tool's JSON schema may have a "model" property of its own
-            parsed = parse_json(request_body)
-        except ValueError:  # not JSON, or too deep (JSONTooDeep): the app answers it
-            return None
-        if keep is not None:
-            keep["kit_json"] = (request_body, parsed)
-        model = parsed.get("model") if isinstance(parsed, dict) else None
-        return model if isinstance(model, str) else None
-    return None
-
-
-def recorded(path: str) -> bool:
-    return path.startswith(_V1_PREFIX) or (path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX))
-
-
 class UsageRecorder:
     """Makes one UsageRecord per request and reports it to `events` (usage_recorded)."""
 
@@ -243,21 +106,20 @@ class UsageRecorder:
         self.events = events
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not recorded(scope["path"]):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        route = route_of(scope["path"])
+        if not route.llm:
             return await self.app(scope, receive, send)
         started, wall = time.perf_counter(), time.time()
         path = scope["path"]
-        request_body = bytearray()
         state = {"status": 0, "stream": False, "disconnected": False, "ttft": None, "done": False}
         response = bytearray()
         stream_usage: StreamUsage | None = None
 
         async def watch_receive():
             message = await receive()
-            if message["type"] == "http.request":
-                if path.startswith(_V1_PREFIX):
-                    request_body.extend(message.get("body", b""))
-            elif message["type"] == "http.disconnect":
+            if message["type"] == "http.disconnect":
                 state["disconnected"] = True
             return message
 
@@ -284,22 +146,23 @@ class UsageRecorder:
 
         error = None
         try:
-            await self.app(scope, watch_receive, watch_send)
+            app_receive = watch_receive
+            if route.model_in_body:  # the endpoint is the body's "model": read it now, once for every layer
+                _, app_receive = await request_body(scope, watch_receive)  # a client gone mid-body: the app sees it
+            await self.app(scope, app_receive, watch_send)
         except BaseException as e:
             error = "upstream_stream_cut" if state["stream"] else f"exception_{type(e).__name__}"
             raise
         finally:
             try:
-                self.record(
-                    scope, path, bytes(request_body), state, bytes(response), stream_usage, error, wall, started
-                )
+                self.record(scope, path, state, bytes(response), stream_usage, error, wall, started)
             except Exception:  # accounting must never turn into the request's failure
                 log.exception("usage record for %s could not be made", path)
 
-    def record(self, scope, path, request_body, state, response, stream_usage, error, wall, started) -> None:
-        endpoint = request_endpoint(scope, request_body)
+    def record(self, scope, path, state, response, stream_usage, error, wall, started) -> None:
+        endpoint = request_endpoint(scope)
         kit_state = scope["state"]
-        served_by = kit_state.get("served_by")  # a fallback answered (gateway_kit.resilience): its model, price
+        served_by = kit_state.get(SERVED_BY)  # a fallback answered (gateway_kit.resilience): its model, price
         info = self.endpoints.get(served_by or endpoint) if endpoint else None
         status = state["status"] or (499 if state["disconnected"] else 500)  # 499: nginx's "client went away"
         if status == 499 and error is None:
@@ -321,7 +184,7 @@ class UsageRecorder:
         cost = self.pricer.cost(model, provider, usage) if (usage.prompt_tokens or usage.completion_tokens) else None
         record = UsageRecord(
             ts=utc_now_iso(wall),
-            request_id=kit_state.get("request_id"),
+            request_id=kit_state.get(REQUEST_ID),
             route=path,
             endpoint=endpoint,
             provider=provider,
@@ -336,12 +199,12 @@ class UsageRecorder:
             total_tokens=usage.total_tokens,
             cached_tokens=usage.cached_tokens,
             reasoning_tokens=usage.reasoning_tokens,
-            client=_header(scope, b"x-gateway-client"),
+            client=header(scope, b"x-gateway-client"),
             replica=self.replica,
             cost_usd=round(cost.usd, 12) if cost and cost.usd is not None else (None if cost else 0.0),
             price_source=cost.source if cost else "no tokens",
             served_by=served_by,
-            fallback_reason=kit_state.get("fallback_reason"),
+            fallback_reason=kit_state.get(FALLBACK_REASON),
             error=error,
         )
         self.events.usage_recorded(record)
@@ -369,15 +232,14 @@ class Refusals:
     def __call__(self, scope, status: int, reason: str, started: float, client: str | None = None) -> None:
         """Record a refusal answered with `status`; `started` is time.time() when the refusing check began."""
         path = scope["path"]
-        if not recorded(path):
+        if not route_of(path).llm:
             return
         try:
-            state = scope.get("state") or {}
             record = UsageRecord(
                 ts=utc_now_iso(started),
-                request_id=state.get("request_id"),
+                request_id=state_of(scope).get(REQUEST_ID),
                 route=path,
-                endpoint=state["kit_endpoint"] if "kit_endpoint" in state else endpoint_of(path, b""),
+                endpoint=request_endpoint(scope),
                 status=status,
                 latency_ms=round(max(time.time() - started, 0.0) * 1000, 2),
                 client=client,
@@ -390,10 +252,3 @@ class Refusals:
             log.exception("usage record of a refused request to %s could not be made", path)
             return
         self.events.refusal_recorded(record)
-
-
-def _header(scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1") or None
-    return None

@@ -29,7 +29,17 @@ import logging
 import os
 import re
 
-from gateway_kit.recording import MAX_JSON_DEPTH, JSONTooDeep
+from gateway_kit.request import (
+    BODY,
+    INVOCATIONS,
+    JSON,
+    MAX_JSON_DEPTH,
+    REQUEST_ID,
+    UNREADABLE_ANSWER,
+    JSONTooDeep,
+    error_response,
+    route_of,
+)
 from gateway_kit.secrets import redact
 
 log = logging.getLogger("gateway_kit.request_errors")
@@ -40,12 +50,6 @@ _EXAMPLES = {
     "llm/v1/completions": '{"prompt": "Hello"}',
     "llm/v1/embeddings": '{"input": "Hello"}',
 }
-_V1_TYPES = {
-    "/v1/chat/completions": "llm/v1/chat",
-    "/v1/completions": "llm/v1/completions",
-    "/v1/embeddings": "llm/v1/embeddings",
-}
-_INVOCATIONS = re.compile(r"^/(?:gateway|endpoints)/([^/]+)/invocations$")
 _UNION_MEMBER = re.compile(r"\[|^(str|int|float|bool|dict|list|none)$")
 _UNKNOWN_NAME = re.compile(r"Invalid endpoint / route name: '(.*)'$")
 _FASTAPI_UNREADABLE_BODY = "There was an error parsing the body"
@@ -53,18 +57,13 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_]\w*)\}")  # in MLflow's messages: "Recei
 _WRONG_KIND = re.compile(r"^Endpoint '.*' is not an? \w+ endpoint\.$")  # MLflow's /v1/* check of 'model'
 
 
-def error_response(status: int, kind: str, message: str, headers: dict | None = None):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
-
-
 class BodyLimit:
     """ASGI middleware: a body over the limit gets 413 JSON before it is read.
 
     nginx enforces the same limit at the edge (client_max_body_size); this covers a replica called directly
     (docker-compose.yml publishes one). Per request it looks at Content-Length only; a chunked body, which
-    nginx never sends, is counted as it arrives.
+    nginx never sends, is counted as it arrives, or measured when a middleware outside the app has read it
+    already (request.request_body).
     """
 
     def __init__(self, app, max_bytes: int) -> None:
@@ -84,6 +83,11 @@ class BodyLimit:
                     return await self.too_large(scope, receive, send)
                 return await self.app(scope, receive, send)
         if scope["method"] in ("GET", "HEAD"):
+            return await self.app(scope, receive, send)
+        body = scope.get(BODY)
+        if body is not None:
+            if len(body) > self.max_bytes:  # answered as the count below is (413, request_too_large)
+                return await error_response(413, "request_too_large", self.message)(scope, receive, send)
             return await self.app(scope, receive, send)
         received = 0
 
@@ -115,11 +119,10 @@ def add_request_error_handlers(app, max_body_bytes: int) -> None:
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     def example_for(path: str) -> str | None:
-        kind = _V1_TYPES.get(path)
-        if kind:
-            return _EXAMPLES[kind].replace("{", '{"model": "<endpoint>", ', 1)
-        match = _INVOCATIONS.match(path)
-        name = match.group(1) if match else None
+        route = route_of(path)
+        if route.endpoint_type:
+            return _EXAMPLES[route.endpoint_type].replace("{", '{"model": "<endpoint>", ', 1)
+        name = route.endpoint
         config = app.dynamic_endpoints.get(name) or app.traffic_routes.get(name)
         if config is None:
             return None
@@ -235,9 +238,8 @@ def add_request_error_handlers(app, max_body_bytes: int) -> None:
                 "a string in the body holds an unpaired UTF-16 surrogate (like \\ud800) — send valid Unicode text",
             )
         if provider_was_called():
-            return error_response(
-                502, "upstream_bad_response", f"the provider's answer could not be read ({type(exc).__name__})"
-            )
+            failure = UNREADABLE_ANSWER.of(exc)
+            return error_response(failure.status, failure.kind, failure.message)
         where = innermost_frame(exc)
         log.warning("bad request %s %s: %s at %s", request.method, request.url.path, type(exc).__name__, where)
         return error_response(
@@ -249,7 +251,7 @@ def add_request_error_handlers(app, max_body_bytes: int) -> None:
         )
 
     async def gateway_error(request, exc: Exception):
-        request_id = (request.scope.get("state") or {}).get("request_id", "")
+        request_id = (request.scope.get("state") or {}).get(REQUEST_ID, "")
         return error_response(
             500,
             "gateway_error",
@@ -292,10 +294,10 @@ def describe_fields(errors: list[dict]) -> str:
 
 
 def not_found_message(path: str, names: str) -> str:
-    match = _INVOCATIONS.match(path)
-    if match:
+    route = route_of(path)
+    if route.kind == INVOCATIONS:
         return (
-            f"no endpoint named '{match.group(1)[:100]}' (or it was disabled: its provider key is missing) — "
+            f"no endpoint named '{route.endpoint[:100]}' (or it was disabled: its provider key is missing) — "
             f"endpoints here: {names}"
         )
     return (
@@ -314,11 +316,11 @@ def detail_response(status: int, detail, headers: dict | None = None):
 def fill_placeholders(detail: str, scope) -> str:
     """MLflow 3.17.2 sends some messages with a placeholder left unfilled, e.g. anthropic's "'n' must be '1' ...
     Received value: '{n}'." (a missing f-prefix): fill each `{field}` with that field of the client's body as
-    the kit parsed it (recording.request_json), or say that the value is the request's field."""
+    the kit parsed it (request.request_json), or say that the value is the request's field."""
     if "{" not in detail:
         return detail
-    kept = (scope.get("state") or {}).get("kit_json")
-    body = kept[1] if kept is not None and isinstance(kept[1], dict) else {}
+    parsed = scope.get(JSON)
+    body = parsed if isinstance(parsed, dict) else {}
 
     def value(match: re.Match) -> str:
         name = match.group(1)

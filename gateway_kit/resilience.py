@@ -18,10 +18,10 @@ Three pieces, documented for users in docs/resilience.md:
   JSON error, or is answered by the next endpoint of the fallback chain. Once a byte reached the client
   nothing is retried; a stream cut later ends with an SSE error event.
 
-The usage record says who served and why through scope["state"] ("served_by", "fallback_reason").
-Reported to the worker's events (gateway_kit.events; metrics listens): fallback_served, a FallbackEvent per
-request served by (or failed over to) a fallback; circuit_changed, (CircuitName, old state, new state) on every
-change a worker sees.
+The usage record says who served and why through scope["state"] (gateway_kit.request's SERVED_BY and
+FALLBACK_REASON). Reported to the worker's events (gateway_kit.events; metrics listens): fallback_served, a
+FallbackEvent per request served by (or failed over to) a fallback; circuit_changed, (CircuitName, old state,
+new state) on every change a worker sees.
 """
 
 from __future__ import annotations
@@ -42,7 +42,22 @@ from urllib.parse import urlsplit
 from gateway_kit import launcher
 from gateway_kit import settings as _settings
 from gateway_kit.events import NOBODY, Events
-from gateway_kit.recording import read_body, replay_body, request_endpoint
+from gateway_kit.request import (
+    BODY,
+    FALLBACK_REASON,
+    JSON,
+    REQUEST_ID,
+    SERVED_BY,
+    Route,
+    error_body,
+    replay_body,
+    request_body,
+    request_endpoint,
+    request_json,
+    route_of,
+    state_of,
+    upstream_failure,
+)
 from gateway_kit.secrets import redact
 from gateway_kit.settings import Settings
 
@@ -54,9 +69,6 @@ MAX_RETRIES = 10
 # 501 Not Implemented and 505 HTTP Version Not Supported say this request can never succeed there, not that
 # the provider is failing now: see retryable().
 NOT_TRANSIENT = frozenset({501, 505})
-_V1_PREFIX = "/v1/"
-_INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
-_INVOCATION_SUFFIX = "/invocations"
 
 
 # ---------------------------------------------------------------- per-endpoint policy
@@ -685,53 +697,18 @@ class FallbackEvent:
     tried: tuple[str, ...]  # every endpoint started, in order
 
 
-def endpoint_from_path(path: str) -> str | None:
-    if path.startswith(_INVOCATION_PREFIXES) and path.endswith(_INVOCATION_SUFFIX):
-        return path[path.index("/", 1) + 1 : -len(_INVOCATION_SUFFIX)]
-    return None
-
-
 def _error(status: int, kind: str, message: str, headers: tuple = ()) -> tuple[int, list, bytes]:
     # A provider's message can repeat the key it was sent ("Incorrect API key provided: sk-..."): redacted.
-    body = json.dumps({"error": {"type": kind, "message": redact(message)}}, separators=(",", ":")).encode()
+    body = json.dumps(error_body(kind, redact(message)), separators=(",", ":")).encode()
     return status, [(b"content-type", b"application/json"), *headers], body
 
 
 def error_for(exc: BaseException) -> tuple[str, tuple[int, list, bytes]]:
-    """(failure reason, JSON error response) for an exception a provider call ended with."""
-    import aiohttp
-    from starlette.exceptions import HTTPException
-
-    seen = 0
-    while exc is not None and seen < 5:  # starlette wraps a handled exception raised mid-response
-        if isinstance(exc, CircuitOpenError):
-            retry = str(math.ceil(exc.retry_in)).encode()
-            return "circuit_open", _error(503, "upstream_circuit_open", str(exc), ((b"retry-after", retry),))
-        if isinstance(exc, UpstreamTimeout):
-            return f"timeout_{exc.kind}", _error(504, "upstream_timeout", str(exc))
-        if isinstance(exc, HTTPException):
-            detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-            return f"http_{exc.status_code}", _error(
-                exc.status_code, "upstream_error", f"the provider answered {exc.status_code}: {detail}"
-            )
-        if isinstance(exc, asyncio.TimeoutError):
-            return "timeout", _error(504, "upstream_timeout", "the provider did not answer in time")
-        if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ClientResponseError, ValueError)):
-            return "bad_response", _error(
-                502, "upstream_bad_response", f"the provider's answer could not be read ({type(exc).__name__})"
-            )
-        if isinstance(exc, aiohttp.ClientConnectionError):
-            return "unreachable", _error(
-                502,
-                "upstream_unreachable",
-                f"the provider could not be reached or closed the connection ({type(exc).__name__})",
-            )
-        if exc.__cause__ is None:
-            break
-        exc, seen = exc.__cause__, seen + 1
-    return f"error_{type(exc).__name__}", _error(
-        502, "upstream_error", f"the provider call failed ({type(exc).__name__})"
-    )
+    """(failure reason, JSON error response) for an exception a provider call ended with
+    (gateway_kit.request.upstream_failure: the table every handler answers from)."""
+    failure = upstream_failure(exc)
+    headers = tuple((k.encode(), v.encode()) for k, v in failure.headers.items())
+    return failure.reason, _error(failure.status, failure.kind, failure.message, headers)
 
 
 class _Try:
@@ -823,7 +800,6 @@ class _Try:
             self.name,
             reason,
         )
-        self.scope.setdefault("state", {})["stream_error"] = reason
         try:
             await self.client_send(
                 {"type": "http.response.body", "body": b"data: " + body + b"\n\n", "more_body": False}
@@ -849,35 +825,31 @@ class Fallback:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
-        body = None
-        if path.startswith(_V1_PREFIX):
-            body = await read_body(receive)
+        route = route_of(scope["path"])
+        if route.model_in_body:
+            body, receive = await request_body(scope, receive)
             if body is None:  # the client left while sending its body
                 return
-            name = request_endpoint(scope, body)
+            name = request_endpoint(scope)
+        elif route.endpoint is None:
+            return await self.app(scope, receive, send)
         else:
-            name = endpoint_from_path(path)
-            if name is None:
-                return await self.app(scope, receive, send)
+            name = route.endpoint
         policy = self.policies.get(name) or self.default
         if not policy.fallback:
-            one = _Try(
-                name, policy, scope, replay_body(body, receive) if body is not None else receive, send, lambda t: True
-            )
+            one = _Try(name, policy, scope, receive, send, lambda t: True)
             await one.run(self.app)
             if one.state == "failed":
                 await one.answer_failure()
             return
+        body, receive = await request_body(scope, receive)  # every try gets it
         if body is None:
-            body = await read_body(receive)
-            if body is None:
-                return
-        await self._chain(scope, receive, send, name, policy, body)
+            return
+        await self._chain(scope, receive, send, route, name, policy)
 
-    async def _chain(self, scope, receive, send, name: str, policy: Policy, body: bytes) -> None:
+    async def _chain(self, scope, receive, send, route: Route, name: str, policy: Policy) -> None:
         chain = [name, *policy.fallback]
-        scope.setdefault("state", {})  # shared by every try's copy of the scope
+        state_of(scope)  # shared by every try's copy of the scope
         winner: list[_Try] = []
         tries: list[_Try] = []
         disconnect = _SharedDisconnect(receive)
@@ -892,11 +864,12 @@ class Fallback:
             return True
 
         def start(endpoint: str) -> _Try:
+            try_scope = _scope_for(scope, route, name, endpoint)
             t = _Try(
                 endpoint,
                 self.policies.get(endpoint) or self.default,
-                _scope_for(scope, name, endpoint, body),
-                disconnect.receiver(_body_for(scope, name, endpoint, body)),
+                try_scope,
+                disconnect.receiver(try_scope[BODY]),
                 send,
                 gate,
             )
@@ -938,13 +911,13 @@ class Fallback:
                     nxt += 1
             last = winner[0] if winner else tries[-1]
             if last.name != name or len(tries) > 1:
-                state = scope.setdefault("state", {})
-                state["served_by"] = last.name if last.name != name else None
-                state["fallback_reason"] = reasons[0] if reasons else None
+                state = state_of(scope)
+                state[SERVED_BY] = last.name if last.name != name else None
+                state[FALLBACK_REASON] = reasons[0] if reasons else None
                 served = last.name if winner and last.state == "committed" else None
                 self.events.fallback_served(
                     FallbackEvent(
-                        state.get("request_id"),
+                        state.get(REQUEST_ID),
                         name,
                         served,
                         reasons[0] if reasons else "failed",
@@ -965,7 +938,7 @@ class Fallback:
 
 
 class _SharedDisconnect:
-    """Several tries of one request each read the request body once, then wait for the one disconnect."""
+    """Several tries of one request each read their own request body once, then wait for the one disconnect."""
 
     def __init__(self, receive) -> None:
         self.receive, self.waiting = receive, None
@@ -975,57 +948,41 @@ class _SharedDisconnect:
 
     async def _receive_shared(self):
         if self.waiting is None:
-            self.waiting = asyncio.ensure_future(self.receive())
+            self.waiting = asyncio.ensure_future(self._after_body())
         return await asyncio.shield(self.waiting)
+
+    async def _after_body(self):
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":  # the body again, replayed from outside: each try has its own
+                return message
 
     def close(self) -> None:
         if self.waiting is not None and not self.waiting.done():
             self.waiting.cancel()
 
 
-def _scope_for(scope: dict, name: str, endpoint: str, body: bytes) -> dict:
-    """A copy of the request's scope addressed to `endpoint` (concurrent tries never share one)."""
+def _scope_for(scope: dict, route: Route, name: str, endpoint: str) -> dict:
+    """A copy of the request's scope (body read) addressed to `endpoint` (concurrent tries never share one): the
+    path names it, or on /v1 the try's own body, with "model": endpoint."""
     new = dict(scope)
-    if endpoint != name and not scope["path"].startswith(_V1_PREFIX):
-        prefix = scope["path"][: scope["path"].index("/", 1) + 1]
-        new["path"] = f"{prefix}{endpoint}{_INVOCATION_SUFFIX}"
+    if endpoint == name:
+        return new
+    if not route.model_in_body:
+        new["path"] = route.path_for(endpoint)
         new["raw_path"] = new["path"].encode()
-    elif endpoint != name:
-        length = str(len(_body_for(scope, name, endpoint, body))).encode()
-        new["headers"] = [(k, length if k == b"content-length" else v) for k, v in scope["headers"]]
+        return new
+    body = new[BODY] = json.dumps({**request_json(scope), "model": endpoint}).encode()
+    new.pop(JSON, None)
+    length = str(len(body)).encode()
+    new["headers"] = [(k, length if k == b"content-length" else v) for k, v in scope["headers"]]
     return new
 
 
-def _body_for(scope: dict, name: str, endpoint: str, body: bytes) -> bytes:
-    if endpoint == name or not scope["path"].startswith(_V1_PREFIX):
-        return body
-    return json.dumps({**json.loads(body), "model": endpoint}).encode()
-
-
 def wrap(app, config: Mapping[str, Any], events: Events = NOBODY):
-    """MLflow's app with the kit's upstream error answers and, in front, the Fallback middleware (reporting to
-    `events`)."""
-    add_error_handlers(app)
+    """MLflow's app with the Fallback middleware in front (reporting to `events`)."""
     s = settings()
     return Fallback(app, policies(config, s), Policy.default(s), events)
-
-
-def add_error_handlers(app) -> None:
-    """JSON answers for an open circuit (503 with Retry-After) and a timeout that names its kind (504)."""
-    from fastapi.responses import JSONResponse
-
-    async def circuit_open(request, exc: CircuitOpenError):
-        return JSONResponse(
-            {"error": {"type": "upstream_circuit_open", "message": str(exc)}},
-            status_code=503,
-            headers={"Retry-After": str(math.ceil(exc.retry_in))},
-        )
-
-    async def timeout(request, exc: UpstreamTimeout):
-        return JSONResponse({"error": {"type": "upstream_timeout", "message": str(exc)}}, status_code=504)
-
-    app.add_exception_handler(CircuitOpenError, circuit_open)
-    app.add_exception_handler(UpstreamTimeout, timeout)
 
 
 __all__ = [

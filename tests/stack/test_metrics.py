@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import REPO, clean_env, free_port, gone, start_replica, stop_group, wait_http
 import gateway_kit
 from gateway_kit import metrics
+from gateway_kit.request import V1_ENDPOINT_TYPES
 from gateway_kit.resilience import CircuitName, FallbackEvent
 from gateway_kit.settings import Settings, SettingsError
 from gateway_kit.usage import Ledger, UsageRecord
@@ -419,7 +420,7 @@ def test_garbage_model_names_paths_and_clients_create_no_label_values(stack):
     assert {ls["route"] for ls in labels if "route" in ls} <= {
         "/gateway/{endpoint}/invocations",
         "/endpoints/{endpoint}/invocations",
-        *metrics.V1_ROUTES,
+        *V1_ENDPOINT_TYPES,
         "other",
     }
     assert total(samples, "gateway_requests_total", client="metrics-garbage", endpoint="unknown") == 3
