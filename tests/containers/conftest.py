@@ -311,6 +311,19 @@ class Load:
         return self.result()
 
 
+# The loads' cases (evaluate_gateway.py test cases): a 100 ms chat, and a stream.
+WORDS = " ".join(f"w{i}" for i in range(30))
+CHAT = {"name": "chat", "endpoint": "chat", "messages": [{"role": "user", "content": "[[latency:100]] hello"}]}
+# 30 chunks 100 ms apart: a stream is in flight for about 3 s, long enough to be cut by a stop if draining failed.
+STREAM = {
+    "name": "stream",
+    "endpoint": "chat",
+    "params": {"stream": True},
+    "messages": [{"role": "user", "content": f"[[chunk_delay:100]] [[reply:{WORDS}]]"}],
+    "expect": {"contains": "w29"},
+}
+
+
 def start_load(engine: Engine, tmp: Path, cases: list[dict], rate: float, duration: float) -> Load:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "cases.json").write_text(json.dumps({"cases": cases}))

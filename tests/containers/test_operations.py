@@ -16,20 +16,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import GATEWAY, REPLICAS, Project, figure, in_flight, ledger_records, start_load, start_time
+from .conftest import (
+    CHAT,
+    GATEWAY,
+    REPLICAS,
+    STREAM,
+    Project,
+    figure,
+    in_flight,
+    ledger_records,
+    start_load,
+    start_time,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.containers]
-
-WORDS = " ".join(f"w{i}" for i in range(30))
-CHAT = {"name": "chat", "endpoint": "chat", "messages": [{"role": "user", "content": "[[latency:100]] hello"}]}
-# 30 chunks 100 ms apart: a stream is in flight for about 3 s, long enough to be cut by a stop if draining failed.
-STREAM = {
-    "name": "stream",
-    "endpoint": "chat",
-    "params": {"stream": True},
-    "messages": [{"role": "user", "content": f"[[chunk_delay:100]] [[reply:{WORDS}]]"}],
-    "expect": {"contains": "w29"},
-}
 
 
 def docker_events(project: Project, since: float, event: str) -> list[dict]:

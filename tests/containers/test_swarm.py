@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from .conftest import (
+    CHAT,
     ENGINE_SCRIPT,
     GATEWAY,
     Engine,
@@ -35,6 +36,7 @@ from .conftest import (
     host_network,
     in_flight,
     make_project,
+    STREAM,
     start_load,
     start_time,
 )
@@ -47,16 +49,6 @@ SUBNET = "10.213.14"  # the nodes' addresses, inside the test's namespaces only
 ADDR_POOL = "10.214.0.0/16"  # the swarm's overlay networks (--default-addr-pool)
 NODES = 3
 LIMITED, LIMIT, CONCURRENT = "completions", 5, 15
-WORDS = " ".join(f"w{i}" for i in range(30))
-CHAT = {"name": "chat", "endpoint": "chat", "messages": [{"role": "user", "content": "[[latency:100]] hello"}]}
-# 30 chunks 100 ms apart: a stream is in flight for about 3 s, long enough to be cut by a stop if draining failed.
-STREAM = {
-    "name": "stream",
-    "endpoint": "chat",
-    "params": {"stream": True},
-    "messages": [{"role": "user", "content": f"[[chunk_delay:100]] [[reply:{WORDS}]]"}],
-    "expect": {"contains": "w29"},
-}
 
 
 def wait_for(what: str, check, timeout: float, every: float = 1.0):
