@@ -477,7 +477,7 @@ class Limiter(Listener):
     def usage_recorded(self, record) -> None:
         client = record.client or ANONYMOUS
         mine = self.config.for_client(client)
-        tokens = record.total_tokens if mine.tokens_per_minute else 0
+        tokens = record.total_tokens if mine.tokens_per_minute and record.cache != "hit" else 0  # a hit: none spent
         usd = (record.cost_usd or 0.0) if mine.usd_per_day else 0.0
         if tokens <= 0 and usd <= 0:
             return
