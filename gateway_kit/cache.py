@@ -246,7 +246,7 @@ class ResponseCache:
                 self.down = True
                 log.error(
                     "cache: Redis at %s does not answer (%s) — requests are served without the cache until it "
-                    "does; this worker says so once",
+                    "does (this line: once per worker)",
                     self.redis.where,
                     type(e).__name__,
                 )
