@@ -1232,10 +1232,10 @@ def render_table(report: dict[str, Any], limit_rows: int = 30) -> str:
     breakdown("By model", report["by_model"], "model")
     breakdown("By endpoint", report["by_endpoint"], "endpoint")
     breakdown("By client", report["by_client"], "client")
-    if report["cache"]["hits"]:
-        savings(out, report)
     by_key = f"by_{report['by']}"
     breakdown(f"By {report['by']}", report[by_key], report["by"])
+    if report["cache"]["hits"]:
+        savings(out, report)
 
     if report["top_requests"] and req["total"] > 1:
         out.extend(["", f"Most expensive requests (top {len(report['top_requests'])})"])
