@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway_kit import settings
+from gateway_kit.cache import HIT
 from gateway_kit.events import Listener
 from gateway_kit.request import error_response, route_of
 
@@ -341,7 +342,7 @@ class Metrics(Listener):
         batch.observe(self.duration[endpoint, "true" if record.stream else "false"], record.latency_ms / 1000)
         if record.ttft_ms is not None:
             batch.observe(self.ttft[endpoint,], record.ttft_ms / 1000)
-        if (record.prompt_tokens or record.completion_tokens) and record.cache != "hit":  # a hit: no provider call
+        if (record.prompt_tokens or record.completion_tokens) and record.cache != HIT:  # a hit: no provider call
             model = self.model(record.model)
             for kind, count in zip(
                 TOKEN_KINDS,
@@ -375,7 +376,7 @@ class Metrics(Listener):
         self.breaker_open[upstream, model].set(1 if new == "open" else 0)
 
     def cache_looked_up(self, endpoint: str, client: str | None, result: str) -> None:
-        counter = self.cache_hits if result == "hit" else self.cache_misses
+        counter = self.cache_hits if result == HIT else self.cache_misses
         self.batch.inc(counter[self.endpoint(endpoint), self.client(client)])
 
     def count_ledger_failures(self) -> None:

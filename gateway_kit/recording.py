@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from gateway_kit.cache import HIT
 from gateway_kit.events import Events
 from gateway_kit.pricing import Pricer, Usage
 from gateway_kit.request import (
@@ -186,7 +187,7 @@ class UsageRecorder:
         cost_usd = round(cost.usd, 12) if cost and cost.usd is not None else (None if cost else 0.0)
         cache = kit_state.get(CACHE)
         saved_usd = None
-        if cache == "hit":  # answered from the response cache: the provider's price is what it saved
+        if cache == HIT:  # answered from the response cache: the provider's price is what it saved
             saved_usd, cost_usd = cost_usd, 0.0
         record = UsageRecord(
             ts=utc_now_iso(wall),
