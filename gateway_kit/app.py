@@ -166,6 +166,7 @@ class Parts:
     metrics: metrics.Metrics | None  # None with GATEWAY_METRICS=off
     limiter: limits.Limiter | None  # None when config.yaml sets no limits
     refusals: Refusals | None  # None when nothing listens to the records of refused requests
+    cache: dict | None  # the endpoints' cache policies (gateway_kit.cache); None: no endpoint has `cache:`, or no Redis
 
 
 def parts(s: settings.Settings, config: dict) -> Parts:
@@ -181,7 +182,7 @@ def parts(s: settings.Settings, config: dict) -> Parts:
     counter = limiter if limiter and limiter.counts_usage else None
     events = Events(listener for listener in (usage, m, counter) if listener is not None)
     refusals = Refusals(s.replica_id, events) if events.listens("refusal_recorded") else None
-    return Parts(events, m, limiter, refusals)
+    return Parts(events, m, limiter, refusals, cache_policies(config, s))
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,7 @@ def middlewares(s: settings.Settings, config: dict, p: Parts) -> list[Middleware
         Middleware("in-flight gauge", p.metrics is not None, lambda app: metrics.InFlight(app, p.metrics)),
         # on when anything listens to the records: the usage log, metrics, or a token or dollar limit
         Middleware("usage records", p.events.listens("usage_recorded"), lambda app: usage_recorder(app, config, p, s)),
+        Middleware("cache", p.cache is not None, lambda app: response_cache(app, p, s)),
         Middleware("resilience", s.resilience, lambda app: resilience(app, config, p.events)),
     ]
 
@@ -289,6 +291,32 @@ class UsageLog(Listener):
         emit(record, ledger=self.ledger)
 
     refusal_recorded = usage_recorded
+
+
+def cache_policies(config: dict, s: settings.Settings) -> dict | None:
+    """The endpoints' `cache:` policies, or None when no endpoint has one or GATEWAY_REDIS_URL is unset (said
+    once: the cache lives in Redis, so without it nothing is cached)."""
+    from gateway_kit.cache import read_config
+
+    policies = read_config(config)
+    if not policies:
+        return None
+    if not s.redis_url:
+        logging.getLogger("gateway_kit.cache").error(
+            "cache: config.yaml sets `cache:` on %s but GATEWAY_REDIS_URL is not set — nothing is cached; set it "
+            "to the Redis every replica shares",
+            ", ".join(policies),
+        )
+        return None
+    return policies
+
+
+def response_cache(app, p: Parts, s: settings.Settings):
+    """Answers from the cache shared by every replica, for the endpoints with `cache:` (gateway_kit.cache)."""
+    from gateway_kit.cache import ResponseCache
+    from gateway_kit.shared_redis import link_for
+
+    return ResponseCache(app, p.cache, link_for(s), s.cache_max_entry_kb * 1024, p.events)
 
 
 def usage_recorder(app, config: dict, p: Parts, s: settings.Settings):

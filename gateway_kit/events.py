@@ -11,6 +11,7 @@ from the listeners the settings ask for (gateway_kit.app.parts) and hands to eac
 | `fallback_served` | the fallback middleware (gateway_kit.resilience) | metrics |
 | `circuit_changed` | a circuit breaker, on every change this worker sees | metrics |
 | `upstream_called` | the provider client (gateway_kit.upstream), after each call | metrics |
+| `cache_looked_up` | the response cache (gateway_kit.cache), after each lookup: a hit or a miss | metrics |
 
 A listener subclasses `Listener` and overrides the events it wants; the registry calls it for those only. A
 listener that raises is logged and the others still get the event: reporting never fails a request. An event
@@ -54,6 +55,9 @@ class Listener:
 
     def upstream_called(self, base_url: str, status: str, seconds: float) -> None:
         """A provider call ended: its base URL, the HTTP status (or "error": no answer) and how long it took."""
+
+    def cache_looked_up(self, endpoint: str, client: str | None, result: str) -> None:
+        """The response cache looked a request's answer up in Redis: `result` is "hit" or "miss"."""
 
 
 EVENTS = tuple(name for name in vars(Listener) if not name.startswith("_"))

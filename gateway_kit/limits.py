@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from gateway_kit import launcher
+from gateway_kit.cache import HIT
 from gateway_kit.events import NOBODY, Events, Listener
 from gateway_kit.request import (
     error_body,
@@ -477,7 +478,7 @@ class Limiter(Listener):
     def usage_recorded(self, record) -> None:
         client = record.client or ANONYMOUS
         mine = self.config.for_client(client)
-        tokens = record.total_tokens if mine.tokens_per_minute else 0
+        tokens = record.total_tokens if mine.tokens_per_minute and record.cache != HIT else 0  # a hit: none spent
         usd = (record.cost_usd or 0.0) if mine.usd_per_day else 0.0
         if tokens <= 0 and usd <= 0:
             return

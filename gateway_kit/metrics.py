@@ -10,6 +10,7 @@
 - rate_limited and budget_rejected: gateway_rate_limit_rejections_total, gateway_budget_rejections_total;
 - fallback_served: gateway_fallbacks_total; circuit_changed: gateway_circuit_breaker_transitions_total and
   gateway_circuit_breaker_open;
+- cache_looked_up, each lookup of the response cache: gateway_cache_hits_total, gateway_cache_misses_total;
 - gateway_requests_in_flight (a tiny ASGI middleware, InFlight), gateway_build_info.
 
 Labels are bounded: an endpoint or `to` outside config.yaml becomes "unknown", a path the gateway does not
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from gateway_kit import settings
+from gateway_kit.cache import HIT
 from gateway_kit.events import Listener
 from gateway_kit.request import error_response, route_of
 
@@ -313,6 +315,14 @@ class Metrics(Listener):
             ["upstream", "model"],
             "livemax",
         )
+        self.cache_hits = counter(
+            "gateway_cache_hits", "Requests answered from the response cache.", ["endpoint", "client"]
+        )
+        self.cache_misses = counter(
+            "gateway_cache_misses",
+            "Requests looked up in the response cache and not found there (sent to the provider).",
+            ["endpoint", "client"],
+        )
         build = gauge(
             "gateway_build_info",
             "Always 1; the labels say what runs.",
@@ -332,7 +342,7 @@ class Metrics(Listener):
         batch.observe(self.duration[endpoint, "true" if record.stream else "false"], record.latency_ms / 1000)
         if record.ttft_ms is not None:
             batch.observe(self.ttft[endpoint,], record.ttft_ms / 1000)
-        if record.prompt_tokens or record.completion_tokens:
+        if (record.prompt_tokens or record.completion_tokens) and record.cache != HIT:  # a hit: no provider call
             model = self.model(record.model)
             for kind, count in zip(
                 TOKEN_KINDS,
@@ -364,6 +374,10 @@ class Metrics(Listener):
         upstream, model = self.upstream_label(name.url), self.model(name.model)
         self.breaker_transitions[upstream, model, self.state(new)].inc()
         self.breaker_open[upstream, model].set(1 if new == "open" else 0)
+
+    def cache_looked_up(self, endpoint: str, client: str | None, result: str) -> None:
+        counter = self.cache_hits if result == HIT else self.cache_misses
+        self.batch.inc(counter[self.endpoint(endpoint), self.client(client)])
 
     def count_ledger_failures(self) -> None:
         """Before each write of the batch: ledger records that could not be written since the last one."""

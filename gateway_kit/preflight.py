@@ -264,9 +264,9 @@ def validate(config: dict, node: yaml.Node | None, path: Path) -> None:
             message = str(getattr(e, "message", e))
             where = ("endpoints", index, *quoted_field(endpoint, message))
             raise fail(where, f"endpoint {name!r}: {message}") from None
-    from gateway_kit.resilience import config_problems
+    from gateway_kit import cache, resilience
 
-    for where, what in config_problems(config):
+    for where, what in [*resilience.config_problems(config), *cache.config_problems(config)]:
         name = config["endpoints"][where[1]].get("name")
         raise fail(where, f"endpoint {name!r}: {what}")
     try:
@@ -297,6 +297,7 @@ def unknown_keys(config: dict) -> list[tuple[tuple, str]]:
         TrafficRouteConfig,
     )
 
+    from gateway_kit.cache import CACHE_KEYS
     from gateway_kit.limits import CLIENT_FIELDS, LIMITS_KEYS
     from gateway_kit.resilience import FALLBACK_KEYS, TIMEOUT_KINDS
 
@@ -327,6 +328,7 @@ def unknown_keys(config: dict) -> list[tuple[tuple, str]]:
         check(endpoint.get("limit"), at, limit, owner, ("limit",))
         check(endpoint.get("timeouts"), at, list(TIMEOUT_KINDS), owner, ("timeouts",))
         check(endpoint.get("fallback"), at, list(FALLBACK_KEYS), owner, ("fallback",))
+        check(endpoint.get("cache"), at, list(CACHE_KEYS), owner, ("cache",))
     for index, route in enumerate(config.get("routes") or []):
         if not isinstance(route, dict):
             continue
@@ -420,7 +422,8 @@ KIT_ENDPOINT_KEYS: tuple[str, ...] = (
     "timeouts",
     "retries",
     "fallback",
-)  # per endpoint (and gateway_kit.resilience)
+    "cache",
+)  # per endpoint (gateway_kit.limits, gateway_kit.resilience, gateway_kit.cache)
 # A traffic route's `limit` (gateway_kit.limits): MLflow's route model has none.
 KIT_ROUTE_KEYS: tuple[str, ...] = ("limit",)
 

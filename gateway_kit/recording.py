@@ -19,9 +19,11 @@ import logging
 import time
 from dataclasses import dataclass
 
+from gateway_kit.cache import HIT
 from gateway_kit.events import Events
 from gateway_kit.pricing import Pricer, Usage
 from gateway_kit.request import (
+    CACHE,
     FALLBACK_REASON,
     REQUEST_ID,
     SERVED_BY,
@@ -182,6 +184,11 @@ class UsageRecorder:
         model = model or (info.model if info else None)
         provider = info.provider if info else None
         cost = self.pricer.cost(model, provider, usage) if (usage.prompt_tokens or usage.completion_tokens) else None
+        cost_usd = round(cost.usd, 12) if cost and cost.usd is not None else (None if cost else 0.0)
+        cache = kit_state.get(CACHE)
+        saved_usd = None
+        if cache == HIT:  # answered from the response cache: the provider's price is what it saved
+            saved_usd, cost_usd = cost_usd, 0.0
         record = UsageRecord(
             ts=utc_now_iso(wall),
             request_id=kit_state.get(REQUEST_ID),
@@ -201,11 +208,13 @@ class UsageRecorder:
             reasoning_tokens=usage.reasoning_tokens,
             client=header(scope, b"x-gateway-client"),
             replica=self.replica,
-            cost_usd=round(cost.usd, 12) if cost and cost.usd is not None else (None if cost else 0.0),
+            cost_usd=cost_usd,
             price_source=cost.source if cost else "no tokens",
             served_by=served_by,
             fallback_reason=kit_state.get(FALLBACK_REASON),
             error=error,
+            cache=cache,
+            saved_usd=saved_usd,
         )
         self.events.usage_recorded(record)
 

@@ -24,6 +24,7 @@ What the middlewares tell each other: scope["state"] (Starlette's request.state)
     ENDPOINT         set by request_endpoint(): the endpoint the client asked for (None when none is named)
     SERVED_BY        set by resilience.Fallback: the fallback endpoint that answered (None: the endpoint itself)
     FALLBACK_REASON  set by resilience.Fallback: why the endpoint was left (http_500, timeout_first_byte ...)
+    CACHE            set by cache.ResponseCache: "hit" (answered from the cache) or "miss" (the answer was stored)
 
 Error answers
   `error_body()` is the kit's JSON error envelope, `{"error": {"type": ..., "message": ...}}`, for every
@@ -114,6 +115,7 @@ REQUEST_ID = "request_id"
 ENDPOINT = "kit_endpoint"
 SERVED_BY = "served_by"
 FALLBACK_REASON = "fallback_reason"
+CACHE = "cache"
 BODY = "gateway_kit.body"  # in the scope itself: the whole request body, once read (request_body)
 JSON = "gateway_kit.json"  # in the scope itself: the body parsed (request_json)
 

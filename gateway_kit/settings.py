@@ -166,6 +166,7 @@ class Settings:
     limits_on_redis_down: str = setting("open", choice("open", "closed"), "open or closed")
     auth: str = setting("auto", auth_mode, "one of auto, on, off (on: on, true, yes, 1; off: off, false, no, 0, none)")
     ready_redis: bool = setting(False, switch, SWITCH)
+    cache_max_entry_kb: int = setting(512, number(0, whole=True, above=True), "a whole number of kilobytes above 0")
     # demo mode (preflight)
     demo_upstream: str = setting("", text, doc="unset")
     demo_wait: float = setting(30.0, number(0), "a number of seconds, 0 or more")

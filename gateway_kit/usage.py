@@ -11,7 +11,8 @@ A record is one JSON line, tagged so it can be picked out of mixed `docker logs`
      "endpoint":"chat","provider":"openai","model":"gpt-4o-mini-2024-07-18","status":200,"latency_ms":812.4,
      "ttft_ms":null,"stream":false,"partial":false,"prompt_tokens":1234,"completion_tokens":256,"total_tokens":1490,
      "cached_tokens":1024,"reasoning_tokens":0,"client":"team-a","replica":"mlflow-gateway-1","cost_usd":0.000264,
-     "price_source":"genai-prices 0.2.3","served_by":null,"fallback_reason":null,"error":null}
+     "price_source":"genai-prices 0.2.3","served_by":null,"fallback_reason":null,"error":null,"cache":null,
+     "saved_usd":null}
 
 Writing one (what the gateway does per request):
 
@@ -130,6 +131,8 @@ class UsageRecord:
     fallback_reason: str | None = None  # why `endpoint` was left: http_500, timeout_first_byte, circuit_open ...
     error: str | None = None  # short error class or message when status is not 2xx, or a stream was cut
     content: Mapping[str, Any] | None = None  # prompt / answer, only when recording content is turned on
+    cache: str | None = None  # "hit": answered from the response cache; "miss": the provider's answer, stored
+    saved_usd: float | None = None  # a hit: what the provider would have charged (cost_usd is 0)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written: "type" and "v" first, then every field in declaration order."""

@@ -74,7 +74,7 @@ DETAILS_AUTO_MAX = 20  # a per-request table is shown when there are at most thi
 PARALLEL_MIN_BYTES = 64 * 1024 * 1024  # below this, one process is faster than starting several
 
 # Fields of an aggregate row, by index (plain lists are the fastest thing to add into).
-REQ, FAILED, PROMPT, COMPL, CACHED, REASON, TOTAL, COST, UNPRICED, UNPRICED_TOK = range(10)
+REQ, FAILED, PROMPT, COMPL, CACHED, REASON, TOTAL, COST, UNPRICED, UNPRICED_TOK, HITS, SAVED = range(12)
 ROW_FIELDS = (
     "requests",
     "failed",
@@ -86,6 +86,8 @@ ROW_FIELDS = (
     "cost_usd",
     "unpriced_requests",
     "unpriced_tokens",
+    "cache_hits",
+    "saved_usd",
 )
 
 
@@ -569,6 +571,8 @@ GROUPS = (
     "reasoning_tokens",
     "client",
     "cost_usd",
+    "cache",
+    "saved_usd",
 )
 _TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
 _TAG = f'"{RECORD_TYPE}"'  # in every record's JSON text, as the value of "type"
@@ -775,6 +779,8 @@ def _row(g: tuple[Any, ...], cost: float | None, p: int, c: int, cached: int, r:
         "latency_ms": latency if isinstance(latency, (int, float)) and not isinstance(latency, bool) else None,
         "case": str(d["case"]) if d.get("case") is not None else None,
         "error": str(d["error"]) if d.get("error") is not None else None,
+        "cache": f["cache"] or None,
+        "saved_usd": float(f["saved_usd"]) if f["saved_usd"] else None,
     }
 
 
@@ -818,7 +824,26 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
                 for chunk, first_line in _chunks(f):
                     for g in _chunk_records(chunk, first_line, inp, st):
                         # GROUPS, in order (js: the record's JSON text)
-                        _, js, ts, rid, endpoint, provider, model, status, pv, p, c, tot, cached, r, client, cost = g
+                        (
+                            _,
+                            js,
+                            ts,
+                            rid,
+                            endpoint,
+                            provider,
+                            model,
+                            status,
+                            pv,
+                            p,
+                            c,
+                            tot,
+                            cached,
+                            r,
+                            client,
+                            cost,
+                            hit,
+                            saved,
+                        ) = g
                         if rid:
                             if rid in seen:
                                 duplicates += 1
@@ -844,7 +869,7 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
                         key = (ts[:bucket_len], model, endpoint, client, provider)
                         grp = groups.get(key)
                         if grp is None:
-                            grp = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0]
+                            grp = groups[key] = [0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0, 0.0]
                         grp[0] += 1
                         if status not in ok_statuses:
                             grp[1] += 1  # failed
@@ -865,7 +890,17 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
                             r = 0
                         if pv == "true":
                             partial += 1
-                        if what_if is not None:
+                        if hit == "hit":  # answered from the response cache: $0, and what it saved
+                            grp[HITS] += 1
+                            if what_if is not None:
+                                saved = cost_tokens(what_if, None, p, c, cached, r)[0]
+                            elif saved:
+                                saved = float(saved)
+                            else:
+                                saved = cost_tokens(model, provider, p, c, cached, r)[0]
+                            grp[SAVED] += saved or 0.0
+                            cost = 0.0
+                        elif what_if is not None:
                             cost = cost_tokens(what_if, None, p, c, cached, r)[0]
                         elif not cost:
                             cost = cost_tokens(model, provider, p, c, cached, r)[0]
@@ -1013,13 +1048,14 @@ def _row_numbers(a: list[Any]) -> dict[str, Any]:
     row = dict(zip(ROW_FIELDS, a))
     row["ok"] = a[REQ] - a[FAILED]
     row["cost_usd"] = round(a[COST], 10)
+    row["saved_usd"] = round(a[SAVED], 10)
     return row
 
 
 def build_report(
     result: Scan, opts: Options, args: argparse.Namespace, pricer: Pricer, sources: list[str]
 ) -> dict[str, Any]:
-    totals = [0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0]
+    totals = [0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0, 0.0]
     for g in result.groups.values():
         for i in range(len(g)):
             totals[i] += g[i]
@@ -1067,6 +1103,7 @@ def build_report(
             "priced_as": opts.what_if,
             "price_of_priced_as": pricer.describe(opts.what_if) if opts.what_if else None,
         },
+        "cache": {"hits": totals[HITS], "saved_usd": round(totals[SAVED], 10)},
         "by": bucket_name,
         "by_model": sorted(_rollup(result.groups, 1), key=by_cost),
         "by_endpoint": sorted(_rollup(result.groups, 2), key=by_cost),
@@ -1197,6 +1234,8 @@ def render_table(report: dict[str, Any], limit_rows: int = 30) -> str:
     breakdown("By client", report["by_client"], "client")
     by_key = f"by_{report['by']}"
     breakdown(f"By {report['by']}", report[by_key], report["by"])
+    if report["cache"]["hits"]:
+        savings(out, report)
 
     if report["top_requests"] and req["total"] > 1:
         out.extend(["", f"Most expensive requests (top {len(report['top_requests'])})"])
@@ -1222,6 +1261,22 @@ def render_table(report: dict[str, Any], limit_rows: int = 30) -> str:
             f"  or price it as a public model:  {name}: {{model: gpt-4o-mini}}",
         ]
     return "\n".join(out) + "\n"
+
+
+def savings(out: list[str], report: dict[str, Any]) -> None:
+    """The response cache's hits and what they saved (what the provider would have charged), by endpoint and
+    client; only the groups that had a hit."""
+    cache = report["cache"]
+    out += [
+        "",
+        "Response cache (hits cost $0; saved: what the provider would have charged)",
+        f"Hits: {_n(cache['hits'])} of {_n(report['requests']['total'])} requests, saved {usd(cache['saved_usd'])}",
+    ]
+    for title, group in (("endpoint", "by_endpoint"), ("client", "by_client")):
+        rows = sorted((r for r in report[group] if r["cache_hits"]), key=lambda r: (-r["saved_usd"], r["key"]))
+        body = [[r["key"], _n(r["cache_hits"]), _n(r["requests"]), usd(r["saved_usd"])] for r in rows]
+        out.extend(["", f"Saved by {title}"])
+        out.extend(table([title, "hits", "requests", "saved"], body, right={1, 2, 3}))
 
 
 def _cost_cell(row: dict[str, Any]) -> str:
@@ -1267,6 +1322,8 @@ CSV_GROUP_FIELDS = [
     "total_tokens",
     "cost_usd",
     "unpriced_requests",
+    "cache_hits",
+    "saved_usd",
 ]
 CSV_REQUEST_FIELDS = [
     "ts",
@@ -1287,6 +1344,8 @@ CSV_REQUEST_FIELDS = [
     "latency_ms",
     "case",
     "error",
+    "cache",
+    "saved_usd",
 ]
 
 
@@ -1316,6 +1375,8 @@ def render_csv(report: dict[str, Any], details: bool) -> str:
             "total_tokens": tok["total"],
             "cost_usd": cost["total_usd"],
             "unpriced_requests": cost["unpriced_requests"],
+            "cache_hits": report["cache"]["hits"],
+            "saved_usd": report["cache"]["saved_usd"],
         }
     )
     for group in ("model", "endpoint", "client", report["by"]):

@@ -865,3 +865,63 @@ def test_the_module_docstring_examples_name_every_source():
         "--json",
     ):
         assert flag in doc
+
+
+def cache_records() -> list[UsageRecord]:
+    """A stored miss and three hits of the response cache (gateway_kit.cache), two clients, two endpoints; the
+    last hit as an older writer might leave it, without saved_usd (priced now)."""
+    model, p, c = "gpt-4o-mini-2024-07-18", 1000, 200
+    usd = genai_usd(model, "openai", p, c)
+    base = dict(route="/gateway/chat/invocations", provider="openai", model=model, status=200, prompt_tokens=p)
+    base.update(completion_tokens=c, total_tokens=p + c, replica="r", price_source="genai-prices")
+    return [
+        UsageRecord(
+            "2026-11-22T10:00:00.000Z", "m1", endpoint="chat", client="team-a", cost_usd=usd, cache="miss", **base
+        ),
+        UsageRecord(
+            "2026-11-22T10:00:01.000Z",
+            "h1",
+            endpoint="chat",
+            client="team-a",
+            cost_usd=0.0,
+            cache="hit",
+            saved_usd=usd,
+            **base,
+        ),
+        UsageRecord(
+            "2026-11-22T10:00:02.000Z",
+            "h2",
+            endpoint="chat",
+            client="team-b",
+            cost_usd=0.0,
+            cache="hit",
+            saved_usd=usd,
+            **base,
+        ),
+        UsageRecord(
+            "2026-11-22T10:00:03.000Z", "h3", endpoint="faq", client="team-b", cost_usd=0.0, cache="hit", **base
+        ),
+    ]
+
+
+def test_cache_hits_cost_nothing_and_the_savings_are_shown_by_endpoint_and_client(tmp_path):
+    records = cache_records()
+    usd = records[0].cost_usd
+    ledger = write_ledger(tmp_path / "ledger", records)
+    report = json.loads(run("--ledger", str(ledger), "--json", cwd=tmp_path).stdout)
+    assert report["cost"]["total_usd"] == pytest.approx(usd)
+    assert report["cache"] == {"hits": 3, "saved_usd": pytest.approx(3 * usd)}
+    endpoints = {r["key"]: (r["cache_hits"], r["saved_usd"]) for r in report["by_endpoint"]}
+    assert endpoints == {"chat": (2, pytest.approx(2 * usd)), "faq": (1, pytest.approx(usd))}
+    clients = {r["key"]: (r["cache_hits"], r["saved_usd"]) for r in report["by_client"]}
+    assert clients == {"team-a": (1, pytest.approx(usd)), "team-b": (2, pytest.approx(2 * usd))}
+
+    what_if = json.loads(run("--ledger", str(ledger), "--json", "--model", "gpt-4o", cwd=tmp_path).stdout)
+    assert what_if["cost"]["total_usd"] == pytest.approx(genai_usd("gpt-4o", None, 1000, 200))  # hits stay $0
+    assert what_if["cache"]["saved_usd"] == pytest.approx(3 * genai_usd("gpt-4o", None, 1000, 200))
+
+    text = run("--ledger", str(ledger), cwd=tmp_path).stdout
+    section = text.split("Response cache", 1)[1]
+    assert f"Hits: 3 of 4 requests, saved {costs.usd(3 * usd)}" in section
+    assert "Saved by endpoint" in section and "Saved by client" in section
+    assert "Response cache" not in run("--ledger", str(write_ledger(tmp_path / "plain")), cwd=tmp_path).stdout

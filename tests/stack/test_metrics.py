@@ -75,6 +75,23 @@ def test_a_record_counts_request_duration_tokens_and_cost(m):
     assert value(m, "gateway_time_to_first_token_seconds_count", endpoint="chat") == 0
 
 
+def test_cache_lookups_are_counted_and_a_hit_spends_no_tokens_or_dollars(m):
+    for result in ("miss", "hit", "hit"):
+        m.cache_looked_up("chat", "team-a", result)
+    m.cache_looked_up("nowhere", None, "miss")
+    assert value(m, "gateway_cache_hits_total", endpoint="chat", client="team-a") == 2
+    assert value(m, "gateway_cache_misses_total", endpoint="chat", client="team-a") == 1
+    assert value(m, "gateway_cache_misses_total", endpoint="unknown", client="anonymous") == 1
+    m.usage_recorded(
+        record(prompt_tokens=10, completion_tokens=5, client="team-a", cost_usd=0.0, cache="hit", saved_usd=0.25)
+    )
+    labels = {"endpoint": "chat", "route": "/gateway/{endpoint}/invocations", "client": "team-a", "status_class": "2xx"}
+    assert value(m, "gateway_requests_total", **labels) == 1
+    tokens = {"endpoint": "chat", "model": "gpt-4o-mini", "client": "team-a"}
+    assert [value(m, "gateway_tokens_total", **tokens, kind=k) for k in metrics.TOKEN_KINDS] == [0, 0, 0, 0]
+    assert value(m, "gateway_cost_usd_total", **tokens) == 0
+
+
 def test_a_stream_records_its_time_to_first_token_and_an_unknown_price_is_counted_apart(m):
     m.usage_recorded(
         record(stream=True, ttft_ms=120.0, latency_ms=900.0, prompt_tokens=3, completion_tokens=7, cost_usd=None)

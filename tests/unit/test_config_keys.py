@@ -65,5 +65,5 @@ def test_a_key_nothing_is_close_to_lists_the_valid_keys():
     config["endpoints"][0]["zzz"] = 1
     [(_, what)] = unknown_keys(config)
     assert what == (
-        "endpoint 'chat': unknown key `zzz`; keys here: name, endpoint_type, model, limit, timeouts, retries, fallback"
+        "endpoint 'chat': unknown key `zzz`; keys here: name, endpoint_type, model, limit, timeouts, retries, fallback, cache"
     )

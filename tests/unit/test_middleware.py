@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 CALL_LIMIT = {**CONFIG, "limits": {"client": {"calls": 60, "renewal_period": "minute"}}}
 TOKEN_LIMIT = {**CONFIG, "limits": {"client": {"tokens_per_minute": 1000}}}
+ALL = {**CALL_LIMIT, "endpoints": [{**CONFIG["endpoints"][0], "cache": {"ttl": 60}}, *CONFIG["endpoints"][1:]]}
 
 
 def drawn() -> list[str]:
@@ -34,27 +35,29 @@ def built(config: dict, **env: str) -> list[str]:
 
 def test_the_picture_names_every_middleware_once():
     names = drawn()
-    assert names[:2] == ["request id", "client keys"] and len(names) == len(set(names)) == 6
+    assert names[:2] == ["request id", "client keys"] and len(names) == len(set(names)) == 7
 
 
 @pytest.mark.parametrize(
     ("config", "env", "off"),
     [
-        pytest.param(CALL_LIMIT, {}, set(), id="defaults, config.yaml with limits: all of them"),
-        pytest.param(CONFIG, {}, {"limits"}, id="defaults, config.yaml as shipped"),
-        pytest.param(CALL_LIMIT, {"GATEWAY_METRICS": "off"}, {"in-flight gauge"}, id="metrics off"),
-        pytest.param(CALL_LIMIT, {"GATEWAY_RESILIENCE": "off"}, {"resilience"}, id="resilience off"),
-        pytest.param(CALL_LIMIT, {"GATEWAY_USAGE_RECORDS": "off"}, set(), id="records off, metrics still listen"),
+        pytest.param(ALL, {}, set(), id="defaults, config.yaml with limits and a cache: all of them"),
+        pytest.param(CONFIG, {}, {"limits", "cache"}, id="defaults, config.yaml as shipped"),
+        pytest.param(CALL_LIMIT, {}, {"cache"}, id="no endpoint has cache:"),
+        pytest.param(ALL, {"GATEWAY_REDIS_URL": ""}, {"cache"}, id="cache: without Redis caches nothing"),
+        pytest.param(ALL, {"GATEWAY_METRICS": "off"}, {"in-flight gauge"}, id="metrics off"),
+        pytest.param(ALL, {"GATEWAY_RESILIENCE": "off"}, {"resilience"}, id="resilience off"),
+        pytest.param(ALL, {"GATEWAY_USAGE_RECORDS": "off"}, set(), id="records off, metrics still listen"),
         pytest.param(
             CALL_LIMIT,
             {"GATEWAY_USAGE_RECORDS": "off", "GATEWAY_METRICS": "off"},
-            {"in-flight gauge", "usage records"},
+            {"in-flight gauge", "usage records", "cache"},
             id="records and metrics off: nothing listens to usage",
         ),
         pytest.param(
             TOKEN_LIMIT,
             {"GATEWAY_USAGE_RECORDS": "off", "GATEWAY_METRICS": "off"},
-            {"in-flight gauge"},
+            {"in-flight gauge", "cache"},
             id="records and metrics off, a token limit listens",
         ),
     ],

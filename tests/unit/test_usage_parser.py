@@ -79,6 +79,8 @@ def test_a_record_is_one_tagged_json_line_with_every_field():
         "served_by",
         "fallback_reason",
         "error",
+        "cache",
+        "saved_usd",
     }
 
 
