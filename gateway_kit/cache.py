@@ -21,6 +21,12 @@ and `[DONE]` included. A looked-up miss carries `X-Gateway-Cache: miss`. The sco
 recorder (outside) "hit", or "miss" once the answer was stored, so the record says so (`saved_usd` on a hit),
 and each lookup is reported to the events (`cache_looked_up`: metrics count hits and misses).
 
+Room for the limits: the cache shares Redis with the limits' counters, and a full Redis evicts keys (prod:
+volatile-ttl, the keys closest to expiry first: minute counters before long-lived answers). So the cache stops
+storing while Redis uses more than ROOM_FOR_CACHE of its maxmemory (INFO memory, read at most every
+MEMORY_CHECK_SECONDS per worker; one log line when it stops storing, one when it stores again): answers already
+stored are still served, and the counters keep the rest of Redis.
+
 Redis down (or GATEWAY_REDIS_URL unset): requests are served without the cache; one log line per worker when
 Redis stops answering, one when it answers again. The Redis link is the one limits and breakers share
 (gateway_kit.shared_redis): after a failure Redis is left alone for a second.
@@ -57,6 +63,8 @@ KEY_PREFIX = "gateway:cache:"
 HIT, MISS = "hit", "miss"
 _DONE = b"data: [DONE]\n\n"
 _ERROR_EVENT = b'data: {"error"'  # how gateway_kit.resilience ends a stream that broke
+ROOM_FOR_CACHE = 0.75  # of Redis's maxmemory: above it the cache stores nothing (a Redis without maxmemory: no bound)
+MEMORY_CHECK_SECONDS = 5.0
 _EXAMPLE = "for example {ttl: 3600} or {ttl: 600, scope: client}"
 
 
@@ -145,6 +153,8 @@ class ResponseCache:
         self.max_entry_bytes = max_entry_bytes
         self.events = events
         self.down = False  # this worker said Redis is down, and has not yet said it answers again
+        self.full = False  # Redis is above ROOM_FOR_CACHE of its maxmemory: nothing is stored
+        self.memory_checked = -float("inf")  # when (the link's clock) Redis's memory was last read
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -226,11 +236,40 @@ class ResponseCache:
             return
         if content_type.startswith(b"text/event-stream") and not complete_stream(body):
             return
+        if await self._too_full():
+            return
         if await self._redis("SET", key, entry(content_type, body), ttl):
             state[CACHE] = MISS
 
+    async def _too_full(self) -> bool:
+        """Whether Redis is above ROOM_FOR_CACHE of its maxmemory, read again after MEMORY_CHECK_SECONDS."""
+        now = self.redis.clock()
+        if now - self.memory_checked < MEMORY_CHECK_SECONDS:
+            return self.full
+        self.memory_checked = now
+        memory = await self._redis("INFO", "memory")
+        if memory is None:  # Redis did not answer: the SET will find out too
+            return self.full
+        limit = memory.get("maxmemory") or 0
+        full = bool(limit) and memory.get("used_memory", 0) > ROOM_FOR_CACHE * limit
+        if full != self.full:
+            self.full = full
+            if full:
+                log.warning(
+                    "cache: Redis at %s uses %s of its maxmemory %s (above %d%%) — new answers are not stored "
+                    "until it has room, so the limits' counters keep theirs",
+                    self.redis.where,
+                    memory.get("used_memory_human", memory.get("used_memory")),
+                    memory.get("maxmemory_human", limit),
+                    ROOM_FOR_CACHE * 100,
+                )
+            else:
+                log.warning("cache: Redis at %s has room again — answers are stored again", self.redis.where)
+        return full
+
     async def _redis(self, command: str, key: str, value: bytes | None = None, ttl: int = 0):
-        """GET (the value, or None) or SET with a TTL (True when stored); None when Redis did not answer."""
+        """GET (the value, or None), SET with a TTL (True when stored) or INFO of a section (a dict); None when
+        Redis did not answer."""
         if not self.redis.available():
             return None
         client = self.redis.client()
@@ -238,6 +277,8 @@ class ResponseCache:
             async with asyncio.timeout(self.redis.timeout * 3):
                 if command == "GET":
                     result = await client.get(key)
+                elif command == "INFO":
+                    result = await client.info(key)
                 else:
                     result = await client.set(key, value, ex=ttl)
         except Exception as e:  # noqa: BLE001 - Redis trouble of any kind: served without the cache

@@ -12,6 +12,7 @@ import yaml
 
 from conftest import REPO
 from gateway_kit.cache import (
+    MEMORY_CHECK_SECONDS,
     Policy,
     ResponseCache,
     cache_control,
@@ -139,6 +140,11 @@ class DictRedis:
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
         self.ttls: dict[str, int] = {}
+        self.memory = {"used_memory": 1_000_000, "maxmemory": 0}  # INFO memory: no maxmemory set
+
+    async def info(self, section):
+        assert section == "memory"
+        return self.memory
 
     async def get(self, key):
         return self.data.get(key)
@@ -153,9 +159,13 @@ class Link:
 
     def __init__(self) -> None:
         self.redis = DictRedis()
+        self.now = 0.0
 
     def client(self):
         return self.redis
+
+    def clock(self) -> float:
+        return self.now
 
     def available(self) -> bool:
         return True
@@ -224,3 +234,24 @@ def test_a_whole_stream_is_stored_and_replayed_as_the_same_events():
     assert provider.calls == 1
     assert second.body == b"".join(events) == first.body
     assert second.headers["content-type"].startswith("text/event-stream") and "content-length" not in second.headers
+
+
+def test_nothing_is_stored_while_redis_is_above_three_quarters_of_its_maxmemory_and_stored_again_with_room(caplog):
+    provider = Provider([b'{"choices":[]}'])
+    link = Link()
+    app = ResponseCache(provider, {"chat": Policy(60)}, link, 1024, NOBODY)
+    link.redis.memory = {"used_memory": 151, "maxmemory": 200, "used_memory_human": "151B", "maxmemory_human": "200B"}
+    answers = [request(app, "/gateway/chat/invocations", BODY) for _ in range(3)]
+    assert provider.calls == 3 and link.redis.data == {}
+    assert [a.headers["x-gateway-cache"] for a in answers] == ["miss"] * 3  # looked up, not stored
+    full = [r.getMessage() for r in caplog.records if "new answers are not stored" in r.getMessage()]
+    assert len(full) == 1 and "151B of its maxmemory 200B (above 75%)" in full[0]
+
+    link.redis.memory = {"used_memory": 149, "maxmemory": 200}
+    request(app, "/gateway/chat/invocations", BODY)
+    assert link.redis.data == {}  # read again only after MEMORY_CHECK_SECONDS
+    link.now += MEMORY_CHECK_SECONDS
+    request(app, "/gateway/chat/invocations", BODY)
+    assert len(link.redis.data) == 1 and provider.calls == 5
+    assert request(app, "/gateway/chat/invocations", BODY).headers["x-gateway-cache"] == "hit"
+    assert any("has room again" in r.getMessage() for r in caplog.records)
