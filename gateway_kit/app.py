@@ -180,6 +180,8 @@ def parts(s: settings.Settings, config: dict) -> Parts:
     limiter = limits.limiter_from(config, s)
     counter = limiter if limiter and limiter.counts_usage else None
     events = Events(listener for listener in (usage, m, counter) if listener is not None)
+    if limiter is not None:
+        limiter.events = events  # it reports the requests whose limits Redis could not check (limits_unenforced)
     refusals = Refusals(s.replica_id, events) if events.listens("refusal_recorded") else None
     return Parts(events, m, limiter, refusals)
 

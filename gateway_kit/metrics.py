@@ -8,6 +8,7 @@
   gateway_cost_usd_total, gateway_unpriced_requests_total, gateway_ledger_write_failures_total;
 - upstream_called, after each provider call: gateway_upstream_requests_total, gateway_upstream_duration_seconds;
 - rate_limited and budget_rejected: gateway_rate_limit_rejections_total, gateway_budget_rejections_total;
+- limits_unenforced: gateway_limits_unenforced_total (Redis did not answer the limits);
 - fallback_served: gateway_fallbacks_total; circuit_changed: gateway_circuit_breaker_transitions_total and
   gateway_circuit_breaker_open;
 - gateway_requests_in_flight (a tiny ASGI middleware, InFlight), gateway_build_info.
@@ -299,6 +300,11 @@ class Metrics(Listener):
         self.budget_rejections = counter(
             "gateway_budget_rejections", "Requests refused: a budget is spent.", ["limit", "endpoint", "client"]
         )
+        self.limits_unenforced_total = counter(
+            "gateway_limits_unenforced",
+            "Requests whose limits could not be checked because Redis did not answer",
+            ["policy"],
+        )
         self.fallbacks = counter(
             "gateway_fallbacks", "Requests served by a fallback endpoint.", ["endpoint", "to", "reason"]
         )
@@ -355,6 +361,9 @@ class Metrics(Listener):
 
     def budget_rejected(self, limit: str, endpoint: str | None, client: str | None) -> None:
         self.budget_rejections[self.limit_kind(limit), self.endpoint(endpoint), self.client(client)].inc()
+
+    def limits_unenforced(self, policy: str) -> None:
+        self.limits_unenforced_total[policy,].inc()
 
     def fallback_served(self, event: FallbackEvent) -> None:
         reason = _AFTER_S.sub("", event.reason)  # a bounded label
