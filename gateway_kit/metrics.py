@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway_kit import settings
+from gateway_kit import private_api, settings
 from gateway_kit.events import Listener
 from gateway_kit.request import error_response, route_of
 
@@ -197,13 +197,14 @@ class Batch:
 
 def observe_all(histogram, values: list[float]) -> None:
     """histogram.observe(v) for every v, with one write per bucket and one for the sum instead of two per value.
-    Uses prometheus_client's Histogram internals (_upper_bounds, _buckets, _sum, pinned in requirements.txt;
+    Uses prometheus_client's Histogram internals (private_api.histogram_parts, pinned in requirements.txt;
     tests/stack/test_metrics.py compares the result with observe()); without them, observe() for each."""
-    bounds, buckets, total = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
-    if bounds is None or buckets is None or total is None:
+    parts = private_api.histogram_parts(histogram)
+    if parts is None:
         for value in values:
             histogram.observe(value)
         return
+    bounds, buckets, total = parts
     per_bucket: dict[int, int] = {}
     for value in values:
         i = bisect.bisect_left(bounds, value)  # the first bound >= value: observe()'s `value <= bound`
