@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway_kit import limits, metrics, readiness, settings
+from gateway_kit import limits, metrics, private_api, readiness, settings
 from gateway_kit.events import Events, Listener
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.recording import Refusals
@@ -85,23 +85,12 @@ def end_streams_with_done() -> bool:
     MLflow reads the provider's stream (dropping its [DONE]) and sends its own OpenAI-shaped chunks from
     mlflow.gateway.utils.make_streaming_response, which never sends one: the OpenAI SDK copes, a hand-written
     SSE client waits until the connection closes. The kit wraps that function as mlflow.gateway.app calls it
-    (the /v1 routes, each endpoint's invocations route, the fast routes alike): MLflow's bytes unchanged,
-    then [DONE] once the stream has ended normally. A stream that breaks sends no [DONE]: the kit ends it
-    with an error event (gateway_kit.resilience), as OpenAI does; nor does one that ended before its first
-    event, which gateway_kit.resilience answers as an error or from a fallback. True once installed."""
+    (gateway_kit.private_api.wrap_streaming_responses; the /v1 routes, each endpoint's invocations route, the
+    fast routes alike): MLflow's bytes unchanged, then [DONE] once the stream has ended normally. A stream that
+    breaks sends no [DONE]: the kit ends it with an error event (gateway_kit.resilience), as OpenAI does; nor
+    does one that ended before its first event, which gateway_kit.resilience answers as an error or from a
+    fallback. True once installed."""
     import collections.abc
-
-    import mlflow.gateway.app as gateway_app
-    from starlette.responses import StreamingResponse
-
-    original = getattr(gateway_app, "make_streaming_response", None)
-    if original is None:
-        logging.getLogger("gateway_kit").warning(
-            "mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]"
-        )
-        return False
-    if getattr(original, "__gateway_kit__", False):
-        return True
 
     async def then_done(events: collections.abc.AsyncIterator):
         answered = False
@@ -116,14 +105,11 @@ def end_streams_with_done() -> bool:
         if answered:  # an empty stream is no answer: the kit makes it an error (or a fallback's answer)
             yield SSE_DONE
 
-    async def make_streaming_response(resp):
-        response = await original(resp)
-        if isinstance(response, StreamingResponse) and response.media_type == "text/event-stream":
-            response.body_iterator = then_done(response.body_iterator)
-        return response
-
-    make_streaming_response.__gateway_kit__ = True
-    gateway_app.make_streaming_response = make_streaming_response
+    if not private_api.wrap_streaming_responses(then_done):
+        logging.getLogger("gateway_kit").warning(
+            "mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]"
+        )
+        return False
     return True
 
 
@@ -181,6 +167,8 @@ def parts(s: settings.Settings, config: dict) -> Parts:
     limiter = limits.limiter_from(config, s)
     counter = limiter if limiter and limiter.counts_usage else None
     events = Events(listener for listener in (usage, m, counter) if listener is not None)
+    if limiter is not None:
+        limiter.events = events  # it reports the requests whose limits Redis could not check (limits_unenforced)
     refusals = Refusals(s.replica_id, events) if events.listens("refusal_recorded") else None
     return Parts(events, m, limiter, refusals, cache_policies(config, s))
 

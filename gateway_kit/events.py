@@ -8,6 +8,7 @@ from the listeners the settings ask for (gateway_kit.app.parts) and hands to eac
 | `usage_recorded` | the usage recorder (gateway_kit.recording), after a request's last byte | the usage log (stdout and ledger), metrics, limits' token and dollar counters |
 | `refusal_recorded` | recording.Refusals: a 401, 429 or 503 the kit answered itself | the usage log |
 | `rate_limited`, `budget_rejected` | the limits middleware, refusing a request | metrics |
+| `limits_unenforced` | the limiter (gateway_kit.limits), for each request whose limits Redis could not check | metrics |
 | `fallback_served` | the fallback middleware (gateway_kit.resilience) | metrics |
 | `circuit_changed` | a circuit breaker, on every change this worker sees | metrics |
 | `upstream_called` | the provider client (gateway_kit.upstream), after each call | metrics |
@@ -46,6 +47,10 @@ class Listener:
 
     def budget_rejected(self, limit: str, endpoint: str | None, client: str | None) -> None:
         """A request refused because a dollar budget is spent; `limit` is its name (client_usd_per_day ...)."""
+
+    def limits_unenforced(self, policy: str) -> None:
+        """A request whose limits could not be checked (or its usage not counted) because Redis did not answer;
+        `policy` is GATEWAY_LIMITS_ON_REDIS_DOWN (open: served unlimited, closed: refused with 503)."""
 
     def fallback_served(self, event: FallbackEvent) -> None:
         """A request left its endpoint for the fallback chain: who served it (None: nobody) and why."""

@@ -25,74 +25,45 @@ kit does not know is left to FastAPI.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 
-from fastapi.routing import serialize_response
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway_kit import private_api
+from gateway_kit.private_api import TELEMETRY_SCOPE_KEY, as_routed
 from gateway_kit.request import JSONTooDeep, refuse_too_deep, request_body, request_json
 
 log = logging.getLogger("gateway_kit.fast_routes")
+serialize_response = private_api.serialize_response()  # FastAPI's, bound once: called per request
 
 
 class FastRoute:
-    """One POST route whose endpoint takes (request, body model) and nothing else."""
+    """One POST route whose endpoint takes (request, body model) and nothing else (private_api.route_shape)."""
 
-    def __init__(self, route) -> None:
-        dependant = route.dependant
-        self.endpoint = dependant.call
-        self.request_name = dependant.request_param_name
-        self.body_field = dependant.body_params[0]
-        self.body_name = self.body_field.name
-        self.response_field = route.response_field
-        self.status_code = route.status_code
+    def __init__(self, route, shape: private_api.RouteShape, router) -> None:
+        self.endpoint = shape.endpoint
+        self.request_name = shape.request_name
+        self.body_name = shape.body_name
+        self.validate = shape.validate
+        self.response_field = shape.response_field
+        self.status_code = shape.status_code
         self.route = route
+        self.router = router  # FastAPI's router, which the route belongs to
 
-    @staticmethod
-    def fits(route) -> bool:
-        from fastapi.datastructures import DefaultPlaceholder
-        from fastapi.routing import APIRoute
-
-        if not isinstance(route, APIRoute) or route.methods != {"POST"} or route.param_convertors:
-            return False
-        d = route.dependant
-        return (
-            d.request_param_name is not None
-            and len(d.body_params) == 1
-            and not (d.path_params or d.query_params or d.header_params or d.cookie_params or d.dependencies)
-            and not (
-                d.websocket_param_name
-                or d.http_connection_param_name
-                or d.response_param_name
-                or d.background_tasks_param_name
-                or d.security_scopes_param_name
-            )
-            and getattr(route, "_embed_body_fields", True) is False
-            and isinstance(route.response_class, DefaultPlaceholder)
-            and route.response_model_include is None
-            and route.response_model_exclude is None
-            and route.response_model_by_alias
-            and not route.response_model_exclude_unset
-            and not route.response_model_exclude_defaults
-            and not route.response_model_exclude_none
-            and getattr(route, "stream_item_field", None) is None
-            and inspect.iscoroutinefunction(d.call)
-        )
-
-    async def serve(self, scope, receive, send, router) -> None:
-        """Answer as FastAPI would, or hand the request (its body replayed by `receive`) to FastAPI's router."""
+    async def serve(self, scope, receive, send, router_app) -> None:
+        """Answer as FastAPI would, or hand the request (its body replayed by `receive`) to FastAPI's router
+        (`router_app`)."""
         try:
             payload = request_json(scope)
         except JSONTooDeep:
             raise  # the kit's own limit, answered by request_errors whichever way the route is served
         except Exception:  # noqa: BLE001 - bad JSON, not UTF-8: FastAPI words the error
-            return await router(scope, receive, send)
-        value, errors = self.body_field.validate(payload, {}, loc=("body",))
+            return await router_app(scope, receive, send)
+        value, errors = self.validate(payload, {}, loc=("body",))
         if errors:
-            return await router(scope, receive, send)
-        scope.update(endpoint=self.route.endpoint, path_params={}, route=self.route)
+            return await router_app(scope, receive, send)
+        as_routed(scope, self.router, self.route)
         request = Request(scope, receive, send)
         result = await self.endpoint(**{self.request_name: request, self.body_name: value})
         if not isinstance(result, Response):
@@ -104,9 +75,8 @@ class FastRoute:
 class FastRoutes:
     """ASGI: the table's routes served directly; everything else (and every odd request) to the router."""
 
-    def __init__(self, router_app, router, routes: dict[str, FastRoute], serve: bool = True) -> None:
+    def __init__(self, router_app, routes: dict[str, FastRoute], serve: bool = True) -> None:
         self.router_app = router_app
-        self.router = router
         self.routes = routes
         self.serve = serve
 
@@ -115,7 +85,7 @@ class FastRoutes:
         if (
             route is None
             or scope["method"] != "POST"
-            or scope.get("fastapi.telemetry") is not None
+            or scope.get(TELEMETRY_SCOPE_KEY) is not None
             or not _json_content(scope["headers"])
         ):
             return await self.router_app(scope, receive, send)
@@ -125,7 +95,6 @@ class FastRoutes:
         if not self.serve:  # GATEWAY_FAST_ROUTES=off: FastAPI serves it, after the kit's depth limit
             refuse_too_deep(scope)
             return await self.router_app(scope, receive, send)
-        scope.setdefault("router", self.router)
         await route.serve(scope, receive, send, self.router_app)
 
 
@@ -134,15 +103,16 @@ def install(app, serve: bool = True) -> int:
     serve=False (GATEWAY_FAST_ROUTES=off) FastAPI serves them all: the table only refuses a body nested too
     deeply, as the fast routes do (request.parse_json), so both ways give the same answers."""
     router = app.router
-    if not hasattr(router, "middleware_stack"):
-        log.warning("FastAPI's router has no middleware_stack: every route goes through FastAPI's routing")
-        return 0
     routes = {}
     for at, route in enumerate(router.routes):
-        if FastRoute.fits(route) and not _matched_earlier(route.path, router.routes[:at]):
-            routes[route.path] = FastRoute(route)
-    if routes:
-        router.middleware_stack = FastRoutes(router.middleware_stack, router, routes, serve)
+        shape = private_api.route_shape(route)
+        if shape is not None and not private_api.matched_by_earlier(route.path, router.routes[:at]):
+            routes[route.path] = FastRoute(route, shape, router)
+    if not private_api.wrap_router(
+        router, lambda router_app: FastRoutes(router_app, routes, serve) if routes else router_app
+    ):
+        log.warning("FastAPI's router has no middleware_stack: every route goes through FastAPI's routing")
+        return 0
     return len(routes)
 
 
@@ -153,22 +123,18 @@ def fast_encoder() -> bool:
     exclude_none=True), then what jsonable_encoder's second pass over that dict does (drop None values in
     nested dicts, and keys starting with "_sa"). Every other call goes to FastAPI's function unchanged.
     True once installed. tests/replica/test_fast_routes.py compares the two on generated payloads."""
-    from fastapi import encoders
     from pydantic import BaseModel
 
-    original = encoders.jsonable_encoder
-    if getattr(original, "__gateway_kit__", False):
-        return True
+    def wrap(original):
+        @functools.wraps(original)
+        def jsonable_encoder(obj, *args, **kwargs):
+            if not args and kwargs == _EXCLUDE_NONE and isinstance(obj, BaseModel):
+                return _without_none(obj.model_dump(mode="json", by_alias=True, exclude_none=True))
+            return original(obj, *args, **kwargs)
 
-    @functools.wraps(original)
-    def jsonable_encoder(obj, *args, **kwargs):
-        if not args and kwargs == _EXCLUDE_NONE and isinstance(obj, BaseModel):
-            return _without_none(obj.model_dump(mode="json", by_alias=True, exclude_none=True))
-        return original(obj, *args, **kwargs)
+        return jsonable_encoder
 
-    jsonable_encoder.__gateway_kit__ = True
-    encoders.jsonable_encoder = jsonable_encoder
-    return True
+    return private_api.wrap_jsonable_encoder(wrap)
 
 
 _EXCLUDE_NONE = {"exclude_none": True}
@@ -190,40 +156,26 @@ def quiet_telemetry(app, otel_configured: bool) -> bool:
     """FastAPI asks OpenTelemetry for three providers on every request (each an environment lookup) to learn
     that none is set up. When none is at start and no OTEL_* variable says one will be (`otel_configured`,
     Settings.otel_configured), tell FastAPI its telemetry is off. True if it was turned off."""
-    native, config = getattr(app, "_native_telemetry", None), getattr(app, "_telemetry", None)
-    if native is None or not isinstance(config, dict) or getattr(native, "config", None) is not config:
-        return False
-    if otel_configured or native.enabled():
-        return False
-    config.update(tracing=False, metrics=False, logs=False)
-    return True
-
-
-def _matched_earlier(path: str, earlier) -> bool:
-    """FastAPI serves a request by the first route that matches it fully: an earlier one would win."""
-    from starlette.routing import Match
-
-    probe = {"type": "http", "path": path, "root_path": "", "method": "POST", "headers": []}
-    return any(route.matches(probe)[0] == Match.FULL for route in earlier)
+    return private_api.turn_off_telemetry(app, otel_configured)
 
 
 def cache_providers(app) -> None:
     """MLflow builds a provider object per /v1 call (_get_provider_by_name); its /gateway routes build theirs
     once. Build each once for /v1 too: the config is fixed for the worker's life, and a traffic route picks
     its destination per call, not per provider object."""
-    original = getattr(app, "_get_provider_by_name", None)
-    if original is None or getattr(original, "__gateway_kit__", False):
-        return
-    built: dict = {}
 
-    def provider_by_name(name: str):
-        found = built.get(name)
-        if found is None:
-            found = built[name] = original(name)  # an unknown name raises, and is not cached
-        return found
+    def cached(original):
+        built: dict = {}
 
-    provider_by_name.__gateway_kit__ = True
-    app._get_provider_by_name = provider_by_name
+        def provider_by_name(name: str):
+            found = built.get(name)
+            if found is None:
+                found = built[name] = original(name)  # an unknown name raises, and is not cached
+            return found
+
+        return provider_by_name
+
+    private_api.wrap_provider_lookup(app, cached)
 
 
 def _json_content(headers) -> bool:

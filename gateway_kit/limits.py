@@ -31,8 +31,8 @@ midnight UTC; a model with no known price adds nothing to a budget.
 Redis down
 ----------
 GATEWAY_LIMITS_ON_REDIS_DOWN=open (default): requests are served unlimited, with the response header
-`X-Gateway-Limits: unenforced`, a counter (gateway_limits_unenforced_total) and an error line at most every
-10 s. `closed`: 503 JSON `limits_unavailable`. A dead Redis never stalls a request: timeouts are
+`X-Gateway-Limits: unenforced`, the event limits_unenforced (metrics counts it: gateway_limits_unenforced_total)
+and an error line at most every 10 s. `closed`: 503 JSON `limits_unavailable`. A dead Redis never stalls a request: timeouts are
 GATEWAY_REDIS_TIMEOUT (0.5 s), and after a failure Redis is not asked again for 1 s (gateway_kit.shared_redis:
 the same client and pause as the circuit breakers).
 """
@@ -419,7 +419,8 @@ class Limiter(Listener):
         self._unenforced_since_log = 0
         self._rules: dict[tuple, list[Rule]] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.unenforced = _counter()
+        self.events: Events = NOBODY  # the worker's registry, told of each unchecked request (limits_unenforced);
+        # gateway_kit.app.parts sets it once the registry, of which this limiter is a listener, is made
         self.counts_usage = any(c.tokens_per_minute or c.usd_per_day for c in (config.client, *config.clients.values()))
 
     def rules(self, endpoint: str | None, client: str) -> list[Rule]:
@@ -440,8 +441,7 @@ class Limiter(Listener):
 
     def note_unenforced(self, error: BaseException | str | None = None) -> None:
         self._unenforced_since_log += 1
-        if self.unenforced is not None:
-            self.unenforced.labels(policy=self.policy).inc()
+        self.events.limits_unenforced(self.policy)
         now = time.monotonic()
         if now - self._last_log >= _DOWN_LOG_EVERY:
             why = error if isinstance(error, str) else type(error).__name__ if error else "unreachable"
@@ -500,22 +500,6 @@ class Limiter(Listener):
                 )
         except Exception as e:  # noqa: BLE001 - any Redis trouble is the documented policy, never the request's
             self.failed(e)
-
-
-def _counter():
-    """gateway_limits_unenforced_total in prometheus_client's default registry (the metrics module exports it)."""
-    try:
-        from prometheus_client import REGISTRY, Counter
-    except ImportError:
-        return None
-    existing = REGISTRY._names_to_collectors.get("gateway_limits_unenforced_total")  # a second app in one process
-    if existing is not None:
-        return existing
-    return Counter(
-        "gateway_limits_unenforced",
-        "Requests whose limits could not be checked because Redis did not answer",
-        ["policy"],
-    )
 
 
 # ---------------------------------------------------------------------------------------------- middleware

@@ -8,6 +8,7 @@
   gateway_cost_usd_total, gateway_unpriced_requests_total, gateway_ledger_write_failures_total;
 - upstream_called, after each provider call: gateway_upstream_requests_total, gateway_upstream_duration_seconds;
 - rate_limited and budget_rejected: gateway_rate_limit_rejections_total, gateway_budget_rejections_total;
+- limits_unenforced: gateway_limits_unenforced_total (Redis did not answer the limits);
 - fallback_served: gateway_fallbacks_total; circuit_changed: gateway_circuit_breaker_transitions_total and
   gateway_circuit_breaker_open;
 - cache_looked_up, each lookup of the response cache: gateway_cache_hits_total, gateway_cache_misses_total;
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from gateway_kit import settings
+from gateway_kit import private_api, settings
 from gateway_kit.cache import HIT
 from gateway_kit.events import Listener
 from gateway_kit.request import error_response, route_of
@@ -198,13 +199,14 @@ class Batch:
 
 def observe_all(histogram, values: list[float]) -> None:
     """histogram.observe(v) for every v, with one write per bucket and one for the sum instead of two per value.
-    Uses prometheus_client's Histogram internals (_upper_bounds, _buckets, _sum, pinned in requirements.txt;
+    Uses prometheus_client's Histogram internals (private_api.histogram_parts, pinned in requirements.txt;
     tests/stack/test_metrics.py compares the result with observe()); without them, observe() for each."""
-    bounds, buckets, total = (getattr(histogram, name, None) for name in ("_upper_bounds", "_buckets", "_sum"))
-    if bounds is None or buckets is None or total is None:
+    parts = private_api.histogram_parts(histogram)
+    if parts is None:
         for value in values:
             histogram.observe(value)
         return
+    bounds, buckets, total = parts
     per_bucket: dict[int, int] = {}
     for value in values:
         i = bisect.bisect_left(bounds, value)  # the first bound >= value: observe()'s `value <= bound`
@@ -301,6 +303,11 @@ class Metrics(Listener):
         self.budget_rejections = counter(
             "gateway_budget_rejections", "Requests refused: a budget is spent.", ["limit", "endpoint", "client"]
         )
+        self.limits_unenforced_total = counter(
+            "gateway_limits_unenforced",
+            "Requests whose limits could not be checked because Redis did not answer",
+            ["policy"],
+        )
         self.fallbacks = counter(
             "gateway_fallbacks", "Requests served by a fallback endpoint.", ["endpoint", "to", "reason"]
         )
@@ -365,6 +372,9 @@ class Metrics(Listener):
 
     def budget_rejected(self, limit: str, endpoint: str | None, client: str | None) -> None:
         self.budget_rejections[self.limit_kind(limit), self.endpoint(endpoint), self.client(client)].inc()
+
+    def limits_unenforced(self, policy: str) -> None:
+        self.limits_unenforced_total[policy,].inc()
 
     def fallback_served(self, event: FallbackEvent) -> None:
         reason = _AFTER_S.sub("", event.reason)  # a bounded label

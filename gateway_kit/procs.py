@@ -1,7 +1,7 @@
 """The kit's processes on this machine, for the tests (tests/conftest.py) and the benchmarks (bench/): an
 environment no provider key or gateway setting leaks into, a free loopback port, a wait for an HTTP answer, a
-process group stopped, and what /proc says of a process. The gateway never imports this module (it copies the
-caller's environment for a child process, which no replica module does: docs/architecture.md).
+process group stopped, and what /proc says of a process. The gateway never imports this module. The environment
+is gateway_kit.settings' (environment_without_settings), the one module that reads the process's settings.
 
     from gateway_kit.procs import clean_env, free_port, stop_group, wait_http
 
@@ -26,18 +26,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-PROVIDER_VARS = [
-    f"{p}_{s}"
-    for p in ("OPENAI", "ANTHROPIC", "AZURE_OPENAI")
-    for s in ("API_KEY", "API_KEY_FILE", "API_BASE", "DEPLOYMENT", "API_VERSION")
-]
+from gateway_kit.settings import environment_without_settings
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any provider key or URL and without any GATEWAY_* setting, so nothing can
-    reach a real provider and only the settings in `extra` apply. PYTHON is this interpreter, so entrypoint.sh and
-    scripts/local_stack.sh run the replicas and the fake upstream with the same venv."""
-    env = {k: v for k, v in os.environ.items() if k not in PROVIDER_VARS and not k.startswith("GATEWAY_")}
+    """The caller's environment without any provider key or URL and without any GATEWAY_* setting
+    (settings.environment_without_settings), so nothing can reach a real provider and only the settings in
+    `extra` apply. PYTHON is this interpreter, so entrypoint.sh and scripts/local_stack.sh run the replicas and
+    the fake upstream with the same venv."""
+    env = environment_without_settings()
     env["PYTHON"] = sys.executable
     env.update(extra)
     return env

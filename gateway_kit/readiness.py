@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from gateway_kit.private_api import gateway_endpoints, gateway_routes
 from gateway_kit.request import error_body
 
 Check = Callable[[], "str | None"]
@@ -59,7 +60,7 @@ def redis_ping(url: str, timeout: float = 1.0) -> Check:
 
 def endpoints_loaded(app) -> Check:
     def check() -> str | None:
-        names = [*getattr(app, "dynamic_endpoints", {}), *getattr(app, "traffic_routes", {})]
+        names = [*gateway_endpoints(app, {}), *gateway_routes(app, {})]
         return None if names else "no endpoint loaded from the config"
 
     return check

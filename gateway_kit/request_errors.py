@@ -29,6 +29,7 @@ import logging
 import os
 import re
 
+from gateway_kit.private_api import gateway_endpoints, gateway_routes, provider_call_duration
 from gateway_kit.request import (
     BODY,
     INVOCATIONS,
@@ -123,14 +124,14 @@ def add_request_error_handlers(app, max_body_bytes: int) -> None:
         if route.endpoint_type:
             return _EXAMPLES[route.endpoint_type].replace("{", '{"model": "<endpoint>", ', 1)
         name = route.endpoint
-        config = app.dynamic_endpoints.get(name) or app.traffic_routes.get(name)
+        config = gateway_endpoints(app).get(name) or gateway_routes(app).get(name)
         if config is None:
             return None
         kind = getattr(config, "endpoint_type", None) or getattr(config, "task_type", None)
         return _EXAMPLES.get(str(getattr(kind, "value", kind)))
 
     def endpoint_names() -> str:
-        return ", ".join(sorted(app.dynamic_endpoints) + sorted(app.traffic_routes)) or "none"
+        return ", ".join(sorted(gateway_endpoints(app)) + sorted(gateway_routes(app))) or "none"
 
     async def validation_error(request, exc: RequestValidationError):
         errors = exc.errors()
@@ -341,11 +342,10 @@ def redact_value(value):
 
 def provider_was_called() -> bool:
     """True once this request waited on a provider (MLflow adds the time to a per-request ContextVar)."""
-    try:
-        from mlflow.gateway.providers.utils import provider_call_duration_ms
-    except ImportError:  # MLflow changed: treat an error as the provider's, as the kit did before
+    duration = provider_call_duration()
+    if duration is None:  # MLflow changed: treat an error as the provider's, as the kit did before
         return True
-    return provider_call_duration_ms.get() > 0
+    return duration.get() > 0
 
 
 def innermost_frame(exc: BaseException) -> str:

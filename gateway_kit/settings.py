@@ -22,7 +22,7 @@ and exits 78 (ExitStatus.CONFIG); gunicorn_conf.py, read by the gunicorn master,
 a worker started some other way fails to boot with the same message.
 
 This module and gateway_kit.secrets (provider keys, `NAME` and `NAME_FILE`) are the only ones that read the
-environment. Nothing reads it per request: modules get their values when create_app builds the app, or ask
+environment (tests/unit/test_settings.py checks it). Nothing reads it per request: modules get their values when create_app builds the app, or ask
 current() at set-up. `read(name)` parses one variable as it is now, for code the command-line tools share
 (the pricing and keys files, the secrets directory, the launcher's wording), which must not fail on a setting
 they do not use.
@@ -297,6 +297,20 @@ def tool_variable(name: str) -> str | None:
     """A variable the command-line tools read as it is, not a gateway setting: GATEWAY_URL and GATEWAY_API_KEY
     (evaluate_gateway.py), NO_COLOR, and the gateway variables analyze_costs.py only looks at (the ledger dir)."""
     return os.environ.get(name)
+
+
+PROVIDER_VARIABLES = frozenset(
+    f"{provider}_{suffix}"
+    for provider in ("OPENAI", "ANTHROPIC", "AZURE_OPENAI")
+    for suffix in ("API_KEY", "API_KEY_FILE", "API_BASE", "DEPLOYMENT", "API_VERSION")
+)
+
+
+def environment_without_settings() -> dict[str, str]:
+    """This process's environment without any GATEWAY_* setting and without any provider key or URL
+    (PROVIDER_VARIABLES): what the tests and benchmarks start the kit's processes with (gateway_kit.procs), so
+    nothing reaches a real provider and only the settings they add apply."""
+    return {k: v for k, v in os.environ.items() if k not in PROVIDER_VARIABLES and not k.startswith(PREFIX)}
 
 
 def tool_variables(prefix: str) -> dict[str, str]:

@@ -15,7 +15,8 @@ Fallback middleware sets).
 
 Each call is reported to the worker's events (upstream_called: base URL, status, seconds; metrics listens),
 and the breakers report their changes there too (circuit_changed). With the shared client off, MLflow's own
-function is wrapped to report its calls (time_calls), when anything listens.
+function is wrapped to report its calls (time_calls), when anything listens. Both change MLflow's function
+through one patch point, gateway_kit.private_api.ProviderPost.
 
 Settings (gateway_kit.settings, given to install()): GATEWAY_UPSTREAM_POOL (connections per worker, default
 100), GATEWAY_UPSTREAM_KEEPALIVE (seconds an idle connection is kept, default 30).
@@ -25,19 +26,16 @@ If the pinned MLflow no longer has the function, the kit keeps MLflow's behaviou
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway_kit import resilience
+from gateway_kit import private_api, resilience
 from gateway_kit.events import NOBODY, Events
 
 log = logging.getLogger("gateway_kit.upstream")
 
-EXPECTED_PARAMETERS = ["headers", "base_url", "path", "payload", "ssrf_protect"]
 _session = None  # this worker's aiohttp.ClientSession
 _pool = {"limit": 100, "keepalive": 30.0}  # GATEWAY_UPSTREAM_POOL and GATEWAY_UPSTREAM_KEEPALIVE, given to install()
 
@@ -62,42 +60,28 @@ async def close() -> None:
 
 def close_with(app) -> None:
     """Close this worker's session when the app shuts down (after MLflow's own shutdown)."""
-    previous = app.router.lifespan_context
-
-    @asynccontextmanager
-    async def lifespan(application):
-        async with previous(application) as state:
-            yield state
-        await close()
-
-    app.router.lifespan_context = lifespan
+    private_api.on_shutdown(app, close)
 
 
 def install(pool: int = 100, keepalive: float = 30.0, events: Events = NOBODY) -> bool:
     """Replace MLflow's per-call session with the shared one; False (and a warning) if MLflow changed.
     `pool`: connections per worker (GATEWAY_UPSTREAM_POOL); `keepalive`: seconds an idle one is kept
     (GATEWAY_UPSTREAM_KEEPALIVE); `events`: the worker's registry, told of each call and breaker change."""
-    from mlflow.gateway.providers import utils
-
     _pool.update(limit=pool, keepalive=keepalive)
-
-    original = getattr(utils, "_aiohttp_post", None)
-    parameters = list(inspect.signature(original).parameters) if original else None
-    helpers = all(hasattr(utils, name) for name in ("_STRIPPED_HEADERS", "SUPPORTED_ACCEPT_ENCODING"))
-    if parameters != EXPECTED_PARAMETERS or not helpers:
+    post = private_api.PROVIDER_POST
+    if not post.replaceable():
         log.warning(
             "mlflow.gateway.providers.utils._aiohttp_post is missing or changed (parameters: %s); "
             "upstream connections are not shared, each provider call opens its own",
-            parameters,
+            post.parameters(),
         )
         return False
-    if getattr(original, "__gateway_kit__", False):
-        return True
+    return post.share(lambda original: shared_post_for(original, events))
 
-    from mlflow.gateway.ssrf import upstream_protection_enabled
-    from mlflow.utils.uri import append_to_uri_path
 
-    stripped, accept_encoding = utils._STRIPPED_HEADERS, utils.SUPPORTED_ACCEPT_ENCODING
+def shared_post_for(original, events: Events):
+    """The kit's replacement of MLflow's function `original`, with the same contract, reporting to `events`."""
+    stripped, accept_encoding, upstream_protection_enabled, append_to_uri_path = private_api.provider_post_parts()
 
     def shared_post(
         headers: dict[str, str], base_url: str, path: str, payload: dict[str, Any], *, ssrf_protect: bool = True
@@ -110,37 +94,31 @@ def install(pool: int = 100, keepalive: float = 30.0, events: Events = NOBODY) -
         request_headers["Accept-Encoding"] = accept_encoding
         return call(append_to_uri_path(base_url, path), base_url, payload, request_headers, events)
 
-    shared_post.__gateway_kit__ = True
-    utils._aiohttp_post = shared_post
-    return True
+    return shared_post
 
 
 def time_calls(events: Events) -> bool:
     """With the shared client off: MLflow's own provider function, wrapped to report each call to `events`
     (upstream_called) as the shared client does. False (and a warning) if MLflow has no such function."""
-    from mlflow.gateway.providers import utils
-
-    original: Callable | None = getattr(utils, "_aiohttp_post", None)
-    if original is None:
-        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
-        return False
-    if getattr(original, "__gateway_timed__", False):
-        return True
     perf_counter = time.perf_counter
 
-    @asynccontextmanager
-    async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
-        status = "error"
-        started = perf_counter()
-        try:
-            async with original(headers, base_url, path, payload, ssrf_protect=ssrf_protect) as response:
-                status = str(response.status)
-                yield response
-        finally:
-            events.upstream_called(base_url, status, perf_counter() - started)
+    def timed(original):
+        @asynccontextmanager
+        async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
+            status = "error"
+            started = perf_counter()
+            try:
+                async with original(headers, base_url, path, payload, ssrf_protect=ssrf_protect) as response:
+                    status = str(response.status)
+                    yield response
+            finally:
+                events.upstream_called(base_url, status, perf_counter() - started)
 
-    timed_post.__gateway_timed__ = True
-    utils._aiohttp_post = timed_post
+        return timed_post
+
+    if not private_api.PROVIDER_POST.time(timed):
+        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
+        return False
     return True
 
 

@@ -23,6 +23,7 @@ import pytest
 import redis
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import REPO, clean_env, free_port, start_replica, stop_group
 
@@ -285,6 +286,17 @@ def test_redis_down_serves_unlimited_loudly_and_limits_resume_after_restart(stac
     # The command that fits the way these replicas were started (the local stack), not Docker's.
     assert "check Redis: scripts/local_stack.sh status" in lines[0] and "docker compose" not in lines[0]
     assert len(lines) <= 6 * 3, "at most one line per worker per 10 s"
+    # Each replica's /metrics counts the requests served without their limits (gateway_limits_unenforced_total).
+    unenforced = 0.0
+    for name in stack.replicas:  # replica i listens on 127.0.10.i:8000
+        text = requests.get(f"http://127.0.10.{name.split('-')[1]}:8000/metrics", timeout=10).text
+        unenforced += sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "gateway_limits_unenforced_total" and sample.labels == {"policy": "open"}
+        )
+    assert unenforced >= len(down)
 
 
 @pytest.mark.integration

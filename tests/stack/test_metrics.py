@@ -127,6 +127,9 @@ def test_limits_fallbacks_and_breakers_are_counted_with_bounded_labels(m):
     m.fallback_served(FallbackEvent("r2", "chat", "azure-chat", "no_answer_in_1.5s", ("chat", "azure-chat")))
     m.circuit_changed(CircuitName("https://user:secret@api.openai.com/v1", "gpt-4o-mini"), "closed", "open")
     m.circuit_changed(CircuitName("https://api.openai.com/v1", "text-embedding-3-small"), "open", "closed")
+    m.limits_unenforced("open")
+    m.limits_unenforced("open")
+    assert value(m, "gateway_limits_unenforced_total", policy="open") == 2
     assert (
         value(m, "gateway_rate_limit_rejections_total", limit="requests_per_minute", endpoint="chat", client="team-a")
         == 1

@@ -14,13 +14,15 @@ def test_pinned_mlflow_still_has_the_function_the_kit_replaces():
     """Fails loudly when an MLflow upgrade renames or reshapes _aiohttp_post: the kit would fall back."""
     from mlflow.gateway.providers import utils
 
-    from gateway_kit import upstream
+    from gateway_kit import private_api, upstream
 
     original = utils._aiohttp_post
     try:
         assert upstream.install() is True
-        assert getattr(utils._aiohttp_post, "__gateway_kit__", False)
+        shared = utils._aiohttp_post
+        assert shared is private_api.PROVIDER_POST.shared and shared is not original
         assert upstream.install() is True  # installing twice changes nothing
+        assert utils._aiohttp_post is shared
     finally:
         utils._aiohttp_post = original
 

@@ -10,6 +10,7 @@ import calendar
 import pytest
 
 from gateway_kit import limits
+from gateway_kit.events import Events, Listener
 from gateway_kit.shared_redis import RedisLink
 from gateway_kit.limits import ClientLimit, Limiter, Limits, LimitsConfigError, read_config, refusal, rules_for
 from unit.asgi import Echo, request
@@ -164,14 +165,25 @@ def test_a_request_over_a_limit_is_a_429_with_retry_after_and_never_reaches_the_
     assert inner.scopes == []
 
 
+class Unenforced(Listener):
+    def __init__(self) -> None:
+        self.policies: list[str] = []
+
+    def limits_unenforced(self, policy: str) -> None:
+        self.policies.append(policy)
+
+
 def test_redis_down_serves_unlimited_and_says_so_when_open():
     inner, limiter = Echo(), ScriptedLimiter(LIMITED, verdict=ConnectionError("refused"))
+    unenforced = Unenforced()
+    limiter.events = Events([unenforced])
     answer = request(Limits(inner, limiter), "/gateway/chat/invocations", {"messages": []})
     assert answer.status == 200
     assert answer.headers["x-gateway-limits"] == "unenforced"
     assert not limiter.available()  # Redis is left alone for a moment after a failure
     again = request(Limits(inner, limiter), "/gateway/chat/invocations", {"messages": []})
     assert again.status == 200 and len(limiter.checked) == 1
+    assert unenforced.policies == ["open", "open"]  # metrics count both (gateway_limits_unenforced_total)
 
 
 def test_redis_down_refuses_with_a_503_when_closed():

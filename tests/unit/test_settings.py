@@ -216,3 +216,23 @@ def test_every_gateway_row_of_the_architecture_table_is_a_setting():
 def test_every_field_is_documented_or_explicitly_not_a_variable():
     not_variables = {f.name for f in fields(Settings)} - {f.name for f in env_fields()}
     assert not_variables == {"environ"}
+
+
+def test_a_child_process_environment_has_no_gateway_setting_and_no_provider_key(monkeypatch):
+    monkeypatch.setenv("GATEWAY_WORKERS", "3")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-a-real-key-for-this-test")
+    monkeypatch.setenv("AZURE_OPENAI_API_BASE", "https://example.invalid")
+    monkeypatch.setenv("KIT_TEST_OTHER", "kept")
+    env = settings.environment_without_settings()
+    assert env["KIT_TEST_OTHER"] == "kept" and env["PATH"]
+    assert not any(name.startswith("GATEWAY_") or name in settings.PROVIDER_VARIABLES for name in env)
+
+
+def test_only_the_settings_and_secrets_modules_read_the_environment():
+    """The replica's settings are parsed in one place; gateway_kit.secrets reads the provider keys."""
+    readers = set()
+    for path in (REPO / "gateway_kit").rglob("*.py"):
+        source = path.read_text()
+        if re.search(r"\bos\.(environ|getenv|putenv|unsetenv)\b|from os import", source):
+            readers.add(str(path.relative_to(REPO / "gateway_kit")))
+    assert readers == {"settings.py", "secrets.py"}
