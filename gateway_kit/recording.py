@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from gateway_kit.events import Events
 from gateway_kit.pricing import Pricer, Usage
 from gateway_kit.request import (
+    DIALECT,
     FALLBACK_REASON,
     REQUEST_ID,
     SERVED_BY,
@@ -206,6 +207,7 @@ class UsageRecorder:
             served_by=served_by,
             fallback_reason=kit_state.get(FALLBACK_REASON),
             error=error,
+            api=kit_state.get(DIALECT),
         )
         self.events.usage_recorded(record)
 
@@ -247,6 +249,7 @@ class Refusals:
                 cost_usd=0.0,
                 price_source="no tokens",
                 error=REFUSED + reason,
+                api=state_of(scope).get(DIALECT),
             )
         except Exception:  # accounting must never turn into the request's failure
             log.exception("usage record of a refused request to %s could not be made", path)

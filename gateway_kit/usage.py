@@ -130,6 +130,7 @@ class UsageRecord:
     fallback_reason: str | None = None  # why `endpoint` was left: http_500, timeout_first_byte, circuit_open ...
     error: str | None = None  # short error class or message when status is not 2xx, or a stream was cut
     content: Mapping[str, Any] | None = None  # prompt / answer, only when recording content is turned on
+    api: str | None = None  # the API the client spoke when not chat's: "messages", "responses" (gateway_kit.dialects)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written: "type" and "v" first, then every field in declaration order."""
