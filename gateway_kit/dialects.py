@@ -32,9 +32,11 @@ from gateway_kit.request import (
     MESSAGES,
     RESPONSES,
     replay_body,
+    error_body,
     request_body,
     request_json,
     route_of,
+    send_json,
     state_of,
 )
 
@@ -427,8 +429,9 @@ _TO_CHAT = {MESSAGES: messages_to_chat, RESPONSES: responses_to_chat}
 class Dialects:
     """ASGI middleware: POST /v1/messages and /v1/responses served as /v1/chat/completions (module docstring)."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, refused=None) -> None:
         self.app = app
+        self.refused = refused  # recording.Refusals, told of each 400 this sends
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -436,21 +439,23 @@ class Dialects:
         api = route_of(scope["path"]).dialect
         if api is None or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        started = time.time()
         body, _ = await request_body(scope, receive)
         if body is None:  # the client went away while sending it
             return
+        state_of(scope)[DIALECT] = api
         try:
             request = request_json(scope)
             if not isinstance(request, dict):
                 raise Untranslatable("body", "the body must be a JSON object")
             chat = _TO_CHAT[api](request)
-        except Untranslatable as e:
-            return await _send_json(send, 400, error_in(api, 400, _kit_error("unsupported_field", str(e)), e.field))
-        except ValueError as e:  # not JSON, or nested too deeply
-            return await _send_json(
-                send, 400, error_in(api, 400, _kit_error("invalid_json", f"the body is not valid JSON: {e}"))
-            )
-        state_of(scope)[DIALECT] = api
+        except ValueError as e:  # not JSON, nested too deeply, or a field the kit does not translate
+            field, kind = (e.field, "unsupported_field") if isinstance(e, Untranslatable) else (None, "invalid_json")
+            try:
+                return await send_json(send, 400, error_in(api, 400, _kit_error(kind, str(e)), field))
+            finally:
+                if self.refused is not None:
+                    self.refused(scope, 400, kind, started)
         chat_body = json.dumps(chat).encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(chat_body)).encode()))
@@ -466,23 +471,7 @@ class Dialects:
 
 
 def _kit_error(kind: str, message: str) -> bytes:
-    return json.dumps({"error": {"type": kind, "message": message}}).encode()
-
-
-async def _send_json(send, status: int, body: dict, headers=()) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                *headers,
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    return json.dumps(error_body(kind, message)).encode()
 
 
 class _Answer:
@@ -530,6 +519,6 @@ class _Answer:
                 answer = None
             if isinstance(answer, dict):
                 translated = chat_to_message(answer) if self.api == MESSAGES else chat_to_response(answer, self.request)
-                return await _send_json(self.client_send, self.status, translated, self.headers)
+                return await send_json(self.client_send, self.status, translated, self.headers)
             self.status, self.held = 502, bytearray(_kit_error("upstream_bad_response", "the chat answer was not JSON"))
-        await _send_json(self.client_send, self.status, error_in(self.api, self.status, bytes(self.held)), self.headers)
+        await send_json(self.client_send, self.status, error_in(self.api, self.status, bytes(self.held)), self.headers)
