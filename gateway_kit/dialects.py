@@ -31,8 +31,9 @@ from gateway_kit.request import (
     JSON,
     MESSAGES,
     RESPONSES,
-    replay_body,
     error_body,
+    header,
+    replay_body,
     request_body,
     request_json,
     route_of,
@@ -455,7 +456,7 @@ class Dialects:
                 return await send_json(send, 400, error_in(api, 400, _kit_error(kind, str(e)), field))
             finally:
                 if self.refused is not None:
-                    self.refused(scope, 400, kind, started)
+                    self.refused(scope, 400, kind, started, header(scope, b"x-gateway-client"))
         chat_body = json.dumps(chat).encode()
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(chat_body)).encode()))

@@ -204,14 +204,24 @@ def test_responses_stream_text_deltas_and_end_with_completed_and_usage(stack, oa
 
 def test_what_is_not_supported_is_a_400_naming_the_field_and_calls_no_provider(stack, claude, oai):
     provider_calls = stack.fake_stats()["requests"]
+    rid = request_id()
     with pytest.raises(anthropic.BadRequestError) as refused:
         claude.messages.create(
             model="chat",
             max_tokens=10,
             messages=[{"role": "user", "content": "x"}],
             tools=[{"name": "lookup", "input_schema": {"type": "object"}}],
+            extra_headers={"X-Request-ID": rid},
         )
     assert "`tools`" in refused.value.message and refused.value.body["type"] == "error"
+    (record,) = records_of(stack, rid)
+    assert (record["status"], record["error"], record["api"], record["endpoint"], record["client"]) == (
+        400,
+        "refused:unsupported_field",
+        "messages",
+        "chat",
+        "sdk",
+    )
     with pytest.raises(anthropic.BadRequestError) as refused:
         claude.messages.create(
             model="chat",

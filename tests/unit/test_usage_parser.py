@@ -79,6 +79,7 @@ def test_a_record_is_one_tagged_json_line_with_every_field():
         "served_by",
         "fallback_reason",
         "error",
+        "api",
     }
 
 
