@@ -412,7 +412,10 @@ class ChatEvents:
         message = str(error.get("message", "the provider's stream broke"))
         if self.api == MESSAGES:
             return _sse("error", {"type": "error", "error": {"type": "api_error", "message": message}})
-        return self._responses_event("error", code=error.get("type"), message=message, param=None)
+        failed = {**self._response("failed", [], None), "error": {"code": "server_error", "message": message}}
+        return self._responses_event(
+            "error", code=error.get("type"), message=message, param=None
+        ) + self._responses_event("response.failed", response=failed)
 
     def _response(self, status: str, output: list, usage: dict | None) -> dict:
         return _response(self.request, self.model, status, output, usage, self.id, self.created)

@@ -202,6 +202,24 @@ def test_responses_stream_text_deltas_and_end_with_completed_and_usage(stack, oa
     assert record["completion_tokens"] == final.usage.output_tokens
 
 
+def test_a_stream_the_provider_breaks_ends_with_the_apis_error(stack, claude, oai):
+    rid = request_id()
+    with pytest.raises(anthropic.APIStatusError) as broken:
+        with claude.messages.stream(
+            model="chat",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "one two three four [[fault:truncate]]"}],
+            extra_headers={"X-Request-ID": rid},
+        ) as stream:
+            kinds = [event.type for event in stream]
+    assert broken.value.body["error"]["type"] == "api_error"
+    (record,) = records_of(stack, rid)
+    assert record["api"] == "messages" and record["partial"] and record["error"]
+    with oai.responses.stream(model="chat", input="one two three four [[fault:truncate]]") as stream:
+        kinds = [event.type for event in stream]
+    assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"]
+
+
 def test_what_is_not_supported_is_a_400_naming_the_field_and_calls_no_provider(stack, claude, oai):
     provider_calls = stack.fake_stats()["requests"]
     rid = request_id()

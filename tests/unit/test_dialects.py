@@ -221,8 +221,9 @@ def test_a_broken_stream_ends_with_the_apis_error_event():
         "error",
         {"type": "error", "error": {"type": "api_error", "message": "cut"}},
     )
-    name, data = events_of(RESPONSES, frames)[-1]
+    (name, data), (last, failed) = events_of(RESPONSES, frames)[-2:]
     assert name == "error" and data["message"] == "cut"
+    assert last == "response.failed" and failed["response"]["error"]["message"] == "cut"
 
 
 class ChatApp:
