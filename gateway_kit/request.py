@@ -15,7 +15,8 @@ Routes (`route_of(path)`, one lookup per call)
   timeouts and fallbacks. `request_endpoint(scope)` is the endpoint a request is for, worked out once.
 
 The body (`request_body(scope, receive)`)
-  Read once per request, by the first middleware that needs it (limits with per-endpoint limits, the usage
+  Read once per request, by the first middleware that needs it (dialects on /v1/messages and /v1/responses, which
+  hands the layers inside a scope of their own with the chat body it made; limits with per-endpoint limits, the usage
   recorder on /v1, the fallback middleware, the fast routes), and kept in the scope (BODY); every later layer
   and MLflow's app get it replayed. Parsed once too (`request_json`, JSON), with the kit's depth limit
   (MAX_JSON_DEPTH). A fallback's try runs on its own copy of the scope, with its own body on /v1 ("model"
