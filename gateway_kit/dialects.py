@@ -24,6 +24,11 @@ import json
 import os
 import time
 
+from pydantic_core import (
+    from_json,
+    to_json,
+)  # pydantic's JSON (there with MLflow): several times the json module's speed
+
 from gateway_kit.request import (
     BODY,
     CHAT_PATH,
@@ -280,7 +285,7 @@ def error_in(api: str, status: int, body: bytes, field: str | None = None) -> di
 
 # ---------------------------------------------------------------------------------------------- streams
 def _sse(event: str, data: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    return b"event: " + event.encode() + b"\ndata: " + to_json(data) + b"\n\n"
 
 
 class ChatEvents:
@@ -321,7 +326,7 @@ class ChatEvents:
         if data == b"[DONE]":
             return self._end()
         try:
-            chunk = json.loads(data)
+            chunk = from_json(data)
         except ValueError:
             return b""
         if not isinstance(chunk, dict):
@@ -460,7 +465,7 @@ class Dialects:
             finally:
                 if self.refused is not None:
                     self.refused(scope, 400, kind, started, header(scope, b"x-gateway-client"))
-        chat_body = json.dumps(chat).encode()
+        chat_body = to_json(chat)
         headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
         headers.append((b"content-length", str(len(chat_body)).encode()))
         inner = {
@@ -518,7 +523,7 @@ class _Answer:
             return
         if self.status < 400:
             try:
-                answer = json.loads(self.held)
+                answer = from_json(self.held)
             except ValueError:
                 answer = None
             if isinstance(answer, dict):
