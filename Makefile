@@ -86,6 +86,7 @@ bench: venv
 	$(PYTHON) bench/bench_refusals.py
 	$(PYTHON) bench/bench_resilience.py
 	$(PYTHON) bench/bench_stream_done.py
+	$(PYTHON) bench/bench_dialects.py
 
 # 20 minutes of steady mixed traffic with every worker's memory sampled; not part of CI.
 soak: venv

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway_kit import limits, metrics, private_api, readiness, settings
+from gateway_kit import dialects, limits, metrics, private_api, readiness, settings
 from gateway_kit.events import Events, Listener
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.recording import Refusals
@@ -189,6 +189,7 @@ def middlewares(s: settings.Settings, config: dict, p: Parts) -> list[Middleware
     return [
         Middleware("request id", True, lambda app: RequestContext(app, replica=s.replica_id)),
         Middleware("client keys", True, lambda app: client_keys(app, config, p.refusals, s)),
+        Middleware("dialects", True, lambda app: dialects.Dialects(app, p.refusals)),
         Middleware("limits", p.limiter is not None, lambda app: limits.Limits(app, p.limiter, p.refusals, p.events)),
         Middleware("in-flight gauge", p.metrics is not None, lambda app: metrics.InFlight(app, p.metrics)),
         # on when anything listens to the records: the usage log, metrics, or a token or dollar limit

@@ -24,7 +24,8 @@ gateway that passes provider errors on.
 
 Answers: "Fake answer to: <last user message>", plus "(context: N earlier messages; first said:
 '<first 60 chars of the first user message>')" when there are earlier messages (an Anthropic system
-prompt counts as one). Tokens: about 1 per 4 characters (min 1) of each text. max_tokens truncates the
+prompt counts as one), cut before the first of the request's stop sequences (`stop`, Anthropic
+`stop_sequences`). Tokens: about 1 per 4 characters (min 1) of each text. max_tokens truncates the
 reply (finish_reason "length", Anthropic stop_reason "max_tokens"). The model is the request's `model`,
 else the Azure deployment, else gpt-4o-mini / gpt-3.5-turbo-instruct / text-embedding-3-small /
 claude-3-5-haiku-latest by route. OpenAI streams end with a usage chunk (choices: []) and [DONE], unless
@@ -276,8 +277,20 @@ def compose_reply(messages: list[tuple[str, str]]) -> str:
     return reply
 
 
-def make_answer(model: str, messages: list[tuple[str, str]], d: Directives, max_tokens: Any) -> Answer:
+def stop_list(stops: Any) -> list[str]:
+    """OpenAI's `stop` (a string or a list) or Anthropic's `stop_sequences`, as a list of strings."""
+    if isinstance(stops, str):
+        return [stops]
+    return [s for s in stops if isinstance(s, str) and s] if isinstance(stops, list) else []
+
+
+def make_answer(
+    model: str, messages: list[tuple[str, str]], d: Directives, max_tokens: Any, stops: list[str] = ()
+) -> Answer:
     text = d.reply if d.reply is not None else compose_reply(messages)
+    cuts = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+    if cuts:  # as the providers do: the reply ends before the first stop sequence, which is not sent
+        text = text[: min(cuts)]
     finish = "stop"
     if isinstance(max_tokens, int) and max_tokens > 0 and count_tokens(text) > max_tokens:
         text, finish = text[: max_tokens * 4], "length"
@@ -575,7 +588,10 @@ class FakeUpstream:
         truncate = d.fault == "truncate"
         if kind == "embeddings":
             return await send_json(request, embeddings_body(body, model, texts), truncate)
-        answer = make_answer(model, messages, d, body.get("max_tokens") or body.get("max_completion_tokens"))
+        stops = body.get("stop_sequences") if anthropic else body.get("stop")
+        answer = make_answer(
+            model, messages, d, body.get("max_tokens") or body.get("max_completion_tokens"), stop_list(stops)
+        )
         if body.get("stream"):
             if anthropic:
                 frames = anthropic_stream(answer)

@@ -24,6 +24,7 @@ from gateway_kit.events import Events
 from gateway_kit.pricing import Pricer, Usage
 from gateway_kit.request import (
     CACHE,
+    DIALECT,
     FALLBACK_REASON,
     REQUEST_ID,
     SERVED_BY,
@@ -215,6 +216,7 @@ class UsageRecorder:
             error=error,
             cache=cache,
             saved_usd=saved_usd,
+            api=kit_state.get(DIALECT),
         )
         self.events.usage_recorded(record)
 
@@ -256,6 +258,7 @@ class Refusals:
                 cost_usd=0.0,
                 price_source="no tokens",
                 error=REFUSED + reason,
+                api=state_of(scope).get(DIALECT),
             )
         except Exception:  # accounting must never turn into the request's failure
             log.exception("usage record of a refused request to %s could not be made", path)

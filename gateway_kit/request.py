@@ -4,6 +4,8 @@ Every middleware asks this module instead of reading paths, bodies or exceptions
 
 Routes (`route_of(path)`, one lookup per call)
     /v1/chat/completions, /v1/completions, /v1/embeddings   V1: the body's "model" names the endpoint
+    /v1/messages, /v1/responses                              V1 too, in another API's dialect (`Route.dialect`:
+                                                             MESSAGES, RESPONSES), served as chat (gateway_kit.dialects)
     any other /v1/...                                        V1 too (no such route: the app answers 404)
     /gateway/<endpoint>/invocations                          INVOCATIONS: the path names the endpoint
     /endpoints/<endpoint>/invocations                        INVOCATIONS (<endpoint>: one path segment)
@@ -13,7 +15,8 @@ Routes (`route_of(path)`, one lookup per call)
   timeouts and fallbacks. `request_endpoint(scope)` is the endpoint a request is for, worked out once.
 
 The body (`request_body(scope, receive)`)
-  Read once per request, by the first middleware that needs it (limits with per-endpoint limits, the usage
+  Read once per request, by the first middleware that needs it (dialects on /v1/messages and /v1/responses, which
+  hands the layers inside a scope of their own with the chat body it made; limits with per-endpoint limits, the usage
   recorder on /v1, the fallback middleware, the fast routes), and kept in the scope (BODY); every later layer
   and MLflow's app get it replayed. Parsed once too (`request_json`, JSON), with the kit's depth limit
   (MAX_JSON_DEPTH). A fallback's try runs on its own copy of the scope, with its own body on /v1 ("model"
@@ -25,6 +28,7 @@ What the middlewares tell each other: scope["state"] (Starlette's request.state)
     SERVED_BY        set by resilience.Fallback: the fallback endpoint that answered (None: the endpoint itself)
     FALLBACK_REASON  set by resilience.Fallback: why the endpoint was left (http_500, timeout_first_byte ...)
     CACHE            set by cache.ResponseCache: "hit" (answered from the cache) or "miss" (the answer was stored)
+    DIALECT          set by gateway_kit.dialects: the API the client spoke (MESSAGES, RESPONSES), None for chat's
 
 Error answers
   `error_body()` is the kit's JSON error envelope, `{"error": {"type": ..., "message": ...}}`, for every
@@ -52,6 +56,10 @@ V1_ENDPOINT_TYPES = {  # the /v1 routes MLflow serves, and the endpoint type eac
     "/v1/completions": "llm/v1/completions",
     "/v1/embeddings": "llm/v1/embeddings",
 }
+CHAT_PATH = "/v1/chat/completions"
+MESSAGES = "messages"  # Anthropic's Messages API
+RESPONSES = "responses"  # OpenAI's Responses API
+DIALECT_PATHS = {"/v1/messages": MESSAGES, "/v1/responses": RESPONSES}  # served as chat (gateway_kit.dialects)
 PROBES = ("/health", "/ready", "/metrics")
 _V1_PREFIX = "/v1/"
 _INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
@@ -67,6 +75,7 @@ class Route:
     template: str | None = None  # the route as served, e.g. /gateway/{endpoint}/invocations (a metrics label)
     endpoint: str | None = None  # the endpoint the path names (INVOCATIONS)
     endpoint_type: str | None = None  # what a /v1 route serves: llm/v1/chat, llm/v1/completions, llm/v1/embeddings
+    dialect: str | None = None  # the API a /v1 route speaks that the kit serves as chat: MESSAGES, RESPONSES
 
     @property
     def llm(self) -> bool:
@@ -85,6 +94,7 @@ class Route:
 
 _ROUTES: dict[str, Route] = {
     **{path: Route(V1, path, endpoint_type=kind) for path, kind in V1_ENDPOINT_TYPES.items()},
+    **{path: Route(V1, path, dialect=api) for path, api in DIALECT_PATHS.items()},
     **{path: Route(PROBE, path) for path in PROBES},
 }
 
@@ -116,6 +126,7 @@ ENDPOINT = "kit_endpoint"
 SERVED_BY = "served_by"
 FALLBACK_REASON = "fallback_reason"
 CACHE = "cache"
+DIALECT = "dialect"
 BODY = "gateway_kit.body"  # in the scope itself: the whole request body, once read (request_body)
 JSON = "gateway_kit.json"  # in the scope itself: the body parsed (request_json)
 

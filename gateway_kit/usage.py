@@ -133,6 +133,7 @@ class UsageRecord:
     content: Mapping[str, Any] | None = None  # prompt / answer, only when recording content is turned on
     cache: str | None = None  # "hit": answered from the response cache; "miss": the provider's answer, stored
     saved_usd: float | None = None  # a hit: what the provider would have charged (cost_usd is 0)
+    api: str | None = None  # the API the client spoke when not chat's: "messages", "responses" (gateway_kit.dialects)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written: "type" and "v" first, then every field in declaration order."""

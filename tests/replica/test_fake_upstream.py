@@ -153,6 +153,26 @@ def test_max_tokens_truncates_the_reply_with_finish_reason_length(client):
     assert resp.choices[0].finish_reason == "length" and resp.usage.completion_tokens == 2
 
 
+def test_stop_sequences_cut_the_reply_before_the_first_one(fake):
+    openai_style = requests.post(
+        f"{fake}/v1/chat/completions",
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}], "stop": ["Hi", " answer"]},
+        timeout=10,
+    ).json()
+    assert openai_style["choices"][0]["message"]["content"] == "Fake"
+    anthropic_style = requests.post(
+        f"{fake}/v1/messages",
+        json={
+            "model": "claude-3-5-haiku-latest",
+            "max_tokens": 50,
+            "stop_sequences": [" to:"],
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+        timeout=10,
+    ).json()
+    assert anthropic_style["content"][0]["text"] == "Fake answer"
+
+
 def test_completions_stream_uses_the_legacy_text_field(client):
     chunks = list(client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say hi", stream=True))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == "Fake answer to: Say hi"

@@ -35,7 +35,7 @@ def built(config: dict, **env: str) -> list[str]:
 
 def test_the_picture_names_every_middleware_once():
     names = drawn()
-    assert names[:2] == ["request id", "client keys"] and len(names) == len(set(names)) == 7
+    assert names[:3] == ["request id", "client keys", "dialects"] and len(names) == len(set(names)) == 8
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,10 @@ import pytest
 from gateway_kit.request import (
     ENDPOINT,
     INVOCATIONS,
+    MESSAGES,
     OTHER,
     PROBE,
+    RESPONSES,
     V1,
     request_body,
     request_endpoint,
@@ -32,6 +34,14 @@ def test_the_v1_routes_name_their_endpoint_in_the_body(path, endpoint_type):
     route = route_of(path)
     assert (route.kind, route.template, route.endpoint, route.endpoint_type) == (V1, path, None, endpoint_type)
     assert route.llm and route.model_in_body
+
+
+@pytest.mark.parametrize(("path", "api"), [("/v1/messages", MESSAGES), ("/v1/responses", RESPONSES)])
+def test_the_other_apis_routes_are_v1_routes_in_their_dialect(path, api):
+    route = route_of(path)
+    assert (route.kind, route.template, route.dialect) == (V1, path, api)
+    assert route.llm and route.model_in_body
+    assert route_of("/v1/chat/completions").dialect is None
 
 
 def test_any_other_v1_path_is_an_llm_route_without_a_template():
