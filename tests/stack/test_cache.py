@@ -16,6 +16,7 @@ import signal
 import time
 import uuid
 
+import anthropic
 import openai
 import pytest
 import redis
@@ -148,6 +149,36 @@ def test_a_stream_is_replayed_from_the_cache_as_a_stream_the_sdk_reads(cstack):
     assert provider_calls(cstack) == 1
     plain = ask(cstack, content)  # the same question not streamed: another answer (stream is in the key)
     assert plain.headers["X-Gateway-Cache"] == "miss"
+
+
+def test_the_messages_and_responses_apis_are_answered_from_the_cache_too(cstack):
+    """Both APIs become chat requests before the cache (gateway_kit.dialects): a repeated question is a hit,
+    translated back into the API the client spoke, streams included."""
+    claude = anthropic.Anthropic(base_url=cstack.url, api_key=KEYS["team-a"], max_retries=0)
+    gpt = openai.OpenAI(base_url=f"{cstack.url}/v1", api_key=KEYS["team-a"], max_retries=0)
+    content = question()
+    messages = [
+        claude.messages.with_raw_response.create(
+            model="chat", max_tokens=64, messages=[{"role": "user", "content": content}]
+        )
+        for _ in range(2)
+    ]
+    assert [m.headers["x-gateway-cache"] for m in messages] == ["miss", "hit"]
+    first, second = (m.parse() for m in messages)
+    assert second.content[0].text == first.content[0].text and second.usage.output_tokens > 0
+
+    responses = [gpt.responses.with_raw_response.create(model="chat", input=content) for _ in range(2)]
+    assert [r.headers["x-gateway-cache"] for r in responses] == ["miss", "hit"]  # another body: another key
+    assert responses[1].parse().output_text == responses[0].parse().output_text
+
+    streamed = []
+    for _ in range(2):
+        with claude.messages.stream(
+            model="chat", max_tokens=64, messages=[{"role": "user", "content": content}]
+        ) as stream:
+            streamed.append(("".join(stream.text_stream), stream.get_final_message().usage.output_tokens))
+    assert streamed[1] == streamed[0] and streamed[0][0].startswith("Fake answer to:")
+    assert provider_calls(cstack) == 3  # one per distinct chat request: messages, responses, a stream
 
 
 def test_a_replayed_stream_ends_with_done(cstack):
