@@ -127,6 +127,7 @@ SERVED_BY = "served_by"
 FALLBACK_REASON = "fallback_reason"
 CACHE = "cache"
 DIALECT = "dialect"
+TRACE = "trace"  # the request's traces.Trace (RequestContext): the usage record's trace_id
 BODY = "gateway_kit.body"  # in the scope itself: the whole request body, once read (request_body)
 JSON = "gateway_kit.json"  # in the scope itself: the body parsed (request_json)
 

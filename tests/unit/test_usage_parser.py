@@ -82,6 +82,7 @@ def test_a_record_is_one_tagged_json_line_with_every_field():
         "cache",
         "saved_usd",
         "api",
+        "trace_id",
     }
 
 
