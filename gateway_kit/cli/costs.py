@@ -581,12 +581,13 @@ _CAPTURING = re.compile(r"\((?!\?)")  # the opening of a capturing group
 
 
 def _last_nullable(names: tuple[str, ...]) -> frozenset[str]:
-    """The last fields of a record whose default is None, in a row."""
+    """The last fields of a record whose default is None, in a row. One the report reads and a record lacks is
+    "" in its groups, as a null one is."""
     from gateway_kit.usage import UsageRecord
 
     defaults = {f.name: f.default for f in fields(UsageRecord)}
     at = len(names)
-    while at > 0 and defaults[names[at - 1]] is None and names[at - 1] not in GROUPS:
+    while at > 0 and defaults[names[at - 1]] is None:
         at -= 1
     return frozenset(names[at:])
 
