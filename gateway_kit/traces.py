@@ -167,7 +167,7 @@ class Exporter(Listener):
         """The export thread, started with the worker's first span (a forked worker has none of its master's)."""
         self.thread = threading.Thread(target=self.run, name="gateway-kit-spans", daemon=True)
         self.thread.start()
-        atexit.register(self.flush)
+        atexit.register(self.flush, at_exit=True)
 
     def run(self) -> None:
         while True:
@@ -175,15 +175,19 @@ class Exporter(Listener):
             self.wake.clear()
             self.flush()
 
-    def flush(self) -> None:
-        """Export every queued span, in batches."""
+    def flush(self, at_exit: bool = False) -> None:
+        """Export every queued span, in batches. `at_exit` (a worker stopping): the rest is dropped once a batch
+        fails, so a collector that is down holds the worker up for one timeout at most."""
         while self.queue:
             batch = []
             while self.queue and len(batch) < BATCH:
                 batch.append(self.queue.popleft())
-            self.send(batch)
+            if not self.send(batch) and at_exit:
+                self.failed += len(self.queue)
+                self.queue.clear()
 
-    def send(self, batch: list) -> None:
+    def send(self, batch: list) -> bool:
+        """POST one batch; False (counted, logged once) when the collector did not take it."""
         try:
             body = self.encode(batch)
             if self.export.gzip:
@@ -204,10 +208,11 @@ class Exporter(Listener):
                     len(batch),
                     e,
                 )
-            return
+            return False
         if not self.reachable:
             self.reachable = True
             log.warning("traces: the OTLP collector at %s takes spans again", self.export.url)
+        return True
 
     def encode(self, batch: list) -> bytes:
         """An OTLP ExportTraceServiceRequest (protobuf) of the batch.
@@ -238,6 +243,7 @@ class Exporter(Listener):
                 record.fallback_reason,
                 record.stream,
                 record.partial,
+                record.cache,
             )
             template = templates.get(shared)
             if template is None:
@@ -295,6 +301,7 @@ class Exporter(Listener):
             "gateway.client": record.client,
             "gateway.stream": record.stream or None,
             "gateway.partial": record.partial or None,
+            "gateway.cache": record.cache,
         }
 
     @staticmethod
@@ -304,6 +311,7 @@ class Exporter(Listener):
             "gen_ai.usage.input_tokens": record.prompt_tokens,
             "gen_ai.usage.output_tokens": record.completion_tokens,
             "gateway.cost_usd": record.cost_usd,
+            "gateway.saved_usd": record.saved_usd,
             "gateway.request_id": record.request_id,
             "gateway.ttft_ms": record.ttft_ms,
             "gateway.cached_tokens": record.cached_tokens or None,

@@ -307,6 +307,29 @@ def test_a_collector_that_is_down_is_logged_once_and_its_spans_counted(caplog):
     assert len(caplog.records) == 1 and "did not take" in caplog.text
 
 
+def test_a_stopping_worker_gives_up_on_a_collector_that_is_down_after_one_batch(monkeypatch):
+    from conftest import free_port
+
+    monkeypatch.setattr(traces, "BATCH", 2)
+    exporter = traces.Exporter(TraceExport(f"http://127.0.0.1:{free_port()}/v1/traces", timeout=2), CONFIG, "r1")
+    monkeypatch.setattr(exporter, "start", lambda: None)
+    export_in_request(exporter, CALLER, *[record()] * 5)
+    sent = []
+    monkeypatch.setattr(exporter, "send", lambda batch: sent.append(len(batch)) and False)
+    exporter.flush(at_exit=True)
+    assert sent == [2] and exporter.failed == 3 and not exporter.queue  # one try; the 3 left counted as failed
+
+
+def test_a_cache_hit_says_so_and_what_it_saved():
+    with running_receiver() as receiver:
+        exporter = traces.Exporter(TraceExport(receiver.url), CONFIG, "r1")
+        export_in_request(exporter, CALLER, record(cost_usd=0.0, cache="hit", saved_usd=0.0000123))
+        exporter.flush()
+        (span,) = receiver.spans()
+    hit = attributes(span)
+    assert (hit["gateway.cache"], hit["gateway.saved_usd"], hit["gateway.cost_usd"]) == ("hit", 0.0000123, 0.0)
+
+
 def test_nothing_is_queued_for_a_trace_the_caller_did_not_sample():
     exporter = traces.Exporter(TraceExport("http://127.0.0.1:9/v1/traces"), CONFIG, "r1")
     export_in_request(exporter, f"00-{CALLER_TRACE}-{CALLER_SPAN}-00", record())
