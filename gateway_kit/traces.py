@@ -244,6 +244,7 @@ class Exporter(Listener):
                 record.stream,
                 record.partial,
                 record.cache,
+                record.api,
             )
             template = templates.get(shared)
             if template is None:
@@ -302,6 +303,7 @@ class Exporter(Listener):
             "gateway.stream": record.stream or None,
             "gateway.partial": record.partial or None,
             "gateway.cache": record.cache,
+            "gateway.api": record.api,
         }
 
     @staticmethod

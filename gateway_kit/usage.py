@@ -12,7 +12,7 @@ A record is one JSON line, tagged so it can be picked out of mixed `docker logs`
      "ttft_ms":null,"stream":false,"partial":false,"prompt_tokens":1234,"completion_tokens":256,"total_tokens":1490,
      "cached_tokens":1024,"reasoning_tokens":0,"client":"team-a","replica":"mlflow-gateway-1","cost_usd":0.000264,
      "price_source":"genai-prices 0.2.3","served_by":null,"fallback_reason":null,"error":null,"cache":null,
-     "saved_usd":null,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}
+     "saved_usd":null,"api":null,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}
 
 Writing one (what the gateway does per request):
 

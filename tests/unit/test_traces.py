@@ -320,14 +320,19 @@ def test_a_stopping_worker_gives_up_on_a_collector_that_is_down_after_one_batch(
     assert sent == [2] and exporter.failed == 3 and not exporter.queue  # one try; the 3 left counted as failed
 
 
-def test_a_cache_hit_says_so_and_what_it_saved():
+def test_a_cache_hit_says_so_and_what_it_saved_and_a_translated_request_its_api():
     with running_receiver() as receiver:
         exporter = traces.Exporter(TraceExport(receiver.url), CONFIG, "r1")
-        export_in_request(exporter, CALLER, record(cost_usd=0.0, cache="hit", saved_usd=0.0000123))
+        export_in_request(
+            exporter,
+            CALLER,
+            record(route="/v1/chat/completions", cost_usd=0.0, cache="hit", saved_usd=1e-5, api="messages"),
+        )
         exporter.flush()
         (span,) = receiver.spans()
     hit = attributes(span)
-    assert (hit["gateway.cache"], hit["gateway.saved_usd"], hit["gateway.cost_usd"]) == ("hit", 0.0000123, 0.0)
+    assert (hit["gateway.cache"], hit["gateway.saved_usd"], hit["gateway.cost_usd"]) == ("hit", 1e-5, 0.0)
+    assert hit["gateway.api"] == "messages" and hit["gen_ai.operation.name"] == "chat"
 
 
 def test_nothing_is_queued_for_a_trace_the_caller_did_not_sample():

@@ -292,7 +292,12 @@ def test_a_stream_cut_before_its_usage_has_no_usage_and_never_raises():
 
 @pytest.mark.parametrize(
     "written_before",
-    [(), ("trace_id",), ("trace_id", "saved_usd", "cache"), ("trace_id", "saved_usd", "cache", "error")],
+    [
+        (),
+        ("trace_id",),
+        ("trace_id", "api"),
+        ("trace_id", "api", "saved_usd", "cache"),
+    ],  # before traces, dialects, cache
 )
 def test_analyze_costs_reads_a_record_written_before_its_last_fields_at_full_speed(written_before):
     """An older writer's record lacks the fields added since (null by default): the generated pattern still takes
