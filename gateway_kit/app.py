@@ -16,12 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from gateway_kit import dialects, limits, metrics, private_api, readiness, settings
+from gateway_kit import dialects, limits, metrics, private_api, readiness, settings, traces
 from gateway_kit.events import Events, Listener
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.recording import Refusals
 from gateway_kit.request import (
     REQUEST_ID,
+    TRACE,
     error_response,
     state_of,
     upstream_failure,
@@ -35,27 +36,38 @@ _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}$")
 
 
 class RequestContext:
-    """ASGI middleware: every response carries X-Request-ID and X-Gateway-Replica.
+    """ASGI middleware: every response carries X-Request-ID and X-Gateway-Replica, and every request has its
+    place in a trace.
 
     The request id is nginx's (kept from the client when well-formed) or a new one when the
-    gateway is called directly, so every log line and record of one request shares it.
+    gateway is called directly, so every log line and record of one request shares it. The trace is the
+    client's W3C `traceparent` (and `tracestate`), or one the gateway starts (gateway_kit.traces): in the scope
+    state for the usage record, and in traces.CURRENT for the provider call. `exporting`: spans are exported
+    (an OTEL_EXPORTER_OTLP_* endpoint is set), so the gateway's own span is the provider call's parent.
     """
 
-    def __init__(self, app, replica: str) -> None:
+    def __init__(self, app, replica: str, exporting: bool = False) -> None:
         self.app = app
         self.replica = replica.encode()
+        self.exporting = exporting
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        request_id = b""
+        request_id = traceparent = tracestate = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 request_id = value
-                break
+            elif name == b"traceparent":
+                traceparent = value
+            elif name == b"tracestate":
+                tracestate = value
         if not _VALID_REQUEST_ID.match(request_id):
             request_id = os.urandom(16).hex().encode()  # as random as uuid4().hex, a quarter of the cost
-        state_of(scope)[REQUEST_ID] = request_id.decode()
+        state = state_of(scope)
+        state[REQUEST_ID] = request_id.decode()
+        trace = state[TRACE] = traces.start(traceparent, tracestate, self.exporting)
+        traces.CURRENT.set(trace)  # this request's task and those it starts: the provider call
         added = [(b"x-request-id", request_id), (b"x-gateway-replica", self.replica)]
         await self.app(scope, receive, with_response_headers(send, added))
 
@@ -153,24 +165,26 @@ class Parts:
     limiter: limits.Limiter | None  # None when config.yaml sets no limits
     refusals: Refusals | None  # None when nothing listens to the records of refused requests
     cache: dict | None  # the endpoints' cache policies (gateway_kit.cache); None: no endpoint has `cache:`, or no Redis
+    spans: traces.Exporter | None  # None unless an OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set
 
 
 def parts(s: settings.Settings, config: dict) -> Parts:
     """The listeners these settings and config ask for, in this order: the usage log (stdout and the ledger;
-    GATEWAY_USAGE_RECORDS), metrics (GATEWAY_METRICS), limits' token and dollar counters (a client's
-    tokens_per_minute or usd_per_day)."""
+    GATEWAY_USAGE_RECORDS), the span export (OTEL_EXPORTER_OTLP_*), metrics (GATEWAY_METRICS), limits' token
+    and dollar counters (a client's tokens_per_minute or usd_per_day)."""
     usage = UsageLog(Ledger.from_settings(s)) if s.usage_records else None
+    spans = traces.Exporter(s.trace_export, config, s.replica_id) if s.trace_export else None
     m = None
     if s.metrics:
         ledgers = [usage.ledger] if usage and usage.ledger else []  # metrics count their failed writes
-        m = metrics.Metrics(config, s.replica_id, ledgers=ledgers, flush_seconds=s.metrics_flush_seconds)
+        m = metrics.Metrics(config, s.replica_id, ledgers=ledgers, flush_seconds=s.metrics_flush_seconds, spans=spans)
     limiter = limits.limiter_from(config, s)
     counter = limiter if limiter and limiter.counts_usage else None
-    events = Events(listener for listener in (usage, m, counter) if listener is not None)
+    events = Events(listener for listener in (usage, spans, m, counter) if listener is not None)
     if limiter is not None:
         limiter.events = events  # it reports the requests whose limits Redis could not check (limits_unenforced)
     refusals = Refusals(s.replica_id, events) if events.listens("refusal_recorded") else None
-    return Parts(events, m, limiter, refusals, cache_policies(config, s))
+    return Parts(events, m, limiter, refusals, cache_policies(config, s), spans)
 
 
 @dataclass(frozen=True)
@@ -187,7 +201,9 @@ def middlewares(s: settings.Settings, config: dict, p: Parts) -> list[Middleware
     """The replica's middlewares, outermost first: the order a request passes through them. Each answers
     what it refuses itself; the last hands the request to MLflow's app."""
     return [
-        Middleware("request id", True, lambda app: RequestContext(app, replica=s.replica_id)),
+        Middleware(
+            "request id", True, lambda app: RequestContext(app, replica=s.replica_id, exporting=p.spans is not None)
+        ),
         Middleware("client keys", True, lambda app: client_keys(app, config, p.refusals, s)),
         Middleware("dialects", True, lambda app: dialects.Dialects(app, p.refusals)),
         Middleware("limits", p.limiter is not None, lambda app: limits.Limits(app, p.limiter, p.refusals, p.events)),
@@ -235,8 +251,8 @@ def create_app():
     p = parts(s, raw)
     if s.shared_upstream_client and upstream.install(s.upstream_pool, s.upstream_keepalive, p.events):
         upstream.close_with(app)
-    elif p.events.listens("upstream_called"):
-        upstream.time_calls(p.events)  # MLflow's own client: its calls reported as the shared client's are
+    else:
+        upstream.time_calls(p.events)  # MLflow's own client: trace headers sent, calls reported, as the shared one
     metrics.install(app, p.metrics)  # GET /metrics (a 404 with GATEWAY_METRICS=off)
     if s.fast_routes:
         fast_routes.cache_providers(app)

@@ -15,7 +15,8 @@ http://HOST:PORT (MLflow appends /openai/deployments/<deployment>/<route>?api-ve
     POST /openai/deployments/{d}/chat/completions|completions|embeddings   Azure OpenAI
     POST /v1/messages                                                      Anthropic (stream and not)
     GET /health; GET /_fake/stats -> {requests, by_path, by_host, by_fault, auth_headers, key_fingerprints,
-    connections, cancelled (answers abandoned by the caller)}; POST /_fake/reset
+    connections, cancelled (answers abandoned by the caller), trace_headers (the W3C traceparent and
+    tracestate of the last 100 requests that had one)}; POST /_fake/reset
 
 Keys are never stored: key_fingerprints counts the first 16 hex digits of the SHA-256 of each key received
 (Authorization without "Bearer ", x-api-key, api-key), so a test can check which key arrived. [[fault:401]]
@@ -57,7 +58,7 @@ import struct
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +162,7 @@ class Stats:
         self.auth: Counter[str] = Counter()
         self.keys: Counter[str] = Counter()
         self.peers: set[Any] = set()  # client (address, port) pairs: one per TCP connection
+        self.traces: deque[dict[str, str | None]] = deque(maxlen=100)  # the last requests' trace headers
 
     def record(self, request: web.Request) -> None:
         self.requests += 1
@@ -170,6 +172,8 @@ class Stats:
         present = [name for name in AUTH_HEADERS if name in request.headers]  # presence only, no values
         self.auth.update(present or ["none"])
         self.keys.update(key_fingerprint(received_key(request.headers, name)) for name in present)
+        if "traceparent" in request.headers:
+            self.traces.append({name: request.headers.get(name) for name in ("traceparent", "tracestate")})
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +185,7 @@ class Stats:
             "key_fingerprints": dict(self.keys),
             "connections": len(self.peers),
             "cancelled": self.cancelled,
+            "trace_headers": list(self.traces),
         }
 
 

@@ -226,7 +226,13 @@ class Metrics(Listener):
     """Every metric of one gateway process, fed by the events it listens to (gateway_kit.events)."""
 
     def __init__(
-        self, config: dict, replica: str, registry=None, ledgers: Iterable = (), flush_seconds: float = 1.0
+        self,
+        config: dict,
+        replica: str,
+        registry=None,
+        ledgers: Iterable = (),
+        flush_seconds: float = 1.0,
+        spans=None,
     ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -242,6 +248,8 @@ class Metrics(Listener):
         self.state = Bounded("state", allowed=BREAKER_STATES)
         self.ledgers = list(ledgers)
         self._ledger_failures = 0
+        self.spans = spans  # the span exporter (gateway_kit.traces), whose dropped spans are counted
+        self._spans_dropped = {"queue_full": 0, "export_failed": 0}
         self._upstream_labels: dict[str, str] = {}
         r = self.registry
 
@@ -285,6 +293,11 @@ class Metrics(Listener):
             "gateway_unpriced_requests", "Requests with tokens but no known price.", ["endpoint", "model"]
         )
         self.ledger_failures = counter("gateway_ledger_write_failures", "Usage records not written to the ledger.")
+        self.spans_dropped = counter(
+            "gateway_trace_spans_dropped",
+            "Spans not exported: the queue was full, or the collector failed.",
+            ["reason"],
+        )
         self.in_flight = gauge("gateway_requests_in_flight", "Requests being served now.", (), "livesum")
         self.upstream_requests = counter(
             "gateway_upstream_requests",
@@ -337,7 +350,8 @@ class Metrics(Listener):
             "livemax",
         )
         build[_version(), _mlflow_version(), platform.python_version(), replica].set(1)
-        self.batch = Batch(flush_seconds, self.in_flight, self.count_ledger_failures if self.ledgers else None)
+        counts_drops = self.ledgers or self.spans is not None
+        self.batch = Batch(flush_seconds, self.in_flight, self.count_drops if counts_drops else None)
 
     def usage_recorded(self, record) -> None:
         """One call per request, after its last byte."""
@@ -389,12 +403,18 @@ class Metrics(Listener):
         counter = self.cache_hits if result == HIT else self.cache_misses
         self.batch.inc(counter[self.endpoint(endpoint), self.client(client)])
 
-    def count_ledger_failures(self) -> None:
-        """Before each write of the batch: ledger records that could not be written since the last one."""
+    def count_drops(self) -> None:
+        """Before each write of the batch: ledger records that could not be written, and spans not exported,
+        since the last one."""
         failures = sum(ledger.failures for ledger in self.ledgers)
         if failures > self._ledger_failures:
             self.ledger_failures.inc(failures - self._ledger_failures)
             self._ledger_failures = failures
+        if self.spans is not None:
+            for reason, now in (("queue_full", self.spans.dropped), ("export_failed", self.spans.failed)):
+                if now > self._spans_dropped[reason]:
+                    self.spans_dropped[reason,].inc(now - self._spans_dropped[reason])
+                    self._spans_dropped[reason] = now
 
     def upstream_label(self, base_url: str) -> str:
         """host:port of a provider base URL (never its user or password), bounded."""

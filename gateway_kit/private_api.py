@@ -73,7 +73,7 @@ class ProviderPost:
     1. `share(make)`, from upstream.install: `make(MLflow's function)` goes in its place, the kit's keep-alive
        client, which reports each call to the worker's events itself. It still calls MLflow's own function for
        an SSRF-protected call.
-    2. `time(wrap)`, from upstream.time_calls (the shared client off, something listens to the calls):
+    2. `time(wrap)`, from upstream.time_calls (the shared client off: the trace headers, and the calls reported):
        `wrap(what is in place)` goes in its place. With the shared client in place it changes nothing: that
        client reports its calls already.
 

@@ -28,6 +28,7 @@ from gateway_kit.request import (
     FALLBACK_REASON,
     REQUEST_ID,
     SERVED_BY,
+    TRACE,
     header,
     request_body,
     request_endpoint,
@@ -217,6 +218,7 @@ class UsageRecorder:
             cache=cache,
             saved_usd=saved_usd,
             api=kit_state.get(DIALECT),
+            trace_id=trace.trace_id if (trace := kit_state.get(TRACE)) else None,
         )
         self.events.usage_recorded(record)
 
@@ -246,9 +248,11 @@ class Refusals:
         if not route_of(path).llm:
             return
         try:
+            state = state_of(scope)
+            trace = state.get(TRACE)
             record = UsageRecord(
                 ts=utc_now_iso(started),
-                request_id=state_of(scope).get(REQUEST_ID),
+                request_id=state.get(REQUEST_ID),
                 route=path,
                 endpoint=request_endpoint(scope),
                 status=status,
@@ -259,6 +263,7 @@ class Refusals:
                 price_source="no tokens",
                 error=REFUSED + reason,
                 api=state_of(scope).get(DIALECT),
+                trace_id=trace.trace_id if trace else None,
             )
         except Exception:  # accounting must never turn into the request's failure
             log.exception("usage record of a refused request to %s could not be made", path)

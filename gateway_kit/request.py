@@ -29,6 +29,7 @@ What the middlewares tell each other: scope["state"] (Starlette's request.state)
     FALLBACK_REASON  set by resilience.Fallback: why the endpoint was left (http_500, timeout_first_byte ...)
     CACHE            set by cache.ResponseCache: "hit" (answered from the cache) or "miss" (the answer was stored)
     DIALECT          set by gateway_kit.dialects: the API the client spoke (MESSAGES, RESPONSES), None for chat's
+    TRACE            set by RequestContext: the request's traces.Trace (W3C trace context), for the record's trace_id
 
 Error answers
   `error_body()` is the kit's JSON error envelope, `{"error": {"type": ..., "message": ...}}`, for every
@@ -127,6 +128,7 @@ SERVED_BY = "served_by"
 FALLBACK_REASON = "fallback_reason"
 CACHE = "cache"
 DIALECT = "dialect"
+TRACE = "trace"  # the request's traces.Trace (RequestContext): the usage record's trace_id
 BODY = "gateway_kit.body"  # in the scope itself: the whole request body, once read (request_body)
 JSON = "gateway_kit.json"  # in the scope itself: the body parsed (request_json)
 

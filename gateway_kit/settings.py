@@ -174,6 +174,9 @@ class Settings:
     environ: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({}), repr=False, compare=False, metadata={"env": False}
     )  # for config.yaml's ${NAME:-default}
+    trace_export: TraceExport | None = field(
+        default=None, compare=False, metadata={"env": False}
+    )  # OpenTelemetry's OTEL_EXPORTER_OTLP_* variables (trace_export_from): None when export is off
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -193,7 +196,7 @@ class Settings:
             import socket
 
             values["replica_id"] = socket.gethostname()
-        return cls(**values, environ=MappingProxyType(dict(environ)))
+        return cls(**values, environ=MappingProxyType(dict(environ)), trace_export=trace_export_from(environ))
 
     @property
     def config_path(self) -> str:
@@ -278,6 +281,74 @@ def fail(error: SettingsError) -> SystemExit:
 
 
 # ---------------------------------------------------------------- variables of other programs
+
+OTLP_PROTOCOL = "http/protobuf"  # the one OTLP protocol the kit's span export speaks (gateway_kit.traces)
+
+
+@dataclass(frozen=True)
+class TraceExport:
+    """Where and how the replica exports its spans (gateway_kit.traces), from OpenTelemetry's standard variables."""
+
+    url: str  # the collector's OTLP/HTTP traces URL: .../v1/traces
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every export (an API key of a hosted collector)
+    timeout: float = 10.0  # seconds an export may take
+    gzip: bool = False
+    resource: tuple[tuple[str, str], ...] = ()  # the spans' resource attributes (service.name ...)
+
+
+def trace_export_from(environ: Mapping[str, str]) -> TraceExport | None:
+    """OpenTelemetry's exporter variables, as its SDKs read them: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the URL as
+    is) or OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces); _HEADERS (`name=value,...`, values URL-encoded),
+    _TIMEOUT (milliseconds), _COMPRESSION (gzip or none), _PROTOCOL (http/protobuf only), each TRACES_ one first;
+    OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES. None (no export) when no endpoint is set,
+    OTEL_TRACES_EXPORTER is `none` or OTEL_SDK_DISABLED is true. SettingsError for a value the kit cannot use."""
+    from urllib.parse import unquote
+
+    def traces_or_all(suffix: str) -> tuple[str, str]:
+        for name in (f"OTEL_EXPORTER_OTLP_TRACES_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}"):
+            if environ.get(name, "").strip():
+                return name, environ[name].strip()
+        return "", ""
+
+    def bad(name: str, value: str, allowed: str, default: str) -> SettingsError:
+        return SettingsError(name, value, allowed, default, settings_at(environ.get(PREFIX + "LAUNCHER", "")))
+
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return None
+    name, url = traces_or_all("ENDPOINT")
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")):
+        raise bad(name, url, "an http:// or https:// URL", "unset: no export")
+    if name == "OTEL_EXPORTER_OTLP_ENDPOINT":  # the base URL: the traces' path is added
+        url = url.rstrip("/") + "/v1/traces"
+    name, protocol = traces_or_all("PROTOCOL")
+    if protocol and protocol != OTLP_PROTOCOL:
+        raise bad(name, protocol, f"{OTLP_PROTOCOL} (the kit exports OTLP over HTTP)", OTLP_PROTOCOL)
+    name, raw = traces_or_all("HEADERS")
+    headers = []
+    for item in filter(str.strip, raw.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise bad(name, "<hidden>", "a list of name=value pairs separated by commas", "unset")
+        headers.append((key.strip(), unquote(value.strip())))
+    name, raw = traces_or_all("TIMEOUT")
+    timeout = number(0, above=True)(raw) if raw else 10000
+    if timeout is None:
+        raise bad(name, raw, "a number of milliseconds above 0", "10000")
+    name, compression = traces_or_all("COMPRESSION")
+    if compression.lower() not in ("", "gzip", "none"):
+        raise bad(name, compression, "gzip or none", "none")
+    resource = {"service.name": "mlflow-gateway"}
+    for item in filter(str.strip, environ.get("OTEL_RESOURCE_ATTRIBUTES", "").split(",")):
+        key, equals, value = item.partition("=")
+        if equals and key.strip():
+            resource[key.strip()] = unquote(value.strip())
+    if environ.get("OTEL_SERVICE_NAME", "").strip():
+        resource["service.name"] = environ["OTEL_SERVICE_NAME"].strip()
+    return TraceExport(url, tuple(headers), timeout / 1000, compression.lower() == "gzip", tuple(resource.items()))
 
 
 def prometheus_multiproc_dir() -> str | None:

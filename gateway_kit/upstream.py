@@ -13,10 +13,11 @@ backoff (honouring Retry-After) before anything is handed to MLflow, and the cir
 provider's model (gateway_kit.resilience; the endpoint comes from the contextvar resilience.CURRENT that the
 Fallback middleware sets).
 
-Each call is reported to the worker's events (upstream_called: base URL, status, seconds; metrics listens),
-and the breakers report their changes there too (circuit_changed). With the shared client off, MLflow's own
-function is wrapped to report its calls (time_calls), when anything listens. Both change MLflow's function
-through one patch point, gateway_kit.private_api.ProviderPost.
+Each call carries the request's W3C trace headers (traceparent, tracestate: gateway_kit.traces) and is
+reported to the worker's events (upstream_called: base URL, status, seconds; metrics listens), and the breakers
+report their changes there too (circuit_changed). With the shared client off, MLflow's own function is wrapped
+to do the same two (time_calls). Both change MLflow's function through one patch point,
+gateway_kit.private_api.ProviderPost.
 
 Settings (gateway_kit.settings, given to install()): GATEWAY_UPSTREAM_POOL (connections per worker, default
 100), GATEWAY_UPSTREAM_KEEPALIVE (seconds an idle connection is kept, default 30).
@@ -31,7 +32,7 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway_kit import private_api, resilience
+from gateway_kit import private_api, resilience, traces
 from gateway_kit.events import NOBODY, Events
 
 log = logging.getLogger("gateway_kit.upstream")
@@ -89,17 +90,21 @@ def shared_post_for(original, events: Events):
         """MLflow's function's contract: an async context manager for the provider's response."""
         if ssrf_protect and upstream_protection_enabled():
             # MLflow's SSRF guard needs its own resolver per call: keep its function (and its errors) for those.
-            return original(headers, base_url, path, payload, ssrf_protect=True)
+            return original(traces.trace_headers(headers), base_url, path, payload, ssrf_protect=True)
         request_headers = {k: v for k, v in headers.items() if k.lower() not in stripped}
         request_headers["Accept-Encoding"] = accept_encoding
+        trace = traces.CURRENT.get()
+        if trace is not None:
+            request_headers.update(trace.headers())
         return call(append_to_uri_path(base_url, path), base_url, payload, request_headers, events)
 
     return shared_post
 
 
 def time_calls(events: Events) -> bool:
-    """With the shared client off: MLflow's own provider function, wrapped to report each call to `events`
-    (upstream_called) as the shared client does. False (and a warning) if MLflow has no such function."""
+    """With the shared client off: MLflow's own provider function, wrapped to send the request's trace headers
+    and report each call to `events` (upstream_called) as the shared client does. False (and a warning) if
+    MLflow has no such function."""
     perf_counter = time.perf_counter
 
     def timed(original):
@@ -107,6 +112,7 @@ def time_calls(events: Events) -> bool:
         async def timed_post(headers, base_url, path, payload, *, ssrf_protect: bool = True):
             status = "error"
             started = perf_counter()
+            headers = traces.trace_headers(headers)
             try:
                 async with original(headers, base_url, path, payload, ssrf_protect=ssrf_protect) as response:
                     status = str(response.status)
@@ -117,7 +123,10 @@ def time_calls(events: Events) -> bool:
         return timed_post
 
     if not private_api.PROVIDER_POST.time(timed):
-        log.warning("metrics: mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed")
+        log.warning(
+            "mlflow.gateway.providers.utils._aiohttp_post is missing; provider calls are not timed "
+            "and carry no trace headers"
+        )
         return False
     return True
 
