@@ -7,6 +7,8 @@ import json
 import time
 import uuid
 
+import anthropic
+import openai
 import pytest
 import requests
 from otlp_receiver import attributes, running_receiver
@@ -72,6 +74,29 @@ def test_without_a_traceparent_the_gateway_starts_a_trace_and_records_it(stack):
     assert len(trace_id) == 32 and trace_id != CALLER_TRACE
     (provider_call,) = arrived(stack.fake_url, trace_id)
     assert provider_call["tracestate"] is None
+
+
+@pytest.mark.stack
+def test_the_official_sdks_traceparent_reaches_the_provider_on_every_route(stack):
+    """An instrumented client (the openai and anthropic SDKs, a traceparent per call) is linked on each of the
+    /v1 routes: chat, Responses and Messages (served as chat)."""
+    gpt = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0)
+    claude = anthropic.Anthropic(base_url=stack.url, api_key="unused", max_retries=0)
+    calls = {
+        "chat": lambda h: gpt.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], extra_headers=h
+        ),
+        "responses": lambda h: gpt.responses.with_raw_response.create(model="chat", input="hi", extra_headers=h),
+        "messages": lambda h: claude.messages.with_raw_response.create(
+            model="chat", max_tokens=32, messages=[{"role": "user", "content": "hi"}], extra_headers=h
+        ),
+    }
+    for name, call in calls.items():
+        trace = uuid.uuid4().hex
+        raw = call({"traceparent": f"00-{trace}-{CALLER_SPAN}-01"})
+        (record,) = records_of(stack, raw.headers["x-request-id"])
+        assert record["trace_id"] == trace, name
+        assert [h["traceparent"] for h in arrived(stack.fake_url, trace)] == [f"00-{trace}-{CALLER_SPAN}-01"], name
 
 
 @pytest.mark.integration
