@@ -30,7 +30,7 @@ from pathlib import Path
 
 import requests
 import yaml
-from lib import REPO, Servers, markdown_table
+from lib import REPO, Servers, markdown_table, redis_server
 
 from gateway_kit.procs import clean_env, free_port
 
@@ -72,20 +72,6 @@ asyncio.run(main(int(sys.argv[1])))
 """
 
 
-def wait_port(port: int, timeout: float = 10) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: error: redis-server did not listen on :{port} within {timeout:.0f}s")
-            time.sleep(0.1)
-
-
 def timed(session: requests.Session, url: str, body: dict, headers: dict, n: int, expect: str | None) -> float:
     """Median ms of n requests; each must be answered 200 with X-Gateway-Cache `expect` (None: absent)."""
     times = []
@@ -102,13 +88,7 @@ def timed(session: requests.Session, url: str, body: dict, headers: dict, n: int
 
 
 def hit_against_provider(servers: Servers, work: Path, args) -> list[list[str]]:
-    port = free_port()
-    servers.start(
-        "redis",
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-        clean_env(),
-    )
-    wait_port(port)
+    redis_url = redis_server(servers)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     chat = next(e for e in config["endpoints"] if e["name"] == "chat")
     (work / "cache.yaml").write_text(yaml.safe_dump({"endpoints": [{**chat, "cache": {"ttl": 600}}]}))
@@ -118,7 +98,7 @@ def hit_against_provider(servers: Servers, work: Path, args) -> list[list[str]]:
         fake,
         1,
         GATEWAY_CONFIG=str(work / "cache.yaml"),
-        GATEWAY_REDIS_URL=f"redis://127.0.0.1:{port}/0",
+        GATEWAY_REDIS_URL=redis_url,
     )
     rows = []
     with requests.Session() as session:

@@ -16,16 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from lib import Servers, chat_body, markdown_table, median_run, wrk, wrk_script
+from lib import Servers, chat_body, markdown_table, median_run, redis_server, wrk, wrk_script
 
-from gateway_kit.procs import clean_env, free_port
+from gateway_kit.procs import free_port
 from gateway_kit.resilience import Breaker, CircuitName, Fallback, Policy, Settings
 from gateway_kit.shared_redis import RedisLink
 
@@ -79,18 +78,6 @@ async def breaker_calls(redis_url: str, seconds: float, rounds: int) -> dict[str
     return {label: statistics.median(values) for label, values in results.items()}
 
 
-def wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"bench: error: redis-server did not listen on :{port} within {timeout:.0f}s")
-            time.sleep(0.1)
-
-
 def end_to_end(servers: Servers, work: Path, redis_url: str, args) -> dict[str, dict]:
     fake = servers.fake(free_port())
     targets = {
@@ -135,14 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(fallback_middleware(args.calls))
     work = Path(tempfile.mkdtemp(prefix="gateway-bench-resilience-"))
     with Servers(work) as servers:
-        port = free_port()
-        servers.start(
-            "redis",
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
-            clean_env(),
-        )
-        redis_url = f"redis://127.0.0.1:{port}/0"
-        wait_port(port)
+        redis_url = redis_server(servers)
         print(
             "\n2. Circuit breaker per successful provider call, in isolation (median of "
             f"{args.rounds} interleaved rounds of {args.breaker_seconds:g} s)\n"

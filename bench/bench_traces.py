@@ -9,7 +9,7 @@
 Each request goes RequestContext -> UsageRecorder -> a trivial app answering a chat completion with its usage,
 and its record to the usage log (stdout, here /dev/null), as a replica serves /gateway/chat/invocations; with the
 export on, also to traces.Exporter, whose batches are encoded and POSTed to a real OTLP/HTTP receiver in
-another process (tests/otlp_receiver.py) as they fill, in the timed thread (in a replica, the export thread does
+another process (gateway_kit/otlp_receiver.py) as they fill, in the timed thread (in a replica, the export thread does
 it; the CPU is the worker's all the same). The request id middleware is also timed alone. Two kinds of request: with a client's traceparent and without one. Rounds
 alternate the versions (in turn first and last). The figure is each one's CPU µs per request in its least
 disturbed round (the minimum, as timeit reports: the process's user + system time, every thread, still varies
@@ -28,23 +28,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's kit; the tests' receiver (tests/otlp_receiver.py)
 
-from gateway_kit import app as current_app  # noqa: E402
-from gateway_kit import recording as current_recording  # noqa: E402
-from gateway_kit import traces  # noqa: E402
-from gateway_kit.events import Events  # noqa: E402
-from gateway_kit.pricing import Pricer  # noqa: E402
-from gateway_kit.procs import stop_group  # noqa: E402
-from gateway_kit.settings import TraceExport  # noqa: E402
+from lib import REPO, baseline_module, baseline_revision
+
+from gateway_kit import app as current_app
+from gateway_kit import recording as current_recording
+from gateway_kit import traces
+from gateway_kit.events import Events
+from gateway_kit.pricing import Pricer
+from gateway_kit.procs import stop_group
+from gateway_kit.settings import TraceExport
 
 PATH = "/gateway/chat/invocations"
 CONFIG = {
@@ -70,41 +69,12 @@ NGINX_HEADERS = [  # what nginx.conf sends a replica with a small chat request
 ]
 TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 RECEIVER = """
-import sys, time
-sys.path.insert(0, sys.argv[1])
-from otlp_receiver import running_receiver
+import time
+from gateway_kit.otlp_receiver import running_receiver
 with running_receiver() as r:
     print(r.base_url, flush=True)
     time.sleep(86400)
 """  # the receiver in a process of its own: its CPU is not the gateway's
-
-
-def before_traces() -> str:
-    """The commit before the one that added gateway_kit/traces.py (found by content, so rebases keep it)."""
-    found = subprocess.run(
-        ["git", "-C", str(ROOT), "log", "--format=%H", "--diff-filter=A", "--", "gateway_kit/traces.py"],
-        capture_output=True,
-        text=True,
-    )
-    commits = found.stdout.split()
-    if found.returncode != 0 or not commits:
-        raise SystemExit(
-            "bench_traces.py: error: cannot find the commit that added gateway_kit/traces.py in git history — "
-            "name a baseline revision with --baseline REV"
-        )
-    return f"{commits[-1]}^"
-
-
-def baseline_module(name: str, rev: str):
-    """gateway_kit/<name>.py as it was at `rev`, imported under another name."""
-    source = subprocess.run(
-        ["git", "-C", str(ROOT), "show", f"{rev}:gateway_kit/{name}.py"], check=True, capture_output=True, text=True
-    ).stdout
-    spec = importlib.util.spec_from_loader(f"baseline_{name}", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    exec(compile(source, f"{rev}:gateway_kit/{name}.py", "exec"), module.__dict__)
-    return module
 
 
 async def provider(scope, receive, send):
@@ -152,7 +122,7 @@ async def time_round(target, headers, n: int, exporter) -> float:
 @contextlib.contextmanager
 def receiver_process():
     proc = subprocess.Popen(
-        [sys.executable, "-c", RECEIVER, str(ROOT / "tests")],
+        [sys.executable, "-c", RECEIVER],
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -173,12 +143,8 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=5, help="--wrk: seconds per wrk run")
     parser.add_argument("--connections", type=int, default=8, help="--wrk: wrk's connections")
     args = parser.parse_args(argv)
-    rev = args.baseline or before_traces()
-    args.baseline = (
-        subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True
-        ).stdout.strip()
-        or rev
+    rev, args.baseline = baseline_revision(
+        args.baseline, "bench_traces.py", ("--diff-filter=A", "--", "gateway_kit/traces.py"), "gateway_kit/traces.py"
     )
     if args.wrk:
         return end_to_end(rev, args)
@@ -246,7 +212,7 @@ def end_to_end(rev: str, args) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-traces-"))
     checkout = work / "baseline"
     checkout.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
     base = f"baseline ({args.baseline})"
     runs: dict[str, list[dict]] = {}

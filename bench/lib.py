@@ -13,7 +13,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway_kit.procs import clean_env, stat_fields, stop_group, wait_http
+from gateway_kit.procs import clean_env, free_port, stat_fields, stop_group, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "scripts" / "local_stack.sh"
@@ -202,3 +202,57 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     align = ["---"] + ["---:"] * (len(header) - 1)
     lines = [header, align, *rows]
     return "\n".join("| " + " | ".join(map(str, line)) + " |" for line in lines)
+
+
+def baseline_revision(rev: str | None, script: str, log_args: tuple[str, ...] = (), what: str = "") -> tuple[str, str]:
+    """(the revision to compare with, its short name): `rev`, or else the parent of the oldest commit `git log
+    log_args` finds (the one that added `what`: found by content, so rebases keep it)."""
+    if rev is None:
+        found = subprocess.run(
+            ["git", "-C", str(REPO), "log", "--format=%H", *log_args], capture_output=True, text=True
+        )
+        commits = found.stdout.split()
+        if found.returncode != 0 or not commits:
+            raise SystemExit(
+                f"{script}: error: cannot find the commit that added {what} in git history — name a baseline "
+                "revision with --baseline REV"
+            )
+        rev = f"{commits[-1]}^"
+    short = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", rev], capture_output=True, text=True)
+    return rev, short.stdout.strip() or rev
+
+
+def baseline_module(name: str, rev: str):
+    """gateway_kit/<name>.py as it was at `rev`, imported under another name."""
+    import importlib.util
+
+    source = subprocess.run(
+        ["git", "-C", str(REPO), "show", f"{rev}:gateway_kit/{name}.py"], check=True, capture_output=True, text=True
+    ).stdout
+    spec = importlib.util.spec_from_loader(f"baseline_{name}", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    exec(compile(source, f"{rev}:gateway_kit/{name}.py", "exec"), module.__dict__)
+    return module
+
+
+def redis_server(servers: Servers, timeout: float = 10) -> str:
+    """A redis-server of the bench's own (no persistence) on a free port; its URL once it listens."""
+    import socket
+    import time
+
+    port = free_port()
+    servers.start(
+        "redis",
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        clean_env(),
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: error: redis-server did not listen on :{port} within {timeout:.0f}s")
+            time.sleep(0.1)

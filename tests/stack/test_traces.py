@@ -1,5 +1,5 @@
 """W3C trace context through nginx to the provider, the usage record's trace_id, and the OTLP export of one
-span per request to a real OTLP/HTTP receiver (tests/otlp_receiver.py), with 2 replicas behind nginx."""
+span per request to a real OTLP/HTTP receiver (gateway_kit/otlp_receiver.py), with 2 replicas behind nginx."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import anthropic
 import openai
 import pytest
 import requests
-from otlp_receiver import attributes, running_receiver
+from gateway_kit.otlp_receiver import attributes, running_receiver
 
 from conftest import free_port, own_stack, start_replica, stop_group
 

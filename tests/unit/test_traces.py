@@ -1,5 +1,5 @@
 """W3C trace context (gateway_kit.traces, app.RequestContext) and the OTLP span export, against a real
-OTLP/HTTP receiver on loopback (tests/otlp_receiver.py)."""
+OTLP/HTTP receiver on loopback (gateway_kit/otlp_receiver.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 from contextlib import asynccontextmanager
 
 import pytest
-from otlp_receiver import attributes, running_receiver
+from gateway_kit.otlp_receiver import attributes, running_receiver
 
 from gateway_kit import traces, upstream
 from gateway_kit.app import RequestContext
