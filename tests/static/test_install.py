@@ -88,3 +88,18 @@ def test_the_version_is_written_once():
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "gateway_kit.__version__"}
     chart = (REPO / "charts" / "mlflow-gateway" / "Chart.yaml").read_text()
     assert f'appVersion: "{gateway_kit.__version__}"' in chart
+
+
+def test_no_python_file_edits_the_import_path():
+    """The package is installed (editable in .venv): tests, bench scripts and the CLIs import it, and none puts
+    a directory on the import path by hand (tests/ helpers import through pytest's rootdir conftest)."""
+    needle = ".".join(("sys", "path"))  # spelt apart: `grep -rn` for it finds nothing, this file included
+    tracked = subprocess.run(["git", "-C", str(REPO), "ls-files", "*.py"], capture_output=True, text=True, check=True)
+    offenders = [
+        f"{name}:{number}"
+        for name in tracked.stdout.split()
+        if (REPO / name).is_file()
+        for number, line in enumerate((REPO / name).read_text().splitlines(), 1)
+        if needle in line
+    ]
+    assert offenders == []
