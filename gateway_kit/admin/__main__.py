@@ -1,4 +1,4 @@
-"""Serve the admin page: `python -m gateway_kit.admin` (docs/admin.md).
+"""Serve the admin page: `python -m gateway_kit.admin`, or `gateway-admin` once the kit is installed (docs/admin.md).
 
 Its settings are GATEWAY_* variables like the gateway's (gateway_kit.settings: GATEWAY_ADMIN_HOST, _PORT,
 _REPLICAS, _AUDIT_LOG, _SESSION_MINUTES, and the gateway's own GATEWAY_LEDGER_DIR, GATEWAY_KEYS_FILE,
@@ -30,7 +30,7 @@ def refuse(message: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway_kit.admin", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="gateway-admin", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="check the settings and the password, then exit")
     args = parser.parse_args(argv)
     try:

@@ -100,7 +100,10 @@ def usage(ledger: Path, pricing_file: str | None, now: datetime) -> Usage:
                 kind = _error_class(g[1], g[status_at])
                 errors[kind] += 1
                 last_error[kind] = max(ts, last_error.get(kind, ""))
-    result.errors = [{"class": k, "count": n, "last": last_error[k]} for k, n in errors.most_common()]
+    latest_first = sorted(errors, key=last_error.__getitem__, reverse=True)
+    result.errors = [
+        {"class": k, "count": errors[k], "last": last_error[k]} for k in sorted(latest_first, key=lambda k: -errors[k])
+    ]  # the most frequent first; of as many, the latest first
     return result
 
 
