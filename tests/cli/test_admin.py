@@ -1,4 +1,5 @@
-"""The admin page's spend figures against analyze_costs.py run as a subprocess on the same ledger, on days chosen
+"""The admin page as a command: it refuses to start without a password of its own (`--check`), and its spend
+figures against analyze_costs.py run as a subprocess on the same ledger, on days chosen
 to catch a wrong cut: last month's last second (in this month's first file too), yesterday, today, a duplicate
 request in two replicas' files, a cache hit and a stored miss, a refusal, an unpriced model. The page itself, in a
 browser against the local stack, is tests/stack/test_admin_page.py."""
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env
+from conftest import REPO, SENTINEL_SECRETS, clean_env, write_secret
 from gateway_kit.admin import figures
+from gateway_kit.keys import add as add_client_key
 from gateway_kit.usage import UsageRecord, ledger_file_name
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -107,3 +109,48 @@ def test_only_this_months_files_are_read(ledger):
         "usage-gw-1-2026-11-29.jsonl",
         "usage-gw-2-2026-11-29.jsonl",
     ]
+
+
+def admin_check(tmp_path: Path, password: str | None, keys: Path | None = None) -> subprocess.CompletedProcess:
+    env = {"GATEWAY_ADMIN_AUDIT_LOG": str(tmp_path / "audit.jsonl"), "GATEWAY_SECRETS_DIR": str(tmp_path)}
+    if password is not None:
+        env["GATEWAY_ADMIN_PASSWORD_FILE"] = str(write_secret(tmp_path / "admin-password", password + "\n"))
+    if keys is not None:
+        env["GATEWAY_KEYS_FILE"] = str(keys)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway_kit.admin", "--check"],
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_the_admin_page_starts_with_a_password_of_its_own(tmp_path):
+    result = admin_check(tmp_path, SENTINEL_SECRETS["admin-password"])
+    assert result.returncode == 0, result.stderr
+    assert "would serve http://127.0.0.1:8090" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("password", "said"),
+    [
+        (None, "GATEWAY_ADMIN_PASSWORD is not set"),
+        ("too-short", "is shorter than 12 characters"),
+        ("changeme-please-now", "is a placeholder"),
+    ],
+)
+def test_the_admin_page_does_not_start_without_a_usable_password(tmp_path, password, said):
+    result = admin_check(tmp_path, password)
+    assert result.returncode == 78
+    assert said in result.stderr
+    assert not password or password not in result.stderr
+
+
+def test_the_admin_page_does_not_start_when_its_password_is_a_client_key(tmp_path):
+    keys = tmp_path / "keys.json"
+    client_key = add_client_key(keys, "team-a")
+    result = admin_check(tmp_path, client_key, keys)
+    assert result.returncode == 78
+    assert "client key" in result.stderr and client_key not in result.stderr
