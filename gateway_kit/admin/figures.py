@@ -3,8 +3,11 @@
 - Spend and tokens (today, this month) by client, endpoint and model: analyze_costs.py's own scan and report
   (gateway_kit.cli.costs.scan, build_report) over this month's ledger files, so the page and
   `analyze_costs.py --ledger DIR --since today --json` give the same numbers by construction.
-- Last use per client, the response cache's hit ratio and recent errors by class: one more pass over the same
-  files with analyze_costs.py's record reader (costs.records).
+- Last use per client, the response cache's stored misses and recent errors by class: one more pass over the
+  same files with analyze_costs.py's record reader (costs.records).
+- Each file's scan and figures are kept while the file does not change (inode, size, mtime), and merged as
+  analyze_costs.py merges its workers' scans (costs.merged; a request found in two files: one scan of all):
+  a page load reads again only the files still being written, today's.
 - Limits and current use: config.yaml's limits (gateway_kit.limits.read_config) and the counters the replicas
   keep in Redis under the keys gateway_kit.limits names (rules_for, usd_key).
 - Replicas: every address GATEWAY_ADMIN_REPLICAS resolves to (Docker's DNS answers a scaled service with
@@ -15,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import re
 import socket
@@ -61,6 +65,47 @@ class Usage:
         return self.cache_hits / looked_up if looked_up else None
 
 
+@dataclass
+class _FileFigures:
+    """What one ledger file holds for this month: its scan (with request-id fingerprints, to merge) and the
+    figures the report has not. Kept while the file's inode, size and mtime stay the same: only the files of
+    today are read again on the next page load."""
+
+    stamp: tuple[int, int, int]
+    scan: costs.Scan
+    last_use: dict[str, str]
+    misses: int
+    failed: list[tuple[str, str]]  # (ts, error class) of each failed record
+
+
+_files: dict[tuple[Path, str, str | None], _FileFigures] = {}  # (file, month start, pricing file) ->
+
+
+def _file_figures(inp: costs.Input, opts: costs.Options) -> _FileFigures:
+    st = inp.path.stat()
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (inp.path, opts.since or "", opts.pricing_file)
+    found = _files.get(key)
+    if found is not None and found.stamp == stamp:
+        return found
+    # One process scans every file, so the fingerprints are hash(); see costs.scan's keep_ids.
+    found = _FileFigures(stamp, costs.scan([inp], opts, keep_ids="fork"), {}, 0, [])
+    ts_at, status_at, client_at, cache_at = (costs.GROUPS.index(n) for n in ("ts", "status", "client", "cache"))
+    for g in costs.records(inp):
+        ts = g[ts_at]
+        if ts < opts.since:
+            continue
+        client = g[client_at]
+        if client and ts > found.last_use.get(client, ""):
+            found.last_use[client] = ts
+        if g[cache_at] == "miss":
+            found.misses += 1
+        if g[status_at] not in costs.OK_STATUSES:
+            found.failed.append((ts, _error_class(g[1], g[status_at])))
+    _files[key] = found
+    return found
+
+
 def usage(ledger: Path, pricing_file: str | None, now: datetime) -> Usage:
     """This month's and today's reports, and the figures the report has not, from one ledger (blocking: run
     it in a thread)."""
@@ -68,7 +113,14 @@ def usage(ledger: Path, pricing_file: str | None, now: datetime) -> Usage:
     inputs = month_inputs(ledger, now)
     label = [f"ledger {ledger}"]
     month_opts = costs.Options(since=costs.parse_when(now.strftime("%Y-%m-01"), now=now), pricing_file=pricing_file)
-    scanned = costs.scan(inputs, month_opts)
+    parts = [_file_figures(inp, month_opts) for inp in inputs]
+    for gone in set(_files) - {(i.path, month_opts.since or "", pricing_file) for i in inputs}:
+        _files.pop(gone, None)  # files of an earlier month, removed, or priced with another file
+    scanned = None
+    if parts:  # merged() adds into its first part: it gets copies, the kept scans stay as they were
+        scanned = costs.merged([copy.deepcopy(p.scan) for p in parts], month_opts)
+    if scanned is None:  # no file, or a request in two files: one scan of them all, as analyze_costs.py does
+        scanned = costs.scan(inputs, month_opts)
     today = now.date().isoformat()
     # analyze_costs.py groups records by day (the first 10 characters of `ts`): today's groups are what
     # `--since today` counts.
@@ -79,25 +131,16 @@ def usage(ledger: Path, pricing_file: str | None, now: datetime) -> Usage:
         month=costs.build_report(scanned, month_opts, None, pricer, label),
         last_use={},
     )
+    result.cache_hits = result.month["cache"]["hits"]
+    result.cache_misses = sum(p.misses for p in parts)
+    recent = (now - RECENT_ERRORS).strftime("%Y-%m-%dT%H:%M:%S")
     errors: Counter[str] = Counter()
     last_error: dict[str, str] = {}
-    recent = (now - RECENT_ERRORS).strftime("%Y-%m-%dT%H:%M:%S")
-    month_start = month_opts.since
-    ts_at, status_at, client_at, cache_at = (costs.GROUPS.index(n) for n in ("ts", "status", "client", "cache"))
-    for inp in inputs:
-        for g in costs.records(inp):
-            ts = g[ts_at]
-            if ts < month_start:
-                continue
-            client = g[client_at]
-            if client and ts > result.last_use.get(client, ""):
-                result.last_use[client] = ts
-            if g[cache_at] == "hit":
-                result.cache_hits += 1
-            elif g[cache_at] == "miss":
-                result.cache_misses += 1
-            if ts >= recent and g[status_at] not in costs.OK_STATUSES:
-                kind = _error_class(g[1], g[status_at])
+    for p in parts:
+        for client, ts in p.last_use.items():
+            result.last_use[client] = max(ts, result.last_use.get(client, ""))
+        for ts, kind in p.failed:
+            if ts >= recent:
                 errors[kind] += 1
                 last_error[kind] = max(ts, last_error.get(kind, ""))
     latest_first = sorted(errors, key=last_error.__getitem__, reverse=True)

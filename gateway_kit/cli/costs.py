@@ -999,8 +999,15 @@ def scan_all(inputs: list[Input], opts: Options, workers: int | None) -> Scan:
     start_method = "fork" if sys.platform.startswith("linux") else "spawn"
     with multiprocessing.get_context(start_method).Pool(workers) as pool:
         parts = pool.map(_scan_files, [(share, opts, start_method) for share in _share_files(inputs, workers)])
+    return merged(parts, opts) or scan(inputs, opts)
+
+
+def merged(parts: list[Scan], opts: Options) -> Scan | None:
+    """One scan of parts that each read other files (scanned with keep_ids), merged into the first; None when
+    two parts counted the same request (then read the files again in one scan). scan_all merges its workers'
+    parts with it; the admin page its scans of single files, kept while a file does not change."""
     if _same_request_in_two(parts):
-        return scan(inputs, opts)
+        return None
     total = parts[0]
     for other in parts[1:]:
         total.merge(other, opts)

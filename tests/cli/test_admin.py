@@ -82,13 +82,31 @@ def analyze_costs(ledger: Path, since: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_today_and_this_month_are_what_analyze_costs_gives_since_today_and_since_the_first(ledger):
+def assert_same_as_analyze_costs(ledger: Path) -> figures.Usage:
     usage = figures.usage(ledger, str(REPO / "pricing.yaml"), NOW)
     today, month = analyze_costs(ledger, "2026-11-29"), analyze_costs(ledger, "2026-11-01")
     for name in COMPARED:
         assert usage.today[name] == today[name], name
         assert usage.month[name] == month[name], name
+    return usage
+
+
+def test_today_and_this_month_are_what_analyze_costs_gives_since_today_and_since_the_first(ledger):
+    usage = assert_same_as_analyze_costs(ledger)
     assert usage.today["requests"]["total"] == 4 and usage.month["requests"]["total"] == 7  # "dup" once
+
+
+def test_files_kept_from_the_last_page_load_give_the_same_figures_and_a_new_record_counts(ledger):
+    """Without the request in two files, the page merges the scans it kept of each file (costs.merged)."""
+    (ledger / ledger_file_name("gw-2", "2026-11-29")).unlink()
+    first = assert_same_as_analyze_costs(ledger)
+    again = assert_same_as_analyze_costs(ledger)  # every file unchanged: all from the kept scans
+    assert again.month == first.month
+    with open(ledger / ledger_file_name("gw-1", "2026-11-29"), "a") as f:
+        f.write(rec("2026-11-29T11:00:00.000Z", "late", "team-c").to_json() + "\n")
+    after = assert_same_as_analyze_costs(ledger)
+    assert after.today["requests"]["total"] == first.today["requests"]["total"] + 1
+    assert after.last_use["team-c"] == "2026-11-29T11:00:00.000Z"
 
 
 def test_last_use_cache_ratio_and_errors_of_the_last_24_hours_come_from_the_same_records(ledger):
