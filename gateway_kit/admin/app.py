@@ -100,12 +100,16 @@ def _address(request: Request) -> str:
 
 async def _form(request: Request) -> dict[str, str] | None:
     """An urlencoded form (the only kind the page sends), one value per field; None when too large."""
-    if int(request.headers.get("content-length") or 0) > MAX_FORM:
+    length = request.headers.get("content-length") or "0"
+    if not length.isdigit() or int(length) > MAX_FORM:
         return None
     body = await request.body()
     if len(body) > MAX_FORM:
         return None
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # more fields than any form of the page has
+        return None
     return {name: values[0] for name, values in fields.items()}
 
 
@@ -122,7 +126,7 @@ def create_app(admin: Admin) -> Starlette:
             return _html(page.refused(401, "you are not logged in (or the session expired): log in again"), 401)
         form = await _form(request)
         if form is None:
-            return _html(page.refused(413, "form too large"), 413)
+            return _html(page.refused(413, "this is not a form of the admin page (too large, or too many fields)"), 413)
         if not admin.sessions.csrf_ok(session, form.get("csrf")):
             log.warning(
                 "refused %s %s from %s: no valid CSRF token", request.method, request.url.path, _address(request)

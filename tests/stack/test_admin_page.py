@@ -171,9 +171,22 @@ def test_the_page_shows_the_numbers_analyze_costs_gives_for_the_same_ledger(page
     ids = {a.headers["X-Request-ID"] for a in answers}
     until(lambda: ids <= set(_ledger_ids(astack)), "the usage records of the requests in the ledger")
 
+    answer = None
+
+    def keep(response):
+        nonlocal answer
+        if response.url == f"{ADMIN}/":
+            answer = response
+
+    page.on("response", keep)
     log_in(page)
     assert page.url == f"{ADMIN}/"
     page.screenshot(path=shots / "03-page.png", full_page=True)
+    (cookie,) = page.context.cookies()
+    assert cookie["name"] == "gateway_admin" and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert 0 < cookie["expires"] - time.time() <= 3600  # GATEWAY_ADMIN_SESSION_MINUTES: 60
+    headers = answer.headers
+    assert headers["cache-control"] == "no-store" and "default-src 'none'" in headers["content-security-policy"]
     for period, since in (("today", "today"), ("month", time.strftime("%Y-%m-01", time.gmtime()))):
         report = analyze_costs(astack, "--since", since)
         for by in ("client", "endpoint", "model"):
