@@ -243,7 +243,13 @@ start_admin() {
         GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
         GATEWAY_CONFIG="$repo/config.yaml" GATEWAY_LAUNCHER=local-stack)
   [ -s "$state/settings" ] && mapfile -t -O "${#env[@]}" env <"$state/settings"
-  (cd "$repo" && start admin env "${env[@]}" "$python" -m gateway_kit.admin)
+  (
+    set +x
+    # Nothing of the replicas' secrets: no provider key or URL (the variables config.yaml reads), no GATEWAY_*
+    # setting of this shell; the admin page gets only the settings above.
+    for name in $(compgen -e | grep '^GATEWAY_') $(cat "$state/variables" 2>/dev/null); do unset "$name"; done
+    cd "$repo" && start admin env "${env[@]}" "$python" -m gateway_kit.admin
+  )
   wait_http admin "http://127.0.0.1:$admin_port/health"
 }
 

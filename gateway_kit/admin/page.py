@@ -41,7 +41,7 @@ def login(message: str = "", who: str = "") -> str:
         "<h1>Gateway admin</h1>"
         f"{error}"
         '<form method=post action="/login">'
-        f'<p><label>Your name (for the audit log) <input name=who id=who required maxlength=64 value="{escape(who)}"></label></p>'
+        f'<p><label>Your name (for the audit log) <input name=who id=who required maxlength=64 pattern="[A-Za-z0-9][A-Za-z0-9._-]{{0,63}}" title="letters, digits, dot, underscore, hyphen" value="{escape(who)}"></label></p>'
         "<p><label>Admin password <input type=password name=password id=password required autocomplete=current-password></label></p>"
         "<p><button type=submit id=login>Log in</button></p></form>",
     )
