@@ -278,6 +278,18 @@ def test_a_change_without_the_csrf_token_is_refused(page, shots, astack):
     page.screenshot(path=shots / "06-no-csrf-token.png", full_page=True)
 
 
+def test_after_scaling_the_page_lists_every_replica(page, shots, astack):
+    """local_stack.sh scale restarts the page with the new replica list (its sessions end)."""
+    try:
+        astack.scale(3)
+        log_in(page)
+        assert page.inner_text("#replicas-summary") == "3 of 3 ready"
+        assert sorted(row[1] for row in table(page, "replicas")) == ["gateway-1", "gateway-2", "gateway-3"]
+        page.screenshot(path=shots / "07-three-replicas.png", full_page=True)
+    finally:
+        astack.scale(2)
+
+
 def test_a_sixth_failed_login_from_one_address_waits_even_with_the_right_password(astack):
     """From 127.0.0.9 (the browser's 127.0.0.1 keeps its own count)."""
 
