@@ -34,12 +34,12 @@ ENV PYTHONUNBUFFERED=1 \
     GATEWAY_LAUNCHER=docker
 
 # uid/gid 10001: outside the range of any user on the host, so a bind mount never maps to a real account.
-# The ledger directory is created here, owned by that user: a new named volume mounted on it starts with
-# this ownership, so the non-root gateway can write its usage ledger there.
+# The ledger directory (and the admin page's audit log directory) are created here, owned by that user: a new
+# named volume mounted on one starts with this ownership, so the non-root gateway can write there.
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --create-home --home-dir /home/gateway \
         --shell /usr/sbin/nologin gateway \
- && install -d -o gateway -g gateway -m 0750 /var/lib/gateway-ledger
+ && install -d -o gateway -g gateway -m 0750 /var/lib/gateway-ledger /var/lib/gateway-admin
 
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app

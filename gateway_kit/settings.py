@@ -167,6 +167,14 @@ class Settings:
     auth: str = setting("auto", auth_mode, "one of auto, on, off (on: on, true, yes, 1; off: off, false, no, 0, none)")
     ready_redis: bool = setting(False, switch, SWITCH)
     cache_max_entry_kb: int = setting(512, number(0, whole=True, above=True), "a whole number of kilobytes above 0")
+    # the admin page (python -m gateway_kit.admin; its password is a secret: gateway_kit.secrets)
+    admin_host: str = setting("127.0.0.1", text)
+    admin_port: int = setting(8090, number(0, 65535, whole=True), "a port number from 0 to 65535")
+    admin_replicas: str = setting("mlflow-gateway:8000", text)
+    admin_audit_log: str = setting(
+        "admin-audit.jsonl", text, doc="`./admin-audit.jsonl` (image: `/var/lib/gateway-admin/audit.jsonl`)"
+    )
+    admin_session_minutes: int = setting(60, number(1, 24 * 60, whole=True), "a whole number of minutes from 1 to 1440")
     # demo mode (preflight)
     demo_upstream: str = setting("", text, doc="unset")
     demo_wait: float = setting(30.0, number(0), "a number of seconds, 0 or more")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The production stack as plain processes on loopback, from the same entrypoint.sh, config.yaml and
-# nginx.conf as the containers: N gateway replicas, nginx, Redis and the fake upstream.
+# nginx.conf as the containers: N gateway replicas, nginx, Redis, the fake upstream, and with --admin the
+# admin page (python -m gateway_kit.admin on 127.0.0.1:8090).
 #
 # How it stands in for Docker: replica i listens on 127.0.10.i:8000, and dnsmasq on 127.0.0.11:53
 # (the address of Docker's embedded DNS, which nginx.conf asks) answers `mlflow-gateway` with every
@@ -17,10 +18,12 @@ usage() {
 Usage: scripts/local_stack.sh COMMAND [options]
 
 Commands:
-  up       start nginx (:5000), N replicas, Redis (:6379), dnsmasq and the fake upstream (:9000)
+  up       start nginx (:5000), N replicas, Redis (:6379), dnsmasq and the fake upstream (:9000); with
+           --admin, the admin page (:8090)
   down     stop everything this stack started (by pid), then remove nothing but the pid files
   scale N  start or stop replicas until N run; nginx picks the change up within 5 s, no reload. New replicas
-           get the settings `up` had (GATEWAY_*, provider keys: kept in STATE/replica.env, mode 600)
+           get the settings `up` had (GATEWAY_*, provider keys: kept in STATE/replica.env, mode 600); the
+           admin page is restarted with the new replica list (its sessions end)
   restart redis   stop Redis (if it runs) and start it again, empty (limits start counting afresh)
   status   what runs, with each replica's health
 
@@ -33,6 +36,8 @@ Options:
   --keys FILE      client keys file (scripts/gateway_keys.sh --file FILE add NAME); turns GATEWAY_AUTH on,
                    the demo included (without it: auto, so no key in demo mode, keys/keys.json otherwise)
   --env NAME=VALUE another replica setting (repeatable), e.g. --env GATEWAY_LIMITS_ON_REDIS_DOWN=closed
+  --admin FILE     also start the admin page on http://127.0.0.1:8090, its password in FILE (docs/admin.md);
+                   it reads the stack's ledger and Redis and writes the keys file the replicas read
   --timeout S      how long to wait for health (default 60)
   -h, --help       this help
 
@@ -48,7 +53,7 @@ EOF
 command="${1:-}"
 [ -n "$command" ] || { usage; exit 2; }
 shift
-replicas=2 workers=2 state="$repo/.stack" fake=1 timeout=60 target="" settings=()
+replicas=2 workers=2 state="$repo/.stack" fake=1 timeout=60 target="" settings=() admin_password=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --replicas) replicas="${2:?--replicas needs a number}"; shift ;;
@@ -58,6 +63,7 @@ while [ $# -gt 0 ]; do
     --timeout) timeout="${2:?--timeout needs seconds}"; shift ;;
     --config) settings+=("GATEWAY_CONFIG=$(realpath "${2:?--config needs a file}")"); shift ;;
     --keys) settings+=(GATEWAY_AUTH=on "GATEWAY_KEYS_FILE=$(realpath "${2:?--keys needs a file}")"); shift ;;
+    --admin) admin_password="$(realpath "${2:?--admin needs the file that holds the admin password}")"; shift ;;
     --env) case "${2:-}" in
              GATEWAY_[A-Z0-9_]*=*) settings+=("$2") ;;
              *) echo "--env needs GATEWAY_NAME=VALUE, got '${2:-}'. Use --help." >&2; exit 2 ;;
@@ -81,7 +87,7 @@ esac
 python="${PYTHON:-}"
 [ -n "$python" ] || { [ -x "$repo/.venv/bin/python" ] && python="$repo/.venv/bin/python" || python=python3; }
 pids="$state/pids" logs="$state/logs"
-nginx_port=5000 fake_port=9000 redis_port=6379 dns_ip=127.0.0.11
+nginx_port=5000 fake_port=9000 redis_port=6379 dns_ip=127.0.0.11 admin_port=8090
 
 replica_ip() { echo "127.0.10.$1"; }
 pid_of() { cat "$pids/$1.pid" 2>/dev/null || true; }
@@ -179,7 +185,7 @@ remember_environment() {
     done < <("$python" -m gateway_kit.preflight "$config" --variables)
     printf '%s\n' "${names[@]}" >"$state/variables"
     rm -f "$state/replica.env"
-    for name in "${names[@]}" $(compgen -e | grep '^GATEWAY_' | grep -vx 'GATEWAY_API_KEY\|GATEWAY_URL'); do
+    for name in "${names[@]}" $(compgen -e | grep '^GATEWAY_' | grep -v '^GATEWAY_ADMIN_' | grep -vx 'GATEWAY_API_KEY\|GATEWAY_URL'); do
       if [ -n "${!name+set}" ]; then printf '%s=%s\0' "$name" "${!name}"; fi
     done >"$state/replica.env"
   )
@@ -223,6 +229,28 @@ scale_to() {
   done
   publish_replicas
   log info "$n replica(s) behind nginx: $(running_replicas | tr '\n' ' ')"
+  if alive admin; then stop admin; start_admin; fi
+}
+
+# The admin page (python -m gateway_kit.admin): the replicas' ledger, Redis, config and keys file (the settings
+# `up` was given), and the replicas to ask /ready, listed (the host does not resolve mlflow-gateway). Run from
+# the repository, so that `python -m` finds this checkout's gateway_kit first.
+start_admin() {
+  local replica_list="" i env=()
+  for i in $(running_replicas); do replica_list+="${replica_list:+,}$(replica_ip "$i"):8000"; done
+  env+=(GATEWAY_ADMIN_PASSWORD_FILE="$(cat "$state/admin")" GATEWAY_ADMIN_PORT="$admin_port"
+        GATEWAY_ADMIN_REPLICAS="$replica_list" GATEWAY_ADMIN_AUDIT_LOG="$state/admin-audit.jsonl"
+        GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
+        GATEWAY_CONFIG="$repo/config.yaml" GATEWAY_LAUNCHER=local-stack)
+  [ -s "$state/settings" ] && mapfile -t -O "${#env[@]}" env <"$state/settings"
+  (
+    set +x
+    # Nothing of the replicas' secrets: no provider key or URL (the variables config.yaml reads), no GATEWAY_*
+    # setting of this shell; the admin page gets only the settings above.
+    for name in $(compgen -e | grep '^GATEWAY_') $(cat "$state/variables" 2>/dev/null); do unset "$name"; done
+    cd "$repo" && start admin env "${env[@]}" "$python" -m gateway_kit.admin
+  )
+  wait_http admin "http://127.0.0.1:$admin_port/health"
 }
 
 cmd_up() {
@@ -236,6 +264,7 @@ cmd_up() {
   echo "$workers" >"$state/workers"
   echo "$fake" >"$state/fake"
   if [ "${#settings[@]}" -gt 0 ]; then printf '%s\n' "${settings[@]}" >"$state/settings"; else : >"$state/settings"; fi
+  if [ -n "$admin_password" ]; then echo "$admin_password" >"$state/admin"; else rm -f "$state/admin"; fi
   local config="${GATEWAY_CONFIG:-$repo/config.yaml}" setting
   for setting in "${settings[@]}"; do case "$setting" in GATEWAY_CONFIG=*) config="${setting#*=}" ;; esac; done
   remember_environment "$config"
@@ -250,6 +279,7 @@ cmd_up() {
 127.0.0.1 $redis_port redis
 $dns_ip 53 dnsmasq
 ${fake:+127.0.0.1 $fake_port fake-upstream}
+${admin_password:+127.0.0.1 $admin_port admin}
 EOF_PORTS
   trap 'log error "start failed; stopping what started"; cmd_down; exit 1' ERR
 
@@ -267,6 +297,10 @@ EOF_PORTS
   start --stderr-apart nginx nginx -c "$repo/nginx.conf" -p "$state/nginx" -e "$logs/nginx-error.log" \
     -g "daemon off; pid $state/nginx/nginx.pid;"
   wait_http nginx "http://127.0.0.1:$nginx_port/nginx-health"
+  if [ -n "$admin_password" ]; then
+    start_admin
+    log info "admin page: http://127.0.0.1:$admin_port (audit log: $state/admin-audit.jsonl)"
+  fi
   trap - ERR
   log info "stack up: http://127.0.0.1:$nginx_port (logs: $logs, down: scripts/local_stack.sh down)"
 }
@@ -284,7 +318,7 @@ start_redis() {
 cmd_down() {
   local name f
   [ -d "$pids" ] || { log info "nothing to stop in $state"; return 0; }
-  for name in nginx $(running_replicas | sed 's/^/replica-/') fake-upstream dnsmasq redis; do
+  for name in admin nginx $(running_replicas | sed 's/^/replica-/') fake-upstream dnsmasq redis; do
     [ -e "$pids/$name.pid" ] && { log info "stopping $name"; stop "$name"; }
   done
   for f in "$pids"/*.pid; do [ -e "$f" ] && { name="${f##*/}"; stop "${name%.pid}"; }; done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local stack and the tests need on a fresh Debian/Ubuntu machine: nginx, Redis,
-# dnsmasq, curl, wrk and Prometheus from apt (only those missing), .venv from requirements.lock, and the kit
-# itself into .venv (pip install -e .). Idempotent.
+# dnsmasq, curl, wrk and Prometheus from apt (only those missing; with --dev also Chromium, for the admin
+# page's browser tests), .venv from requirements.lock, and the kit itself into .venv (pip install -e .).
+# Idempotent.
 set -euo pipefail
 test "${DEBUG:-}" && set -x
 
@@ -13,7 +14,8 @@ usage() {
   cat <<'EOF_USAGE'
 Usage: scripts/setup.sh [--dev] [--help]
 
-  --dev    also install the test and lint tools (requirements-dev.txt, and helm: scripts/install_helm.sh)
+  --dev    also install the test and lint tools (requirements-dev.txt, helm: scripts/install_helm.sh, and
+           Debian's chromium, which the admin page's tests drive with Playwright)
   --help   show this help
 
 Installs nginx, redis-server, dnsmasq-base, curl, wrk and prometheus with apt-get when missing (needs root), then
@@ -38,6 +40,9 @@ command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v curl >/dev/null || missing+=(curl)
 command -v wrk >/dev/null || missing+=(wrk)  # bench/ load generator
 command -v promtool >/dev/null || missing+=(prometheus)  # metrics tests: promtool and a real Prometheus
+# The admin page's browser tests: Debian's Chromium at /usr/bin/chromium, driven by the playwright package
+# (requirements-dev.txt). Playwright's own browser download is not used: it needs more than PyPI and Debian.
+if [ -n "$dev" ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { log error "missing ${missing[*]}: run as root, or: sudo apt-get install -y ${missing[*]}"; exit 1; }
   log info "installing ${missing[*]} with apt-get"

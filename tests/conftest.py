@@ -39,6 +39,8 @@ SENTINEL_SECRETS = {
     "fake-openai-client": "sk-test-secret",
     "fake-anthropic-client": "sk-ant-secret",
     "fake-azure-client": "az-secret",
+    # The admin page's password (tests/stack/test_admin_page.py): never in a page, a log or the audit log.
+    "admin-password": "Admin-Sentinel-Password-4f9c2e",
 }
 _secret_inputs: set[Path] = set()
 _leaks: list[Finding] = []

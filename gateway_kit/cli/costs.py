@@ -630,7 +630,7 @@ def _fast_record_pattern() -> re.Pattern[str]:
 
 
 _FAST = _fast_record_pattern()
-_OK_STATUSES = frozenset(str(code) for code in range(200, 400))  # as text, the way records are read
+OK_STATUSES = frozenset(str(code) for code in range(200, 400))  # as text, the way records are read
 _REFUSED = re.compile(r'"error"\s*:\s*"' + re.escape(REFUSED))  # in a failed record's JSON text
 _CHUNK_CHARS = 4 * 1024 * 1024
 
@@ -772,6 +772,16 @@ def _slow_record(prefix: str, js: str, records: list[tuple[Any, ...]]) -> str | 
     return ""
 
 
+def records(inp: Input) -> Iterator[tuple[Any, ...]]:
+    """Every usage record of one input as a tuple of GROUPS, in file order, read as scan() reads them (lines that
+    are not records are skipped). For readers that want other figures than the report's (the admin page's last
+    use per client and errors by class)."""
+    opener = gzip.open if inp.path.suffix == ".gz" else open
+    with opener(inp.path, "rt", encoding="utf-8", errors="replace") as f:
+        for chunk, first_line in _chunks(f):
+            yield from _chunk_records(chunk, first_line, inp, SourceStats())
+
+
 def _row(g: tuple[Any, ...], cost: float | None, p: int, c: int, cached: int, r: int) -> dict[str, Any]:
     """One request for the report's tables, from its GROUPS and the record's JSON (only for the requests shown
     one by one)."""
@@ -822,7 +832,7 @@ def scan(inputs: list[Input], opts: Options, keep_ids: str = "") -> Scan:
     top, rows, groups = out.top, out.rows, out.groups
     top_min = 0.0 if top_n else float("inf")  # a request enters the top list above this cost
     rows_open = True
-    ok_statuses = _OK_STATUSES
+    ok_statuses = OK_STATUSES
     seen: set[str] = set()
     seen_add = seen.add
     seq = itertools.count()
@@ -989,8 +999,15 @@ def scan_all(inputs: list[Input], opts: Options, workers: int | None) -> Scan:
     start_method = "fork" if sys.platform.startswith("linux") else "spawn"
     with multiprocessing.get_context(start_method).Pool(workers) as pool:
         parts = pool.map(_scan_files, [(share, opts, start_method) for share in _share_files(inputs, workers)])
+    return merged(parts, opts) or scan(inputs, opts)
+
+
+def merged(parts: list[Scan], opts: Options) -> Scan | None:
+    """One scan of parts that each read other files (scanned with keep_ids), merged into the first; None when
+    two parts counted the same request (then read the files again in one scan). scan_all merges its workers'
+    parts with it; the admin page its scans of single files, kept while a file does not change."""
     if _same_request_in_two(parts):
-        return scan(inputs, opts)
+        return None
     total = parts[0]
     for other in parts[1:]:
         total.merge(other, opts)
@@ -1074,8 +1091,9 @@ def _row_numbers(a: list[Any]) -> dict[str, Any]:
 
 
 def build_report(
-    result: Scan, opts: Options, args: argparse.Namespace, pricer: Pricer, sources: list[str]
+    result: Scan, opts: Options, budget: float | None, pricer: Pricer, sources: list[str]
 ) -> dict[str, Any]:
+    """The report (what --json prints) of a scan; the admin page (gateway_kit.admin) shows the same."""
     totals = [0, 0, 0, 0, 0, 0, 0, 0.0, 0, 0, 0, 0.0]
     for g in result.groups.values():
         for i in range(len(g)):
@@ -1139,8 +1157,8 @@ def build_report(
         report["requests_detail"] = [
             _round_row(r) for r in sorted(result.rows, key=lambda r: (r["ts"], str(r["request_id"])))
         ]
-    if args.budget is not None:
-        report["budget"] = {"limit_usd": args.budget, "exceeded": totals[COST] > args.budget}
+    if budget is not None:
+        report["budget"] = {"limit_usd": budget, "exceeded": totals[COST] > budget}
     return report
 
 
@@ -1689,7 +1707,7 @@ def run(args: argparse.Namespace) -> int:
             where = ", ".join(st.foreign_at) + (" ..." if st.foreign > len(st.foreign_at) else "")
             note(f"{name}: skipped {st.foreign:,} line(s) that are not usage records (other log output): {where}")
 
-    report = build_report(result, opts, args, pricer, got.sources)
+    report = build_report(result, opts, args.budget, pricer, got.sources)
     total_records = report["requests"]["total"]
     if total_records == 0:
         filtered = sum(st.filtered for st in result.stats.values())

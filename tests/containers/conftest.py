@@ -233,6 +233,8 @@ class Project:
             "demo",
             "--profile",
             "monitoring",
+            "--profile",
+            "admin",
             "down",
             "-v",
             "--remove-orphans",

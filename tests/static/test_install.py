@@ -1,4 +1,4 @@
-"""`pip install .` gives the kit's commands: gateway-evaluate, gateway-costs and gateway-keys.
+"""`pip install .` gives the kit's commands: gateway-evaluate, gateway-costs, gateway-keys and gateway-admin.
 
 Offline and in seconds: the project is copied to a scratch folder (a build writes build/ and *.egg-info, never
 into the checkout) and installed, without its dependencies and without fetching a build backend, into a
@@ -21,6 +21,7 @@ COMMANDS = {  # console script -> what its --help starts with
     "gateway-evaluate": "usage: evaluate_gateway.py",
     "gateway-costs": "usage: analyze_costs.py",
     "gateway-keys": "usage: scripts/gateway_keys.sh",
+    "gateway-admin": "usage: gateway-admin",
 }
 
 

@@ -72,10 +72,27 @@ def test_prod_gateway_can_scale_because_it_has_no_container_name_and_no_publishe
     assert [str(p) for p in gateway["expose"]] == ["8000"]
 
 
-def test_prod_publishes_only_nginx_on_port_5000_and_grafana_on_loopback():
+def test_prod_publishes_only_nginx_on_port_5000_and_grafana_and_the_admin_page_on_loopback():
     published = {name: svc["ports"] for name, svc in services(PROD).items() if svc.get("ports")}
-    assert published == {"nginx": ["5000:5000"], "grafana": ["127.0.0.1:3000:3000"]}
+    assert published == {
+        "nginx": ["5000:5000"],
+        "grafana": ["127.0.0.1:3000:3000"],
+        "admin": ["127.0.0.1:8090:8090"],
+    }
     assert services(PROD)["grafana"]["profiles"] == ["monitoring"]
+    assert services(PROD)["admin"]["profiles"] == ["admin"]
+
+
+def test_prod_admin_page_reads_the_ledger_read_only_writes_the_keys_and_its_audit_log():
+    admin = services(PROD)["admin"]
+    assert admin["entrypoint"] == ["python", "-m", "gateway_kit.admin"]
+    assert admin["user"] == "10001:10001" and admin["cap_drop"] == ["ALL"]
+    assert "gateway-ledger:/var/lib/gateway-ledger:ro" in admin["volumes"]
+    assert "./keys:/app/keys" in admin["volumes"]  # the directory: the replicas see a rewritten file
+    assert "admin-audit:/var/lib/gateway-admin" in admin["volumes"]
+    password = next(v for v in admin["volumes"] if isinstance(v, dict))
+    assert password["target"] == "/run/secrets/gateway_admin_password" and password["read_only"] is True
+    assert admin["environment"]["GATEWAY_ADMIN_REPLICAS"] == "mlflow-gateway:8000"
 
 
 def test_dev_keeps_the_earlier_kit_container_name_and_port():
