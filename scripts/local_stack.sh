@@ -22,6 +22,8 @@ Commands:
   scale N  start or stop replicas until N run; nginx picks the change up within 5 s, no reload. New replicas
            get the settings `up` had (GATEWAY_*, provider keys: kept in STATE/replica.env, mode 600)
   restart redis   stop Redis (if it runs) and start it again, empty (limits start counting afresh)
+  reload   check the config again and roll it to every replica without a restart (what scripts/reload.sh
+           runs for the local stack): a refused file exits 78 and changes nothing
   status   what runs, with each replica's health
 
 Options:
@@ -33,7 +35,7 @@ Options:
   --keys FILE      client keys file (scripts/gateway_keys.sh --file FILE add NAME); turns GATEWAY_AUTH on,
                    the demo included (without it: auto, so no key in demo mode, keys/keys.json otherwise)
   --env NAME=VALUE another replica setting (repeatable), e.g. --env GATEWAY_LIMITS_ON_REDIS_DOWN=closed
-  --timeout S      how long to wait for health (default 60)
+  --timeout S      how long to wait for health, or for a reload (default 60)
   -h, --help       this help
 
 With no provider key in the environment, replicas start in demo mode against the fake upstream.
@@ -74,7 +76,7 @@ while [ $# -gt 0 ]; do
 done
 case "$command" in
   -h|--help) usage; exit 0 ;;
-  up|down|scale|status|restart) ;;
+  up|down|scale|status|restart|reload) ;;
   *) echo "Unexpected argument: $command. Use --help." >&2; exit 2 ;;
 esac
 
@@ -185,9 +187,10 @@ remember_environment() {
   )
 }
 
-start_replica() {
+# Run a command (or a function of this script) in replica i's environment: `up`'s settings and environment.
+as_replica() {
   local i="$1" env=() name
-  mkdir -p "$state/replica-$i"
+  shift
   env+=(GATEWAY_HOST="$(replica_ip "$i")" GATEWAY_PORT=8000 GATEWAY_WORKERS="$workers"
         GATEWAY_REPLICA_ID="gateway-$i" GATEWAY_RUNTIME_DIR="$state/replica-$i"
         GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
@@ -202,8 +205,51 @@ start_replica() {
     if [ -f "$state/replica.env" ]; then
       while IFS= read -r -d '' name; do export "${name?}"; done <"$state/replica.env"
     fi
-    start "replica-$i" env "${env[@]}" "$repo/entrypoint.sh"
+    export "${env[@]}"
+    "$@"
   )
+}
+
+start_replica() {
+  mkdir -p "$state/replica-$1"
+  as_replica "$1" start "replica-$1" "$repo/entrypoint.sh"
+}
+
+# What a replica's /ready says it serves: its config_hash (gateway_kit/reload.py), or why there is none.
+served_hash() {
+  PYTHONPATH="$repo" "$python" -m gateway_kit.reload served "http://$(replica_ip "$1"):8000" | cut -d' ' -f2-
+}
+
+# Check the config file first, as entrypoint.sh does at start (`entrypoint.sh --check`, in a replica's
+# environment); refused: exit 78, nothing is signalled. Then SIGHUP every replica's gunicorn master (it checks
+# again, writes the active config, starts new workers and lets the old ones finish their requests) and wait
+# until every replica's /ready reports the checked config's hash.
+cmd_reload() {
+  local expected i pending started=$SECONDS
+  log info "checking the config of the replicas (entrypoint.sh --check)"
+  if ! expected="$(as_replica 1 "$repo/entrypoint.sh" --check)"; then
+    log error "config refused (the line and reason above): nothing reloaded, every replica keeps its config"
+    exit 78
+  fi
+  log info "config $expected checked; reloading replicas: $(running_replicas | tr '\n' ' ')"
+  for i in $(running_replicas); do
+    alive "replica-$i" && kill -HUP "$(pid_of "replica-$i")"
+  done
+  while :; do
+    pending=""
+    for i in $(running_replicas); do
+      [ "$(served_hash "$i")" = "$expected" ] || pending+=" gateway-$i"
+    done
+    [ -n "$pending" ] || break
+    if [ $((SECONDS - started)) -ge "$timeout" ]; then
+      for i in $(running_replicas); do log error "gateway-$i serves $(served_hash "$i")"; done
+      log error "not every replica serves config $expected after ${timeout}s:$pending; see $logs/replica-N.log"
+      exit 1
+    fi
+    log info "waiting for$pending to serve $expected ($((SECONDS - started))s / ${timeout}s)"
+    sleep 1
+  done
+  log info "every replica serves config $expected; requests in flight finish on the old workers"
 }
 
 scale_to() {
@@ -311,6 +357,10 @@ case "$command" in
     stop redis
     start_redis
     log info "redis restarted (pid $(pid_of redis))" ;;
+  reload)
+    alive nginx || { log error "the stack is not up: scripts/local_stack.sh up"; exit 1; }
+    workers="$(cat "$state/workers")" fake="$(cat "$state/fake")"
+    cmd_reload ;;
   scale)
     [ -n "$target" ] || { echo "scale needs a number of replicas. Use --help." >&2; exit 2; }
     alive nginx || { log error "the stack is not up: scripts/local_stack.sh up"; exit 1; }

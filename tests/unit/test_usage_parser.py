@@ -81,6 +81,7 @@ def test_a_record_is_one_tagged_json_line_with_every_field():
         "error",
         "cache",
         "saved_usd",
+        "config_hash",
     }
 
 
