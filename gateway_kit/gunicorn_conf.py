@@ -6,7 +6,8 @@ gunicorn imports this module in its master process, before it forks a worker: a 
 replica here (the message on stderr, exit status 78), and every worker inherits the parsed settings.
 """
 
-from gateway_kit import metrics, reload, settings
+from gateway_kit import metrics, settings
+from gateway_kit.reload import rewrite_active_config  # not `reload`: gunicorn reads every name here as a setting
 
 try:
     _s = settings.current()
@@ -56,4 +57,4 @@ def on_reload(server):
     config the new workers read, a bad one is refused (its line and reason on this log) and the active config
     stays. gunicorn then starts new workers and stops the old ones gracefully (gateway_kit/reload.py)."""
     if _s.active_config:  # set by entrypoint.sh; without it the workers read GATEWAY_CONFIG itself
-        reload.rewrite_active_config(_s.config, _s.active_config, server.log)
+        rewrite_active_config(_s.config, _s.active_config, server.log)

@@ -221,33 +221,31 @@ served_hash() {
 }
 
 # Check the config file first, as entrypoint.sh does at start (`entrypoint.sh --check`, in a replica's
-# environment); refused: exit 78, nothing is signalled. Then SIGHUP every replica's gunicorn master (it checks
-# again, writes the active config, starts new workers and lets the old ones finish their requests) and wait
-# until every replica's /ready reports the checked config's hash.
+# environment); refused: exit 78, nothing is signalled. Then, one replica at a time, SIGHUP its gunicorn master
+# (it checks again, writes the active config, starts new workers and lets the old ones finish their requests)
+# and wait until its /ready reports the checked config's hash; the other replicas serve meanwhile.
 cmd_reload() {
-  local expected i pending started=$SECONDS
+  local expected i started
   log info "checking the config of the replicas (entrypoint.sh --check)"
   if ! expected="$(as_replica 1 "$repo/entrypoint.sh" --check)"; then
     log error "config refused (the line and reason above): nothing reloaded, every replica keeps its config"
     exit 78
   fi
-  log info "config $expected checked; reloading replicas: $(running_replicas | tr '\n' ' ')"
+  log info "config $expected checked; reloading replicas one at a time: $(running_replicas | tr '\n' ' ')"
   for i in $(running_replicas); do
-    alive "replica-$i" && kill -HUP "$(pid_of "replica-$i")"
-  done
-  while :; do
-    pending=""
-    for i in $(running_replicas); do
-      [ "$(served_hash "$i")" = "$expected" ] || pending+=" gateway-$i"
+    alive "replica-$i" || continue
+    kill -HUP "$(pid_of "replica-$i")"
+    log info "gateway-$i: SIGHUP sent"
+    started=$SECONDS
+    until [ "$(served_hash "$i")" = "$expected" ]; do
+      if [ $((SECONDS - started)) -ge "$timeout" ]; then
+        log error "gateway-$i serves $(served_hash "$i"), not $expected, ${timeout}s after SIGHUP; see $logs/replica-$i.log"
+        exit 1
+      fi
+      log info "waiting for gateway-$i to serve $expected ($((SECONDS - started))s / ${timeout}s)"
+      sleep 2
     done
-    [ -n "$pending" ] || break
-    if [ $((SECONDS - started)) -ge "$timeout" ]; then
-      for i in $(running_replicas); do log error "gateway-$i serves $(served_hash "$i")"; done
-      log error "not every replica serves config $expected after ${timeout}s:$pending; see $logs/replica-N.log"
-      exit 1
-    fi
-    log info "waiting for$pending to serve $expected ($((SECONDS - started))s / ${timeout}s)"
-    sleep 1
+    log info "gateway-$i serves config $expected"
   done
   log info "every replica serves config $expected; requests in flight finish on the old workers"
 }

@@ -17,19 +17,21 @@ provider keys, pricing.yaml); a refused file is reported with its line and reaso
 every replica keeps serving its config. A good file is then rolled to every replica, and the script waits
 until each one reports the new config's hash in GET /ready (check_gateway.sh shows it too):
 
-  --local     the local stack (scripts/local_stack.sh): SIGHUP to each replica's gunicorn master
-  --compose   the production compose stack: docker compose -f docker-compose.prod.yml kill -s HUP mlflow-gateway
-              (config.yaml is mounted read-only into every replica; edit it in place, see docs/architecture.md)
+  --local     the local stack (scripts/local_stack.sh): SIGHUP to each replica's gunicorn master, one at a time
+  --compose   the production compose stack: SIGHUP to each replica's container, one at a time (as
+              docker compose -f docker-compose.prod.yml kill -s HUP mlflow-gateway, but rolling); config.yaml
+              and pricing.yaml are mounted read-only into every replica: edit them in place
   --swarm     the swarm stack: config.yaml is a swarm config named after its content, so a changed file is a
               service update (scripts/swarm_stack.sh | docker stack deploy), rolled one replica at a time,
               start-first, rolled back if the new replicas do not turn healthy
   (none)      the local stack when one runs in DIR, else compose when its stack runs, else swarm
 
 On SIGHUP a replica checks the file again, starts new workers on it and lets the old ones finish what they
-serve, streams too (GATEWAY_GRACEFUL_TIMEOUT); its listening socket stays open, so no request fails.
+serve, streams too (GATEWAY_GRACEFUL_TIMEOUT); its listening socket stays open, so no request fails (those
+that arrive while the new workers start wait for them, a few seconds). One replica at a time: the others serve.
 
   --state-dir DIR  the local stack's state (default .stack in the repo)
-  --timeout S      seconds to wait for every replica to serve the new config (default 60; swarm: 600)
+  --timeout S      seconds to wait for each replica to serve the new config (default 120; swarm: 600 in all)
   -h, --help       show this help
 
 Exit codes: 0 every replica serves the new config, 1 a replica did not follow in time (see its log),
@@ -68,7 +70,7 @@ fi
 
 # ------------------------------------------------------------------------------ local stack
 if [ "$mode" = local ]; then
-    exec "$KIT_ROOT/scripts/local_stack.sh" reload --state-dir "$state" --timeout "${timeout_s:-60}"
+    exec "$KIT_ROOT/scripts/local_stack.sh" reload --state-dir "$state" --timeout "${timeout_s:-120}"
 fi
 
 compose_available || die "docker compose (v2) not found: install Docker Engine with the compose plugin"
@@ -119,14 +121,15 @@ done
 log info "checking config.yaml in a replica (entrypoint.sh --check)"
 expected="$(docker exec "${ids[0]}" /app/entrypoint.sh --check)" ||
     die "config.yaml refused (the line and reason above): nothing reloaded, every replica keeps its config" 78
-log info "config $expected checked; sending SIGHUP to ${#ids[@]} replica(s)"
-docker compose -f "$PROD_COMPOSE_FILE" kill -s HUP mlflow-gateway
-all_serve() {
-    local id
-    for id in "${ids[@]}"; do
-        [ "$(docker exec "$id" python -m gateway_kit.reload served http://127.0.0.1:8000 | cut -d' ' -f2-)" = "$expected" ] || return 1
-    done
+log info "config $expected checked; reloading ${#ids[@]} replica(s) one at a time (SIGHUP)"
+serves_expected() {
+    [ "$(docker exec "$1" python -m gateway_kit.reload served http://127.0.0.1:8000 | cut -d' ' -f2-)" = "$expected" ]
 }
-wait_until "every replica to serve config $expected" "${timeout_s:-60}" all_serve ||
-    die "not every replica serves config $expected: scripts/logs.sh --service mlflow-gateway --tail 50" 1
+for id in "${ids[@]}"; do
+    name="$(docker inspect --format '{{.Name}}' "$id")"
+    docker kill --signal HUP "$id" >/dev/null   # what `docker compose kill -s HUP mlflow-gateway` sends each one
+    wait_until "${name#/} to serve config $expected" "${timeout_s:-120}" serves_expected "$id" ||
+        die "${name#/} does not serve config $expected: docker logs --tail 50 ${name#/}" 1
+    log info "${name#/} serves config $expected"
+done
 log info "every replica serves config $expected; requests in flight finish on the old workers"
