@@ -90,7 +90,7 @@ if [ "$mode" = swarm ]; then
     # image, without keys. A replica that cannot serve it never turns healthy, and the update rolls back.
     log info "checking config.yaml with $image (preflight --no-keys)"
     docker run --rm --network none --entrypoint python -v "$KIT_ROOT/config.yaml:/app/config.yaml:ro" \
-        "$image" -m gateway_kit.preflight /app/config.yaml --no-keys ||
+        -v "$KIT_ROOT/pricing.yaml:/app/pricing.yaml:ro" "$image" -m gateway_kit.preflight /app/config.yaml --no-keys ||
         die "config.yaml refused (the line and reason above): nothing deployed, every replica keeps its config" 78
     log info "deploying: each replica is replaced in turn, the old one finishing its requests (start-first)"
     # --detach=false: the deploy waits until every service has converged (Docker Engine 26+), within --timeout.
