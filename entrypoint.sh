@@ -13,7 +13,8 @@ the active config (endpoints without a usable key are dropped, with a warning), 
 gunicorn with uvicorn workers in the foreground. Settings come from the environment; see
 docs/architecture.md (GATEWAY_WORKERS, GATEWAY_PORT, GATEWAY_GRACEFUL_TIMEOUT, ...).
 
-  --check   only check the config and keys, then exit (0 when at least one endpoint can serve)
+  --check   only check the config and keys, then exit (0 when at least one endpoint can serve); prints the
+            hash of the config a replica would serve (GET /ready's config_hash; scripts/reload.sh runs this)
   --help    show this help
 
 Exit status 78: config.yaml is broken, no endpoint has a usable key, or a GATEWAY_* setting has a
@@ -43,9 +44,11 @@ if [ -z "${GATEWAY_PRICING_FILE:-}" ] && [ -f "$here/pricing.yaml" ]; then
 fi
 
 if [ -n "$check_only" ]; then
-  exec "$python" -m gateway_kit.preflight "$config"
+  exec "$python" -m gateway_kit.reload check "$config"
 fi
 "$python" -m gateway_kit.preflight "$config" --write "$runtime/config.active.yaml"
 export GATEWAY_ACTIVE_CONFIG="$runtime/config.active.yaml"
+# The file gunicorn's master checks again and rewrites as the active config on SIGHUP (scripts/reload.sh).
+export GATEWAY_CONFIG="$config"
 # exec: gunicorn becomes this process and gets SIGTERM directly, so in-flight requests drain.
 exec "$python" -m gunicorn -c python:gateway_kit.gunicorn_conf

@@ -20,6 +20,7 @@ from gateway_kit import dialects, limits, metrics, private_api, readiness, setti
 from gateway_kit.events import Events, Listener
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.recording import Refusals
+from gateway_kit.reload import config_hash
 from gateway_kit.request import (
     REQUEST_ID,
     TRACE,
@@ -166,9 +167,10 @@ class Parts:
     refusals: Refusals | None  # None when nothing listens to the records of refused requests
     cache: dict | None  # the endpoints' cache policies (gateway_kit.cache); None: no endpoint has `cache:`, or no Redis
     spans: traces.Exporter | None  # None unless an OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set
+    config_hash: str | None  # which config this worker serves (gateway_kit.reload.config_hash), in /ready and records
 
 
-def parts(s: settings.Settings, config: dict) -> Parts:
+def parts(s: settings.Settings, config: dict, config_hash: str | None = None) -> Parts:
     """The listeners these settings and config ask for, in this order: the usage log (stdout and the ledger;
     GATEWAY_USAGE_RECORDS), the span export (OTEL_EXPORTER_OTLP_*), metrics (GATEWAY_METRICS), limits' token
     and dollar counters (a client's tokens_per_minute or usd_per_day)."""
@@ -183,8 +185,8 @@ def parts(s: settings.Settings, config: dict) -> Parts:
     events = Events(listener for listener in (usage, spans, m, counter) if listener is not None)
     if limiter is not None:
         limiter.events = events  # it reports the requests whose limits Redis could not check (limits_unenforced)
-    refusals = Refusals(s.replica_id, events) if events.listens("refusal_recorded") else None
-    return Parts(events, m, limiter, refusals, cache_policies(config, s), spans)
+    refusals = Refusals(s.replica_id, events, config_hash) if events.listens("refusal_recorded") else None
+    return Parts(events, m, limiter, refusals, cache_policies(config, s), spans, config_hash)
 
 
 @dataclass(frozen=True)
@@ -240,15 +242,16 @@ def create_app():
     setup_logging()
     s = settings.current()
     raw = yaml.safe_load(Path(s.config_path).read_text()) or {}
+    served = config_hash(Path(s.config_path))  # once per worker: a reload starts new ones (gateway_kit/reload.py)
     key_names = [name for e in raw.get("endpoints") or [] for name in key_refs(e).values()]
     export_file_keys(key_names)
     let_mlflow_resolve_keys()  # as mlflow.gateway.app.create_app_from_path: `$NAME` from the environment or a file
     app = create_app_from_config(GatewayConfig(**mlflow_view(raw)))
     add_upstream_error_handlers(app)
     end_streams_with_done()
-    readiness.install(app, s.redis_url if s.ready_redis else None)  # GET /ready
+    readiness.install(app, s.redis_url if s.ready_redis else None, served)  # GET /ready
     add_bad_input_handling(app, key_names, s.max_body_mb)
-    p = parts(s, raw)
+    p = parts(s, raw, served)
     if s.shared_upstream_client and upstream.install(s.upstream_pool, s.upstream_keepalive, p.events):
         upstream.close_with(app)
     else:
@@ -331,4 +334,4 @@ def usage_recorder(app, config: dict, p: Parts, s: settings.Settings):
     endpoints = endpoint_infos(config)
     pricer = Pricer()  # GATEWAY_PRICING_FILE, else pricing.yaml where find_pricing_file looks
     pricer.warm((info.model, info.provider) for info in endpoints.values() if info.model)
-    return UsageRecorder(app, endpoints, s.replica_id, pricer, p.events)
+    return UsageRecorder(app, endpoints, s.replica_id, pricer, p.events, p.config_hash)

@@ -7,6 +7,7 @@ replica here (the message on stderr, exit status 78), and every worker inherits 
 """
 
 from gateway_kit import metrics, settings
+from gateway_kit.reload import rewrite_active_config  # not `reload`: gunicorn reads every name here as a setting
 
 try:
     _s = settings.current()
@@ -19,7 +20,7 @@ bind = f"{_s.host}:{_s.port}"
 workers = _s.workers
 # A worker silent this long is restarted; it must outlast the slowest upstream answer.
 timeout = _s.timeout
-# After SIGTERM, in-flight requests and streams get this long to finish.
+# After SIGTERM (a stop, or a reload's old workers), in-flight requests and streams get this long to finish.
 graceful_timeout = _s.graceful_timeout
 # Above nginx's 60 s upstream keep-alive, so nginx never reuses a socket the gateway closed.
 keepalive = _s.keepalive
@@ -49,3 +50,11 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def on_reload(server):
+    """SIGHUP (scripts/reload.sh): the start-up checks again on GATEWAY_CONFIG; a good file becomes the active
+    config the new workers read, a bad one is refused (its line and reason on this log) and the active config
+    stays. gunicorn then starts new workers and stops the old ones gracefully (gateway_kit/reload.py)."""
+    if _s.active_config:  # set by entrypoint.sh; without it the workers read GATEWAY_CONFIG itself
+        rewrite_active_config(_s.config, _s.active_config, server.log)

@@ -1,4 +1,4 @@
-"""Every private name of MLflow, FastAPI/Starlette and prometheus_client that the kit relies on, in one file.
+"""Every private name of MLflow, FastAPI/Starlette, prometheus_client and uvicorn that the kit relies on, in one file.
 
 Private here means underscore-prefixed, or a name that is not in the library's documentation and that it may
 change in any release. The rest of the kit gets these objects from this module, never from the libraries
@@ -24,6 +24,7 @@ behaviour and says so in a warning; nothing fails to start.
 | `fastapi.encoders.jsonable_encoder` (as MLflow's providers import it, on each call) | fast_routes | the fast encoder for MLflow's exact call |
 | `Router.lifespan_context` | upstream | the shared client is closed after MLflow's own shutdown |
 | `Histogram` children's `_upper_bounds`, `_buckets`, `_sum` | metrics | a second's observations are written with one write per bucket |
+| `uvicorn.protocols.http.auto.AutoHTTPProtocol`, its `shutdown()` and `cycle` | worker | a stopping worker (a replica's stop, a reload's old workers) answers a request that reached it as it stopped, instead of closing the connection on it |
 
 Nothing heavy is imported at import time. Each library is imported inside the function that needs it, so any
 module may import this one: gunicorn's master, preflight and the CLIs load neither FastAPI nor MLflow through
@@ -35,6 +36,7 @@ are handed out once, and their callers keep them.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -44,6 +46,7 @@ from typing import Any, NamedTuple
 # attributes of the instances (routes, apps, histograms) that the functions below read.
 PROVIDER_POST_PARAMETERS = ["headers", "base_url", "path", "payload", "ssrf_protect"]
 RELIED_ON: dict[str, list[str] | None] = {
+    "uvicorn.protocols.http.auto:AutoHTTPProtocol.shutdown": ["self"],
     "mlflow.gateway.providers.utils:_aiohttp_post": PROVIDER_POST_PARAMETERS,
     "mlflow.gateway.providers.utils:_STRIPPED_HEADERS": None,
     "mlflow.gateway.providers.utils:SUPPORTED_ACCEPT_ENCODING": None,
@@ -337,3 +340,29 @@ def histogram_parts(histogram) -> tuple[Any, Any, Any] | None:
     if bounds is None or buckets is None or total is None:
         return None
     return bounds, buckets, total
+
+
+# ---------------------------------------------------------------------------------------- uvicorn
+def draining_http_protocol(grace: float):
+    """uvicorn's HTTP protocol (httptools or h11, as `http: auto` picks), except that a worker told to stop
+    (SIGTERM: a replica's stop, or a reload's old workers) closes a connection with no request in progress only
+    `grace` seconds later. A request already on its way is answered instead of having its connection closed on
+    it: nginx writes the request as soon as it has connected, and a connection the worker has just accepted may
+    not have been read yet (closed unread, nginx answers 502: it never sends a POST twice). None if uvicorn
+    changed: the worker then keeps uvicorn's own protocol."""
+    try:
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    except ImportError:
+        return None
+    if not callable(getattr(AutoHTTPProtocol, "shutdown", None)):
+        return None
+
+    class DrainingHTTPProtocol(AutoHTTPProtocol):
+        def shutdown(self) -> None:
+            cycle = getattr(self, "cycle", None)
+            if cycle is None or cycle.response_complete:  # idle: uvicorn would close it now
+                asyncio.get_running_loop().call_later(grace, super().shutdown)
+            else:
+                super().shutdown()  # a request in progress: answered, then closed (uvicorn's own)
+
+    return DrainingHTTPProtocol

@@ -1,7 +1,7 @@
 """Readiness: GET /ready says whether this replica can serve; GET /health (MLflow's) only that it is alive.
 
-    GET /ready  -> 200 {"status": "ready", "checks": {"config": "ok", "redis": "ok"}}
-                -> 503 {"status": "not ready",
+    GET /ready  -> 200 {"status": "ready", "config_hash": "3b9f0c2a7e41", "checks": {"config": "ok", "redis": "ok"}}
+                -> 503 {"status": "not ready", "config_hash": "3b9f0c2a7e41",
                         "checks": {"config": "ok", "redis": "cannot reach redis://redis:6379/0: ..."},
                         "error": {"type": "not_ready", "message": "redis: cannot reach ..."}}
 
@@ -10,6 +10,9 @@ block briefly: /ready runs the checks in a thread). The checks:
 - config: the checked config was loaded and has at least one endpoint;
 - redis: PING answers, when GATEWAY_READY_REDIS=on and GATEWAY_REDIS_URL is set (turn it on when your
   limits or budgets cannot work without Redis).
+
+`config_hash` says which config the worker that answered serves (gateway_kit.reload.config_hash): after
+scripts/reload.sh, every replica's should be the same.
 
 The compose healthcheck asks /ready, so `depends_on: service_healthy` and `docker ps` mean "can serve".
 """
@@ -66,9 +69,9 @@ def endpoints_loaded(app) -> Check:
     return check
 
 
-def install(app, redis_url: str | None = None) -> None:
+def install(app, redis_url: str | None = None, config_hash: str | None = None) -> None:
     """Register the built-in checks and GET /ready on the FastAPI app. `redis_url`: GATEWAY_REDIS_URL when
-    GATEWAY_READY_REDIS is on ("" when it is not set), None when it is off."""
+    GATEWAY_READY_REDIS is on ("" when it is not set), None when it is off; `config_hash`: the served config's."""
     from fastapi.responses import JSONResponse
 
     checks: dict[str, Check] = {"config": endpoints_loaded(app)}
@@ -84,10 +87,10 @@ def install(app, redis_url: str | None = None) -> None:
     def ready():  # a plain def: FastAPI runs it in a thread, so a slow check never blocks requests
         ok, results = run_checks(checks)
         if ok:
-            return JSONResponse({"status": "ready", "checks": results})
+            return JSONResponse({"status": "ready", "config_hash": config_hash, "checks": results})
         message = "; ".join(f"{name}: {what}" for name, what in results.items() if what != "ok")
         return JSONResponse(
-            {"status": "not ready", "checks": results, **error_body("not_ready", message)},
+            {"status": "not ready", "config_hash": config_hash, "checks": results, **error_body("not_ready", message)},
             status_code=503,
         )
 

@@ -102,12 +102,14 @@ class UsageRecorder:
         replica: str,
         pricer: Pricer,
         events: Events,
+        config_hash: str | None = None,
     ) -> None:
         self.app = app
         self.endpoints = endpoints
         self.replica = replica
         self.pricer = pricer
         self.events = events
+        self.config_hash = config_hash  # the worker's config (gateway_kit.reload), in every record
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -219,6 +221,7 @@ class UsageRecorder:
             saved_usd=saved_usd,
             api=kit_state.get(DIALECT),
             trace_id=trace.trace_id if (trace := kit_state.get(TRACE)) else None,
+            config_hash=self.config_hash,
         )
         self.events.usage_recorded(record)
 
@@ -238,9 +241,10 @@ class Refusals:
     ledger) listens to: metrics count refusals with their own counters (gateway_rate_limit_rejections ...), and a
     refusal spends no tokens or dollars."""
 
-    def __init__(self, replica: str, events: Events) -> None:
+    def __init__(self, replica: str, events: Events, config_hash: str | None = None) -> None:
         self.replica = replica
         self.events = events
+        self.config_hash = config_hash
 
     def __call__(self, scope, status: int, reason: str, started: float, client: str | None = None) -> None:
         """Record a refusal answered with `status`; `started` is time.time() when the refusing check began."""
@@ -264,6 +268,7 @@ class Refusals:
                 error=REFUSED + reason,
                 api=state_of(scope).get(DIALECT),
                 trace_id=trace.trace_id if trace else None,
+                config_hash=self.config_hash,
             )
         except Exception:  # accounting must never turn into the request's failure
             log.exception("usage record of a refused request to %s could not be made", path)

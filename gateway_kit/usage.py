@@ -12,7 +12,8 @@ A record is one JSON line, tagged so it can be picked out of mixed `docker logs`
      "ttft_ms":null,"stream":false,"partial":false,"prompt_tokens":1234,"completion_tokens":256,"total_tokens":1490,
      "cached_tokens":1024,"reasoning_tokens":0,"client":"team-a","replica":"mlflow-gateway-1","cost_usd":0.000264,
      "price_source":"genai-prices 0.2.3","served_by":null,"fallback_reason":null,"error":null,"cache":null,
-     "saved_usd":null,"api":null,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}
+     "saved_usd":null,"api":null,"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736",
+     "config_hash":"3b9f0c2a7e41"}
 
 Writing one (what the gateway does per request):
 
@@ -135,6 +136,7 @@ class UsageRecord:
     saved_usd: float | None = None  # a hit: what the provider would have charged (cost_usd is 0)
     api: str | None = None  # the API the client spoke when not chat's: "messages", "responses" (gateway_kit.dialects)
     trace_id: str | None = None  # W3C trace id: the caller's traceparent's, or the one the gateway started
+    config_hash: str | None = None  # which config the replica served it with (gateway_kit.reload.config_hash)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as written: "type" and "v" first, then every field in declaration order."""

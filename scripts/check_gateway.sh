@@ -17,12 +17,17 @@ Checks, in order, then prints a verdict:
   2. nginx       GET URL/nginx-health answers 200 (prod only: required when an nginx container runs here)
   3. containers  state and health of every container of the compose project, each replica on its own line
                  (skipped, with a warning, when no docker engine answers: "docker engine not reachable")
-  4. chat        one real request to URL/gateway/NAME/invocations: shows the answer and the X-Gateway-Replica,
+  4. config      which config each replica serves (GET /ready's config_hash, asked --samples times through URL,
+                 so every replica behind nginx answers); fails when replicas disagree, e.g. after a reload
+                 (scripts/reload.sh) that one replica refused or has not finished
+  5. chat        one real request to URL/gateway/NAME/invocations: shows the answer and the X-Gateway-Replica,
                  X-Request-ID and X-Upstream-Addr headers, and checks that the request id comes back
 
   --url URL        gateway base URL (default: \$GATEWAY_URL, from the shell or .env, or http://localhost:5000)
   --endpoint NAME  endpoint for the chat check (default: chat)
   --timeout S      seconds allowed for the chat request (default 60)
+  --samples N      GET /ready requests for the config check (default 20: enough to reach every one of a few
+                   replicas behind nginx, which picks one at random per request)
   --no-chat        skip the chat request (it costs a few tokens with a real provider)
                    The chat request sends \$GATEWAY_API_KEY (shell or .env) as the client key when set
                    (scripts/gateway_keys.sh add ops); it is never printed.
@@ -41,6 +46,7 @@ url="${url:-http://localhost:5000}"
 endpoint="chat"
 chat_timeout=60
 chat=true
+samples=20
 while [ $# -gt 0 ]; do
     case "$1" in
         -h | --help) usage; exit 0 ;;
@@ -53,6 +59,9 @@ while [ $# -gt 0 ]; do
         --timeout)
             require_positive_int "$1" "${2:-}"
             chat_timeout="$2"; shift ;;
+        --samples)
+            require_positive_int "$1" "${2:-}"
+            samples="$2"; shift ;;
         --no-chat) chat=false ;;
         *) unexpected_argument "$1" ;;
     esac
@@ -126,7 +135,27 @@ case "$unreachable:$nginx_expected:$code" in
     *) log info "      no nginx edge at $url (the dev stack publishes the gateway directly)" ;;
 esac
 
-# 4. chat
+# 4. config: "replica hash" for every replica that answered GET /ready, one line each.
+if [ "$unreachable" = false ]; then
+    : >"$tmp/served"
+    for _ in $(seq 1 "$samples"); do
+        curl --silent --output "$tmp/ready" --dump-header "$tmp/ready-headers" --max-time 5 "$url/ready" || continue
+        replica="$({ grep -i '^X-Gateway-Replica:' "$tmp/ready-headers" || true; } | tail -n 1 | cut -d: -f2- | tr -d '\r ')"
+        served="$({ grep -o '"config_hash": *"[0-9a-f]*"' "$tmp/ready" || true; } | grep -o '[0-9a-f]\{12\}' || true)"
+        echo "${replica:-unnamed} ${served:-none}" >>"$tmp/served"
+    done
+    sort -u "$tmp/served" -o "$tmp/served"
+    while read -r replica served; do log info "      $replica  config $served"; done <"$tmp/served"
+    hashes="$(cut -d' ' -f2 "$tmp/served" | sort -u | tr '\n' ' ')"
+    replicas_seen="$(wc -l <"$tmp/served")"
+    case "$(wc -w <<<"$hashes")" in
+        0) fail config "no replica answered GET /ready" ;;
+        1) pass config "every replica that answered ($replicas_seen) serves config ${hashes% }" ;;
+        *) fail config "replicas serve different configs (${hashes% }): a reload is under way or was refused by one; run scripts/reload.sh again and see its output" ;;
+    esac
+fi
+
+# 5. chat
 if [ "$chat" = true ] && [ "$unreachable" = false ]; then
     request_id="check-$(date +%s)-$$"
     payload='{"messages": [{"role": "user", "content": "Reply with one short sentence: is the gateway working?"}], "max_tokens": 40}'

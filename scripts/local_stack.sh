@@ -25,6 +25,8 @@ Commands:
            get the settings `up` had (GATEWAY_*, provider keys: kept in STATE/replica.env, mode 600); the
            admin page is restarted with the new replica list (its sessions end)
   restart redis   stop Redis (if it runs) and start it again, empty (limits start counting afresh)
+  reload   check the config again and roll it to every replica without a restart (what scripts/reload.sh
+           runs for the local stack): a refused file exits 78 and changes nothing
   status   what runs, with each replica's health
 
 Options:
@@ -38,7 +40,7 @@ Options:
   --env NAME=VALUE another replica setting (repeatable), e.g. --env GATEWAY_LIMITS_ON_REDIS_DOWN=closed
   --admin FILE     also start the admin page on http://127.0.0.1:8090, its password in FILE (docs/admin.md);
                    it reads the stack's ledger and Redis and writes the keys file the replicas read
-  --timeout S      how long to wait for health (default 60)
+  --timeout S      how long to wait for health, or for a reload (default 60)
   -h, --help       this help
 
 With no provider key in the environment, replicas start in demo mode against the fake upstream.
@@ -80,7 +82,7 @@ while [ $# -gt 0 ]; do
 done
 case "$command" in
   -h|--help) usage; exit 0 ;;
-  up|down|scale|status|restart) ;;
+  up|down|scale|status|restart|reload) ;;
   *) echo "Unexpected argument: $command. Use --help." >&2; exit 2 ;;
 esac
 
@@ -191,9 +193,10 @@ remember_environment() {
   )
 }
 
-start_replica() {
+# Run a command (or a function of this script) in replica i's environment: `up`'s settings and environment.
+as_replica() {
   local i="$1" env=() name
-  mkdir -p "$state/replica-$i"
+  shift
   env+=(GATEWAY_HOST="$(replica_ip "$i")" GATEWAY_PORT=8000 GATEWAY_WORKERS="$workers"
         GATEWAY_REPLICA_ID="gateway-$i" GATEWAY_RUNTIME_DIR="$state/replica-$i"
         GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
@@ -208,8 +211,49 @@ start_replica() {
     if [ -f "$state/replica.env" ]; then
       while IFS= read -r -d '' name; do export "${name?}"; done <"$state/replica.env"
     fi
-    start "replica-$i" env "${env[@]}" "$repo/entrypoint.sh"
+    export "${env[@]}"
+    "$@"
   )
+}
+
+start_replica() {
+  mkdir -p "$state/replica-$1"
+  as_replica "$1" start "replica-$1" "$repo/entrypoint.sh"
+}
+
+# What a replica's /ready says it serves: its config_hash (gateway_kit/reload.py), or why there is none.
+served_hash() {
+  PYTHONPATH="$repo" "$python" -m gateway_kit.reload served "http://$(replica_ip "$1"):8000" | cut -d' ' -f2-
+}
+
+# Check the config file first, as entrypoint.sh does at start (`entrypoint.sh --check`, in a replica's
+# environment); refused: exit 78, nothing is signalled. Then, one replica at a time, SIGHUP its gunicorn master
+# (it checks again, writes the active config, starts new workers and lets the old ones finish their requests)
+# and wait until its /ready reports the checked config's hash; the other replicas serve meanwhile.
+cmd_reload() {
+  local expected i started
+  log info "checking the config of the replicas (entrypoint.sh --check)"
+  if ! expected="$(as_replica 1 "$repo/entrypoint.sh" --check)"; then
+    log error "config refused (the line and reason above): nothing reloaded, every replica keeps its config"
+    exit 78
+  fi
+  log info "config $expected checked; reloading replicas one at a time: $(running_replicas | tr '\n' ' ')"
+  for i in $(running_replicas); do
+    alive "replica-$i" || continue
+    kill -HUP "$(pid_of "replica-$i")"
+    log info "gateway-$i: SIGHUP sent"
+    started=$SECONDS
+    until [ "$(served_hash "$i")" = "$expected" ]; do
+      if [ $((SECONDS - started)) -ge "$timeout" ]; then
+        log error "gateway-$i serves $(served_hash "$i"), not $expected, ${timeout}s after SIGHUP; see $logs/replica-$i.log"
+        exit 1
+      fi
+      log info "waiting for gateway-$i to serve $expected ($((SECONDS - started))s / ${timeout}s)"
+      sleep 2
+    done
+    log info "gateway-$i serves config $expected"
+  done
+  log info "every replica serves config $expected; requests in flight finish on the old workers"
 }
 
 scale_to() {
@@ -345,6 +389,10 @@ case "$command" in
     stop redis
     start_redis
     log info "redis restarted (pid $(pid_of redis))" ;;
+  reload)
+    alive nginx || { log error "the stack is not up: scripts/local_stack.sh up"; exit 1; }
+    workers="$(cat "$state/workers")" fake="$(cat "$state/fake")"
+    cmd_reload ;;
   scale)
     [ -n "$target" ] || { echo "scale needs a number of replicas. Use --help." >&2; exit 2; }
     alive nginx || { log error "the stack is not up: scripts/local_stack.sh up"; exit 1; }

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -273,3 +275,36 @@ def test_gateway_started_with_a_key_file_serves_and_never_logs_the_key(tmp_path,
     assert "endpoints ready: chat, completions, embeddings" in log.read_text()
     assert REAL_LOOKING_KEY not in log.read_text() and client_key not in log.read_text()
     assert REAL_LOOKING_KEY not in (tmp_path / "run" / "config.active.yaml").read_text()
+
+
+def test_sighup_checks_the_file_again_and_a_bad_one_never_reaches_the_workers(tmp_path, fake_upstream):
+    """gunicorn's master on SIGHUP (what scripts/reload.sh sends once its own check passed): the file changed
+    in between is checked again; refused, the replica serves its config on, with new workers."""
+    config = tmp_path / "config.yaml"
+    config.write_text((REPO / "config.yaml").read_text())
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    proc = start_replica(
+        tmp_path, port, log=log, timeout=60, GATEWAY_CONFIG=str(config), GATEWAY_DEMO_UPSTREAM=fake_upstream
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        before = requests.get(f"{url}/ready", timeout=10).json()["config_hash"]
+        config.write_text(config.read_text().replace("endpoint_type:", "endpoint_typ:", 1))
+
+        proc.send_signal(signal.SIGHUP)
+        for _ in range(240):  # the master's check imports MLflow: seconds, more on a busy machine
+            if "reload: " in log.read_text():
+                break
+            time.sleep(0.5)
+
+        text = log.read_text()
+        assert f"{config}:" in text and "unknown key `endpoint_typ`" in text
+        assert "the active config is unchanged" in text
+        assert requests.get(f"{url}/ready", timeout=30).json()["config_hash"] == before
+        answer = requests.post(
+            f"{url}/gateway/chat/invocations", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=30
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        stop_group(proc.pid)

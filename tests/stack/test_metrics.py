@@ -475,11 +475,15 @@ def test_every_dashboard_and_alert_expression_is_valid_promql_for_real_prometheu
 
 @pytest.mark.integration
 @pytest.mark.stack
-def test_stack_replicas_are_ready_and_say_why(stack):
+def test_stack_replicas_are_ready_say_why_and_serve_the_same_config(stack):
+    hashes = set()
     for url in [*replica_urls(stack), stack.url]:
         r = requests.get(f"{url}/ready", timeout=10)
         assert r.status_code == 200, r.text
-        assert r.json() == {"status": "ready", "checks": {"config": "ok"}}
+        served = r.json()["config_hash"]
+        assert r.json() == {"status": "ready", "config_hash": served, "checks": {"config": "ok"}}
+        hashes.add(served)
+    assert len(hashes) == 1 and len(served) == 12, hashes
 
 
 @pytest.mark.integration

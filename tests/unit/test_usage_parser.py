@@ -83,6 +83,7 @@ def test_a_record_is_one_tagged_json_line_with_every_field():
         "saved_usd",
         "api",
         "trace_id",
+        "config_hash",
     }
 
 
@@ -294,17 +295,26 @@ def test_a_stream_cut_before_its_usage_has_no_usage_and_never_raises():
     "written_before",
     [
         (),
-        ("trace_id",),
-        ("trace_id", "api"),
-        ("trace_id", "api", "saved_usd", "cache"),
-    ],  # before traces, dialects, cache
+        ("config_hash",),
+        ("config_hash", "trace_id"),
+        ("config_hash", "trace_id", "api"),
+        ("config_hash", "trace_id", "api", "saved_usd", "cache"),
+    ],  # before reload, traces, dialects, cache
 )
 def test_analyze_costs_reads_a_record_written_before_its_last_fields_at_full_speed(written_before):
     """An older writer's record lacks the fields added since (null by default): the generated pattern still takes
     it, with the same groups json.loads gives."""
     from gateway_kit.cli import costs
 
-    full = record(cached_tokens=2, reasoning_tokens=1, cost_usd=0.5, cache="hit", saved_usd=0.2, trace_id="ab" * 16)
+    full = record(
+        cached_tokens=2,
+        reasoning_tokens=1,
+        cost_usd=0.5,
+        cache="hit",
+        saved_usd=0.2,
+        trace_id="ab" * 16,
+        config_hash="3b9f0c2a7e41",
+    )
     full = json.loads(full.to_json())
     old = {k: v for k, v in full.items() if k not in written_before}
     text = json.dumps(old, separators=(",", ":"))
