@@ -10,7 +10,7 @@ test "${DEBUG:-}" && set -x
 
 usage() {
     cat <<USAGE
-Usage: scripts/reload.sh [--local | --compose | --swarm] [--state-dir DIR] [--timeout S]
+Usage: scripts/reload.sh [--local | --compose | --swarm [--profile NAME]... [-f FILE]...] [--state-dir DIR] [--timeout S]
 
 Checks config.yaml with the checks a replica runs at start (entrypoint.sh --check: typos, values, limits,
 provider keys, pricing.yaml); a refused file is reported with its line and reason, nothing is reloaded and
@@ -23,7 +23,9 @@ until each one reports the new config's hash in GET /ready (check_gateway.sh sho
               and pricing.yaml are mounted read-only into every replica: edit them in place
   --swarm     the swarm stack: config.yaml is a swarm config named after its content, so a changed file is a
               service update (scripts/swarm_stack.sh | docker stack deploy), rolled one replica at a time,
-              start-first, rolled back if the new replicas do not turn healthy
+              start-first, rolled back if the new replicas do not turn healthy. Give the --profile and -f
+              arguments the stack was deployed with (scripts/swarm_stack.sh's): the file checked is the one
+              the stack's gateway-config names (./config.yaml unless a -f file says otherwise)
   (none)      the local stack when one runs in DIR, else compose when its stack runs, else swarm
 
 On SIGHUP a replica checks the file again, starts new workers on it and lets the old ones finish what they
@@ -42,7 +44,7 @@ Examples:
 USAGE
 }
 
-mode="" state="$KIT_ROOT/.stack" timeout_s=""
+mode="" state="$KIT_ROOT/.stack" timeout_s="" stack_args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         -h | --help) usage; exit 0 ;;
@@ -50,11 +52,15 @@ while [ $# -gt 0 ]; do
         --state-dir) [ -n "${2:-}" ] || { printf -- '--state-dir needs a directory. Use --help.\n' >&2; exit 2; }
             state="$2"; shift ;;
         --timeout) require_positive_int "$1" "${2:-}"; timeout_s="$2"; shift ;;
+        --profile | -f) [ -n "${2:-}" ] || { printf -- '%s needs a value. Use --help.\n' "$1" >&2; exit 2; }
+            stack_args+=("$1" "$2"); shift ;;
         *) unexpected_argument "$1" ;;
     esac
     shift
 done
 
+[ "${#stack_args[@]}" -eq 0 ] || [ "$mode" = swarm ] ||
+    { printf -- '--profile and -f go with --swarm (the stack file scripts/swarm_stack.sh renders). Use --help.\n' >&2; exit 2; }
 swarm_service="${COMPOSE_PROJECT}_mlflow-gateway"
 if [ -z "$mode" ]; then
     if [ -e "$state/pids/nginx.pid" ]; then
@@ -86,15 +92,21 @@ if [ "$mode" = swarm ]; then
     docker service inspect "$swarm_service" >/dev/null 2>&1 ||
         die "no swarm service $swarm_service: deploy the stack first (docs/swarm.md)"
     image="$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$swarm_service")"
+    # The files the stack's gateway-config and gateway-pricing are made from (a -f file may name others).
+    mapfile -t files < <("$KIT_ROOT/scripts/swarm_stack.sh" "${stack_args[@]}" | python3 -c '
+import json, sys
+configs = json.load(sys.stdin).get("configs", {})
+print(configs["gateway-config"]["file"]); print(configs["gateway-pricing"]["file"])')
+    [ "${#files[@]}" -eq 2 ] || die "scripts/swarm_stack.sh ${stack_args[*]} names no gateway-config and gateway-pricing" 1
     # The replicas' keys are secrets on the swarm: check the file, pricing.yaml and settings with the service's
     # image, without keys. A replica that cannot serve it never turns healthy, and the update rolls back.
-    log info "checking config.yaml with $image (preflight --no-keys)"
-    docker run --rm --network none --entrypoint python -v "$KIT_ROOT/config.yaml:/app/config.yaml:ro" \
-        -v "$KIT_ROOT/pricing.yaml:/app/pricing.yaml:ro" "$image" -m gateway_kit.preflight /app/config.yaml --no-keys ||
-        die "config.yaml refused (the line and reason above): nothing deployed, every replica keeps its config" 78
+    log info "checking ${files[0]} with $image (preflight --no-keys)"
+    docker run --rm --network none --entrypoint python -v "${files[0]}:/app/config.yaml:ro" \
+        -v "${files[1]}:/app/pricing.yaml:ro" "$image" -m gateway_kit.preflight /app/config.yaml --no-keys ||
+        die "${files[0]} refused (the line and reason above): nothing deployed, every replica keeps its config" 78
     log info "deploying: each replica is replaced in turn, the old one finishing its requests (start-first)"
     # --detach=false: the deploy waits until every service has converged (Docker Engine 26+), within --timeout.
-    "$KIT_ROOT/scripts/swarm_stack.sh" |
+    "$KIT_ROOT/scripts/swarm_stack.sh" "${stack_args[@]}" |
         timeout "${timeout_s:-600}" docker stack deploy --detach=false -c - "$COMPOSE_PROJECT" || deployed=$?
     [ "${deployed:-0}" != 124 ] ||
         die "the update of $swarm_service is still running after ${timeout_s:-600}s: docker service ps $swarm_service" 1

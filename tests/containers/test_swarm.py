@@ -592,3 +592,44 @@ def test_every_request_has_a_usage_record_on_some_nodes_ledger_and_analyze_costs
     assert len([n for n, ids in per_node.items() if ids]) > 1, "every record is on one node: nothing was proven"
     assert sent <= from_ledger
     assert sent <= from_logs
+
+
+def test_reload_sh_rolls_a_changed_config_to_every_node_under_load_and_the_new_limit_holds(swarm: Swarm, tmp_path):
+    """`scripts/reload.sh --swarm` with the arguments the stack was deployed with: the file the stack's
+    gateway-config names (the overlay's) is checked with the service's image, then deployed as a new config, each
+    replica replaced in turn (start-first) while the load runs."""
+    overlay = swarm.kit / "swarm.test.yml"
+    path = swarm.kit / "config.limits.yaml"
+    config = yaml.safe_load(path.read_text())
+    chat = next(e for e in config["endpoints"] if e["name"] == "chat")
+    added = {**chat, "name": "chat-reloaded", "limit": {"calls": 2, "renewal_period": "hour"}}
+    path.write_text(yaml.safe_dump({**config, "endpoints": [*config["endpoints"], added]}, sort_keys=False))
+    manager = swarm.manager.engine
+    reload = ("scripts/reload.sh", "--swarm", "--profile", "demo", "-f", str(overlay), "--timeout", "900")
+
+    typo = path.read_text().replace("    model:\n", "    modle:\n", 1)
+    path.write_text(typo)
+    refused = manager.run_in_net(*reload, cwd=swarm.kit, timeout=300)
+    assert refused.returncode == 78 and "modle" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+    path.write_text(yaml.safe_dump({**config, "endpoints": [*config["endpoints"], added]}, sort_keys=False))
+
+    before = set().union(*swarm.replicas_by_node().values())
+    load = start_load(manager, tmp_path, [CHAT, STREAM], rate=6, duration=900)
+    time.sleep(5)
+    start = time.monotonic()
+    result = manager.run_in_net(*reload, cwd=swarm.kit, timeout=1000)
+    took = time.monotonic() - start
+    doc = load.stop(after=3)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    requests, after = doc["requests"], set().union(*swarm.replicas_by_node().values())
+    figure(
+        "swarm: reload.sh --swarm (3 replicas replaced in turn) under load (6/s): took; requests, failed, streams",
+        f"{took:.0f} s; {len(requests)}, {len(failures(doc))}, {sum(r['stream'] for r in requests)}",
+    )
+    assert not failures(doc), failures(doc)[:5]
+    assert all(r["chunks"] >= 30 and not r["partial"] for r in requests if r["stream"])
+    assert not before & after, "a replica from before the reload still runs"
+    body = json.dumps({"messages": [{"role": "user", "content": "hello"}]})
+    answers = manager.net_json("posts", f"{GATEWAY}/gateway/chat-reloaded/invocations", "4", body)
+    assert sorted(a["status"] for a in answers) == [200, 200, 429, 429], answers
