@@ -69,9 +69,10 @@ class SecretKeys:
     follows = "about a minute (when the kubelet refreshes the Secret each replica mounts)"
 
     @classmethod
-    def in_cluster(cls, name: str, environ: Mapping[str, str], account: Path = SERVICE_ACCOUNT) -> SecretKeys:
+    def in_cluster(cls, name: str, environ: Mapping[str, str], account: Path | None = None) -> SecretKeys:
         """The Secret `name` in the pod's own namespace, reached as every in-cluster client does: the API server
         at KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT, the service account's token and CA."""
+        account = account or SERVICE_ACCOUNT
         host, port = environ.get("KUBERNETES_SERVICE_HOST", ""), environ.get("KUBERNETES_SERVICE_PORT", "443")
         try:
             namespace = (account / "namespace").read_text().strip()
@@ -97,14 +98,16 @@ class SecretKeys:
     def _call(self, method: str, body: dict | None = None) -> dict:
         try:
             token = self.token_file.read_text().strip()
-            answer = requests.request(
-                method,
-                self._url(),
-                json=body,
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                verify=str(self.ca_file),
-                timeout=self.timeout,
-            )
+            with requests.Session() as session:
+                session.trust_env = False  # straight to the API server: no HTTPS_PROXY, no .netrc
+                answer = session.request(
+                    method,
+                    self._url(),
+                    json=body,
+                    headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
+                    verify=str(self.ca_file),
+                    timeout=self.timeout,
+                )
         except OSError as e:  # requests' errors are OSErrors too
             raise keys.KeysFileError(f"{self.where}: the Kubernetes API did not answer ({type(e).__name__})") from None
         if answer.status_code == 409:
