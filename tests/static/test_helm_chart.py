@@ -10,6 +10,8 @@
 - One real gateway replica is started from the rendered pod: its env, its ConfigMap's files and its Secrets laid
   out as the kubelet mounts them. It serves, follows a client-keys Secret update without a restart, and its
   stdout records are read by analyze_costs.py in the formats `kubectl logs --prefix` and the node's log files use.
+- The admin page (admin.enabled) is started from its rendered Deployment against a fake Kubernetes API server
+  (tests/fake_kube_api.py): it adds and revokes keys in the client-keys Secret, retrying a stale write.
 
 Figures (renders, validations) go to the end-of-run summary (conftest.pytest_terminal_summary).
 """
