@@ -78,6 +78,11 @@ def read_entries(path: Path) -> list[dict]:
         return []
     except OSError as e:
         raise KeysFileError(f"{path}: cannot read the keys file ({e.strerror})") from None
+    return parse_entries(text, str(path))
+
+
+def parse_entries(text: str, where: str) -> list[dict]:
+    """The entries of a keys file's text (`where` names it in the error: a path, or a Kubernetes Secret)."""
     try:
         data = json.loads(text) if text.strip() else {"keys": []}
         entries = data["keys"]
@@ -87,10 +92,29 @@ def read_entries(path: Path) -> list[dict]:
             raise ValueError
     except (ValueError, KeyError, TypeError):
         raise KeysFileError(
-            f"{path}: not a gateway keys file (JSON with a `keys` list); "
+            f"{where}: not a gateway keys file (JSON with a `keys` list); "
             "restore it from a backup or remove it and add the keys again"
         ) from None
     return entries
+
+
+def dumps(entries: list[dict]) -> str:
+    """A keys file's text."""
+    return json.dumps({"version": 1, "keys": entries}, indent=2) + "\n"
+
+
+def new_key(client: str) -> tuple[str, dict]:
+    """A new key for `client` and its entry (the hash, never the key)."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return key, {"client": client, "sha256": digest(key), "prefix": key[:SHOWN], "created": created}
+
+
+def without(entries: list[dict], client: str, prefix: str | None = None) -> list[dict]:
+    """The entries but `client`'s keys (all, or the one whose prefix starts with `prefix`)."""
+    return [
+        e for e in entries if not (e["client"] == client and (prefix is None or e.get("prefix", "").startswith(prefix)))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- the store
@@ -269,18 +293,17 @@ def _locked(path: Path):
 
 def _write(path: Path, entries: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": 1, "keys": entries}, indent=2) + "\n")
+    tmp.write_text(dumps(entries))
     # Hashes only, so readable by the gateway's user inside the container (uid 10001) through the mount.
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
 def add(path: Path, client: str) -> str:
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key, entry = new_key(client)
     with _locked(path):
         entries = read_entries(path)
-        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        entries.append({"client": client, "sha256": digest(key), "prefix": key[:SHOWN], "created": created})
+        entries.append(entry)
         _write(path, entries)
     return key
 
@@ -288,11 +311,7 @@ def add(path: Path, client: str) -> str:
 def revoke(path: Path, client: str, prefix: str | None = None) -> int:
     with _locked(path):
         entries = read_entries(path)
-        kept = [
-            e
-            for e in entries
-            if not (e["client"] == client and (prefix is None or e.get("prefix", "").startswith(prefix)))
-        ]
+        kept = without(entries, client, prefix)
         if len(kept) != len(entries):
             _write(path, kept)
     return len(entries) - len(kept)

@@ -31,6 +31,7 @@ they do not use.
 from __future__ import annotations
 
 import math
+import re
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -92,6 +93,12 @@ def auth_mode(raw: str) -> str | None:
 def path_or_off(raw: str) -> str | None:
     """A directory, or "" when a switch's off word turns it off."""
     return "" if raw.strip().lower() in OFF else raw
+
+
+def kube_name(raw: str) -> str | None:
+    """A Kubernetes object name (a DNS subdomain: lower-case letters, digits, '-' and '.')."""
+    value = raw.strip()
+    return value if re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", value) else None
 
 
 def number(low: float, high: float = math.inf, *, whole: bool = False, above: bool = False):
@@ -175,6 +182,9 @@ class Settings:
         "admin-audit.jsonl", text, doc="`./admin-audit.jsonl` (image: `/var/lib/gateway-admin/audit.jsonl`)"
     )
     admin_session_minutes: int = setting(60, number(1, 24 * 60, whole=True), "a whole number of minutes from 1 to 1440")
+    admin_keys_secret: str = setting(
+        "", kube_name, "a Kubernetes Secret's name (lower-case letters, digits, '-', '.')", doc="unset"
+    )
     # demo mode (preflight)
     demo_upstream: str = setting("", text, doc="unset")
     demo_wait: float = setting(30.0, number(0), "a number of seconds, 0 or more")

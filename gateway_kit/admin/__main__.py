@@ -2,7 +2,8 @@
 
 Its settings are GATEWAY_* variables like the gateway's (gateway_kit.settings: GATEWAY_ADMIN_HOST, _PORT,
 _REPLICAS, _AUDIT_LOG, _SESSION_MINUTES, and the gateway's own GATEWAY_LEDGER_DIR, GATEWAY_KEYS_FILE,
-GATEWAY_CONFIG, GATEWAY_REDIS_URL, GATEWAY_PRICING_FILE). The password is a secret: GATEWAY_ADMIN_PASSWORD, the
+GATEWAY_CONFIG, GATEWAY_REDIS_URL, GATEWAY_PRICING_FILE; GATEWAY_ADMIN_KEYS_SECRET to write the keys to a Kubernetes
+Secret instead of the file). The password is a secret: GATEWAY_ADMIN_PASSWORD, the
 file GATEWAY_ADMIN_PASSWORD_FILE names, or /run/secrets/gateway_admin_password (gateway_kit.secrets). It must
 not be a client key. Exit codes: 0 stopped, 2 usage error, 78 a setting or the password is unusable.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from gateway_kit import keys, settings
 from gateway_kit.admin.app import Admin, Audit, create_app
+from gateway_kit.admin.key_writers import chosen
 from gateway_kit.admin.auth import LoginThrottle, Password, Sessions, password_problem
 from gateway_kit.cli.costs import default_pricing_file
 from gateway_kit.exit_status import ExitStatus
@@ -46,13 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     problem = password_problem(found.value)
     if problem:
         return refuse(f"{PASSWORD} (from the {found.source}) {problem} — choose another admin password")
-    keys_file = keys.keys_file(s.keys_file)
     try:
-        client_hashes = {e["sha256"] for e in keys.read_entries(keys_file)}
+        client_keys = chosen(s.admin_keys_secret, keys.keys_file(s.keys_file), s.environ)
+        client_hashes = {e["sha256"] for e in client_keys.entries()}
     except keys.KeysFileError as e:
         return refuse(str(e))
     if keys.digest(found.value) in client_hashes:
-        return refuse(f"{PASSWORD} is a client key of {keys_file} — the admin password must be a secret of its own")
+        return refuse(
+            f"{PASSWORD} is a client key of {client_keys.where} — the admin password must be a secret of its own"
+        )
     audit = Audit(Path(s.admin_audit_log))
     try:
         audit.check()
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         sessions=Sessions(ttl=s.admin_session_minutes * 60),
         throttle=LoginThrottle(),
         audit=audit,
-        keys_file=keys_file,
+        keys=client_keys,
         ledger=Path(s.ledger_dir) if s.ledger_on else None,
         pricing_file=s.pricing_file or default_pricing_file(None),
         config=s.config,

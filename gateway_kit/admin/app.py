@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from gateway_kit import keys
 from gateway_kit.admin import figures, page
+from gateway_kit.admin.key_writers import KeysFile, SecretKeys
 from gateway_kit.admin.auth import LoginThrottle, Password, Session, Sessions
 
 log = logging.getLogger("gateway_kit.admin")
@@ -81,7 +82,7 @@ class Admin:
     sessions: Sessions
     throttle: LoginThrottle
     audit: Audit
-    keys_file: Path
+    keys: KeysFile | SecretKeys  # where keys are read, added and revoked
     ledger: Path | None  # None: GATEWAY_LEDGER_DIR=off
     pricing_file: str | None
     config: str
@@ -114,7 +115,11 @@ async def _form(request: Request) -> dict[str, str] | None:
 
 
 def create_app(admin: Admin) -> Starlette:
-    store = keys.KeyStore(admin.keys_file)  # to tell a client key from a wrong password
+    def is_client_key(given: str) -> bool:
+        try:
+            return keys.digest(given) in {e["sha256"] for e in admin.keys.entries()}
+        except keys.KeysFileError:
+            return False  # the keys cannot be read: the audit log says wrong_password
 
     def session_of(request: Request) -> Session | None:
         return admin.sessions.read(request.cookies.get(COOKIE))
@@ -169,7 +174,7 @@ def create_app(admin: Admin) -> Starlette:
             return answer
         admin.throttle.failed(address)
         # A client key gets the same answer as any wrong password; only the audit log says what it was.
-        reason = "client_key" if given and store.client_of(given) else "wrong_password"
+        reason = "client_key" if given and await run_in_threadpool(is_client_key, given) else "wrong_password"
         admin.audit.write(who, address, "login_refused", reason=reason)
         return _html(page.login("wrong password", who), 401)
 
@@ -191,7 +196,12 @@ def create_app(admin: Admin) -> Starlette:
         now = datetime.now(UTC)
         usage, usage_problem = None, ""
         if admin.ledger is None:
-            usage_problem = "the ledger is off (GATEWAY_LEDGER_DIR=off): no usage records to show"
+            usage_problem = (
+                "no ledger here (GATEWAY_LEDGER_DIR=off): the replicas write their usage records to stdout only, "
+                "so spend, the response cache and errors are not shown. Read them with analyze_costs.py on your "
+                "log pipeline's export (docs/kubernetes.md), or give the page the replicas' ledger directory "
+                "(the Helm chart: ledger.existingClaim)"
+            )
         else:
             try:
                 usage = await run_in_threadpool(figures.usage, admin.ledger, admin.pricing_file, now)
@@ -199,7 +209,7 @@ def create_app(admin: Admin) -> Starlette:
                 usage_problem = f"cannot read the ledger: {e}"
         entries, keys_problem = [], ""
         try:
-            entries = figures.key_entries(admin.keys_file)
+            entries = figures.key_entries(await run_in_threadpool(admin.keys.entries))
         except keys.KeysFileError as e:
             keys_problem = str(e)
         limit_uses, limits_problem = [], ""
@@ -214,7 +224,9 @@ def create_app(admin: Admin) -> Starlette:
         replicas, unresolved = await figures.replicas(admin.replicas)
         revoked = request.query_params.get("revoked", "")
         notice = (
-            f"revoked the key of client {revoked}; every replica refuses it within about a second" if revoked else ""
+            f"revoked the key of client {revoked}; every replica refuses it within {admin.keys.follows}"
+            if revoked
+            else ""
         )
         return _html(
             page.dashboard(
@@ -229,6 +241,8 @@ def create_app(admin: Admin) -> Starlette:
                 redis=figures.redis_shown(admin.redis_url),
                 keys=entries,
                 keys_problem=keys_problem,
+                keys_where=admin.keys.where,
+                keys_follow=admin.keys.follows,
                 last_use=usage.last_use if usage else {},
                 notice=notice,
             )
@@ -244,11 +258,11 @@ def create_app(admin: Admin) -> Starlette:
         except argparse.ArgumentTypeError as e:
             return _html(page.refused(400, str(e)), 400)
         try:
-            key = await asyncio.to_thread(keys.add, admin.keys_file, client)
+            key = await asyncio.to_thread(admin.keys.add, client)
         except (keys.KeysFileError, OSError) as e:
             return _html(page.refused(500, f"the key was not added: {e}"), 500)
         admin.audit.write(session.who, _address(request), "key_added", client=client, prefix=key[: keys.SHOWN])
-        return _html(page.key_created(client, key))
+        return _html(page.key_created(client, key, admin.keys.follows))
 
     async def revoke_key(request: Request) -> Response:
         checked = await checked_post(request)
@@ -259,7 +273,7 @@ def create_app(admin: Admin) -> Starlette:
         if not keys.VALID_CLIENT.match(client) or not prefix.startswith(keys.KEY_PREFIX):
             return _html(page.refused(400, "say which key: a client and a key prefix (gwk_...)"), 400)
         try:
-            removed = await asyncio.to_thread(keys.revoke, admin.keys_file, client, prefix)
+            removed = await asyncio.to_thread(admin.keys.revoke, client, prefix)
         except (keys.KeysFileError, OSError) as e:
             return _html(page.refused(500, f"nothing was revoked: {e}"), 500)
         if not removed:

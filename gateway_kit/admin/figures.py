@@ -12,7 +12,8 @@
   keep in Redis under the keys gateway_kit.limits names (rules_for, usd_key).
 - Replicas: every address GATEWAY_ADMIN_REPLICAS resolves to (Docker's DNS answers a scaled service with
   every replica), each asked GET /ready.
-- Client keys: the keys file's entries (client, created, prefix), never a hash.
+- Client keys: the entries of the keys file, or of the Kubernetes Secret (admin.key_writers): client, created,
+  prefix, never a hash.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import yaml
 
 from gateway_kit import limits
 from gateway_kit.cli import costs
-from gateway_kit.keys import read_entries
 from gateway_kit.pricing import Pricer
 from gateway_kit.shared_redis import link, redis_where
 
@@ -160,12 +160,9 @@ def _error_class(text: str, status: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- keys and limits
-def key_entries(path: Path) -> list[dict[str, str]]:
-    """The keys file as the page shows it: client, created, prefix; never the hash."""
-    return [
-        {"client": e["client"], "created": e.get("created") or "", "prefix": e.get("prefix", "?")}
-        for e in read_entries(path)
-    ]
+def key_entries(entries: list[dict]) -> list[dict[str, str]]:
+    """Client keys as the page shows them: client, created, prefix; never the hash."""
+    return [{"client": e["client"], "created": e.get("created") or "", "prefix": e.get("prefix", "?")} for e in entries]
 
 
 def limits_config(config_path: str) -> limits.LimitsConfig:

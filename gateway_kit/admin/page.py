@@ -127,6 +127,8 @@ def dashboard(
     redis: str,
     keys: list[dict[str, str]],
     keys_problem: str,
+    keys_where: str,
+    keys_follow: str,
     last_use: dict[str, str],
     notice: str = "",
 ) -> str:
@@ -193,7 +195,10 @@ def dashboard(
         )
     )
 
-    parts.append("<h2>Client keys</h2>")
+    parts.append(
+        f"<h2>Client keys</h2><p class=note id=keys-where>in {escape(keys_where)}; "
+        f"every replica follows a change within {escape(keys_follow)}</p>"
+    )
     if keys_problem:
         parts.append(f"<p class=bad>{escape(keys_problem)}</p>")
     rows = []
@@ -222,13 +227,13 @@ def dashboard(
     return _page("Gateway admin", "".join(parts))
 
 
-def key_created(client: str, key: str) -> str:
+def key_created(client: str, key: str, follows: str) -> str:
     return _page(
         "Gateway admin: key created",
         "<h1>Key created</h1>"
         f"<p>A new key for client <b id=created-client>{escape(client)}</b>. This is the only time it is shown: "
         "give it to the client now (OpenAI clients: <code>api_key=...</code>, others: "
-        "<code>Authorization: Bearer &lt;key&gt;</code>). Every replica accepts it within about a second.</p>"
+        f"<code>Authorization: Bearer &lt;key&gt;</code>). Every replica accepts it within {escape(follows)}.</p>"
         f'<p><output class=key id=new-key>{escape(key)}</output></p><p><a href="/" id=back>Back to the admin page</a></p>',
     )
 

@@ -10,6 +10,8 @@
 - One real gateway replica is started from the rendered pod: its env, its ConfigMap's files and its Secrets laid
   out as the kubelet mounts them. It serves, follows a client-keys Secret update without a restart, and its
   stdout records are read by analyze_costs.py in the formats `kubectl logs --prefix` and the node's log files use.
+- The admin page (admin.enabled) is started from its rendered Deployment against a fake Kubernetes API server
+  (tests/fake_kube_api.py): it adds and revokes keys in the client-keys Secret, retrying a stale write.
 
 Figures (renders, validations) go to the end-of-run summary (conftest.pytest_terminal_summary).
 """
@@ -37,8 +39,12 @@ from conftest import (
     running_fake,
     start_replica,
     stop_group,
+    wait_http,
     write_secret,
 )
+from fake_kube_api import running_kube_api
+
+from gateway_kit import keys
 
 CHART = REPO / "charts" / "mlflow-gateway"
 BIN = Path(sys.executable).parent
@@ -103,6 +109,13 @@ VALUE_SETS: dict[str, dict] = {
         "redis": {"external": {"url": "redis://redis.shared:6379/3"}, "enabled": False},
         "clientKeys": {"keysJson": '{"keys": []}'},
         "networkPolicy": {"enabled": False},
+    },
+    # The admin page beside the pods: its password from a Secret the team made, keys in their own Secret, the ledger
+    # claim it reads its figures from.
+    "admin": {
+        "admin": {"enabled": True, "passwordSecret": "gateway-admin-password"},
+        "clientKeys": {"secretName": "gateway-client-keys"},
+        "ledger": {"existingClaim": "gateway-ledger"},
     },
     # A cluster whose DNS Service is not kube-dns: nginx's resolver by address; a config of the team's own.
     "own-config": {
@@ -588,6 +601,98 @@ def test_network_policy_lets_only_the_edge_and_metrics_reach_the_pods(renders):
     assert "NetworkPolicy" not in renders["gateway-api"].kinds()
 
 
+# ----------------------------------------------------------------------------------------------- the admin page
+def admin_docs(render: Render) -> list[dict]:
+    return [d for d in render.docs if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "admin"]
+
+
+def test_the_admin_page_is_off_by_default(renders):
+    for name, render in renders.items():
+        if name != "admin":
+            assert admin_docs(render) == [], name
+
+
+def test_the_admin_page_may_only_read_and_write_the_client_keys_secret(renders):
+    render = renders["admin"]
+    assert sorted(d["kind"] for d in admin_docs(render)) == [
+        "Deployment",
+        "NetworkPolicy",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
+    assert not {"ClusterRole", "ClusterRoleBinding"} & set(render.kinds())  # nothing cluster-wide
+    role = render.one("Role", "-admin")
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["gateway-client-keys"],
+            "verbs": ["get", "update", "patch"],
+        }
+    ]
+    binding = render.one("RoleBinding", "-admin")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    pod = render.one("Deployment", "-admin")["spec"]["template"]["spec"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": "ai"}]
+    assert pod["serviceAccountName"] != render.gateway()["spec"]["template"]["spec"]["serviceAccountName"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["GATEWAY_ADMIN_KEYS_SECRET"] == "gateway-client-keys"  # the Secret the gateway pods mount
+    gateway_keys = {v["name"]: v for v in render.gateway()["spec"]["template"]["spec"]["volumes"]}["client-keys"]
+    assert gateway_keys["secret"]["secretName"] == "gateway-client-keys"
+
+
+def test_the_admin_page_is_one_pod_like_the_gateway_pods_reached_only_through_a_cluster_ip(renders):
+    render = renders["admin"]
+    deployment = render.one("Deployment", "-admin")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["python", "-m", "gateway_kit.admin"] and c["image"] == render.gateway_container()["image"]
+    assert pod["securityContext"] == render.gateway()["spec"]["template"]["spec"]["securityContext"]
+    assert c["securityContext"] == render.gateway_container()["securityContext"]
+    # Writable: /tmp and the audit log's emptyDir; the ledger claim read-only.
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    writable = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"] if not m.get("readOnly")}
+    assert sorted(writable) == ["/tmp", "/var/lib/gateway-admin"] and all("emptyDir" in v for v in writable.values())
+    ledger = next(m for m in c["volumeMounts"] if m["name"] == "ledger")
+    assert ledger["readOnly"] is True and volumes["ledger"]["persistentVolumeClaim"]["readOnly"] is True
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+    assert env["GATEWAY_LEDGER_DIR"] == ledger["mountPath"]
+    assert env["GATEWAY_REDIS_URL"] == render.env()["GATEWAY_REDIS_URL"]
+    assert env["GATEWAY_ADMIN_REPLICAS"] == render.one("Service", "-gateway-pods")["metadata"]["name"] + ":8000"
+    assert volumes["admin-password"]["secret"]["secretName"] == "gateway-admin-password"
+    assert "GATEWAY_ADMIN_PASSWORD" not in env  # a file from the Secret, never a value in the pod spec
+    service = render.one("Service", "-admin")["spec"]
+    assert service["type"] == "ClusterIP" and service["ports"][0]["port"] == 8090
+    # No pod may reach it unless admin.ingressFrom says so; it may reach the gateway pods and Redis.
+    policy = render.one("NetworkPolicy", "-admin")["spec"]
+    assert policy["ingress"] == [] and policy["policyTypes"] == ["Ingress", "Egress"]
+    admin_pod = {"podSelector": {"matchLabels": policy["podSelector"]["matchLabels"]}}
+    assert admin_pod in render.one("NetworkPolicy", "-gateway")["spec"]["ingress"][-1]["from"]
+    assert admin_pod in render.one("NetworkPolicy", "-redis")["spec"]["ingress"][0]["from"]
+
+
+@pytest.mark.parametrize(
+    "values, says",
+    [
+        ({"admin": {"enabled": True}}, "admin.passwordSecret is needed when admin.enabled is true"),
+        (
+            {"admin": {"enabled": True, "passwordSecret": "pw"}, "clientKeys": {"keysJson": '{"keys": []}'}},
+            "every helm upgrade would put keysJson back over the keys the page added or revoked",
+        ),
+    ],
+)
+def test_the_admin_page_without_a_password_secret_or_with_keys_from_values_fails_the_render(values, says, tmp_path):
+    result = template(tmp_path, "admin-bad", values)
+    assert result.returncode != 0 and says in result.stderr, result.stderr
+
+
 # ----------------------------------------------------------------------------------------------- the schema
 @pytest.mark.parametrize(
     "values, says",
@@ -606,6 +711,7 @@ def test_network_policy_lets_only_the_edge_and_metrics_reach_the_pods(renders):
         ({"gatway": {"workers": 2}}, "gatway"),
         ({"httpRoute": {"requestTimeout": "5 minutes"}}, "/httpRoute/requestTimeout"),
         ({"nginx": {"resolver": "10.0.0.10; evil"}}, "/nginx/resolver"),
+        ({"admin": {"enabled": True, "passwordSecret": "Admin Password"}}, "/admin/passwordSecret"),
     ],
 )
 def test_the_schema_rejects_bad_values_at_install_time(values, says, tmp_path):
@@ -634,6 +740,19 @@ def project_secret(directory: Path, files: dict[str, str], generation: int) -> N
         for child in (directory / old).iterdir():
             child.unlink()
         (directory / old).rmdir()
+
+
+def pod_env(container: dict, root: Path, fields: dict[str, str]) -> dict[str, str]:
+    """A rendered container's env, each path under one of its mounts (but /tmp) moved under `root`; `fields`
+    gives the values the kubelet fills in (valueFrom)."""
+    mounts = [m["mountPath"] for m in container["volumeMounts"] if m["mountPath"] != "/tmp"]
+    env = {}
+    for e in container["env"]:
+        value = e["value"] if "value" in e else fields[e["name"]]
+        if any(value.startswith(path + "/") for path in mounts):
+            value = str(root / value.lstrip("/"))
+        env[e["name"]] = value
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -665,15 +784,7 @@ def rendered_pod(tmp_path_factory):
         client_keys = root / mounts["client-keys"].lstrip("/")
         project_secret(client_keys, {"keys.json": scratch_keys.read_text()}, 1)
 
-        env = {}
-        for e in pod["containers"][0]["env"]:
-            value = e.get("value")
-            if value is None:
-                value = "gw-mlflow-gateway-7d9f-abcde"  # GATEWAY_REPLICA_ID: the pod's name
-            for path in mounts.values():
-                if value.startswith(path + "/") and path != "/tmp":
-                    value = str(root / value.lstrip("/"))
-            env[e["name"]] = value
+        env = pod_env(pod["containers"][0], root, fields={"GATEWAY_REPLICA_ID": "gw-mlflow-gateway-7d9f-abcde"})
         env["GATEWAY_RUNTIME_DIR"] = str(tmp / "run")  # /tmp/gateway, in this test's own scratch space
         env["HOME"] = str(tmp)
         # Limits and Redis are the stack tests' subject; this config has none, so Redis is never asked.
@@ -782,6 +893,128 @@ def test_the_probe_paths_answer_without_a_client_key_on_a_pod_with_keys_on(rende
     for path in ("/health", "/ready", "/metrics"):
         r = requests.get(rendered_pod["url"] + path, timeout=10)
         assert r.status_code == 200, f"{path}: {r.status_code} {r.text[:200]}"
+
+
+@pytest.fixture
+def rendered_admin(tmp_path):
+    """The admin page started from the rendered Deployment (its command and env; the config, the password Secret
+    and its service account's files laid out as the kubelet mounts them under a scratch root) against a fake
+    Kubernetes API server holding the client-keys Secret (tests/fake_kube_api.py)."""
+    CHART_FIGURES["helm template"] += 1
+    render = Render(
+        helm(
+            "template", "gw", str(CHART), "-n", "ai", "--set", "admin.enabled=true",
+            "--set", "admin.passwordSecret=gateway-admin-password",
+        ).stdout
+    )  # fmt: skip
+    pod = render.one("Deployment", "-admin")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    root = tmp_path / "root"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    for name, text in render.one("ConfigMap", "-config")["data"].items():
+        (root / mounts["config"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+        (root / mounts["config"].lstrip("/") / name).write_text(text)
+    password = SENTINEL_SECRETS["admin-password"]
+    items = {v["name"]: v for v in pod["volumes"]}["admin-password"]["secret"]["items"]
+    (root / mounts["admin-password"].lstrip("/")).mkdir(parents=True)
+    write_secret(root / mounts["admin-password"].lstrip("/") / items[0]["path"], password + "\n")
+    env = pod_env(container, root, fields={})
+    keys_secret = env["GATEWAY_ADMIN_KEYS_SECRET"]
+    with running_kube_api(tmp_path / "apiserver", "ai", keys_secret, '{"keys": []}') as api:
+        host, port = api.url.removeprefix("https://").split(":")
+        env |= {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port, "GATEWAY_ADMIN_HOST": "127.0.0.1"}
+        env["GATEWAY_ADMIN_PORT"] = str(free_port())
+        # The command as rendered, with the one path a pod does not choose moved: the service account's directory.
+        assert container["command"][:2] == ["python", "-m"], container["command"]
+        run = (
+            "import runpy, sys; from pathlib import Path; from gateway_kit.admin import key_writers; "
+            "_, account, module = sys.argv; key_writers.SERVICE_ACCOUNT = Path(account); sys.argv = [module]; "
+            "runpy.run_module(module, run_name='__main__', alter_sys=True)"
+        )
+        log = tmp_path / "admin.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", run, str(api.account), container["command"][2]],
+                env=clean_env(**env),
+                cwd=REPO,  # this checkout's gateway_kit, as the image has its own at /app
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{env['GATEWAY_ADMIN_PORT']}"
+        try:
+            wait_http(f"{url}/health", timeout=60, proc=proc)
+            yield {"url": url, "api": api, "log": log, "password": password, "root": root, "env": env}
+        finally:
+            stop_group(proc.pid)
+
+
+def admin_session(url: str, password: str) -> tuple[requests.Session, str]:
+    """A logged-in session and the page it was shown."""
+    session = requests.Session()
+    session.trust_env = False
+    r = session.post(f"{url}/login", data={"who": "dana", "password": password}, timeout=30)
+    assert r.status_code == 200 and r.url == f"{url}/", (r.status_code, r.url)
+    return session, r.text
+
+
+@pytest.mark.integration
+def test_the_rendered_admin_page_adds_and_revokes_keys_in_the_client_keys_secret(rendered_admin, tmp_path):
+    url, api = rendered_admin["url"], rendered_admin["api"]
+    session, page = admin_session(url, rendered_admin["password"])
+    assert f"in the Secret ai/{api.name}" in page and "about a minute" in page
+    # No ledger claim: the figures say why they are missing, not an error.
+    assert "no ledger here (GATEWAY_LEDGER_DIR=off)" in page and "ledger.existingClaim" in page
+    csrf = re.search(r'name=csrf value="([^"]+)"', page).group(1)
+
+    api.interfere = 1  # another writer changes the Secret between the page's read and its write
+    r = session.post(f"{url}/keys", data={"client": "team-new", "csrf": csrf}, timeout=30)
+    assert r.status_code == 200, r.text
+    key = re.search(r"<output class=key id=new-key>(gwk_[^<]+)</output>", r.text).group(1)
+    assert "Every replica accepts it within about a minute" in r.text
+    assert [c for c in api.calls if c[0] == "PUT"] == [("PUT", 409), ("PUT", 200)]  # the stale write retried
+    assert sorted(e["client"] for e in api.keys()) == ["other-writer", "team-new"]
+    mounted = tmp_path / "keys.json"  # keys.json as the kubelet projects it into every gateway pod
+    mounted.write_text(api.keys_text())
+    assert keys.KeyStore(mounted).client_of(key) == "team-new"  # the replicas' own reader
+    assert key not in api.keys_text()
+
+    r = session.post(
+        f"{url}/keys/revoke", data={"client": "team-new", "prefix": key[: keys.SHOWN], "csrf": csrf}, timeout=30
+    )
+    assert r.status_code == 200 and "refuses it within about a minute" in r.text, r.text
+    assert [e["client"] for e in api.keys()] == ["other-writer"]
+    mounted.write_text(api.keys_text())
+    assert keys.KeyStore(mounted).client_of(key) is None
+
+    audit = [
+        json.loads(line) for line in Path(rendered_admin["env"]["GATEWAY_ADMIN_AUDIT_LOG"]).read_text().splitlines()
+    ]
+    assert [(a["action"], a.get("client")) for a in audit] == [
+        ("login", None),
+        ("key_added", "team-new"),
+        ("key_revoked", "team-new"),
+    ]
+    assert all(a["who"] == "dana" for a in audit)
+    stdout = rendered_admin["log"].read_text()
+    assert '"action": "key_added"' in stdout  # the audit line on stdout too: kubectl logs is the lasting trail
+    assert key not in stdout and rendered_admin["password"] not in stdout
+
+
+@pytest.mark.integration
+def test_the_rendered_admin_page_refuses_a_client_key_of_the_secret_as_its_password(rendered_admin):
+    url, api = rendered_admin["url"], rendered_admin["api"]
+    session, page = admin_session(url, rendered_admin["password"])
+    csrf = re.search(r'name=csrf value="([^"]+)"', page).group(1)
+    key = re.search(
+        r"id=new-key>(gwk_[^<]+)<",
+        session.post(f"{url}/keys", data={"client": "team-a", "csrf": csrf}, timeout=30).text,
+    ).group(1)
+    r = requests.post(f"{url}/login", data={"who": "mallory", "password": key}, timeout=30, allow_redirects=False)
+    assert r.status_code == 401 and "wrong password" in r.text
+    audit = Path(rendered_admin["env"]["GATEWAY_ADMIN_AUDIT_LOG"]).read_text()
+    assert '"reason": "client_key"' in audit and key not in audit
+    assert {e["client"] for e in api.keys()} == {"team-a"}
 
 
 def test_install_notes_say_how_to_add_client_keys_and_read_usage_records():

@@ -73,3 +73,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "gw.gatewayHeadless" -}}
 {{- printf "%s-gateway-pods" (include "gw.fullname" .) -}}
 {{- end -}}
+
+{{/* GATEWAY_REDIS_URL as the gateway pods and the admin page get it: the bundled Redis, or yours. */}}
+{{- define "gw.redisUrlEnv" -}}
+- name: GATEWAY_REDIS_URL
+{{- if .Values.redis.enabled }}
+  value: "redis://{{ include "gw.fullname" . }}-redis:6379/0"
+{{- else if .Values.redis.external.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redis.external.existingSecret }}
+      key: {{ .Values.redis.external.existingSecretKey }}
+{{- else }}
+  value: {{ required "redis.external.url (or redis.external.existingSecret) is needed when redis.enabled is false: the replicas share limits through it" .Values.redis.external.url | quote }}
+{{- end }}
+{{- end -}}
