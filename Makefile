@@ -77,7 +77,7 @@ demo: venv
 
 # One run of every benchmark, ratios side by side (docs/performance.md). About 35 minutes; needs root.
 # The peers' installers may fail (no npm, no registry): bench/run.py then leaves that peer out with a note.
-# The second run.py is one process per gateway, as Portkey's gateway has (LiteLLM is in the first one).
+# The second run.py is one process per gateway (Portkey's gateway unclustered; LiteLLM is in the first one).
 bench: venv
 	-bench/litellm_venv.sh
 	-bench/portkey_install.sh

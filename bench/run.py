@@ -4,7 +4,7 @@ chunk).
 
     make bench                                     # this, then the nginx, TLS and evaluate benchmarks
     .venv/bin/python bench/run.py                  # 0 and 50 ms upstream latency x c=8, 32, 128, and the streams
-    .venv/bin/python bench/run.py --workers 1 --latency 0 --connections 16   # one process each, as Portkey has
+    .venv/bin/python bench/run.py --workers 1 --latency 0 --connections 16   # one process each
     .venv/bin/python bench/run.py --latency 0 --connections 32 --duration 5 --rounds 1   # a quick look
 
 Every gateway gets the same worker count and answers POST /v1/chat/completions (model "chat") from the
@@ -22,9 +22,10 @@ Targets:
            served at /gateway/mlflow/v1/chat/completions; usage tracking (traces) and the job runner off
   litellm  LiteLLM's proxy (`litellm --num_workers N`), no database, LITELLM_LOCAL_MODEL_COST_MAP=True, a random
            master key; from its own venv (bench/litellm_venv.sh makes it), skipped with a note when missing
-  portkey  Portkey's gateway (npm @portkey-ai/gateway): ONE node process whatever --workers says (it has no
-           workers), aimed at the fake by request headers (x-portkey-provider: openai, x-portkey-custom-host);
-           from .bench/portkey (bench/portkey_install.sh makes it), skipped with a note when missing
+  portkey  Portkey's gateway (npm @portkey-ai/gateway): one node process (it has no workers), or with --workers N > 1
+           N node processes behind node's cluster module (bench/portkey_cluster.mjs, as pm2's cluster mode runs
+           it), aimed at the fake by request headers (x-portkey-provider: openai, x-portkey-custom-host); from
+           .bench/portkey (bench/portkey_install.sh makes it), skipped with a note when missing
 Rounds interleave the targets so machine noise hits them alike; each cell is the median round.
 CPU µs per request: the target's processes' CPU time (its whole process group, from /proc: master, workers,
 node) over the requests wrk counted in the same run; it moves far less than requests/s on a shared machine.
@@ -106,13 +107,14 @@ def start_litellm(servers: Servers, port: int, upstream: str, workers: int) -> t
     return url, headers
 
 
-def start_portkey(servers: Servers, port: int, upstream: str) -> tuple[str, dict[str, str]]:
-    """Portkey's gateway, one node process (`start-server.js --port=N --headless`; NODE_ENV=production leaves its
-    log UI out). It routes by request headers: provider openai, the fake as custom host (loopback is on its
-    trusted list)."""
-    proc = servers.start(
-        "portkey", ["node", str(PORTKEY), f"--port={port}", "--headless"], clean_env(NODE_ENV="production")
-    )
+def start_portkey(servers: Servers, port: int, upstream: str, processes: int) -> tuple[str, dict[str, str]]:
+    """Portkey's gateway: one node process (`start-server.js --port=N --headless`; NODE_ENV=production leaves its
+    log UI out), or with `processes` > 1 that many behind node's cluster module (bench/portkey_cluster.mjs). It
+    routes by request headers: provider openai, the fake as custom host (loopback is on its trusted list). It
+    listens on every interface (start-server.js takes no host), on a free port, for as long as the bench runs."""
+    server = [str(PORTKEY), f"--port={port}", "--headless"]
+    cluster = [str(REPO / "bench" / "portkey_cluster.mjs"), str(processes)] if processes > 1 else []
+    proc = servers.start("portkey", ["node", *cluster, *server], clean_env(NODE_ENV="production"))
     url = f"http://127.0.0.1:{port}"
     servers.wait(f"{url}/", proc)
     servers.groups[url] = proc.pid
@@ -190,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--latency", type=int, nargs="+", default=[0, 50], help="fake upstream latency in ms to try (default 0 50)"
     )
-    parser.add_argument("--workers", type=int, default=2, help="workers per gateway (default 2; Portkey has 1 process)")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="workers (node processes for Portkey) per gateway (default 2)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median counts (default 2)")
     parser.add_argument(
         "--stream-chunks",
@@ -250,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             url, headers = start_litellm(servers, free_port(), fake, args.workers)
             targets["litellm"] = target(url, headers=headers)
         if portkey:
-            url, headers = start_portkey(servers, free_port(), fake)
-            targets["portkey"] = target(url, "1 node process", model="gpt-4o-mini", headers=headers)
+            url, headers = start_portkey(servers, free_port(), fake, args.workers)
+            processes = "1 node process" if args.workers == 1 else f"{args.workers} node processes (cluster)"
+            targets["portkey"] = target(url, processes, model="gpt-4o-mini", headers=headers)
 
         scripts = {}
         for latency in args.latency:
@@ -393,7 +398,7 @@ def print_summary(results: dict, streams: dict, workers: int) -> None:
         ]
         if not rps:
             continue
-        processes = f", the kit {workers} worker{'s' * (workers > 1)} vs one node process" if other == "portkey" else ""
+        processes = f", {workers} process{'es' * (workers > 1)} each" if other == "portkey" else ""
         print(
             f"kit / {other} requests/s where the gateway is the limit{processes}: min {min(rps):.2f}x, "
             f"median {statistics.median(rps):.2f}x{goals.get(other, '')}"
