@@ -6,10 +6,12 @@ exactly as a replica starts), stock MLflow under gunicorn, and LiteLLM's proxy f
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import subprocess
 import sys
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -196,6 +198,19 @@ def chat_body(prompt: str, model: str | None = None, stream: bool = False) -> st
     if stream:
         body["stream"] = True
     return json.dumps(body)
+
+
+def stream_chunks(url: str, body: str, headers: dict[str, str] | None = None) -> int:
+    """The chunks one streamed answer delivers: its SSE `data:` events that carry a JSON object (not `[DONE]`).
+    0 when the answer is not a 200 stream, so a target that fails to stream shows as 0, not as a figure."""
+    request = urllib.request.Request(
+        url, data=body.encode(), headers={"Content-Type": "application/json", **(headers or {})}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return sum(line.startswith(b"data: {") or line.startswith(b"data:{") for line in response)
+    except (OSError, http.client.HTTPException):  # an error status (HTTPError is an OSError), a broken stream
+        return 0
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

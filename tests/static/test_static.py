@@ -54,8 +54,10 @@ def shell_scripts() -> list[Path]:
 
 
 def user_scripts() -> list[Path]:
-    """The scripts a user runs by hand: scripts/*.sh (lib.sh is sourced, not run) and ./check_gateway.sh."""
-    return [p for p in sorted((REPO / "scripts").glob("*.sh")) if p.name != "lib.sh"] + [REPO / "check_gateway.sh"]
+    """The scripts a user runs by hand: scripts/*.sh (lib.sh is sourced, not run), ./check_gateway.sh, and the
+    benchmarks' installers (bench/*.sh: bench/litellm_venv.sh, bench/portkey_install.sh)."""
+    scripts = [p for p in sorted((REPO / "scripts").glob("*.sh")) if p.name != "lib.sh"] + [REPO / "check_gateway.sh"]
+    return scripts + sorted((REPO / "bench").glob("*.sh"))
 
 
 # ---------------------------------------------------------------------------------------------------- compose
