@@ -88,6 +88,7 @@ cd "$KIT_ROOT"
 update_state() {
     docker service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$swarm_service"
 }
+update_settled() { case "$(update_state)" in updating | rollback_started) return 1 ;; esac; }
 if [ "$mode" = swarm ]; then
     docker service inspect "$swarm_service" >/dev/null 2>&1 ||
         die "no swarm service $swarm_service: deploy the stack first (docs/swarm.md)"
@@ -110,6 +111,9 @@ print(configs["gateway-config"]["file"]); print(configs["gateway-pricing"]["file
         timeout "${timeout_s:-600}" docker stack deploy --detach=false -c - "$COMPOSE_PROJECT" || deployed=$?
     [ "${deployed:-0}" != 124 ] ||
         die "the update of $swarm_service is still running after ${timeout_s:-600}s: docker service ps $swarm_service" 1
+    # The deploy returns once the tasks converged; the service's update status can say "updating" a moment longer.
+    wait_until "the update of $swarm_service to settle" 120 update_settled ||
+        die "the update of $swarm_service still says $(update_state) after 120 s: docker service ps $swarm_service" 1
     case "$(update_state)" in
         completed | '') ;;
         *) die "the update of $swarm_service ended $(update_state): $(docker service inspect --format '{{.UpdateStatus.Message}}' "$swarm_service") (docker service ps $swarm_service)" 1 ;;

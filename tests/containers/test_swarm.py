@@ -607,8 +607,8 @@ def test_reload_sh_rolls_a_changed_config_to_every_node_under_load_and_the_new_l
     manager = swarm.manager.engine
     reload = ("scripts/reload.sh", "--swarm", "--profile", "demo", "-f", str(overlay), "--timeout", "900")
 
-    typo = path.read_text().replace("    model:\n", "    modle:\n", 1)
-    path.write_text(typo)
+    misspelt = {("modle" if key == "model" else key): value for key, value in added.items()}
+    path.write_text(yaml.safe_dump({**config, "endpoints": [*config["endpoints"], misspelt]}, sort_keys=False))
     refused = manager.run_in_net(*reload, cwd=swarm.kit, timeout=300)
     assert refused.returncode == 78 and "modle" in refused.stdout + refused.stderr, refused.stdout + refused.stderr
     path.write_text(yaml.safe_dump({**config, "endpoints": [*config["endpoints"], added]}, sort_keys=False))
