@@ -93,8 +93,10 @@ if [ "$mode" = swarm ]; then
     docker service inspect "$swarm_service" >/dev/null 2>&1 ||
         die "no swarm service $swarm_service: deploy the stack first (docs/swarm.md)"
     image="$(docker service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$swarm_service")"
+    # The stack file, rendered once: read here, deployed below (it holds .env's values: a shell variable, no file).
+    stack="$("$KIT_ROOT/scripts/swarm_stack.sh" "${stack_args[@]}")" || die "scripts/swarm_stack.sh ${stack_args[*]} failed (above)" 1
     # The files the stack's gateway-config and gateway-pricing are made from (a -f file may name others).
-    mapfile -t files < <("$KIT_ROOT/scripts/swarm_stack.sh" "${stack_args[@]}" | python3 -c '
+    mapfile -t files < <(printf '%s\n' "$stack" | python3 -c '
 import json, sys
 configs = json.load(sys.stdin).get("configs", {})
 print(configs["gateway-config"]["file"]); print(configs["gateway-pricing"]["file"])')
@@ -107,7 +109,7 @@ print(configs["gateway-config"]["file"]); print(configs["gateway-pricing"]["file
         die "${files[0]} refused (the line and reason above): nothing deployed, every replica keeps its config" 78
     log info "deploying: each replica is replaced in turn, the old one finishing its requests (start-first)"
     # --detach=false: the deploy waits until every service has converged (Docker Engine 26+), within --timeout.
-    "$KIT_ROOT/scripts/swarm_stack.sh" "${stack_args[@]}" |
+    printf '%s\n' "$stack" |
         timeout "${timeout_s:-600}" docker stack deploy --detach=false -c - "$COMPOSE_PROJECT" || deployed=$?
     [ "${deployed:-0}" != 124 ] ||
         die "the update of $swarm_service is still running after ${timeout_s:-600}s: docker service ps $swarm_service" 1
