@@ -83,6 +83,8 @@ bench: venv
 	-bench/portkey_install.sh
 	$(PYTHON) bench/run.py
 	$(PYTHON) bench/run.py --workers 1 --latency 0 --connections 16 --stream-connections 8 --no-litellm
+	$(PYTHON) bench/cpu_profile.py
+	$(PYTHON) bench/cpu_profile.py --stream 200
 	$(PYTHON) bench/tls_rtt.py
 	$(PYTHON) bench/nginx_replicas.py
 	$(PYTHON) bench/streams.py

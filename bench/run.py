@@ -15,7 +15,7 @@ Targets:
   kit      entrypoint.sh, everything at its defaults (usage records, metrics, the shared upstream client)
   kit-no-metrics  the kit with metrics off (GATEWAY_METRICS=off): what metrics cost is the gap to `kit`
   kit-bare the kit with usage records and metrics off
-  kit-baseline  with --baseline DIR: the kit of another checkout (e.g. `git worktree add /tmp/base main~3`), at its
+  kit@NAME with --baseline DIR: the kit of another checkout (e.g. `git worktree add /tmp/base main~3`), at its
            defaults, so what a change costs shows in one run
   mlflow-server  MLflow's newer gateway in its tracking server (`mlflow server --workers N`, the same mlflow
            release): an endpoint "chat" in a sqlite backend store, the fake as its OpenAI provider (api_base),
@@ -209,7 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-portkey", action="store_true", help="leave Portkey's gateway out")
     parser.add_argument("--no-mlflow-server", action="store_true", help="leave MLflow's server gateway out")
     parser.add_argument(
-        "--baseline", type=Path, metavar="DIR", help="another checkout of the kit, run as the target kit-baseline"
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="another checkout of the kit, run as the target kit@DIR's name; again for more (--baseline of this "
+        "very checkout's copy shows the noise between two identical kits)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -243,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         targets["kit-bare"] = target(
             servers.kit(free_port(), fake, args.workers, GATEWAY_USAGE_RECORDS="off", GATEWAY_METRICS="off")
         )
-        if args.baseline:
-            targets["kit-baseline"] = target(
-                servers.kit(free_port(), fake, args.workers, checkout=args.baseline.resolve())
+        for checkout in args.baseline:
+            targets[f"kit@{checkout.resolve().name}"] = target(
+                servers.kit(free_port(), fake, args.workers, checkout=checkout.resolve())
             )
         if not args.no_mlflow_server:
             server = start_mlflow_server(servers, free_port(), fake, args.workers)
