@@ -124,21 +124,25 @@ def token_problem(value: str) -> str | None:
     return problem
 
 
-def reload_token() -> str | None:
-    """The reload token of this process (gateway_kit.secrets' lookup), None when there is none. One that is set
-    but unusable is logged (never its value) and leaves the control requests unknown, as unset."""
+def find_token() -> tuple[str | None, str | None]:
+    """(the reload token, None), (None, why it cannot be used: never its value), or (None, None) when there is
+    none: unset or empty (compose passes GATEWAY_RELOAD_TOKEN from .env, empty when .env has none)."""
     from gateway_kit.secrets import lookup_key
 
     found = lookup_key(TOKEN)
     if found.value is None:
-        if found.problem != "is not set":
-            log.error("%s %s: POST %s is off on this replica", TOKEN, found.problem, RELOAD_PATH)
-        return None
+        return None, None if found.problem in ("is not set", "is empty") else f"{TOKEN} {found.problem}"
     problem = token_problem(found.value)
+    return (None, f"{TOKEN} (from the {found.source}) {problem}") if problem else (found.value, None)
+
+
+def reload_token() -> str | None:
+    """This replica's reload token, None when there is none. One that is set but unusable is logged (never its
+    value) and leaves the control requests unknown, as unset."""
+    token, problem = find_token()
     if problem:
-        log.error("%s (from the %s) %s: POST %s is off on this replica", TOKEN, found.source, problem, RELOAD_PATH)
-        return None
-    return found.value
+        log.error("%s: POST %s is off on this replica", problem, RELOAD_PATH)
+    return token
 
 
 def _digest(text: str) -> bytes:

@@ -69,18 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(
             f"{PASSWORD} is a client key of {client_keys.where} — the admin password must be a secret of its own"
         )
-    token = lookup_key(reload.TOKEN)
-    if token.value is None and token.problem != "is not set":
-        return refuse(f"{reload.TOKEN} {token.problem} — fix the reload token, or remove it (no Reload button)")
-    problem = token.value and reload.token_problem(token.value)
+    token, problem = reload.find_token()
     if problem:
-        return refuse(f"{reload.TOKEN} (from the {token.source}) {problem} — choose another reload token")
-    if token.value and (token.value == found.value or keys.digest(token.value) in client_hashes):
+        return refuse(f"{problem} — fix the reload token (openssl rand -hex 32), or remove it: no Reload button")
+    if token and (token == found.value or keys.digest(token) in client_hashes):
         return refuse(
             f"{reload.TOKEN} is the admin password or a client key — the reload token must be a secret of its own"
         )
     on_kubernetes = "KUBERNETES_SERVICE_HOST" in s.environ
-    reloader = Reloader(token.value) if token.value and not on_kubernetes else None
+    reloader = Reloader(token) if token and not on_kubernetes else None
     audit = Audit(Path(s.admin_audit_log))
     try:
         audit.check()

@@ -108,3 +108,10 @@ def test_the_token_is_read_like_any_secret(monkeypatch, tmp_path):
     monkeypatch.delenv(reload.TOKEN, raising=False)
     monkeypatch.setenv(reload.TOKEN + "_FILE", str(tmp_path / "token"))
     assert reload.reload_token() == TOKEN
+
+
+def test_an_empty_token_is_no_token_and_no_error(monkeypatch, caplog):
+    """compose passes GATEWAY_RELOAD_TOKEN from .env, empty when .env has none."""
+    monkeypatch.setenv(reload.TOKEN, "")
+    assert reload.find_token() == (None, None)
+    assert reload.reload_token() is None and caplog.text == ""
