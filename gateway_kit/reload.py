@@ -158,6 +158,7 @@ def install(app, token: str | None, config: str) -> None:
     from fastapi.responses import JSONResponse
 
     from gateway_kit.request import error_response
+    from gateway_kit.secrets import redact
 
     wanted = _digest(token)
 
@@ -179,7 +180,9 @@ def install(app, token: str | None, config: str) -> None:
         checked = check(config, capture=True)
         if checked.config_hash is None:
             log.warning("reload check: %s refused (asked by the admin page)", config)
-            return error_response(422, "config_refused", checked.messages or f"{config} was refused")
+            # The checks never print a key; redact() still hides one they might quote from a provider's answer.
+            said = redact(checked.messages) or f"{config} was refused"
+            return error_response(422, "config_refused", said)
         return JSONResponse({"config_hash": checked.config_hash})
 
     def reloading(request):
