@@ -8,6 +8,9 @@ real replicas, is tests/stack/test_admin_reload.py.
 from __future__ import annotations
 
 from gateway_kit import reload
+from gateway_kit.admin import page
+from gateway_kit.admin.__main__ import NO_TOKEN, ON_KUBERNETES
+from gateway_kit.admin.figures import Replica
 from gateway_kit.admin.reloading import Reloader
 
 OLD, NEW = "0ld0ld0ld0ld", "4e3a1c0b9d27"
@@ -136,3 +139,21 @@ def test_a_second_reload_while_one_rolls_is_turned_away():
     rolling._served = served_and_press_again
     assert rolling.roll(list(replicas.serving)).result == "reloaded"
     assert inner[0].result == "busy"
+
+
+def dashboard(reload_how: str) -> str:
+    return page.dashboard(
+        who="dana", csrf="c" * 64, replicas=[Replica("10.0.0.1:8000", "gw-1", True, "config: ok", NEW)],
+        unresolved=[], usage=None, usage_problem="no ledger", limit_uses=[], limits_problem="", redis="not set",
+        keys=[], keys_problem="", keys_where="the keys file", keys_follow="about a second", last_use={},
+        config="/app/config.yaml", reload_how=reload_how,
+    )  # fmt: skip
+
+
+def test_the_page_has_a_reload_button_only_where_the_page_can_reload():
+    with_token = dashboard("")
+    assert "id=reload-config" in with_token and 'name=csrf value="' + "c" * 64 in with_token
+    assert f"<td>{NEW}</td>" in with_token  # the hash each replica serves
+    without = dashboard(NO_TOKEN)
+    assert "id=reload-config" not in without and "scripts/reload.sh" in without
+    assert "helm upgrade" in dashboard(ON_KUBERNETES) and "id=reload-config" not in dashboard(ON_KUBERNETES)
