@@ -16,11 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from gateway_kit import dialects, limits, metrics, private_api, readiness, settings, traces
+from gateway_kit import dialects, limits, metrics, private_api, readiness, reload, settings, traces
 from gateway_kit.events import Events, Listener
 from gateway_kit.preflight import KIT_ENDPOINT_KEYS, KIT_KEYS, key_refs
 from gateway_kit.recording import Refusals
-from gateway_kit.reload import config_hash
 from gateway_kit.request import (
     REQUEST_ID,
     TRACE,
@@ -242,7 +241,9 @@ def create_app():
     setup_logging()
     s = settings.current()
     raw = yaml.safe_load(Path(s.config_path).read_text()) or {}
-    served = config_hash(Path(s.config_path))  # once per worker: a reload starts new ones (gateway_kit/reload.py)
+    served = reload.config_hash(
+        Path(s.config_path)
+    )  # once per worker: a reload starts new ones (gateway_kit/reload.py)
     key_names = [name for e in raw.get("endpoints") or [] for name in key_refs(e).values()]
     export_file_keys(key_names)
     let_mlflow_resolve_keys()  # as mlflow.gateway.app.create_app_from_path: `$NAME` from the environment or a file
@@ -250,6 +251,7 @@ def create_app():
     add_upstream_error_handlers(app)
     end_streams_with_done()
     readiness.install(app, s.redis_url if s.ready_redis else None, served)  # GET /ready
+    reload.install(app, reload.reload_token(), s.config)  # POST /-/reload(/check), with a reload token only
     add_bad_input_handling(app, key_names, s.max_body_mb)
     p = parts(s, raw, served)
     if s.shared_upstream_client and upstream.install(s.upstream_pool, s.upstream_keepalive, p.events):

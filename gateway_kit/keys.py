@@ -42,7 +42,7 @@ from pathlib import Path
 
 from gateway_kit import launcher, settings
 from gateway_kit.exit_status import ExitStatus
-from gateway_kit.request import PROBE, error_body, route_of, send_json
+from gateway_kit.request import KEYLESS, error_body, route_of, send_json
 
 log = logging.getLogger("gateway_kit.keys")
 
@@ -209,13 +209,14 @@ class ClientKeys:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if route_of(scope["path"]).kind in KEYLESS:
+            # Probes (compose healthchecks, kubelet) and Prometheus send no key. nginx answers 404 for /metrics
+            # from outside, and /ready says only whether this replica can serve. The reload requests carry the
+            # reload token instead, which gateway_kit.reload checks (nginx never passes them on).
+            return await self.app(scope, receive, send)
         headers = scope["headers"]
         if self.store is None:  # auth off (demo mode): the client's credentials still go no further
             kept = [(k, v) for k, v in headers if k not in _CREDENTIALS]
-        elif route_of(scope["path"]).kind == PROBE:
-            # Probes (compose healthchecks, kubelet) and Prometheus send no key. nginx answers 404 for /metrics
-            # from outside, and /ready says only whether this replica can serve.
-            return await self.app(scope, receive, send)
         else:
             key = presented_key(headers)
             client = self.store.client_of(key) if key else None

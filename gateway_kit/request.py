@@ -10,6 +10,9 @@ Routes (`route_of(path)`, one lookup per call)
     /gateway/<endpoint>/invocations                          INVOCATIONS: the path names the endpoint
     /endpoints/<endpoint>/invocations                        INVOCATIONS (<endpoint>: one path segment)
     /health, /ready, /metrics                                PROBE: open without a gateway key
+    /-/reload, /-/reload/check                               CONTROL: no gateway key either; the reload token
+                                                             decides (gateway_kit.reload), and nginx never
+                                                             passes /-/ on
     anything else                                            OTHER
   V1 and INVOCATIONS are the LLM routes (`Route.llm`): recorded, limited, counted in flight, served with
   timeouts and fallbacks. `request_endpoint(scope)` is the endpoint a request is for, worked out once.
@@ -51,7 +54,9 @@ from dataclasses import dataclass, field
 V1 = "v1"
 INVOCATIONS = "invocations"
 PROBE = "probe"
+CONTROL = "control"
 OTHER = "other"
+KEYLESS = frozenset((PROBE, CONTROL))  # kinds the client keys middleware lets through without a gateway key
 V1_ENDPOINT_TYPES = {  # the /v1 routes MLflow serves, and the endpoint type each serves
     "/v1/chat/completions": "llm/v1/chat",
     "/v1/completions": "llm/v1/completions",
@@ -62,6 +67,7 @@ MESSAGES = "messages"  # Anthropic's Messages API
 RESPONSES = "responses"  # OpenAI's Responses API
 DIALECT_PATHS = {"/v1/messages": MESSAGES, "/v1/responses": RESPONSES}  # served as chat (gateway_kit.dialects)
 PROBES = ("/health", "/ready", "/metrics")
+CONTROLS = ("/-/reload", "/-/reload/check")  # gateway_kit.reload's RELOAD_PATH and CHECK_PATH
 _V1_PREFIX = "/v1/"
 _INVOCATION_PREFIXES = ("/gateway/", "/endpoints/")
 _INVOCATION_SUFFIX = "/invocations"
@@ -72,7 +78,7 @@ _ROUTES_KEPT = 1000  # paths remembered, the fixed ones first; past that a path 
 class Route:
     """What a path is to the kit (route_of)."""
 
-    kind: str  # V1, INVOCATIONS, PROBE or OTHER
+    kind: str  # V1, INVOCATIONS, PROBE, CONTROL or OTHER
     template: str | None = None  # the route as served, e.g. /gateway/{endpoint}/invocations (a metrics label)
     endpoint: str | None = None  # the endpoint the path names (INVOCATIONS)
     endpoint_type: str | None = None  # what a /v1 route serves: llm/v1/chat, llm/v1/completions, llm/v1/embeddings
@@ -97,6 +103,7 @@ _ROUTES: dict[str, Route] = {
     **{path: Route(V1, path, endpoint_type=kind) for path, kind in V1_ENDPOINT_TYPES.items()},
     **{path: Route(V1, path, dialect=api) for path, api in DIALECT_PATHS.items()},
     **{path: Route(PROBE, path) for path in PROBES},
+    **{path: Route(CONTROL, path) for path in CONTROLS},
 }
 
 

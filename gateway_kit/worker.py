@@ -4,6 +4,7 @@ import logging
 
 from uvicorn_worker import UvicornWorker
 
+from gateway_kit import reload
 from gateway_kit.private_api import draining_http_protocol
 
 # A stopping worker (a replica's stop, a reload's old workers) still reads, for this long, a connection it has
@@ -25,3 +26,7 @@ class GatewayWorker(UvicornWorker):
         # uvicorn waits forever for open requests unless told otherwise, and gunicorn then kills the
         # worker at graceful_timeout mid-stream. Stop one second earlier, cleanly.
         self.config.timeout_graceful_shutdown = max(self.cfg.graceful_timeout - 1, 1)
+
+    def init_process(self) -> None:
+        reload.under_master(self.ppid)  # in the worker, before the app loads: whom POST /-/reload signals
+        super().init_process()

@@ -39,7 +39,8 @@ Options:
                    the demo included (without it: auto, so no key in demo mode, keys/keys.json otherwise)
   --env NAME=VALUE another replica setting (repeatable), e.g. --env GATEWAY_LIMITS_ON_REDIS_DOWN=closed
   --admin FILE     also start the admin page on http://127.0.0.1:8090, its password in FILE (docs/admin.md);
-                   it reads the stack's ledger and Redis and writes the keys file the replicas read
+                   it reads the stack's ledger and Redis and writes the keys file the replicas read, and
+                   reloads the config from its Reload button (a reload token made in STATE/reload-token)
   --timeout S      how long to wait for health, or for a reload (default 60)
   -h, --help       this help
 
@@ -187,7 +188,7 @@ remember_environment() {
     done < <("$python" -m gateway_kit.preflight "$config" --variables)
     printf '%s\n' "${names[@]}" >"$state/variables"
     rm -f "$state/replica.env"
-    for name in "${names[@]}" $(compgen -e | grep '^GATEWAY_' | grep -v '^GATEWAY_ADMIN_' | grep -vx 'GATEWAY_API_KEY\|GATEWAY_URL'); do
+    for name in "${names[@]}" $(compgen -e | grep '^GATEWAY_' | grep -v '^GATEWAY_ADMIN_\|^GATEWAY_RELOAD_TOKEN' | grep -vx 'GATEWAY_API_KEY\|GATEWAY_URL'); do
       if [ -n "${!name+set}" ]; then printf '%s=%s\0' "$name" "${!name}"; fi
     done >"$state/replica.env"
   )
@@ -202,6 +203,8 @@ as_replica() {
         GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
         GATEWAY_LAUNCHER=local-stack PYTHON="$python")
   [ -n "$fake" ] && env+=(GATEWAY_DEMO_UPSTREAM="http://127.0.0.1:$fake_port")
+  # The admin page's Reload asks the replicas with this token (gateway_kit/reload.py).
+  [ -f "$state/reload-token" ] && env+=(GATEWAY_RELOAD_TOKEN_FILE="$state/reload-token")
   # --config, --keys and --env settings given to `up`, kept for the replicas `scale` starts later.
   [ -s "$state/settings" ] && mapfile -t -O "${#env[@]}" env <"$state/settings"
   (
@@ -285,7 +288,8 @@ start_admin() {
   env+=(GATEWAY_ADMIN_PASSWORD_FILE="$(cat "$state/admin")" GATEWAY_ADMIN_PORT="$admin_port"
         GATEWAY_ADMIN_REPLICAS="$replica_list" GATEWAY_ADMIN_AUDIT_LOG="$state/admin-audit.jsonl"
         GATEWAY_LEDGER_DIR="$state/ledger" GATEWAY_REDIS_URL="redis://127.0.0.1:$redis_port/0"
-        GATEWAY_CONFIG="$repo/config.yaml" GATEWAY_LAUNCHER=local-stack)
+        GATEWAY_CONFIG="$repo/config.yaml" GATEWAY_LAUNCHER=local-stack
+        GATEWAY_RELOAD_TOKEN_FILE="$state/reload-token")
   [ -s "$state/settings" ] && mapfile -t -O "${#env[@]}" env <"$state/settings"
   (
     set +x
@@ -308,7 +312,13 @@ cmd_up() {
   echo "$workers" >"$state/workers"
   echo "$fake" >"$state/fake"
   if [ "${#settings[@]}" -gt 0 ]; then printf '%s\n' "${settings[@]}" >"$state/settings"; else : >"$state/settings"; fi
-  if [ -n "$admin_password" ]; then echo "$admin_password" >"$state/admin"; else rm -f "$state/admin"; fi
+  if [ -n "$admin_password" ]; then
+    echo "$admin_password" >"$state/admin"
+    # A reload token for this run, shared by the replicas and the admin page only (mode 600, never printed).
+    (umask 077 && "$python" -c 'import secrets; print(secrets.token_hex(32))' >"$state/reload-token")
+  else
+    rm -f "$state/admin" "$state/reload-token"
+  fi
   local config="${GATEWAY_CONFIG:-$repo/config.yaml}" setting
   for setting in "${settings[@]}"; do case "$setting" in GATEWAY_CONFIG=*) config="${setting#*=}" ;; esac; done
   remember_environment "$config"

@@ -5,7 +5,10 @@ _REPLICAS, _AUDIT_LOG, _SESSION_MINUTES, and the gateway's own GATEWAY_LEDGER_DI
 GATEWAY_CONFIG, GATEWAY_REDIS_URL, GATEWAY_PRICING_FILE; GATEWAY_ADMIN_KEYS_SECRET to write the keys to a Kubernetes
 Secret instead of the file). The password is a secret: GATEWAY_ADMIN_PASSWORD, the
 file GATEWAY_ADMIN_PASSWORD_FILE names, or /run/secrets/gateway_admin_password (gateway_kit.secrets). It must
-not be a client key. Exit codes: 0 stopped, 2 usage error, 78 a setting or the password is unusable.
+not be a client key. The reload token, the replicas' too, is another secret, read the same way: GATEWAY_RELOAD_TOKEN,
+GATEWAY_RELOAD_TOKEN_FILE or /run/secrets/gateway_reload_token (gateway_kit.reload); without it the page has no
+Reload button and says how to reload instead. Exit codes: 0 stopped, 2 usage error, 78 a setting, the password or
+the reload token is unusable.
 """
 
 from __future__ import annotations
@@ -15,15 +18,24 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway_kit import keys, settings
+from gateway_kit import keys, reload, settings
 from gateway_kit.admin.app import Admin, Audit, create_app
 from gateway_kit.admin.key_writers import chosen
+from gateway_kit.admin.reloading import Reloader
 from gateway_kit.admin.auth import LoginThrottle, Password, Sessions, password_problem
 from gateway_kit.cli.costs import default_pricing_file
 from gateway_kit.exit_status import ExitStatus
 from gateway_kit.secrets import lookup_key
 
 PASSWORD = "GATEWAY_ADMIN_PASSWORD"
+NO_TOKEN = (
+    "Reload config.yaml with scripts/reload.sh (on a swarm: scripts/reload.sh --swarm, a deploy). To reload from "
+    "this page, give it and every replica the same reload token (GATEWAY_RELOAD_TOKEN: docs/admin.md)."
+)
+ON_KUBERNETES = (
+    "On Kubernetes config.yaml is the chart's ConfigMap: a reload is a deploy, helm upgrade with the new file "
+    "(docs/kubernetes.md), rolled one replica at a time."
+)
 
 
 def refuse(message: str) -> int:
@@ -57,6 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         return refuse(
             f"{PASSWORD} is a client key of {client_keys.where} — the admin password must be a secret of its own"
         )
+    token, problem = reload.find_token()
+    if problem:
+        return refuse(f"{problem} — fix the reload token (openssl rand -hex 32), or remove it: no Reload button")
+    if token and (token == found.value or keys.digest(token) in client_hashes):
+        return refuse(
+            f"{reload.TOKEN} is the admin password or a client key — the reload token must be a secret of its own"
+        )
+    on_kubernetes = "KUBERNETES_SERVICE_HOST" in s.environ
+    reloader = Reloader(token) if token and not on_kubernetes else None
     audit = Audit(Path(s.admin_audit_log))
     try:
         audit.check()
@@ -74,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         redis_url=s.redis_url,
         redis_timeout=s.redis_timeout,
         replicas=s.admin_replicas,
+        reloader=reloader,
+        reload_how=ON_KUBERNETES if on_kubernetes else NO_TOKEN,
     )
     if args.check:
         print(f"gateway-admin: ok: would serve http://{s.admin_host}:{s.admin_port}", file=sys.stderr)

@@ -4,11 +4,12 @@
     GET  /                       the page (gateway_kit.admin.figures has where each figure comes from)
     POST /keys                   add a key for a client: shown once, on the answer to this POST
     POST /keys/revoke            revoke a client's key (by its prefix)
+    POST /reload                 check config.yaml on a replica, then roll it to every replica (admin.reloading)
     POST /logout                 end the session
     GET  /health                 liveness, for the compose healthcheck
 
-Every POST but the login needs the session and its CSRF token. Every change (a key added or revoked) and every
-login, failed login and logout is a JSON line in the audit log (GATEWAY_ADMIN_AUDIT_LOG) and on stdout.
+Every POST but the login needs the session and its CSRF token. Every change (a key added or revoked, a reload
+and its result) and every login, failed login and logout is a JSON line in the audit log (GATEWAY_ADMIN_AUDIT_LOG) and on stdout.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from starlette.routing import Route
 from gateway_kit import keys
 from gateway_kit.admin import figures, page
 from gateway_kit.admin.key_writers import KeysFile, SecretKeys
+from gateway_kit.admin.reloading import Reloader
 from gateway_kit.admin.auth import LoginThrottle, Password, Session, Sessions
 
 log = logging.getLogger("gateway_kit.admin")
@@ -89,6 +91,8 @@ class Admin:
     redis_url: str
     redis_timeout: float
     replicas: str
+    reloader: Reloader | None = None  # None: no Reload button, the page says how instead (reload_how)
+    reload_how: str = ""
 
 
 def _html(text: str, status: int = 200) -> HTMLResponse:
@@ -244,6 +248,8 @@ def create_app(admin: Admin) -> Starlette:
                 keys_where=admin.keys.where,
                 keys_follow=admin.keys.follows,
                 last_use=usage.last_use if usage else {},
+                config=admin.config,
+                reload_how=admin.reload_how if admin.reloader is None else "",
                 notice=notice,
             )
         )
@@ -281,6 +287,23 @@ def create_app(admin: Admin) -> Starlette:
         admin.audit.write(session.who, _address(request), "key_revoked", client=client, prefix=prefix, keys=removed)
         return RedirectResponse(f"/?revoked={quote(client)}", 303, headers=HEADERS)
 
+    async def reload_config(request: Request) -> Response:
+        checked = await checked_post(request)
+        if isinstance(checked, Response):
+            return checked
+        session, _ = checked
+        if admin.reloader is None:
+            return _html(page.refused(404, admin.reload_how), 404)
+        addresses, _ = await asyncio.to_thread(figures.replica_addresses, admin.replicas)
+        roll = await asyncio.to_thread(admin.reloader.roll, addresses)
+        details = {"result": roll.result, "config": admin.config, "config_hash": roll.config_hash}
+        if roll.problem:
+            details["problem"] = roll.problem
+        replicas = {r.address: r.outcome for r in roll.replicas}
+        admin.audit.write(session.who, _address(request), "config_reload", **details, replicas=replicas)
+        status = {"reloaded": 200, "refused": 422, "busy": 409}.get(roll.result, 502)
+        return _html(page.reloaded(roll, admin.config), status)
+
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok", headers=HEADERS)
 
@@ -292,6 +315,7 @@ def create_app(admin: Admin) -> Starlette:
             Route("/logout", logout, methods=["POST"]),
             Route("/keys", add_key, methods=["POST"]),
             Route("/keys/revoke", revoke_key, methods=["POST"]),
+            Route("/reload", reload_config, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ]
     )

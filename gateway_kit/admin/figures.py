@@ -11,7 +11,7 @@
 - Limits and current use: config.yaml's limits (gateway_kit.limits.read_config) and the counters the replicas
   keep in Redis under the keys gateway_kit.limits names (rules_for, usd_key).
 - Replicas: every address GATEWAY_ADMIN_REPLICAS resolves to (Docker's DNS answers a scaled service with
-  every replica), each asked GET /ready.
+  every replica), each asked GET /ready: ready or not, and the config hash it serves.
 - Client keys: the entries of the keys file, or of the Kubernetes Secret (admin.key_writers): client, created,
   prefix, never a hash.
 """
@@ -219,6 +219,7 @@ class Replica:
     replica: str  # its X-Gateway-Replica
     ready: bool
     detail: str  # the checks /ready reported, or why it could not be asked
+    config: str = ""  # the config hash /ready reported (gateway_kit.reload.config_hash)
 
 
 def replica_addresses(targets: str) -> tuple[list[str], list[str]]:
@@ -258,11 +259,12 @@ async def replicas(targets: str, timeout: float = 2.0) -> tuple[list[Replica], l
             async with session.get(f"http://{address}/ready") as answer:
                 replica = answer.headers.get("X-Gateway-Replica", "?")
                 try:
-                    checks = (await answer.json(content_type=None)).get("checks") or {}
+                    body = await answer.json(content_type=None)
+                    checks, config = body.get("checks") or {}, str(body.get("config_hash") or "")
                 except (ValueError, aiohttp.ClientError, AttributeError):
-                    checks = {}
+                    checks, config = {}, ""
                 detail = ", ".join(f"{k}: {v}" for k, v in sorted(checks.items())) or f"HTTP {answer.status}"
-                return Replica(address, replica, answer.status == 200, detail)
+                return Replica(address, replica, answer.status == 200, detail, config)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             return Replica(address, "?", False, f"no answer ({type(e).__name__})")
 

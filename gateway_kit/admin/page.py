@@ -10,6 +10,7 @@ from html import escape
 from typing import Any
 
 from gateway_kit.admin.figures import LimitUse, Replica, Usage
+from gateway_kit.admin.reloading import Roll
 from gateway_kit.cli.costs import usd
 
 STYLE = """
@@ -18,6 +19,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.4em 0}td,th{padding:.2em .7em;border-bottom:1px solid #eee;text-align:left}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 .bad{color:#a00;font-weight:600}.ok{color:#070}.note{color:#555}
+pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}
 .key{font:1.1em monospace;background:#ffe;padding:.5em;border:1px solid #cc9;display:inline-block}
 form.inline{display:inline}header form{float:right}
 """
@@ -130,6 +132,8 @@ def dashboard(
     keys_where: str,
     keys_follow: str,
     last_use: dict[str, str],
+    config: str,
+    reload_how: str,
     notice: str = "",
 ) -> str:
     parts = [
@@ -144,13 +148,14 @@ def dashboard(
     parts.append(f"<p id=replicas-summary>{ready} of {len(replicas)} ready</p>")
     parts.append(
         _table(
-            ["address", "replica", "ready", "checks"],
+            ["address", "replica", "ready", "checks", "config"],
             [
                 [
                     escape(r.address),
                     escape(r.replica),
                     "<span class=ok>ready</span>" if r.ready else "<span class=bad>not ready</span>",
                     escape(r.detail),
+                    escape(r.config),
                 ]
                 for r in replicas
             ],
@@ -160,6 +165,15 @@ def dashboard(
     )
     if unresolved:
         parts.append(f"<p class=bad>not found: {escape(', '.join(unresolved))} (GATEWAY_ADMIN_REPLICAS)</p>")
+    if reload_how:
+        parts.append(f"<p class=note id=reload-how>{escape(reload_how)}</p>")
+    else:
+        parts.append(
+            f"<form method=post action=/reload id=reload>{_csrf(csrf)}<p class=note>Reload checks {escape(config)} "
+            "on a replica first (a refused file changes nothing), then rolls it to every replica above, one at a "
+            "time, each finishing its requests on the old config.</p>"
+            "<button id=reload-config>Reload config</button></form>"
+        )
 
     if usage is None:
         parts.append(f"<h2>Spend</h2><p class=bad id=usage-problem>{escape(usage_problem)}</p>")
@@ -236,6 +250,28 @@ def key_created(client: str, key: str, follows: str) -> str:
         f"<code>Authorization: Bearer &lt;key&gt;</code>). Every replica accepts it within {escape(follows)}.</p>"
         f'<p><output class=key id=new-key>{escape(key)}</output></p><p><a href="/" id=back>Back to the admin page</a></p>',
     )
+
+
+def reloaded(roll: Roll, config: str) -> str:
+    """The answer to Reload: the check's refusal, or each replica's outcome."""
+    back = '<p><a href="/" id=back>Back to the admin page</a></p>'
+    if roll.result == "refused":
+        return _page(
+            "Gateway admin: config refused",
+            f"<h1>Config refused</h1><p class=bad id=reload-result>{escape(config)} was refused: nothing was "
+            "reloaded, every replica keeps serving its config.</p>"
+            f"<pre id=reload-refused>{escape(roll.problem)}</pre>{back}",
+        )
+    rows = [
+        [escape(r.address), "<span class=ok>ok</span>" if r.ok else "<span class=bad>failed</span>", escape(r.outcome)]
+        for r in roll.replicas
+    ]
+    if roll.result == "reloaded":
+        head = f"<h1>Config reloaded</h1><p class=ok id=reload-result>every replica serves config {escape(roll.config_hash or '')}</p>"
+    else:
+        head = f"<h1>Reload stopped</h1><p class=bad id=reload-result>{escape(roll.problem)}</p>"
+    table = _table(["replica", "", "outcome"], rows, set(), "reload-replicas")
+    return _page("Gateway admin: reload", head + table + back)
 
 
 def refused(status: int, message: str) -> str:

@@ -129,8 +129,12 @@ def test_only_this_months_files_are_read(ledger):
     ]
 
 
-def admin_check(tmp_path: Path, password: str | None, keys: Path | None = None) -> subprocess.CompletedProcess:
+def admin_check(
+    tmp_path: Path, password: str | None, keys: Path | None = None, reload_token: str | None = None
+) -> subprocess.CompletedProcess:
     env = {"GATEWAY_ADMIN_AUDIT_LOG": str(tmp_path / "audit.jsonl"), "GATEWAY_SECRETS_DIR": str(tmp_path)}
+    if reload_token is not None:
+        env["GATEWAY_RELOAD_TOKEN_FILE"] = str(write_secret(tmp_path / "reload-token", reload_token + "\n"))
     if password is not None:
         env["GATEWAY_ADMIN_PASSWORD_FILE"] = str(write_secret(tmp_path / "admin-password", password + "\n"))
     if keys is not None:
@@ -172,3 +176,23 @@ def test_the_admin_page_does_not_start_when_its_password_is_a_client_key(tmp_pat
     result = admin_check(tmp_path, client_key, keys)
     assert result.returncode == 78
     assert "client key" in result.stderr and client_key not in result.stderr
+
+
+def test_the_admin_page_does_not_start_with_a_short_reload_token(tmp_path):
+    result = admin_check(tmp_path, SENTINEL_SECRETS["admin-password"], reload_token="too-short-a-token")
+    assert result.returncode == 78
+    assert "GATEWAY_RELOAD_TOKEN (from the file" in result.stderr and "is shorter than 32" in result.stderr
+    assert "too-short-a-token" not in result.stderr
+
+
+def test_the_admin_page_does_not_start_when_its_reload_token_is_a_client_key(tmp_path):
+    keys = tmp_path / "keys.json"
+    client_key = add_client_key(keys, "team-a")
+    result = admin_check(tmp_path, SENTINEL_SECRETS["admin-password"], keys, reload_token=client_key)
+    assert result.returncode == 78
+    assert "the reload token must be a secret of its own" in result.stderr and client_key not in result.stderr
+
+
+def test_an_empty_reload_token_is_none(tmp_path):
+    """compose passes GATEWAY_RELOAD_TOKEN from .env, empty when .env has none: no Reload button, no refusal."""
+    assert admin_check(tmp_path, SENTINEL_SECRETS["admin-password"], reload_token="").returncode == 0

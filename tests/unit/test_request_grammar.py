@@ -9,6 +9,7 @@ import json
 import pytest
 
 from gateway_kit.request import (
+    CONTROL,
     ENDPOINT,
     INVOCATIONS,
     MESSAGES,
@@ -68,10 +69,18 @@ def test_probes_are_not_llm_routes(path):
     assert route.kind == PROBE and not route.llm and route.endpoint is None
 
 
+@pytest.mark.parametrize("path", ["/-/reload", "/-/reload/check"])
+def test_the_reload_requests_are_control_routes_not_llm_routes(path):
+    route = route_of(path)
+    assert route.kind == CONTROL and not route.llm and route.endpoint is None
+
+
 @pytest.mark.parametrize(
     "path",
     [
         "/",
+        "/-/",
+        "/-/reload/",
         "/v2/chat",
         "/v1",  # no trailing slash: not under /v1/
         "/gateway/invocations",  # no endpoint name
