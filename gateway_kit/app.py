@@ -241,9 +241,8 @@ def create_app():
     setup_logging()
     s = settings.current()
     raw = yaml.safe_load(Path(s.config_path).read_text()) or {}
-    served = reload.config_hash(
-        Path(s.config_path)
-    )  # once per worker: a reload starts new ones (gateway_kit/reload.py)
+    # Once per worker: a reload starts new ones (gateway_kit/reload.py).
+    served = reload.config_hash(Path(s.config_path))
     key_names = [name for e in raw.get("endpoints") or [] for name in key_refs(e).values()]
     export_file_keys(key_names)
     let_mlflow_resolve_keys()  # as mlflow.gateway.app.create_app_from_path: `$NAME` from the environment or a file
