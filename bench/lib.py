@@ -145,12 +145,22 @@ def group_cpu_seconds(pgid: int) -> float:
     return sum(int(f[11]) + int(f[12]) for f in stat_fields(pgid, group=True)) / os.sysconf("SC_CLK_TCK")
 
 
-def wrk(url: str, duration: int, connections: int, script: Path, threads: int = 2, pgid: int | None = None) -> dict:
+def wrk(
+    url: str,
+    duration: int,
+    connections: int,
+    script: Path,
+    threads: int = 2,
+    pgid: int | None = None,
+    cpus: str | None = None,
+) -> dict:
     """requests/s, p50 and p99 in ms, and errors (non-2xx answers and socket errors) of one wrk run; with `pgid`
-    (the server's process group), also its CPU µs per request: far steadier than requests/s on a shared machine."""
+    (the server's process group), also its CPU µs per request: far steadier than requests/s on a shared machine.
+    `cpus`: wrk runs on these CPUs only (taskset's list, e.g. "0")."""
     cpu_before = group_cpu_seconds(pgid) if pgid else 0.0
     out = subprocess.run(
         [
+            *(["taskset", "-c", cpus] if cpus else []),
             "wrk",
             f"-t{min(threads, connections)}",
             f"-c{connections}",
@@ -183,6 +193,12 @@ def wrk(url: str, duration: int, connections: int, script: Path, threads: int = 
         "errors": (int(errors.group(1)) if errors else 0)
         + (sum(map(int, socket_errors.groups())) if socket_errors else 0),
     }
+
+
+def pin_group(pgid: int, cpus: str) -> None:
+    """Every process of a process group (a server, its master and workers) runs on these CPUs only."""
+    for pid in subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split():
+        subprocess.run(["taskset", "-p", "-c", cpus, pid], capture_output=True, check=False)
 
 
 def median_run(runs: list[dict]) -> dict:
