@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             raw, _ = load_yaml(args.config)
         except ConfigError as e:
-            log("error", f"{e} — fix config.yaml and start again")
+            log("error", f"{e} — fix config.yaml and try again")
             return ExitStatus.CONFIG
         for name, is_key in variables(raw).items():
             print(name, "key" if is_key else "value")
@@ -491,14 +491,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = check(args.config, s, need_keys=not args.no_keys)
     except ConfigError as e:
-        log("error", f"{e} — fix config.yaml and start again")
+        log("error", f"{e} — fix config.yaml and try again")
         return ExitStatus.CONFIG
     try:
         from gateway_kit.pricing import PricingFileError, Pricer
 
         Pricer()
     except PricingFileError as e:
-        log("error", f"{e} — fix pricing.yaml and start again")
+        log("error", f"{e} — fix pricing.yaml and try again")
         return ExitStatus.CONFIG
     if problem := settings_problem(config, s):
         log("error", problem)
