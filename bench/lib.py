@@ -30,9 +30,9 @@ class Servers:
         self.procs: list[subprocess.Popen] = []
         self.groups: dict[str, int] = {}  # a target's URL -> its process group, whose CPU time wrk() can count
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
         with (self.work / f"{name}.log").open("w") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True, cwd=cwd)
         self.procs.append(proc)
         return proc
 
@@ -89,6 +89,9 @@ class Servers:
                 GATEWAY_REPLICA_ID=f"bench-{port}",
                 **settings,
             ),
+            # gunicorn puts its working directory first on sys.path, before entrypoint.sh's PYTHONPATH: started
+            # from another checkout, the replica would import that checkout's gateway_kit.
+            cwd=checkout,
         )
         return self.ready(proc, port)
 
