@@ -89,7 +89,7 @@ class Servers:
                 GATEWAY_REPLICA_ID=f"bench-{port}",
                 **settings,
             ),
-            # gunicorn puts its working directory first on sys.path, before entrypoint.sh's PYTHONPATH: started
+            # gunicorn puts its working directory first on the import path, before entrypoint.sh's PYTHONPATH: started
             # from another checkout, the replica would import that checkout's gateway_kit.
             cwd=checkout,
         )

@@ -6,6 +6,9 @@ entrypoint.sh wrote after its checks (GATEWAY_ACTIVE_CONFIG), or GATEWAY_CONFIG 
 
 from __future__ import annotations
 
+import asyncio
+import collections.abc
+import contextlib
 import gc
 import logging
 import os
@@ -89,35 +92,79 @@ def add_upstream_error_handlers(app) -> None:
 
 
 SSE_DONE = "data: [DONE]\n\n"  # OpenAI's last event of a stream
+STREAM_AHEAD = 64  # events a stream's reader may run ahead of the client (the client's pace holds it then)
+_END = object()  # the stream's reader: the stream ended normally
+
+
+async def stream_body(events: collections.abc.AsyncIterator[str]) -> collections.abc.AsyncIterator[str]:
+    """MLflow's SSE events as the body of a stream: the events that are ready at the same moment in one body
+    message, and `data: [DONE]` after a stream that ended normally.
+
+    Each body message is one write to the client's socket (uvicorn's send), the largest cost of a chunk. A
+    reader task takes the events from `events` as they come into a queue; the body takes the first one, then
+    every one already queued, and sends them joined. Nothing waits for a later event: when the reader would
+    wait for the provider, the queue is empty and what it read goes out. So events come one per message while
+    the worker keeps up, and several per message when they arrived together (one TCP segment from the provider)
+    or the worker was busy: Nagle without the delay. The bytes are MLflow's, in order; only the HTTP chunks
+    around them change. An exception from `events` is raised after the events before it went out (the
+    resilience middleware ends the stream with an error event); a body closed early (the client left) cancels
+    the reader, and `events` is closed either way.
+
+    A stream that breaks sends no [DONE]: the kit ends it with an error event (gateway_kit.resilience), as
+    OpenAI does; nor does one that ended before its first event, which gateway_kit.resilience answers as an
+    error or from a fallback."""
+    queue: asyncio.Queue = asyncio.Queue(STREAM_AHEAD)
+
+    async def read() -> None:
+        try:
+            async for event in events:
+                await queue.put(event)
+        except Exception as e:  # noqa: BLE001 - raised again by the body, in its turn
+            await queue.put(e)
+        else:
+            await queue.put(_END)
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    reader = asyncio.create_task(read())
+    answered = False
+    try:
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            last = batch[-1]
+            if isinstance(last, str):
+                answered = True
+                yield "".join(batch)
+                continue
+            if len(batch) > 1:
+                answered = True
+                yield "".join(batch[:-1])
+            if last is _END:
+                break
+            raise last
+    finally:
+        reader.cancel()  # nothing, once it has ended
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    if answered:  # an empty stream is no answer: the kit makes it an error (or a fallback's answer)
+        yield SSE_DONE
 
 
 def end_streams_with_done() -> bool:
-    """End MLflow's streams with OpenAI's `data: [DONE]`, on every route and for every provider.
+    """End MLflow's streams with OpenAI's `data: [DONE]`, on every route and for every provider, and send the
+    events that are ready together in one write (stream_body).
 
     MLflow reads the provider's stream (dropping its [DONE]) and sends its own OpenAI-shaped chunks from
     mlflow.gateway.utils.make_streaming_response, which never sends one: the OpenAI SDK copes, a hand-written
     SSE client waits until the connection closes. The kit wraps that function as mlflow.gateway.app calls it
     (gateway_kit.private_api.wrap_streaming_responses; the /v1 routes, each endpoint's invocations route, the
-    fast routes alike): MLflow's bytes unchanged, then [DONE] once the stream has ended normally. A stream that
-    breaks sends no [DONE]: the kit ends it with an error event (gateway_kit.resilience), as OpenAI does; nor
-    does one that ended before its first event, which gateway_kit.resilience answers as an error or from a
-    fallback. True once installed."""
-    import collections.abc
-
-    async def then_done(events: collections.abc.AsyncIterator):
-        answered = False
-        try:
-            async for event in events:
-                answered = True
-                yield event
-        finally:
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
-        if answered:  # an empty stream is no answer: the kit makes it an error (or a fallback's answer)
-            yield SSE_DONE
-
-    if not private_api.wrap_streaming_responses(then_done):
+    fast routes alike): MLflow's bytes unchanged, then [DONE] once the stream has ended normally. True once
+    installed."""
+    if not private_api.wrap_streaming_responses(stream_body):
         logging.getLogger("gateway_kit").warning(
             "mlflow.gateway.app has no make_streaming_response: streams end without data: [DONE]"
         )

@@ -13,7 +13,7 @@ behaviour and says so in a warning; nothing fails to start.
 | `…providers.utils._STRIPPED_HEADERS`, `SUPPORTED_ACCEPT_ENCODING` | upstream | the replacement strips and sets the same headers as MLflow's function |
 | `mlflow.gateway.ssrf.upstream_protection_enabled`, `mlflow.utils.uri.append_to_uri_path` | upstream | the same SSRF rule and URL join as MLflow's function |
 | `…providers.utils.provider_call_duration_ms` | request_errors | whether a bad value came from the client (400) or the provider's answer (502) |
-| `mlflow.gateway.app.make_streaming_response`, `StreamingResponse.body_iterator` | app | streams end with `data: [DONE]` (the kit wraps it where mlflow.gateway.app calls it) |
+| `mlflow.gateway.app.make_streaming_response`, `StreamingResponse.body_iterator` | app | streams end with `data: [DONE]`, the events ready together in one write (the kit wraps it where mlflow.gateway.app calls it) |
 | `GatewayAPI._get_provider_by_name` | fast_routes | a /v1 call gets its provider object from a cache instead of building one |
 | `GatewayAPI.dynamic_endpoints`, `.traffic_routes` | readiness, request_errors | which endpoints the app serves, for /ready and error messages |
 | APIRoute internals: `dependant` (its fields), `_embed_body_fields`, `stream_item_field`, `response_field`, `param_convertors`, `fastapi.datastructures.DefaultPlaceholder` | fast_routes | which routes the fast table may serve as FastAPI would (route_shape) |
