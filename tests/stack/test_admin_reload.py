@@ -24,7 +24,7 @@ import yaml
 
 from conftest import REPO, clean_env, own_stack, write_secret
 from gateway_kit.keys import add as add_client_key
-from stack.test_admin_page import ADMIN, PASSWORD, REPLICAS, audit, browser, log_in, shots, table  # noqa: F401
+from stack.test_admin_page import ADMIN, PASSWORD, REPLICAS, ask, audit, browser, log_in, shots, table  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack]
 
@@ -73,15 +73,6 @@ def press_reload(page) -> None:
     page.goto(f"{ADMIN}/")
     page.click("#reload-config")
     page.wait_for_load_state()
-
-
-def chat(stack, key: str) -> int:
-    return requests.post(
-        f"{stack.url}/gateway/chat/invocations",
-        json={"messages": [{"role": "user", "content": "Hi"}]},
-        headers={"Authorization": f"Bearer {key}"},
-        timeout=30,
-    ).status_code
 
 
 def test_nginx_never_passes_the_reload_requests_on(rstack):
@@ -169,7 +160,7 @@ def test_a_changed_limit_reloaded_from_the_page_reaches_every_replica_under_load
     assert {row[4] for row in table(page, "replicas")} == {new}  # each replica's config column
     limits = {(row[0], row[1]): row for row in table(page, "limits")}
     assert limits["team-r", "client_calls"][2] == "2 requests per minute"
-    assert [chat(rstack, KEYS["team-r"]) for _ in range(3)] == [200, 200, 429]
+    assert [ask(rstack, KEYS["team-r"], "Hi").status_code for _ in range(3)] == [200, 200, 429]
 
     entry = audit(rstack)[-1]
     assert (entry["action"], entry["who"], entry["result"], entry["config_hash"]) == (
