@@ -26,7 +26,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from gateway_kit.procs import free_port
+from gateway_kit.procs import children, free_port
 from lib import Servers, chat_body, markdown_table, wrk, wrk_script
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -48,10 +48,10 @@ LAYERS = (  # the first match names a file's layer
 
 def worker_pid(master: int) -> int:
     """The one worker of a gunicorn master (the kit and stock run 1 worker here)."""
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    if not children:
+    workers = children(master)
+    if not workers:
         raise SystemExit(f"cpu_profile: error: process {master} has no worker")
-    return int(children[0])
+    return workers[0]
 
 
 def samples(raw: Path) -> list[tuple[list[str], int]]:

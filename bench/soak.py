@@ -25,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway_kit.procs import children
 from lib import local_stack
 
 URL = "http://127.0.0.1:5000/v1/chat/completions"
@@ -35,10 +36,8 @@ def workers(state: Path) -> dict[str, int]:
     """Every gunicorn worker of the stack's replicas: {"gateway-1/pid": pid}."""
     found = {}
     for pid_file in sorted((state / "pids").glob("replica-*.pid")):
-        master = pid_file.read_text().strip()
-        children = Path(f"/proc/{master}/task/{master}/children")
-        for pid in children.read_text().split() if children.exists() else []:
-            found[f"gateway-{pid_file.stem.split('-')[1]}/{pid}"] = int(pid)
+        for pid in children(int(pid_file.read_text().strip())):
+            found[f"gateway-{pid_file.stem.split('-')[1]}/{pid}"] = pid
     return found
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway_kit.procs import free_port
+from gateway_kit.procs import children, free_port
 from lib import Servers, markdown_table
 
 PAGE = 4096
@@ -31,9 +31,8 @@ REPLY = " ".join(f"word{i}" for i in range(40))
 
 
 def workers_rss_mb(master: int) -> float:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     total = 0
-    for pid in children:
+    for pid in children(master):
         try:
             total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
         except OSError:

@@ -65,6 +65,14 @@ def wait_http(
     raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (a gunicorn master's workers), from /proc; none once it is gone."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
 def stat_fields(pid: int, group: bool = False) -> list[list[str]]:
     """/proc/PID/stat of the process `pid`, or of every process in the process group `pid`: for each, the fields
     after "pid (comm)", from 0: state (R, S, Z...), ppid, pgrp, ..., utime 11, stime 12 (clock ticks)."""
