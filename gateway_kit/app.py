@@ -113,28 +113,50 @@ async def stream_body(events: collections.abc.AsyncIterator[str]) -> collections
     A stream that breaks sends no [DONE]: the kit ends it with an error event (gateway_kit.resilience), as
     OpenAI does; nor does one that ended before its first event, which gateway_kit.resilience answers as an
     error or from a fallback."""
-    queue: asyncio.Queue = asyncio.Queue(STREAM_AHEAD)
+    loop = asyncio.get_running_loop()
+    ready: collections.deque = collections.deque()  # events read and not yet sent, then _END or the exception
+    waiting: dict[str, asyncio.Future] = {}  # "body": waits for an event; "reader": waits for room (at most one each)
+
+    def wake(who: str) -> None:
+        future = waiting.pop(who, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(who: str) -> None:
+        waiting[who] = future = loop.create_future()
+        try:
+            await future
+        finally:
+            waiting.pop(who, None)
 
     async def read() -> None:
         try:
             async for event in events:
-                await queue.put(event)
-        except Exception as e:  # noqa: BLE001 - raised again by the body, in its turn
-            await queue.put(e)
-        else:
-            await queue.put(_END)
+                ready.append(event)
+                wake("body")
+                if len(ready) >= STREAM_AHEAD:
+                    await wait("reader")
+            ready.append(_END)
+        except BaseException as e:  # noqa: BLE001 - raised again by the body, in its turn
+            ready.append(e)
+            if not isinstance(e, Exception):
+                raise  # cancelled: by the body, which has stopped, or from outside, which the body raises too
         finally:
+            wake("body")
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
 
-    reader = asyncio.create_task(read())
+    reader = loop.create_task(read())
     answered = False
     try:
         while True:
-            batch = [await queue.get()]
-            while not queue.empty():
-                batch.append(queue.get_nowait())
+            if not ready:
+                await wait("body")
+                continue
+            batch = list(ready)
+            ready.clear()
+            wake("reader")
             last = batch[-1]
             if isinstance(last, str):
                 answered = True
