@@ -4,8 +4,8 @@ MLflow 3.17.2 opens a new aiohttp ClientSession for each upstream call
 (mlflow.gateway.providers.utils._aiohttp_post), so every request pays a new TCP connection and, against
 a real provider, a new TLS handshake. The kit puts a function with the same contract in its place: the
 same header hygiene (Accept-Encoding, Content-Encoding and MLflow's own auth header are not forwarded),
-no redirects followed, but one pooled session per worker process, created in the worker's event loop on
-first use and closed when the worker shuts down.
+no redirects followed, no cookies kept, but one pooled session per worker process, created in the worker's
+event loop on first use and closed when the worker shuts down.
 
 In place of MLflow's single total timeout (MLFLOW_GATEWAY_ROUTE_TIMEOUT_SECONDS) each call gets its
 endpoint's connect, first-byte and total timeouts, retries on 429/5xx (resilience.retryable) with jittered
@@ -47,8 +47,9 @@ def _session_for_this_worker():
         import aiohttp
 
         connector = aiohttp.TCPConnector(limit=_pool["limit"], keepalive_timeout=_pool["keepalive"], ttl_dns_cache=60)
-        # read_bufsize as MLflow's: some providers send very long SSE `data:` lines.
-        _session = aiohttp.ClientSession(connector=connector, read_bufsize=2**20)
+        # read_bufsize as MLflow's: some providers send very long SSE `data:` lines. No cookie jar: MLflow's
+        # session per call keeps no cookie, and this one session carries every team's calls.
+        _session = aiohttp.ClientSession(connector=connector, read_bufsize=2**20, cookie_jar=aiohttp.DummyCookieJar())
     return _session
 
 
@@ -224,19 +225,17 @@ def _failure(error: BaseException | None, response) -> str:
 
 
 class _FirstEvent:
-    """A stream's body reader whose first line must arrive within the first-byte timeout."""
+    """A stream's body reader whose first line must arrive within the first-byte timeout. Every later line
+    comes from the provider's reader directly: one call per line, no wrapper in between."""
 
     def __init__(self, reader, seconds: float, limit: float, endpoint: str | None) -> None:
         self._reader, self._seconds, self._limit, self._endpoint = reader, seconds, limit, endpoint
-        self._first = True
 
     def __getattr__(self, name: str):
         return getattr(self._reader, name)
 
     async def readline(self) -> bytes:
-        if not self._first:
-            return await self._reader.readline()
-        self._first = False
+        self.readline = self._reader.readline  # the first line only is timed
         try:
             async with asyncio.timeout(self._seconds):
                 return await self._reader.readline()
@@ -244,8 +243,9 @@ class _FirstEvent:
             raise resilience.UpstreamTimeout("first_byte", self._limit, self._endpoint) from e
 
     def __aiter__(self):
-        return self._lines()
+        return self
 
-    async def _lines(self):
-        while line := await self.readline():
-            yield line
+    async def __anext__(self) -> bytes:
+        if line := await self.readline():
+            return line
+        raise StopAsyncIteration

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
 import requests
+from aiohttp import web
+
+from gateway_kit.procs import free_port
 
 pytestmark = [pytest.mark.integration]
 
@@ -40,6 +44,40 @@ def test_a_changed_mlflow_keeps_stock_behaviour_with_a_warning(monkeypatch, capl
         assert upstream.install() is False
     assert utils._aiohttp_post is reshaped
     assert "upstream connections are not shared" in caplog.text
+
+
+def test_the_shared_client_sends_no_provider_cookie_back():
+    """A provider's Set-Cookie (Cloudflare's bot cookie on api.openai.com, for one) is not sent back on the next
+    call. MLflow's session per call keeps none; the kit's one session per worker carries every team's calls."""
+    from gateway_kit import upstream
+
+    async def calls() -> list[str | None]:
+        received: list[str | None] = []
+
+        async def provider(request: web.Request) -> web.Response:
+            received.append(request.headers.get("Cookie"))
+            answer = web.json_response({"id": "x"})
+            answer.set_cookie("__cf_bm", "one-client-only", path="/")
+            return answer
+
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", provider)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        base = f"http://localhost:{port}/v1"  # a host name: aiohttp keeps no cookie from an IP address
+        try:
+            for _ in range(2):
+                async with upstream.call(f"{base}/chat/completions", base, {"model": "m"}, {}) as response:
+                    assert response.status == 200
+                    assert "__cf_bm" in response.headers.get("Set-Cookie", "")
+        finally:
+            await upstream.close()
+            await runner.cleanup()
+        return received
+
+    assert asyncio.run(calls()) == [None, None]
 
 
 @pytest.mark.stack
