@@ -17,6 +17,7 @@ py-spy's collapsed stacks for a flame graph (speedscope, flamegraph.pl).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -26,7 +27,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from gateway_kit.procs import children, free_port
+from gateway_kit.procs import children, free_port, stat_fields
 from lib import Servers, chat_body, markdown_table, wrk, wrk_script
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
@@ -127,6 +128,7 @@ def main() -> int:
         chat = f"{url}/v1/chat/completions"
         wrk(chat, 3, args.connections, script)  # warm up
         pid = worker_pid(servers.groups[url])
+        before = stat_fields(pid)[0]
         load: dict = {}
         loader = threading.Thread(
             target=lambda: load.update(wrk(chat, args.duration + 2, args.connections, script, pgid=servers.groups[url]))
@@ -139,17 +141,22 @@ def main() -> int:
             capture_output=True,
         )
         loader.join()
+        after = stat_fields(pid)[0]
     if load.get("errors"):
         raise SystemExit(
             f"cpu_profile: error: {load['errors']} of the requests failed: the servers' logs are in {work}"
         )
+    per = (args.stream or 1) * max(load.get("requests", 0), 1) / 1e6 * os.sysconf("SC_CLK_TCK")
+    user, system = ((int(after[i]) - int(before[i])) / per for i in (11, 12))
     stacks = samples(raw)
     own, layers = rank(stacks, args.top)
     what = args.target + (f" of {args.baseline}" if args.baseline else "")
     print(
         f"## {what}: 1 worker, {'%d-chunk streams' % args.stream if args.stream else '0 ms upstream'}, "
         f"c={args.connections}, {sum(n for _, n in stacks)} samples; under py-spy: {load.get('rps', 0):.0f} "
-        f"requests/s, {load.get('cpu_us_per_request') or 0:.0f} CPU µs/request\n"
+        f"requests/s, {load.get('cpu_us_per_request') or 0:.0f} CPU µs/request\n\n"
+        f"The worker's CPU per {'chunk' if args.stream else 'request'}: {user:.0f} µs in user space (Python and "
+        f"the C it calls), {system:.0f} µs in the kernel (system calls: socket writes and reads, files)\n"
     )
     print("### By layer (self time)\n\n" + markdown_table(["layer", "share"], layers) + "\n")
     print("### Self time\n\n" + markdown_table(["function", "share"], own))

@@ -190,6 +190,7 @@ def wrk(
     cpu_us = (group_cpu_seconds(pgid) - cpu_before) * 1e6 / max(requests, 1) if pgid else None
     return {
         "cpu_us_per_request": cpu_us,
+        "requests": requests,
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": latency_ms("50%"),
         "p99_ms": latency_ms("99%"),
