@@ -308,7 +308,11 @@ class Load:
         flight are left out), and the results. The test's operation is over by then: no need to wait out --duration."""
         time.sleep(after)
         if not self.running():
-            pytest.fail("the load ended before the test's operation did: raise its --duration")
+            out, err = self.proc.communicate()
+            pytest.fail(
+                f"the load ended (evaluate_gateway.py exited {self.proc.returncode}) before the test's operation "
+                f"did; its output:\n{out}\n{err}"
+            )
         self.proc.send_signal(signal.SIGINT)
         return self.result()
 
@@ -343,6 +347,8 @@ def start_load(engine: Engine, tmp: Path, cases: list[dict], rate: float, durati
         str(duration),
         "--timeout",
         "60",
+        "--wait",  # a replica the test before restarted may still be on its way back: wait for /health
+        "30",
         "--no-progress",
         "--output",
         str(output),
